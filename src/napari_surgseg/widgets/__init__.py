@@ -1,0 +1,1 @@
+"""Dock widgets, one small module each."""

@@ -1,0 +1,61 @@
+"""Atomic file writes: write to a temporary file in the same folder, fsync,
+then rename over the target, so a crash never leaves a half-written
+checkpoint, label file or export behind."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+@contextlib.contextmanager
+def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success it replaces
+    ``target`` atomically, on error it is removed and ``target`` is untouched.
+
+    ``suffix`` defaults to the target's own suffix so libraries that pick a
+    format by extension (tifffile, imageio) still work on the temp path.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.tmp-", suffix=suffix if suffix is not None else target.suffix, dir=target.parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(target: PathLike, data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def atomic_write_text(target: PathLike, text: str, encoding: str = "utf-8") -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding=encoding)
+    return Path(target)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Make the rename itself durable; not supported on every OS/filesystem.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

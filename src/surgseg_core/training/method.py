@@ -1,0 +1,84 @@
+"""What a method plugs into the trainer and the CLI.
+
+A method supplies its model, datasets, loss and metrics; the trainer supplies
+device, precision, optimiser, schedule, checkpoints, logging and DDP. Methods
+register a :class:`MethodSpec` under a name (``liver``, ``f2paseg``, ...).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import torch
+
+from ..errors import ConfigError
+
+Batch = Dict[str, Any]
+
+
+def _default_forward(model: torch.nn.Module, batch: Batch) -> Any:
+    return model(batch["image"])
+
+
+@dataclass
+class MethodSpec:
+    """Everything the shared trainer needs from one method.
+
+    build_model(config) -> nn.Module
+    build_datasets(config) -> (train_dataset, val_dataset or None); items are
+        dicts of tensors/numbers that the default collate can stack.
+    loss(outputs, batch, config) -> scalar tensor
+    metrics(outputs, batch, config) -> {name: float} for one batch; the trainer
+        averages them over the validation set (weighted by batch size) and
+        reduces across ranks.
+    forward(model, batch) -> outputs (default: ``model(batch["image"])``)
+    param_groups(model, config) -> list of optimizer param-group dicts or None
+        (None: the trainer builds decay/no-decay groups itself)
+    default_config: the method's defaults, merged under the user's YAML/CLI.
+    monitor: the validation metric used for best-checkpoint selection and
+        early stopping, and whether larger is better.
+    predict / evaluate: optional callables used by ``surgseg predict/evaluate``.
+    """
+
+    name: str
+    build_model: Callable[[Mapping[str, Any]], torch.nn.Module]
+    build_datasets: Callable[[Mapping[str, Any]], Tuple[Any, Optional[Any]]]
+    loss: Callable[[Any, Batch, Mapping[str, Any]], torch.Tensor]
+    metrics: Callable[[Any, Batch, Mapping[str, Any]], Dict[str, float]]
+    forward: Callable[[torch.nn.Module, Batch], Any] = _default_forward
+    param_groups: Optional[Callable[[torch.nn.Module, Mapping[str, Any]], Optional[list]]] = None
+    default_config: Dict[str, Any] = field(default_factory=dict)
+    monitor: str = "val_loss"
+    monitor_mode: str = "min"  # "min" or "max"
+    collate_fn: Optional[Callable] = None
+    predict: Optional[Callable[..., Any]] = None
+    evaluate: Optional[Callable[..., Any]] = None
+    description: str = ""
+
+
+_REGISTRY: Dict[str, MethodSpec] = {}
+
+# Methods that ship with the package, imported on first lookup so that
+# importing surgseg_core stays cheap.
+_BUILTIN_MODULES = {
+    "liver": "surgseg_core.methods.liver.spec",
+}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    if name not in _REGISTRY:
+        known = sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(known) or 'none'}")
+    return _REGISTRY[name]
+
+
+def available_methods() -> list[str]:
+    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))

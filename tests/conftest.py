@@ -1,0 +1,39 @@
+"""Shared fixtures. Real clips live in ../shared/realdata (never in the repo);
+tests that need them skip with a reason when the folder is absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("SURGSEG_REALDATA", REPO.parent / "shared" / "realdata"))
+SAMPLE_DATA = REPO / "sample_data"
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    if not REALDATA.is_dir():
+        pytest.skip(f"real surgical clips not found at {REALDATA} (set SURGSEG_REALDATA)")
+    return REALDATA
+
+
+def realdata_file(rel: str) -> Path:
+    """Path of a file under realdata, or skip the calling test with a reason."""
+    path = REALDATA / rel
+    if not path.exists():
+        pytest.skip(f"real data file missing: {path}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    # 2-core CI: keep torch from oversubscribing when tests run in parallel.
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    except ImportError:
+        pass
+    yield
