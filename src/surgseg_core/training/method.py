@@ -32,13 +32,30 @@ class MethodSpec:
     metrics(outputs, batch, config) -> {name: float} for one batch; the trainer
         averages them over the validation set (weighted by batch size) and
         reduces across ranks.
-    forward(model, batch) -> outputs (default: ``model(batch["image"])``)
+    forward(model, batch) -> outputs (default: ``model(batch["image"])``).
+        Under DDP ``model`` is the DistributedDataParallel wrapper: call it
+        (``model(...)``) rather than its submodules so gradients are synced.
     param_groups(model, config) -> list of optimizer param-group dicts or None
         (None: the trainer builds decay/no-decay groups itself)
     default_config: the method's defaults, merged under the user's YAML/CLI.
     monitor: the validation metric used for best-checkpoint selection and
         early stopping, and whether larger is better.
-    predict / evaluate: optional callables used by ``surgseg predict/evaluate``.
+    Validation metrics are logged with a ``val_`` prefix (``dice`` ->
+    ``val_dice``; ``val_loss`` is always there), so ``monitor`` names the
+    prefixed key.
+    layer_id(param_name, num_layers) -> int: depth used for layer-wise LR
+        decay (optional; default: numbered ``blocks.N``/``layers.N``).
+    predict(model, inputs, out_dir, config, *, progress=None, cancel=None)
+        -> list of written paths. ``inputs``: list of video files or frame
+        folders; called by ``surgseg predict`` with the checkpoint's weights
+        loaded into ``model`` (eval mode, on the device).
+    evaluate(model, data, config, *, progress=None, cancel=None)
+        -> {metric: float}. ``data``: a dataset folder; called by
+        ``surgseg evaluate``. Without it the CLI evaluates the validation
+        split of ``build_datasets`` with ``data_root=data`` using ``metrics``.
+    Config keys the trainer reads besides its own: ``data_root`` (training
+    data folder) and ``val_root`` (validation folder, optional), by
+    convention; ``build_datasets`` interprets them.
     """
 
     name: str
@@ -55,6 +72,7 @@ class MethodSpec:
     predict: Optional[Callable[..., Any]] = None
     evaluate: Optional[Callable[..., Any]] = None
     description: str = ""
+    layer_id: Optional[Callable[[str, int], int]] = None
 
 
 _REGISTRY: Dict[str, MethodSpec] = {}
@@ -72,8 +90,21 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 
 def get_method(name: str) -> MethodSpec:
+    """Look a method up by name. ``"package.module:name"`` imports that
+    module first (so third-party methods need no entry here)."""
+    if ":" in name:
+        module_name, _, name = name.partition(":")
+        try:
+            importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import method module {module_name!r}: {exc}") from None
     if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
+        try:
+            importlib.import_module(_BUILTIN_MODULES[name])
+        except ModuleNotFoundError as exc:
+            if exc.name != _BUILTIN_MODULES[name]:
+                raise
+            raise ConfigError(f"method {name!r} is not available in this installation ({exc.name} missing)") from None
     if name not in _REGISTRY:
         known = sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
         raise ConfigError(f"unknown method {name!r}; available: {', '.join(known) or 'none'}")

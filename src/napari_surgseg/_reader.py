@@ -1,0 +1,125 @@
+"""npe2 reader: surgical videos, RGB TIFF stacks and folders of numbered
+frames open as one lazy RGB image layer with a ``t`` axis.
+
+Label stacks written by this plugin (TIFF with our marker, or folders of
+numbered single-channel PNG masks) open as Labels layers, so a save/open round
+trip gives back what was saved. Anything else returns ``None`` (napari's
+convention: another reader may take it). A file with a video extension that
+cannot be decoded raises a :class:`VideoError` naming the file and the problem.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Union
+
+from ._layers import labels_layer_data, video_layer_data
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
+FRAME_SUFFIXES = {".png", ".jpg", ".jpeg"}
+_DIGITS = re.compile(r"\d")
+# PIL modes of one-channel images: class-id masks, not video frames.
+_MASK_MODES = {"1", "L", "P", "I", "I;16", "I;16B", "I;16L"}
+
+PathOrPaths = Union[str, List[str]]
+
+
+def get_reader(path: PathOrPaths) -> Optional[Callable[[PathOrPaths], list]]:
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:  # several files: let napari stack or pick another reader
+            return None
+        path = path[0]
+    p = Path(path)
+    if p.is_dir():
+        frames = _numbered_frames(p)
+        if not frames:
+            return None
+        return _read_masks_folder if _is_mask_image(frames[0]) else _read_video
+    suffix = p.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return _read_video
+    if suffix in TIFF_SUFFIXES:
+        kind = _tiff_kind(p)
+        if kind == "labels":
+            return _read_labels_tiff
+        if kind == "other":
+            return None
+        return _read_video  # RGB stack, or broken: open_video raises a clear error
+    return None
+
+
+def _numbered_frames(folder: Path) -> list:
+    try:
+        return sorted(
+            f
+            for f in folder.iterdir()
+            if f.is_file() and f.suffix.lower() in FRAME_SUFFIXES and _DIGITS.search(f.stem)
+        )
+    except OSError:
+        return []
+
+
+def _is_mask_image(path: Path) -> bool:
+    if path.suffix.lower() != ".png":
+        return False
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.mode in _MASK_MODES
+    except Exception:
+        return False
+
+
+def _tiff_kind(path: Path) -> str:
+    """'labels' (ours), 'video' (RGB pages), 'other' (e.g. grey microscopy
+    stacks, left to other readers) or 'broken'."""
+    from surgseg_core.io.export import LABELS_TIFF_MARKER
+
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if LABELS_TIFF_MARKER in (page.description or ""):
+                return "labels"
+            return "video" if page.samplesperpixel in (3, 4) else "other"
+    except Exception:
+        return "broken"
+
+
+def _single(path: PathOrPaths) -> str:
+    return path[0] if isinstance(path, (list, tuple)) else path
+
+
+def _read_video(path: PathOrPaths) -> list:
+    from surgseg_core.io import open_video
+
+    source = open_video(_single(path))  # lazy: reads metadata, not frames
+    return [video_layer_data(source)]
+
+
+def _read_labels_tiff(path: PathOrPaths) -> list:
+    from surgseg_core.io.export import read_labels_tiff
+
+    p = Path(_single(path))
+    return [labels_layer_data(read_labels_tiff(p), p.stem, {"source_path": str(p)})]
+
+
+def _read_masks_folder(path: PathOrPaths) -> list:
+    from surgseg_core.io.export import read_png_masks
+
+    p = Path(_single(path))
+    return [labels_layer_data(read_png_masks(p), p.name, {"source_path": str(p)})]
+
+
+def read_any(path: Any) -> list:
+    """Read ``path`` with this plugin's reader or raise a clear error
+    (used by widgets; napari itself goes through :func:`get_reader`)."""
+    from surgseg_core.errors import VideoError
+
+    reader = get_reader(str(path))
+    if reader is None:
+        raise VideoError(f"{path}: not a video, RGB TIFF stack or folder of numbered frames")
+    return reader(str(path))

@@ -1,0 +1,159 @@
+"""Sample data: the synthetic clips from ``surgseg_core.synth`` with their
+ground truth, as napari layers.
+
+The folders come from the repository's ``sample_data/`` (editable install or
+source checkout), or ``$SURGSEG_SAMPLE_DATA``; when neither holds them (a
+wheel install), they are regenerated deterministically once into the user
+cache folder. The video layer is lazy (``open_video``); masks are small and
+loaded into memory so they can be edited.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from ._layers import labels_layer_data, points_layer_data, video_layer_data
+
+log = logging.getLogger(__name__)
+
+CLIP_DIR = "synthetic_clip"
+LIVER_DIR = "synthetic_liver"
+_KINDS = {CLIP_DIR: "endoscopy_clip", LIVER_DIR: "liver_scene"}
+# Curve colours of the liver scene (silhouette, ridge, ligament), P2ILF-like.
+_CURVE_COLORS = {"silhouette": "yellow", "ridge": "red", "ligament": "blue"}
+
+
+def _is_complete(folder: Path, name: str) -> bool:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("kind") == _KINDS[name] and (folder / "video.mp4").is_file()
+
+
+def _candidates(name: str) -> List[Path]:
+    import surgseg_core
+
+    out = []
+    if os.environ.get("SURGSEG_SAMPLE_DATA"):
+        out.append(Path(os.environ["SURGSEG_SAMPLE_DATA"]) / name)
+    out.append(Path(surgseg_core.__file__).resolve().parents[2] / "sample_data" / name)  # src layout checkout
+    return out
+
+
+def _cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-surgseg")) / "sample_data"
+
+
+def sample_folder(name: str, regenerate: Optional[Callable[[Path], Path]] = None) -> Path:
+    """Folder holding sample ``name``: the checkout's, else the user cache
+    (generated there on first use with ``regenerate``)."""
+    for folder in _candidates(name):
+        if _is_complete(folder, name):
+            return folder
+    cached = _cache_dir() / name
+    if not _is_complete(cached, name):
+        if regenerate is None:
+            raise FileNotFoundError(f"sample data {name!r} not found in {', '.join(map(str, _candidates(name)))}")
+        log.info("generating sample data %s into %s", name, cached)
+        regenerate(cached)
+    return cached
+
+
+def _generate_clip(folder: Path) -> Path:
+    from surgseg_core.synth.writer import write_synthetic_clip
+
+    return write_synthetic_clip(folder, seed=0)
+
+
+def _generate_liver(folder: Path) -> Path:
+    from surgseg_core.synth.writer import write_liver_dataset
+
+    return write_liver_dataset(folder, seed=0)
+
+
+def _class_features(names: dict) -> dict:
+    # napari Labels show the feature row whose "index" equals the hovered id.
+    ids = sorted(int(k) for k in names)
+    return {"index": ids, "name": [names[str(i)] for i in ids]}
+
+
+def sample_clip() -> list:
+    """Synthetic endoscopy clip: video, instrument and anatomy labels, tool tips and anchors."""
+    from surgseg_core.io import open_video
+    from surgseg_core.io.export import read_png_masks
+    from surgseg_core.synth.writer import read_tool_landmarks
+
+    folder = sample_folder(CLIP_DIR, _generate_clip)
+    meta = json.loads((folder / "meta.json").read_text())
+    video = video_layer_data(open_video(folder / "video.mp4"), name="synthetic clip")
+
+    instruments = labels_layer_data(read_png_masks(folder / "instruments"), "instruments (ground truth)", meta)
+    anatomy = labels_layer_data(read_png_masks(folder / "anatomy"), "anatomy (ground truth)", meta)
+    anatomy[1]["features"] = _class_features(meta.get("anatomy_classes", {}))
+    anatomy[1]["opacity"] = 0.4
+
+    landmarks = read_tool_landmarks(folder / "tool_landmarks.csv")
+    rows = [(f, lm) for f in sorted(landmarks) for lm in landmarks[f]]
+    feats = {
+        "instrument_id": np.array([lm["instrument_id"] for _, lm in rows], dtype=int),
+        "action": np.array([lm["action"] for _, lm in rows], dtype=object),
+        "active": np.array([lm["active"] for _, lm in rows], dtype=bool),
+    }
+    tips = np.array([(f, lm["tip"][1], lm["tip"][0]) for f, lm in rows], dtype=float).reshape(-1, 3)
+    anchors = np.array([(f, lm["anchor"][1], lm["anchor"][0]) for f, lm in rows], dtype=float).reshape(-1, 3)
+    return [
+        video,
+        anatomy,
+        instruments,
+        points_layer_data(anchors, "tool anchors (ground truth)", feats, face_color="cyan"),
+        points_layer_data(tips, "tool tips (ground truth)", feats, face_color="yellow"),
+    ]
+
+
+def sample_liver() -> list:
+    """Synthetic liver scene: video, curve masks (silhouette, ridge, ligament) and the curves as paths."""
+    from surgseg_core.io import open_video
+    from surgseg_core.io.export import read_png_masks
+    from surgseg_core.synth.writer import read_liver_curves
+
+    folder = sample_folder(LIVER_DIR, _generate_liver)
+    meta = json.loads((folder / "meta.json").read_text())
+    video = video_layer_data(open_video(folder / "video.mp4"), name="synthetic liver")
+    masks = labels_layer_data(read_png_masks(folder / "masks"), "liver curves mask (ground truth)", meta)
+    masks[1]["features"] = _class_features(meta.get("classes", {}))
+
+    paths, colors, names = [], [], []
+    for frame, curves in sorted(read_liver_curves(folder / "curves.json").items()):
+        for name, lines in curves.items():
+            for line in lines:
+                if len(line) < 2:
+                    continue
+                # napari shapes are (t, y, x); the files store (x, y)
+                paths.append(np.column_stack([np.full(len(line), frame), line[:, 1], line[:, 0]]))
+                colors.append(_CURVE_COLORS.get(name, "white"))
+                names.append(name)
+    layers = [video, masks]
+    if paths:
+        layers.append(
+            (
+                paths,
+                {
+                    "name": "liver curves (ground truth)",
+                    "shape_type": "path",
+                    "edge_color": colors,
+                    "edge_width": 2,
+                    "features": {"curve": np.array(names, dtype=object)},
+                    "axis_labels": ("t", "y", "x"),
+                },
+                "shapes",
+            )
+        )
+    return layers

@@ -1,0 +1,153 @@
+"""``surgseg train | evaluate | predict``: the shared trainer from the shell.
+
+All three accept ``--config cfg.yaml`` and repeated ``--set key=value``
+overrides; all run unchanged under ``torchrun --nproc_per_node N``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from ..config import load_config, merge_config, parse_overrides
+from ..progress import CancelToken, TextProgress
+from ..training.distributed import env_world
+
+TRAIN_EXAMPLES = """examples:
+  surgseg train liver --config liver.yaml --run-dir runs/liver1
+  surgseg train liver --config liver.yaml --set lr=1e-4 --set epochs=3 --run-dir runs/liver2
+  surgseg train liver --run-dir runs/liver1 --resume          # continue after a crash / Ctrl-C
+  torchrun --nproc_per_node 2 -m surgseg_core train liver --config liver.yaml --run-dir runs/ddp
+  surgseg train mypkg.methods:mymethod --set data_root=data/train --run-dir runs/mine
+
+Trainer keys (YAML or --set): epochs batch_size lr weight_decay layer_decay
+scheduler(cosine|plateau|none) min_lr min_lr_ratio plateau_factor plateau_patience
+early_stopping_patience grad_clip grad_accum device(auto|cpu|cuda|mps)
+precision(auto|bf16|fp32) seed num_workers monitor monitor_mode log_every
+init_weights; method keys (data_root, val_root, ...) sit beside them.
+Ctrl-C stops after the current step and saves checkpoints/last.pt; a second
+Ctrl-C aborts. The run folder holds config.yaml, metrics.jsonl and checkpoints/.
+"""
+
+EVAL_EXAMPLES = """examples:
+  surgseg evaluate liver --checkpoint runs/liver1/checkpoints/best.pt --data data/liver/test
+  surgseg evaluate liver --checkpoint best.pt --data data/test --out metrics.json --device cpu
+"""
+
+PREDICT_EXAMPLES = """examples:
+  surgseg predict liver --checkpoint runs/liver1/checkpoints/best.pt clip1.mp4 clip2.mp4 --out preds/
+  surgseg predict liver --checkpoint best.pt frames_folder/ --out preds/ --set size=[512,288]
+  torchrun --nproc_per_node 4 -m surgseg_core predict liver --checkpoint best.pt videos/*.mp4 --out preds/
+    (each process takes a share of the inputs)
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("method", help="method name (see 'surgseg train --help') or package.module:name")
+    p.add_argument("--config", type=Path, help="YAML config file (flat key: value mapping)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key; value typed as YAML (repeatable)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="compute device (default: config or auto)")
+
+
+def _user_config(args) -> dict:
+    cfg = merge_config(load_config(args.config), parse_overrides(args.overrides))
+    if args.device:
+        cfg["device"] = args.device
+    return cfg
+
+
+def register(subparsers) -> None:
+    from ..training.method import available_methods
+
+    methods = ", ".join(available_methods())
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser("train", help="train a method (one loop for all methods; DDP with torchrun)",
+                              description=f"Train a method. Available methods: {methods}.",
+                              epilog=TRAIN_EXAMPLES, formatter_class=fmt)
+    _common(p)
+    p.add_argument("--run-dir", type=Path, required=True, help="run folder (logs, config.yaml, checkpoints/)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser("evaluate", help="metrics of a checkpoint on a dataset folder",
+                              description="Evaluate a trained checkpoint on a dataset folder.",
+                              epilog=EVAL_EXAMPLES, formatter_class=fmt)
+    _common(p)
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) written by 'surgseg train'")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder to evaluate on")
+    p.add_argument("--out", type=Path, help="also write the metrics to this JSON file")
+    p.set_defaults(func=run_evaluate)
+
+    p = subparsers.add_parser("predict", help="run a checkpoint on videos or frame folders",
+                              description="Predict with a trained checkpoint; writes files into --out.",
+                              epilog=PREDICT_EXAMPLES, formatter_class=fmt)
+    _common(p)
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) written by 'surgseg train'")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="video files or frame folders")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=run_predict)
+
+
+def _install_sigint(token: CancelToken):
+    def handler(signum, frame):
+        if token.cancelled:
+            raise KeyboardInterrupt
+        token.cancel()
+        print("\nsurgseg: stopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not in the main thread
+        return None
+
+
+def run_train(args) -> int:
+    from ..training.trainer import train
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main_rank = env_world().is_main
+    token = CancelToken()
+    previous = _install_sigint(token)
+    try:
+        result = train(
+            args.method, _user_config(args), run_dir=args.run_dir, resume=args.resume,
+            progress=TextProgress("train") if main_rank else None, cancel=token,
+        )
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if main_rank:
+        last = result.history[-1] if result.history else {}
+        print(f"run folder: {result.run_dir}")
+        print(f"best checkpoint: {result.best_checkpoint} ({last.get('monitor', 'metric')} best {result.best_metric:.4g})")
+        print(f"last checkpoint: {result.last_checkpoint}")
+        if result.stopped:
+            print(f"stopped: {result.stopped}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from ..training.inference import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.method, args.checkpoint, args.data, _user_config(args),
+                                  progress=TextProgress("evaluate"))
+    text = json.dumps(metrics, indent=1, sort_keys=True)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+def run_predict(args) -> int:
+    from ..training.inference import predict_with_checkpoint
+
+    written = predict_with_checkpoint(args.method, args.checkpoint, args.inputs, args.out, _user_config(args),
+                                      progress=TextProgress("predict"))
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,101 @@
+"""YAML configuration files with command-line overrides.
+
+A run's configuration is one flat dict (trainer keys and method keys side by
+side). Layers, lowest first: the method's defaults, the trainer's defaults,
+the user's YAML file, then ``--set key=value`` overrides whose values are
+typed with ``yaml.safe_load`` (``--set lr=1e-4`` is a float, ``--set
+epochs=3`` an int, ``--set device=cpu`` a string).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional, Union
+
+import yaml
+
+from .atomic import atomic_write_text
+from .errors import ConfigError
+
+PathLike = Union[str, os.PathLike]
+
+
+def load_config(path: Optional[PathLike]) -> Dict[str, Any]:
+    """Read a YAML mapping; ``None`` gives an empty config."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of key: value, found {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"lr=1e-4"`` -> ``("lr", 1e-4)``; the value is typed by YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. --set lr=1e-4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    # yaml reads "1e-4" as a string (YAML 1.1 wants a dot); users mean a number.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def parse_overrides(items: Optional[Iterable[str]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for item in items or ():
+        key, value = parse_override(item)
+        out[key] = value
+    return out
+
+
+def merge_config(*layers: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Later layers win; ``None`` layers are skipped (shallow merge: configs are flat)."""
+    out: Dict[str, Any] = {}
+    for layer in layers:
+        if layer:
+            out.update(layer)
+    return out
+
+
+def plain_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """Config with only YAML/``weights_only``-safe values (paths become strings)."""
+
+    def conv(value: Any) -> Any:
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, Mapping):
+            return {str(k): conv(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [conv(v) for v in value]
+        if hasattr(value, "item"):  # numpy / torch scalars
+            return value.item()
+        return str(value)
+
+    return {str(k): conv(v) for k, v in config.items()}
+
+
+def save_config(path: PathLike, config: Mapping[str, Any]) -> Path:
+    """Write the config as YAML, atomically."""
+    text = yaml.safe_dump(plain_config(config), sort_keys=True)
+    return atomic_write_text(path, text)

@@ -1,0 +1,247 @@
+"""Corrections made in the viewer become training data.
+
+:func:`export_corrections` writes the corrected frames of a video in exactly
+the layout the trainer reads (:mod:`.image_mask`)::
+
+    out_dir/images/<stem>.png     the video frame (lossless)
+    out_dir/masks/<stem>.png      the corrected index mask
+    out_dir/points.csv            corrected points (stem, frame, y, x, class)
+    out_dir/curves.json           corrected curves {stem: {class: [[[x, y], ...], ...]}}
+    out_dir/provenance.json       where every item came from (video, frame, who, when)
+
+Exporting into an existing folder adds to it (stems carry the video name so
+clips don't collide). Every file is written atomically; provenance.json last.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import getpass
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import DatasetError
+from ..progress import CancelToken, ProgressCallback, check_cancel, report
+
+PathLike = Union[str, os.PathLike]
+METHODS = ("generic", "liver")
+
+
+def _frame_count(frames: Any) -> int:
+    try:
+        return int(len(frames))
+    except TypeError:
+        raise DatasetError("frames must be an array-like of shape (T, H, W, 3)") from None
+
+
+def _to_rgb_uint8(frame: Any, index: int) -> np.ndarray:
+    arr = np.asarray(frame)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise DatasetError(f"frame {index} has shape {arr.shape}; expected (H, W, 3) RGB")
+    arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return arr
+
+
+def _label_at(labels: Any, index: int) -> Optional[np.ndarray]:
+    if labels is None:
+        return None
+    if isinstance(labels, Mapping):
+        value = labels.get(index)
+        return None if value is None else np.asarray(value)
+    if index >= len(labels):
+        return None
+    return np.asarray(labels[index])
+
+
+def _label_frames(labels: Any, n_frames: int) -> Iterable[int]:
+    if labels is None:
+        return []
+    if isinstance(labels, Mapping):
+        return sorted(int(k) for k in labels)
+    return range(min(n_frames, len(labels)))
+
+
+def _points_array(points: Any) -> np.ndarray:
+    arr = np.asarray(points, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 3))
+    if arr.ndim != 2 or arr.shape[1] not in (3, 4):
+        raise DatasetError(f"points must be an (N, 3) array of [frame, y, x] (napari order), got shape {arr.shape}")
+    return arr
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def default_corrected_frames(labels: Any, n_frames: int, model_labels: Any = None,
+                             points: Any = None, curves: Optional[Mapping] = None) -> List[int]:
+    """Frames worth exporting: labels differing from the model's output
+    (``model_labels``) or, without it, frames with any non-zero label; plus
+    frames that have points or curves."""
+    chosen = set()
+    for t in _label_frames(labels, n_frames):
+        lab = _label_at(labels, t)
+        if lab is None:
+            continue
+        ref = _label_at(model_labels, t) if model_labels is not None else None
+        if ref is not None:
+            if ref.shape != lab.shape or not np.array_equal(ref, lab):
+                chosen.add(t)
+        elif np.any(lab):
+            chosen.add(t)
+    if points is not None:
+        chosen.update(int(round(f)) for f in _points_array(points)[:, 0])
+    if curves:
+        chosen.update(int(k) for k, v in curves.items() if v)
+    return sorted(t for t in chosen if 0 <= t < n_frames)
+
+
+def export_corrections(
+    out_dir: PathLike,
+    *,
+    frames: Any,
+    labels: Any = None,
+    points: Any = None,
+    curves: Optional[Mapping[int, Mapping[Any, Sequence[Any]]]] = None,
+    frame_indices: Optional[Sequence[int]] = None,
+    model_labels: Any = None,
+    point_classes: Optional[Sequence[Any]] = None,
+    method: str = "generic",
+    provenance: Optional[Mapping[str, Any]] = None,
+    line_thickness: float = 3.0,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> Path:
+    """Write the corrected frames as an image_mask training dataset; returns ``out_dir``.
+
+    frames: array-like (T, H, W, 3) (read one frame at a time, never whole).
+    labels: array-like (T, H, W) of class indices, or ``{frame: mask}``.
+    points: (N, 3) [frame, y, x] (napari order), optional ``point_classes``.
+    curves: ``{frame: {class: [polyline (K, 2) as x, y, ...]}}``; with
+        ``method="liver"`` frames without a label mask get the curves drawn
+        into their mask (``line_thickness`` px), as the liver trainer expects.
+    frame_indices: which frames to export; default
+        :func:`default_corrected_frames`.
+    provenance: ``source_video``, ``who``, ``when`` (filled in if missing).
+    """
+    if method not in METHODS:
+        raise DatasetError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    out = Path(out_dir)
+    n_frames = _frame_count(frames)
+    pts = _points_array(points) if points is not None else np.zeros((0, 3))
+    if point_classes is not None and len(point_classes) != len(pts):
+        raise DatasetError(f"point_classes has {len(point_classes)} entries for {len(pts)} points")
+    if frame_indices is None:
+        frame_indices = default_corrected_frames(labels, n_frames, model_labels, points, curves)
+    frame_indices = sorted({int(t) for t in frame_indices})
+    bad = [t for t in frame_indices if not 0 <= t < n_frames]
+    if bad:
+        raise DatasetError(f"frame indices {bad[:5]} are outside the video (0..{n_frames - 1})")
+    if not frame_indices:
+        raise DatasetError("nothing to export: no corrected frames (labels empty and equal to the model output)")
+
+    prov = dict(provenance or {})
+    prov.setdefault("who", getpass.getuser() if hasattr(getpass, "getuser") else "unknown")
+    prov.setdefault("when", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    source = prov.get("source_video")
+    prefix = Path(str(source)).stem if source else "frame"
+    prefix = "".join(c if c.isalnum() or c in "-_" else "_" for c in prefix) or "frame"
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    items: Dict[str, Dict[str, Any]] = {}
+    stems: Dict[int, str] = {}
+    for done, t in enumerate(frame_indices):
+        check_cancel(cancel)
+        stem = f"{prefix}_f{t:06d}"
+        stems[t] = stem
+        image = _to_rgb_uint8(frames[t], t)
+        mask = _label_at(labels, t)
+        if mask is None and method == "liver" and curves and curves.get(t):
+            from ..methods.liver.rasterize import rasterize_curves  # only the liver export needs it
+
+            mask = rasterize_curves({int(k): v for k, v in curves[t].items()}, image.shape[:2], line_thickness)
+        if mask is None:
+            mask = np.zeros(image.shape[:2], np.uint8)
+        mask = np.asarray(mask)
+        if mask.shape != image.shape[:2]:
+            raise DatasetError(f"frame {t}: labels are {mask.shape[1]}x{mask.shape[0]} but the frame is "
+                               f"{image.shape[1]}x{image.shape[0]} (width x height)")
+        if mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
+            raise DatasetError(f"frame {t}: label values must be 0..255 class indices, found "
+                               f"{int(mask.min())}..{int(mask.max())}")
+        with atomic_path(out / "images" / f"{stem}.png") as tmp:
+            tmp.write_bytes(_png_bytes(image))
+        with atomic_path(out / "masks" / f"{stem}.png") as tmp:
+            tmp.write_bytes(_png_bytes(mask.astype(np.uint8)))
+        items[stem] = {"frame": t, **{k: v for k, v in prov.items() if isinstance(v, (str, int, float))}}
+        report(progress, done + 1, len(frame_indices), f"frame {t}")
+
+    if len(pts):
+        _write_points(out / "points.csv", pts, point_classes, stems)
+    if curves:
+        _write_curves(out / "curves.json", curves, stems)
+    _write_provenance(out / "provenance.json", items, method)
+    return out
+
+
+def _write_points(path: Path, pts: np.ndarray, classes, stems: Mapping[int, str]) -> None:
+    rows = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("stem") not in set(stems.values())]
+    for i, p in enumerate(pts):
+        t = int(round(p[0]))
+        if t not in stems:
+            continue
+        cls = classes[i] if classes is not None else (int(p[3]) if len(p) > 3 else "")
+        rows.append({"stem": stems[t], "frame": t, "y": f"{p[1]:.3f}", "x": f"{p[2]:.3f}", "class": cls})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["stem", "frame", "y", "x", "class"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _write_curves(path: Path, curves: Mapping, stems: Mapping[int, str]) -> None:
+    data: Dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for t, per_class in curves.items():
+        if int(t) not in stems:
+            continue
+        data[stems[int(t)]] = {
+            str(cls): [np.asarray(pl, dtype=float).reshape(-1, 2).round(3).tolist() for pl in polylines]
+            for cls, polylines in per_class.items()
+        }
+    atomic_write_text(path, json.dumps(data, indent=1))
+
+
+def _write_provenance(path: Path, items: Mapping[str, Any], method: str) -> None:
+    from .. import __version__
+
+    data: Dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            data = {}
+    data.setdefault("format", "image_mask")
+    data["method"] = method
+    data["surgseg_version"] = __version__
+    data.setdefault("items", {}).update(items)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))

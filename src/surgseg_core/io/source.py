@@ -1,0 +1,304 @@
+"""``FrameSource``: a lazy, read-only (T, H, W, 3) uint8 array over a video,
+TIFF stack or frame folder.
+
+napari (and numpy code) index it like an array; only the frames asked for are
+decoded. The format backends only provide a *reader* (``read(source_index)``
+-> one RGB frame at output size); this class adds numpy indexing semantics,
+the byte-capped LRU cache, background prefetch and thread safety.
+"""
+from __future__ import annotations
+
+import logging
+import operator
+import threading
+from typing import Callable, Iterator, Optional, Protocol, Tuple
+
+import numpy as np
+
+from ..errors import VideoError
+from .cache import FrameCache
+from .metadata import VideoMetadata
+
+log = logging.getLogger(__name__)
+
+
+class FrameReader(Protocol):
+    """What a format backend provides. Not thread-safe: FrameSource serialises calls."""
+
+    def read(self, source_index: int) -> np.ndarray:  # (H, W, 3) uint8, output size
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def _is_int(value) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+class FrameSource:
+    """Lazy (T, H, W, 3) uint8 array. Use :func:`surgseg_core.io.open_video`.
+
+    Thread-safe: reads from napari's GUI thread and worker threads are
+    serialised on the decoder; cached frames are served without waiting.
+    Returned arrays are fresh copies (the cache is never exposed).
+    """
+
+    #: ``np.asarray(src)`` and any single indexing request larger than this
+    #: raise :class:`VideoError` instead of filling memory with the whole video.
+    max_array_bytes: int = 2 * 1024**3
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(
+        self,
+        metadata: VideoMetadata,
+        make_reader: Callable[[], FrameReader],
+        *,
+        cache_mb: float = 256,
+        prefetch: int = 0,
+    ) -> None:
+        self.metadata = metadata
+        self._make_reader = make_reader
+        self._reader: Optional[FrameReader] = None
+        self._lock = threading.RLock()  # guards the main reader
+        self._cache = FrameCache(int(cache_mb * 1024 * 1024))
+        self._src_idx = np.asarray(metadata.source_indices, dtype=np.int64)
+        self._shape = (len(self._src_idx), metadata.height, metadata.width, 3)
+        self._closed = False
+        self._prefetch = int(prefetch)
+        self._pf_cond = threading.Condition()
+        self._pf_next: Optional[int] = None
+        self._pf_thread: Optional[threading.Thread] = None
+        self._reader = make_reader()
+
+    # ----------------------------------------------------------------- array protocol
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        return self._shape
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self._shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size  # uint8
+
+    def __len__(self) -> int:
+        return self._shape[0]
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return f"<FrameSource {m.path!r} {m.format} shape={self._shape} fps={m.fps}>"
+
+    def __array__(self, dtype=None, copy=None):
+        if copy is False:
+            raise ValueError("a FrameSource cannot be viewed as an array without copying")
+        self._check_size(self.nbytes, "converting the whole source to an array")
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for _, frame in self.iter_frames():
+            yield frame
+
+    def __getitem__(self, key) -> np.ndarray:
+        tkey, rest = self._split_key(key)
+        idx, scalar = self._time_indices(tkey)
+        frame_shape = self._shape[1:]
+        dummy = np.broadcast_to(np.zeros((), np.uint8), frame_shape)
+        basic = all(_is_int(k) or isinstance(k, slice) for k in rest)
+        if basic:
+            crop_shape = dummy[rest].shape
+            self._check_size(idx.size * int(np.prod(crop_shape)), "this indexing request")
+            if scalar:
+                return np.array(self._get(int(idx))[rest])
+            unique = np.unique(idx)
+            if unique.size == idx.size and np.all(np.diff(idx.ravel()) > 0):  # common: a plain slice
+                out = np.empty((idx.size,) + crop_shape, np.uint8)
+                for j, i in enumerate(idx.ravel()):
+                    out[j] = self._get(int(i))[rest]
+                return out.reshape(idx.shape + crop_shape)
+            crops = np.empty((unique.size,) + crop_shape, np.uint8)
+            for j, i in enumerate(unique):
+                crops[j] = self._get(int(i))[rest]
+            return crops[np.searchsorted(unique, idx)]
+        # Advanced indexing on the frame axes: stack the needed frames and let
+        # numpy apply the exact same key (so semantics match numpy's).
+        if scalar or isinstance(tkey, slice):  # keep the time key basic: a slice stays a slice
+            needed, mapped = np.atleast_1d(idx), (0 if scalar else slice(None))
+        else:
+            needed = np.unique(idx)
+            mapped = np.searchsorted(needed, idx)
+        self._check_size(needed.size * int(np.prod(frame_shape)), "this indexing request")
+        stack = np.empty((needed.size,) + frame_shape, np.uint8)
+        for j, i in enumerate(needed):
+            stack[j] = self._get(int(i))
+        return np.array(stack[(mapped,) + tuple(rest)])
+
+    # ----------------------------------------------------------------- public extras
+    def iter_frames(self, start: int = 0, stop: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray]]:
+        """Yield ``(index, frame)`` for ``start <= index < stop`` in order.
+
+        Uses its own reader (its own decoder for videos), so a long sequential
+        pass (export, tracking) neither thrashes the random-access decoder nor
+        evicts the frames napari has cached.
+        """
+        n = len(self)
+        stop = n if stop is None else stop
+        if not (_is_int(start) and _is_int(stop)) or not (0 <= start <= stop <= n):
+            raise VideoError(
+                f"{self.metadata.path}: iter_frames range start={start}, stop={stop} is outside 0..{n}"
+            )
+        self._check_open()
+        reader = self._make_reader()
+        try:
+            for i in range(int(start), int(stop)):
+                self._check_open()
+                frame = self._cache.get(i)
+                if frame is None:
+                    frame = reader.read(int(self._src_idx[i]))
+                else:
+                    frame = frame.copy()
+                yield i, frame
+        finally:
+            reader.close()
+
+    @property
+    def cache(self) -> FrameCache:
+        return self._cache
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._pf_cond:
+            self._pf_cond.notify_all()
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        self._cache.clear()
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ----------------------------------------------------------------- internals
+    def _check_open(self) -> None:
+        if self._closed:
+            raise VideoError(f"{self.metadata.path}: the source is closed")
+
+    def _check_size(self, nbytes: int, what: str) -> None:
+        if nbytes > self.max_array_bytes:
+            raise VideoError(
+                f"{self.metadata.path}: {what} would need {nbytes / 2**30:.1f} GiB in memory "
+                f"(limit {self.max_array_bytes / 2**30:.1f} GiB); index fewer frames, or open the video "
+                "with a frame range, stride or downscale"
+            )
+
+    def _split_key(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        n_ellipsis = sum(k is Ellipsis for k in key)
+        if n_ellipsis > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if n_ellipsis:
+            pos = next(i for i, k in enumerate(key) if k is Ellipsis)
+            n_real = sum(k is not None and k is not Ellipsis for k in key)
+            key = key[:pos] + (slice(None),) * (4 - n_real) + key[pos + 1:]
+        if not key:
+            key = (slice(None),)
+        if key[0] is None:
+            raise IndexError("np.newaxis before the time axis is not supported by FrameSource")
+        if sum(k is not None for k in key) > 4:
+            raise IndexError(f"too many indices for a FrameSource of shape {self._shape}")
+        return key[0], key[1:]
+
+    def _time_indices(self, tkey):
+        n = len(self)
+        if _is_int(tkey):
+            i = operator.index(tkey)
+            if not -n <= i < n:
+                raise IndexError(f"frame index {i} is out of range for {n} frames")
+            return np.int64(i % n), True
+        if isinstance(tkey, slice):
+            return np.arange(*tkey.indices(n), dtype=np.int64), False
+        arr = np.asarray(tkey)
+        if arr.dtype == bool:
+            if arr.shape != (n,):
+                raise IndexError(f"boolean frame mask has shape {arr.shape}, expected ({n},)")
+            return np.flatnonzero(arr), False
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise IndexError(f"frame indices must be integers, slices or boolean masks, got {arr.dtype}")
+        arr = arr.astype(np.int64)
+        if arr.size and (arr.min() < -n or arr.max() >= n):
+            raise IndexError(f"frame index out of range for {n} frames")
+        return arr % n if n else arr, False
+
+    def _get(self, i: int) -> np.ndarray:
+        frame = self._cache.get(i)
+        if frame is None:
+            with self._lock:
+                self._check_open()
+                frame = self._cache.get(i)  # the prefetcher may have decoded it meanwhile
+                if frame is None:
+                    frame = self._reader.read(int(self._src_idx[i]))
+                    self._cache.put(i, frame)
+        if self._prefetch > 0:
+            self._schedule_prefetch(i + 1)
+        return frame
+
+    # ----------------------------------------------------------------- prefetch
+    def _schedule_prefetch(self, start: int) -> None:
+        with self._pf_cond:
+            if self._pf_thread is None:
+                self._pf_thread = threading.Thread(
+                    target=self._prefetch_loop, name=f"surgseg-prefetch-{id(self):x}", daemon=True
+                )
+                self._pf_thread.start()
+            self._pf_next = start
+            self._pf_cond.notify()
+
+    def _prefetch_loop(self) -> None:
+        while True:
+            with self._pf_cond:
+                while self._pf_next is None and not self._closed:
+                    self._pf_cond.wait()
+                if self._closed:
+                    return
+                start, self._pf_next = self._pf_next, None
+            for j in range(start, min(start + self._prefetch, len(self))):
+                if self._closed or self._pf_next is not None:  # closed, or the viewer moved on
+                    break
+                if j in self._cache:
+                    continue
+                try:
+                    with self._lock:
+                        if self._closed:
+                            return
+                        if j not in self._cache:
+                            self._cache.put(j, self._reader.read(int(self._src_idx[j])))
+                except Exception as exc:  # the foreground read reports it properly
+                    log.debug("prefetch of frame %d stopped: %s", j, exc)
+                    break

@@ -1,0 +1,489 @@
+"""Mask post-processing of the paper (sec. 3.1), each step a function with a
+switch in :class:`PostprocessOptions`, applied in the paper's order:
+
+1. camera culling: predictions outside the endoscope's field of view (FOV)
+   become background. The FOV is fitted to the dark border (smoothed
+   brightness on a 4x reduced image, threshold, largest component, holes
+   filled; optionally a least-squares circle), not a per-pixel "<= 2" test;
+2. ligament culling (rule ``"columns"``, the paper's "above/below both the
+   ridge and the silhouette"): for a ligament pixel (x, y), let top_k(x) and
+   bottom_k(x) be the smallest and largest row of class k (ridge, silhouette)
+   in column x, linearly interpolated over columns where k has no pixel and
+   held constant beyond its ends. The pixel is removed when it lies above both
+   (y < min(top_r, top_s)) or below both (y > max(bottom_r, bottom_s)). With
+   only one of the two classes present, that one alone is the reference; with
+   neither, nothing is removed. Rule ``"bbox"`` is the reference code's: keep
+   only ligament pixels inside the bounding box of ridge + silhouette;
+3. joining: components of one class closer than ``join_distance`` px are
+   connected by a straight line between their nearest pixels (shortest gaps
+   first, never closing a loop);
+4. Zhang-Suen thinning (``skimage.morphology.skeletonize(method="zhang")``);
+5. Ramer-Douglas-Peucker simplification (``skimage.measure.approximate_polygon``)
+   of the skeleton traced into ordered paths;
+6. outputs at the ORIGINAL image resolution: the polylines are scaled (not
+   the masks), then drawn 1 px thin and at ``out_thickness``.
+
+Steps 3-5 work per class on the cropped bounding box of that class, and no
+step computes a full-image distance transform, so the chain fits a few
+milliseconds per 416 x 320 frame (benchmarks/liver_postprocess.py).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ...errors import ConfigError
+from . import LANDMARK_CLASSES, LIGAMENT, RIDGE, SILHOUETTE
+from ._fast import nonzero2d
+from .rasterize import rasterize_curves, scale_curves
+from .skeleton_paths import trace_label_skeleton
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class PostprocessOptions:
+    camera_culling: bool = True
+    fov_threshold: float = 20.0       # 0-255 brightness below which the border is "dark"
+    fov_shape: str = "mask"           # "mask" or "circle"
+    ligament_culling: Optional[str] = "columns"  # "columns", "bbox" or None
+    join: bool = True
+    join_distance: float = 15.0       # px at the network resolution
+    skeletonize: bool = True
+    simplify: bool = True
+    rdp_epsilon: float = 1.0          # px at the network resolution
+    min_path_pixels: int = 2          # drop isolated skeleton specks
+    out_thickness: Optional[float] = 12.0  # px at the original resolution; None: no dilated map
+
+    def __post_init__(self) -> None:
+        if self.ligament_culling not in (None, "columns", "bbox"):
+            raise ConfigError(f"ligament_culling must be 'columns', 'bbox' or None, got {self.ligament_culling!r}")
+        if self.fov_shape not in ("mask", "circle"):
+            raise ConfigError(f"fov_shape must be 'mask' or 'circle', got {self.fov_shape!r}")
+        if self.join_distance < 0 or self.rdp_epsilon < 0:
+            raise ConfigError("join_distance and rdp_epsilon must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LandmarkResult:
+    """Post-processed landmarks of one frame at the original resolution."""
+
+    polylines: Dict[int, List[np.ndarray]]  # class -> [(N, 2) x, y]
+    thin: np.ndarray                        # (H, W) uint8, 1-px curves
+    dilated: Optional[np.ndarray]           # (H, W) uint8 at out_thickness
+    fov: Optional[np.ndarray] = None        # FOV mask at the network resolution
+    info: dict = field(default_factory=dict)
+
+
+# 1. camera culling -----------------------------------------------------------------
+
+def _fov_small(image: np.ndarray, threshold: float = 20.0, reduce: int = 4, shape: str = "mask") -> Optional[np.ndarray]:
+    """FOV mask at 1/``reduce`` of the image size, or None when the frame has
+    no usable dark border (then nothing is culled)."""
+    img = np.asarray(image)
+    h, w = img.shape[:2]
+    hh, ww = h // reduce, w // reduce
+    if hh < 4 or ww < 4:
+        return None
+    # every reduce-th pixel, then a 3x3 mean: cheaper than block means on the
+    # full frame and as good for finding a border that is tens of pixels wide
+    sub = img[reduce // 2: hh * reduce: reduce, reduce // 2: ww * reduce: reduce]
+    bright = sub.max(axis=2) if sub.ndim == 3 else sub
+    small = ndi.uniform_filter(bright.astype(np.float32), 3)
+    cand = small > threshold
+    lab, n = ndi.label(cand)
+    if n == 0:
+        return None
+    if n > 1:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        cand = lab == sizes.argmax()
+    fov = _fill_holes(cand)
+    frac = fov.mean()
+    if frac > 0.98 or frac < 0.05:
+        return None
+    if shape == "circle":
+        fov = _fit_circle_mask(fov)
+    return fov
+
+
+def _index_map(n_out: int, n_in: int) -> np.ndarray:
+    """Nearest-neighbour source index of each of ``n_out`` pixels (pixel centres)."""
+    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
+
+
+def estimate_fov(image: np.ndarray, threshold: float = 20.0, reduce: int = 4, shape: str = "mask",
+                 out_shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """Boolean field-of-view mask of an endoscope frame (H, W, 3) uint8.
+
+    Brightness is the per-pixel channel maximum (a dark red tissue shadow is
+    still bright in red), sampled every ``reduce`` pixels and smoothed; pixels
+    above ``threshold`` (0-255) are FOV candidates, of which the largest
+    component with its holes filled is the FOV (dark tissue inside the view is
+    a hole, the border is not). ``shape="circle"`` replaces it by the
+    least-squares circle through its outline. A frame without a dark border
+    (or a nearly black one) gives an all-True mask, so nothing is dropped by
+    mistake. The mask is returned at ``out_shape`` (H, W), default the image's.
+    """
+    out_shape = tuple(out_shape or np.asarray(image).shape[:2])
+    small = _fov_small(image, threshold, reduce, shape)
+    if small is None:
+        return np.ones(out_shape, bool)
+    return small[_index_map(out_shape[0], small.shape[0])[:, None], _index_map(out_shape[1], small.shape[1])[None, :]]
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Holes = background components that do not touch the image border (one
+    labelling pass; ndi.binary_fill_holes iterates dilations)."""
+    bg, n = ndi.label(~mask)
+    if n == 0:
+        return mask
+    border = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
+    outside = np.zeros(n + 1, bool)
+    outside[border] = True
+    outside[0] = False
+    return ~outside[bg]
+
+
+def _fit_circle_mask(fov: np.ndarray) -> np.ndarray:
+    edge = fov & ~ndi.binary_erosion(fov)
+    # points on the image border are where the frame cuts the circle: not circle points
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = False
+    y, x = nonzero2d(edge)
+    if len(x) < 10:
+        return fov
+    # Kasa fit: x^2 + y^2 + D x + E y + F = 0
+    a = np.column_stack([x, y, np.ones_like(x)]).astype(np.float64)
+    b = -(x.astype(np.float64) ** 2 + y.astype(np.float64) ** 2)
+    (d, e, f), *_ = np.linalg.lstsq(a, b, rcond=None)
+    cx, cy = -d / 2, -e / 2
+    r2 = cx * cx + cy * cy - f
+    if r2 <= 0:
+        return fov
+    yy, xx = np.ogrid[: fov.shape[0], : fov.shape[1]]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r2
+
+
+def _points(labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ys, xs = nonzero2d(labels)
+    return ys, xs, labels[ys, xs]
+
+
+def _to_labels(shape, ys, xs, vals, dtype=np.uint8) -> np.ndarray:
+    out = np.zeros(shape, dtype)
+    out[ys, xs] = vals
+    return out
+
+
+def cull_outside_fov(labels: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """Predictions outside the FOV mask (same shape as ``labels``) become background."""
+    if fov.shape != labels.shape:
+        raise ConfigError(f"FOV mask shape {fov.shape} differs from the label map {labels.shape}")
+    out = labels.copy()
+    out[~fov] = 0
+    return out
+
+
+# 2. ligament culling ---------------------------------------------------------------
+
+def _column_extents(ys: np.ndarray, xs: np.ndarray, width: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Per-column (top, bottom) rows of the pixels (ys, xs), linearly
+    interpolated over columns without pixels, constant beyond the ends."""
+    if len(xs) == 0:
+        return None
+    big = np.iinfo(np.int64).max
+    top = np.full(width, big, dtype=np.int64)
+    bottom = np.full(width, -1, dtype=np.int64)
+    np.minimum.at(top, xs, ys)
+    np.maximum.at(bottom, xs, ys)
+    cols = np.flatnonzero(bottom >= 0)
+    x = np.arange(width)
+    return np.interp(x, cols, top[cols]), np.interp(x, cols, bottom[cols])
+
+
+def ligament_keep(ys: np.ndarray, xs: np.ndarray, vals: np.ndarray, width: int,
+                  rule: Optional[str] = "columns") -> np.ndarray:
+    """Which of the labelled pixels (ys, xs, vals) survive ligament culling."""
+    keep = np.ones(len(vals), bool)
+    is_lig = vals == LIGAMENT
+    if rule is None or not is_lig.any():
+        return keep
+    is_ref = (vals == RIDGE) | (vals == SILHOUETTE)
+    if not is_ref.any():
+        return keep
+    ly, lx = ys[is_lig], xs[is_lig]
+    if rule == "bbox":
+        ry, rx = ys[is_ref], xs[is_ref]
+        inside = (ly >= ry.min()) & (ly <= ry.max()) & (lx >= rx.min()) & (lx <= rx.max())
+        keep[np.flatnonzero(is_lig)[~inside]] = False
+        return keep
+    if rule != "columns":
+        raise ConfigError(f"unknown ligament culling rule {rule!r}")
+    extents = [e for e in (_column_extents(ys[vals == k], xs[vals == k], width) for k in (RIDGE, SILHOUETTE))
+               if e is not None]
+    top = np.minimum.reduce([e[0] for e in extents])
+    bottom = np.maximum.reduce([e[1] for e in extents])
+    drop = (ly < top[lx]) | (ly > bottom[lx])
+    keep[np.flatnonzero(is_lig)[drop]] = False
+    return keep
+
+
+def cull_ligament(labels: np.ndarray, rule: Optional[str] = "columns") -> np.ndarray:
+    """Remove ligament pixels above or below both the ridge and the silhouette
+    (see the module docstring for the exact ``"columns"`` and ``"bbox"`` rules)."""
+    if rule not in (None, "columns", "bbox"):
+        raise ConfigError(f"unknown ligament culling rule {rule!r}")
+    ys, xs, vals = _points(labels)
+    keep = ligament_keep(ys, xs, vals, labels.shape[1], rule)
+    if keep.all():
+        return labels
+    out = labels.copy()
+    out[ys[~keep], xs[~keep]] = 0
+    return out
+
+
+# 3. joining ------------------------------------------------------------------------
+
+def _nearest_pair(a: np.ndarray, b: np.ndarray) -> Tuple[float, int, int]:
+    """Closest points between two non-empty (N, 2) point sets."""
+    if len(a) * len(b) <= 20000:
+        d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        ia, ib = divmod(int(d2.argmin()), len(b))
+        return float(np.sqrt(d2[ia, ib])), ia, ib
+    from scipy.spatial import cKDTree
+
+    dist, ib = cKDTree(b).query(a)
+    ia = int(dist.argmin())
+    return float(dist[ia]), ia, int(ib[ia])
+
+
+def _near_box(pts: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
+    """Points of ``pts`` within ``margin`` of the box [r0, r1, c0, c1]: only
+    those can be within ``margin`` of anything inside the box."""
+    m = ((pts[:, 0] >= box[0] - margin) & (pts[:, 0] <= box[1] + margin)
+         & (pts[:, 1] >= box[2] - margin) & (pts[:, 1] <= box[3] + margin))
+    return pts[m]
+
+
+def _outline(comp_mask: np.ndarray) -> np.ndarray:
+    """(row, col) of the boundary pixels of a component (the nearest points
+    between two blobs lie on their outlines): keeps the pairwise search small."""
+    m = np.pad(comp_mask, 1)
+    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return np.column_stack(nonzero2d(comp_mask & ~inner))
+
+
+def join_fragments(mask: np.ndarray, max_distance: float = 15.0) -> np.ndarray:
+    """Connect components of a binary mask closer than ``max_distance`` with
+    1-px lines between their nearest pixels (Kruskal order: shortest first,
+    only joining components not yet connected). Works on the mask's bounding box."""
+    from skimage.draw import line
+
+    lab, n = ndi.label(mask, structure=_EIGHT)
+    if n < 2:
+        return mask
+    slices = ndi.find_objects(lab)
+    boxes = np.array([[s[0].start, s[0].stop - 1, s[1].start, s[1].stop - 1] for s in slices])
+    pts = {}
+    edges = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            # gap between boxes: a lower bound of the component distance
+            gy = max(0, boxes[j, 0] - boxes[i, 1], boxes[i, 0] - boxes[j, 1])
+            gx = max(0, boxes[j, 2] - boxes[i, 3], boxes[i, 2] - boxes[j, 3])
+            if gy * gy + gx * gx > max_distance * max_distance:
+                continue
+            for k in (i, j):
+                if k not in pts:
+                    sl = slices[k]
+                    pts[k] = _outline(lab[sl] == k + 1) + (sl[0].start, sl[1].start)
+            a = _near_box(pts[i], boxes[j], max_distance)
+            b = _near_box(pts[j], boxes[i], max_distance)
+            if len(a) == 0 or len(b) == 0:
+                continue
+            d, ia, ib = _nearest_pair(a, b)
+            if d <= max_distance:
+                edges.append((d, i, j, a[ia], b[ib]))
+    if not edges:
+        return mask
+    parent = list(range(n))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    out = mask.copy()
+    for d, i, j, pa, pb in sorted(edges, key=lambda e: e[0]):
+        ri, rj = find(i), find(j)
+        if ri == rj:
+            continue
+        parent[ri] = rj
+        rr, cc = line(int(pa[0]), int(pa[1]), int(pb[0]), int(pb[1]))
+        out[rr, cc] = True
+    return out
+
+
+# 4.-5. thinning, tracing, simplification -------------------------------------------
+
+def skeletonize_mask(mask: np.ndarray) -> np.ndarray:
+    from skimage.morphology import skeletonize
+
+    return skeletonize(mask, method="zhang")
+
+
+def rdp(points: np.ndarray, epsilon: float) -> np.ndarray:
+    """Ramer-Douglas-Peucker as the paper states it: keep the point farthest
+    from the straight line through the first and last points if its
+    perpendicular distance exceeds ``epsilon``, and recurse on both halves.
+    (skimage.measure.approximate_polygon measures to the segment instead, and
+    its Python loop cost ~0.5 ms per path; this loop does ~6 numpy calls per
+    split.) A closed path (first == last point) measures to that point."""
+    pts = np.asarray(points, dtype=np.float64)
+    n = len(pts)
+    if epsilon <= 0 or n < 3:
+        return pts
+    keep = np.zeros(n, bool)
+    keep[0] = keep[-1] = True
+    stack = [(0, n - 1)]
+    while stack:
+        a, b = stack.pop()
+        if b - a < 2:
+            continue
+        rel = pts[a + 1:b] - pts[a]
+        dy, dx = pts[b] - pts[a]
+        length = np.hypot(dx, dy)
+        if length == 0:
+            dist = np.hypot(rel[:, 0], rel[:, 1])
+        else:
+            dist = np.abs(rel[:, 0] * dx - rel[:, 1] * dy) / length
+        i = int(dist.argmax())
+        if dist[i] > epsilon:
+            m = a + 1 + i
+            keep[m] = True
+            stack.append((a, m))
+            stack.append((m, b))
+    return pts[keep]
+
+
+def simplify_path(path: np.ndarray, epsilon: float) -> np.ndarray:
+    """RDP of an 8-connected pixel path. Pixels inside straight runs are
+    dropped first: the distance to a line is convex along a straight run, so
+    the farthest point RDP looks for is always a run end and the result is the
+    same (up to ties) at a fraction of the cost."""
+    if epsilon <= 0 or len(path) < 3:
+        return np.asarray(path, dtype=np.float64)
+    step = np.diff(path, axis=0)
+    turn = np.any(step[1:] != step[:-1], axis=1)
+    keep = np.concatenate([[True], turn, [True]])
+    return rdp(path[keep], epsilon)
+
+
+def _crop_from_points(ys: np.ndarray, xs: np.ndarray, pad: int = 2):
+    y0, x0 = int(ys.min()) - pad, int(xs.min()) - pad
+    crop = np.zeros((int(ys.max()) - y0 + pad + 1, int(xs.max()) - x0 + pad + 1), bool)
+    crop[ys - y0, xs - x0] = True
+    return crop, y0, x0
+
+
+def _polylines_from_points(ys, xs, vals, options: PostprocessOptions) -> Dict[int, List[np.ndarray]]:
+    out: Dict[int, List[np.ndarray]] = {cls: [] for cls in LANDMARK_CLASSES}
+    if len(vals) == 0:
+        return out
+    # one canvas for the skeletons of all classes: the union bounding box
+    pad = 2
+    oy, ox = int(ys.min()) - pad, int(xs.min()) - pad
+    canvas = np.zeros((int(ys.max()) - oy + pad + 1, int(xs.max()) - ox + pad + 1), np.uint8)
+    for cls in LANDMARK_CLASSES:
+        sel = vals == cls
+        if not sel.any():
+            continue
+        crop, y0, x0 = _crop_from_points(ys[sel], xs[sel], pad)
+        if options.join:
+            crop = join_fragments(crop, options.join_distance)
+        sk = skeletonize_mask(crop) if options.skeletonize else crop
+        ry, rx = nonzero2d(sk)
+        canvas[ry + (y0 - oy), rx + (x0 - ox)] = cls
+    for cls, path in trace_label_skeleton(canvas, min_pixels=options.min_path_pixels):
+        if options.simplify:
+            path = simplify_path(path, options.rdp_epsilon)
+        path = path + (oy, ox)
+        out[cls].append(path[:, ::-1].astype(np.float64))  # (row, col) -> (x, y)
+    return out
+
+
+def landmark_polylines(labels: np.ndarray, options: Optional[PostprocessOptions] = None) -> Dict[int, List[np.ndarray]]:
+    """Steps 3-5 (join, thin, trace + RDP) for every landmark class of a label
+    map: {class: [(N, 2) x, y]} at the label map's resolution. Joining and
+    thinning run per class on its bounding box; tracing runs once for all."""
+    options = options or PostprocessOptions()
+    return _polylines_from_points(*_points(np.asarray(labels)), options)
+
+
+# the whole chain -------------------------------------------------------------------
+
+def postprocess(labels: np.ndarray, image: Optional[np.ndarray] = None, *,
+                out_shape: Optional[Tuple[int, int]] = None, options: Optional[PostprocessOptions] = None,
+                fov: Optional[np.ndarray] = None) -> LandmarkResult:
+    """Run the chain on a network-resolution label map (H, W).
+
+    ``image``: the frame (any resolution) for the FOV estimate; ``fov``: a
+    precomputed FOV mask at the label resolution (video: the endoscope's FOV
+    does not move, estimate it once). ``out_shape``: (H, W) of the original
+    frame; outputs are drawn there from scaled polylines.
+    Without skeletonisation there are no polylines: the culled (and joined)
+    masks are resized with nearest neighbour as both output maps.
+    """
+    options = options or PostprocessOptions()
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ConfigError(f"expected a 2-D label map, got shape {labels.shape}")
+    h, w = labels.shape
+    out_shape = tuple(out_shape) if out_shape is not None else (h, w)
+    ys, xs, vals = _points(labels)
+    fov_small = None
+    if options.camera_culling and len(vals):
+        if fov is not None:
+            if fov.shape != labels.shape:
+                raise ConfigError(f"FOV mask shape {fov.shape} differs from the label map {labels.shape}")
+            keep = fov[ys, xs]
+        elif image is not None:
+            fov_small = _fov_small(image, options.fov_threshold, shape=options.fov_shape)
+            keep = None
+            if fov_small is not None:
+                keep = fov_small[_index_map(h, fov_small.shape[0])[ys], _index_map(w, fov_small.shape[1])[xs]]
+        else:
+            keep = None
+        if keep is not None:
+            ys, xs, vals = ys[keep], xs[keep], vals[keep]
+    keep = ligament_keep(ys, xs, vals, w, options.ligament_culling)
+    ys, xs, vals = ys[keep], xs[keep], vals[keep]
+    info = {"options": options.to_dict()}
+    if not options.skeletonize:
+        from .data import resize_mask
+
+        joined = np.zeros((h, w), np.uint8)
+        for cls in LANDMARK_CLASSES:
+            sel = vals == cls
+            if not sel.any():
+                continue
+            crop, y0, x0 = _crop_from_points(ys[sel], xs[sel], 0)
+            if options.join:
+                crop = join_fragments(crop, options.join_distance)
+            ry, rx = nonzero2d(crop)
+            joined[ry + y0, rx + x0] = cls
+        big = resize_mask(joined, (out_shape[1], out_shape[0]))
+        return LandmarkResult({}, big, big if options.out_thickness else None, fov, info)
+    polylines = scale_curves(_polylines_from_points(ys, xs, vals, options), out_shape[1] / w, out_shape[0] / h)
+    thin = rasterize_curves(polylines, out_shape, 1.0)
+    dilated = rasterize_curves(polylines, out_shape, options.out_thickness) if options.out_thickness else None
+    if fov is None and fov_small is not None:
+        info["fov_small"] = fov_small
+    return LandmarkResult(polylines, thin, dilated, fov, info)

@@ -1,0 +1,685 @@
+"""Streaming SAM2 video propagation with bounded memory.
+
+This is SAM2's own video algorithm (``SAM2VideoPredictor``: same model
+calls, same memory selection, same prompt/correction semantics) driven from
+a lazy frame source instead of ``init_state``, which loads the whole video
+and keeps every frame's output. Frames are read and preprocessed on demand,
+image features live in a size-capped LRU cache, the memory bank keeps only
+what memory attention can read (``memory.MemoryPolicy``) and each frame's
+masks go to a sink as soon as they exist. We call SAM2's model methods
+(``forward_image``, ``track_step``, ``_encode_new_memory``) and hand-write
+only the state management, because that is exactly the part of SAM2 that
+is not streaming.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, VideoError
+from ..progress import CancelToken, ProgressCallback, check_cancel, report
+from .device import autocast as _autocast
+from .device import enable_fast_math
+from .embedding_cache import EmbeddingCache
+from .memory import BACKWARD, FORWARD, UNTRACKED, MemoryPolicy, ObjectMemory
+from .outputs import FrameResult
+from .provenance import build_provenance
+
+log = logging.getLogger(__name__)
+
+NO_OBJ_SCORE = -1024.0  # SAM2's placeholder logit for "object absent"
+IMG_MEAN = (0.485, 0.456, 0.406)  # SAM2's loader normalisation
+IMG_STD = (0.229, 0.224, 0.225)
+
+Sink = Callable[[FrameResult], None]
+
+
+def preprocess_frame(frame: np.ndarray, image_size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, S, S) float32, exactly like SAM2's frame loader
+    (PIL resize, /255, ImageNet mean/std) minus its JPEG round trip."""
+    from PIL import Image
+
+    arr = np.asarray(frame)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise VideoError(f"a frame must be (H, W, 3) RGB, got shape {arr.shape}")
+    arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and 0.0 <= float(arr.min()) and float(arr.max()) <= 1.0:
+            arr = np.round(arr * 255).astype(np.uint8)
+        else:
+            raise VideoError(f"a frame must be uint8 (or float in [0, 1]), got {arr.dtype}")
+    img = np.array(Image.fromarray(np.ascontiguousarray(arr)).resize((image_size, image_size)))
+    t = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
+    return (t - mean) / std
+
+
+def _has_hole_filling() -> bool:
+    # SAM2 fills small mask holes with its optional CUDA extension; without it
+    # SAM2 warns and leaves the mask unchanged. We check once instead of
+    # warning on every frame; the result is the same.
+    try:
+        from sam2 import _C  # noqa: F401
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+class StreamingSAM2:
+    """SAM2 video object segmentation over any frame source, in bounded memory.
+
+    ``frames``: anything with ``len()`` and integer indexing giving (H, W, 3)
+    uint8 frames (our lazy video reader, a numpy array, a tifffile memmap).
+
+    Options:
+      ``max_cond_frames_in_attn``: SAM2's limit on prompted frames seen by
+        memory attention (temporally closest before/after); None keeps the
+        model's value.
+      ``keep_recent_prompt_frames``: F2PASeg prompt partitioning: only the N
+        latest prompted frames at or before the current frame (forward).
+      ``correct_as_cond`` / ``clear_memory_around_corrections``: SAM2's
+        ``add_all_frames_to_correct_as_cond`` / ``clear_non_cond_mem_around_input``
+        (on by default: without them a correction does not steer later frames).
+      ``embed_cache_mb``: image-feature cache size.
+    Points and boxes are in video pixel coordinates (x, y).
+    """
+
+    def __init__(
+        self,
+        model,
+        frames: Any = None,
+        *,
+        image_size: Optional[int] = None,
+        max_cond_frames_in_attn: Optional[int] = None,
+        keep_recent_prompt_frames: Optional[int] = None,
+        embed_cache_mb: float = 256.0,
+        device: Optional[Union[str, torch.device]] = None,
+        use_autocast: Optional[bool] = None,
+        correct_as_cond: bool = True,
+        clear_memory_around_corrections: bool = True,
+    ) -> None:
+        self.model = model
+        if device is not None:
+            self.model.to(torch.device(device))
+        self.device = next(model.parameters()).device
+        enable_fast_math(self.device)
+        if image_size is not None and int(image_size) != int(model.image_size):
+            raise ConfigError(
+                f"the model processes {model.image_size} px images, not {image_size}: build it with "
+                f"build_model(..., image_size={image_size}) to change the processing resolution"
+            )
+        if max_cond_frames_in_attn is not None and max_cond_frames_in_attn != -1 and max_cond_frames_in_attn < 2:
+            raise ConfigError(f"max_cond_frames_in_attn must be -1 (no limit) or >= 2, got {max_cond_frames_in_attn}")
+        if keep_recent_prompt_frames is not None and keep_recent_prompt_frames < 1:
+            raise ConfigError(f"keep_recent_prompt_frames must be >= 1, got {keep_recent_prompt_frames}")
+        self.image_size = int(model.image_size)
+        self.max_cond_frames_in_attn = max_cond_frames_in_attn
+        self.keep_recent_prompt_frames = keep_recent_prompt_frames
+        self.correct_as_cond = correct_as_cond
+        self.clear_memory_around_corrections = clear_memory_around_corrections
+        self.use_autocast = use_autocast
+        self.cache = EmbeddingCache(embed_cache_mb)
+        self._fill_holes = int(getattr(model, "fill_hole_area", 0) or 0) > 0 and _has_hole_filling()
+        self._pos_enc: Optional[List[torch.Tensor]] = None  # same for every frame
+        self._maskmem_pos_enc: Optional[List[torch.Tensor]] = None
+        self.frames = None
+        if frames is not None:
+            self.set_video(frames)
+
+    # ------------------------------------------------------------------ video
+    def set_video(self, frames: Any) -> None:
+        """Start on a new frame source (drops all prompts and memory)."""
+        if not hasattr(frames, "__len__") or not hasattr(frames, "__getitem__"):
+            raise VideoError(f"frame source {type(frames).__name__} must support len() and frames[i]")
+        n = len(frames)
+        if n == 0:
+            raise VideoError(f"frame source {type(frames).__name__} has no frames")
+        first = np.asarray(frames[0])
+        if first.ndim not in (2, 3):
+            raise VideoError(f"frame source {type(frames).__name__}: frame 0 has shape {first.shape}, expected (H, W, 3)")
+        self.frames = frames
+        self.num_frames = n
+        self.video_height, self.video_width = int(first.shape[0]), int(first.shape[1])
+        self.cache.clear()
+        self.objects: Dict[int, ObjectMemory] = {}
+        self.prompt_log: List[Dict[str, Any]] = []
+        self.policy = MemoryPolicy(
+            num_maskmem=self.model.num_maskmem,
+            stride=self.model.memory_temporal_stride_for_eval,
+            max_obj_ptrs=self.model.max_obj_ptrs_in_encoder,
+            num_frames=n,
+            keep_recent_prompt_frames=self.keep_recent_prompt_frames,
+        )
+        self._head: Optional[int] = None
+
+    def reset(self) -> None:
+        """Forget all objects and prompts; keep the video and its feature cache."""
+        self._require_video()
+        self.objects = {}
+        self.prompt_log = []
+        self._head = None
+
+    @property
+    def obj_ids(self) -> List[int]:
+        return list(self.objects)
+
+    def _require_video(self) -> None:
+        if self.frames is None:
+            raise VideoError("no video set: call set_video(frames) first")
+
+    def _check_frame(self, frame_idx: int) -> int:
+        self._require_video()
+        if not isinstance(frame_idx, (int, np.integer)) or not 0 <= frame_idx < self.num_frames:
+            raise ConfigError(f"frame index {frame_idx!r} is outside the video (0..{self.num_frames - 1})")
+        return int(frame_idx)
+
+    def _object(self, obj_id: int, create: bool = True) -> ObjectMemory:
+        if not isinstance(obj_id, (int, np.integer)) or isinstance(obj_id, bool) or obj_id < 1:
+            raise ConfigError(f"object id must be an integer >= 1 (it becomes the label value), got {obj_id!r}")
+        obj_id = int(obj_id)
+        if obj_id not in self.objects:
+            if not create:
+                raise ConfigError(f"unknown object id {obj_id}; known: {self.obj_ids}")
+            self.objects[obj_id] = ObjectMemory(obj_id=obj_id, num_frames=self.num_frames)
+        return self.objects[obj_id]
+
+    # -------------------------------------------------------------- features
+    def _read_frame(self, frame_idx: int) -> torch.Tensor:
+        try:
+            frame = self.frames[frame_idx]
+        except Exception as exc:
+            raise VideoError(f"cannot read frame {frame_idx} of {type(self.frames).__name__}: {exc}") from exc
+        return preprocess_frame(frame, self.image_size).to(self.device).unsqueeze(0)
+
+    def _backbone(self, frame_idx: int) -> List[torch.Tensor]:
+        feats = self.cache.get(frame_idx)
+        if feats is None:
+            out = self.model.forward_image(self._read_frame(frame_idx))
+            feats = list(out["backbone_fpn"])
+            if self._pos_enc is None:
+                self._pos_enc = list(out["vision_pos_enc"])
+            self.cache.put(frame_idx, feats)
+        return feats
+
+    def _vision(self, frame_idx: int, batch: int):
+        """Flattened features for ``batch`` objects, as SAM2's ``_get_image_feature``."""
+        feats = self._backbone(frame_idx)
+        backbone_out = {
+            "backbone_fpn": [f.expand(batch, -1, -1, -1) for f in feats],
+            "vision_pos_enc": [p.expand(batch, -1, -1, -1) for p in self._pos_enc],
+        }
+        _, vision_feats, vision_pos, feat_sizes = self.model._prepare_backbone_features(backbone_out)
+        return vision_feats, vision_pos, feat_sizes
+
+    def encode_frame(self, frame_idx: int) -> None:
+        """Compute and cache a frame's image features (e.g. ahead of clicks)."""
+        frame_idx = self._check_frame(frame_idx)
+        with self._ctx():
+            self._backbone(frame_idx)
+
+    @contextlib.contextmanager
+    def _ctx(self) -> Iterator[None]:
+        old = self.model.max_cond_frames_in_attn
+        if self.max_cond_frames_in_attn is not None:
+            self.model.max_cond_frames_in_attn = self.max_cond_frames_in_attn
+        try:
+            with torch.inference_mode(), _autocast(self.device, self.use_autocast):
+                yield
+        finally:
+            self.model.max_cond_frames_in_attn = old
+
+    # ------------------------------------------------------------- one step
+    def _compact(self, out: dict) -> dict:
+        """Keep what later frames read, like SAM2 (memory features in bf16)."""
+        mem = out["maskmem_features"]
+        pred = out["pred_masks"]
+        if self._fill_holes:
+            from sam2.utils.misc import fill_holes_in_mask_scores
+
+            pred = fill_holes_in_mask_scores(pred, self.model.fill_hole_area)
+        return {
+            "maskmem_features": None if mem is None else mem.to(torch.bfloat16),
+            "maskmem_pos_enc": self._shared_pos_enc(out["maskmem_pos_enc"]),
+            "pred_masks": pred,
+            "obj_ptr": out["obj_ptr"],
+            "object_score_logits": out["object_score_logits"],
+        }
+
+    def _shared_pos_enc(self, pos: Optional[List[torch.Tensor]]):
+        if pos is None:
+            return None
+        if self._maskmem_pos_enc is None:
+            self._maskmem_pos_enc = [x[0:1].clone() for x in pos]
+        return self._maskmem_pos_enc
+
+    @staticmethod
+    def _merge(outs: Sequence[dict]) -> dict:
+        """Stack per-object memories along the batch dimension."""
+        if len(outs) == 1:
+            return outs[0]
+        batch = len(outs)
+        return {
+            "maskmem_features": torch.cat([o["maskmem_features"] for o in outs], 0),
+            "maskmem_pos_enc": [x.expand(batch, -1, -1, -1) for x in outs[0]["maskmem_pos_enc"]],
+            "obj_ptr": torch.cat([o["obj_ptr"] for o in outs], 0),
+        }
+
+    def _split(self, out: dict, i: int) -> dict:
+        return {
+            "maskmem_features": None if out["maskmem_features"] is None else out["maskmem_features"][i : i + 1].clone(),
+            "maskmem_pos_enc": out["maskmem_pos_enc"],
+            "pred_masks": out["pred_masks"][i : i + 1].clone(),
+            "obj_ptr": out["obj_ptr"][i : i + 1].clone(),
+            "object_score_logits": out["object_score_logits"][i : i + 1].clone(),
+        }
+
+    def _track(
+        self,
+        frame_idx: int,
+        mems: Sequence[ObjectMemory],
+        *,
+        is_init_cond_frame: bool,
+        reverse: bool,
+        run_mem_encoder: bool,
+        point_inputs: Optional[dict] = None,
+        mask_inputs: Optional[torch.Tensor] = None,
+        prev_sam_mask_logits: Optional[torch.Tensor] = None,
+        views: Optional[List[Tuple[dict, dict]]] = None,
+    ) -> List[dict]:
+        """One ``track_step`` for objects that share the same memory layout."""
+        batch = len(mems)
+        vision_feats, vision_pos, feat_sizes = self._vision(frame_idx, batch)
+        if is_init_cond_frame:
+            output_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        else:
+            views = views or [self.policy.view(m, frame_idx, reverse) for m in mems]
+            cond_keys, non_keys = sorted(views[0][0]), sorted(views[0][1])
+            output_dict = {
+                "cond_frame_outputs": {t: self._merge([v[0][t] for v in views]) for t in cond_keys},
+                "non_cond_frame_outputs": {t: self._merge([v[1][t] for v in views]) for t in non_keys},
+            }
+        out = self.model.track_step(
+            frame_idx=frame_idx,
+            is_init_cond_frame=is_init_cond_frame,
+            current_vision_feats=vision_feats,
+            current_vision_pos_embeds=vision_pos,
+            feat_sizes=feat_sizes,
+            point_inputs=point_inputs,
+            mask_inputs=mask_inputs,
+            output_dict=output_dict,
+            num_frames=self.num_frames,
+            track_in_reverse=reverse,
+            run_mem_encoder=run_mem_encoder,
+            prev_sam_mask_logits=prev_sam_mask_logits,
+        )
+        compact = self._compact(out)
+        return [self._split(compact, i) for i in range(batch)] if batch > 1 else [compact]
+
+    def _encode_memory(self, frame_idx: int, out: dict) -> None:
+        """SAM2's preflight: memory for an output made from user prompts."""
+        vision_feats, _, feat_sizes = self._vision(frame_idx, 1)
+        high_res = F.interpolate(
+            out["pred_masks"].to(self.device), size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
+        feats, pos = self.model._encode_new_memory(
+            current_vision_feats=vision_feats,
+            feat_sizes=feat_sizes,
+            pred_masks_high_res=high_res,
+            object_score_logits=out["object_score_logits"],
+            is_mask_from_pts=True,
+        )
+        out["maskmem_features"] = feats.to(torch.bfloat16)
+        out["maskmem_pos_enc"] = self._shared_pos_enc(pos)
+
+    # --------------------------------------------------------------- prompts
+    def add_points(
+        self,
+        frame_idx: int,
+        obj_id: int,
+        points: Optional[Sequence[Sequence[float]]] = None,
+        labels: Optional[Sequence[int]] = None,
+        *,
+        box: Optional[Sequence[float]] = None,
+        clear_old: bool = True,
+    ) -> FrameResult:
+        """Positive (1) / negative (0) clicks and/or a box (x0, y0, x1, y1) on
+        a frame. Returns all objects' masks on that frame. On a frame already
+        propagated this is a correction (see class doc)."""
+        frame_idx = self._check_frame(frame_idx)
+        mem = self._object(obj_id)
+        pts = np.zeros((0, 2), np.float32) if points is None else np.asarray(points, np.float32).reshape(-1, 2)
+        lbl = np.zeros((0,), np.int32) if labels is None else np.asarray(labels, np.int32).reshape(-1)
+        if (points is None) != (labels is None) or len(pts) != len(lbl):
+            raise ConfigError(f"points and labels must be given together, one label per point ({len(pts)} vs {len(lbl)})")
+        if len(pts) == 0 and box is None:
+            raise ConfigError("give at least one point or a box")
+        if len(lbl) and not np.isin(lbl, (0, 1)).all():
+            raise ConfigError(f"point labels must be 1 (object) or 0 (background), got {sorted(set(lbl.tolist()))}")
+        if box is not None:
+            b = np.asarray(box, np.float32).reshape(-1)
+            if b.size != 4 or not (b[2] > b[0] and b[3] > b[1]):
+                raise ConfigError(f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {list(b)}")
+            if not clear_old:
+                raise ConfigError("a box must come before any click: use clear_old=True")
+            pts = np.concatenate([b.reshape(2, 2), pts], 0)
+            lbl = np.concatenate([np.array([2, 3], np.int32), lbl], 0)
+        scale = np.array([self.image_size / self.video_width, self.image_size / self.video_height], np.float32)
+        new = {
+            "point_coords": torch.from_numpy(pts * scale)[None].to(self.device),
+            "point_labels": torch.from_numpy(lbl)[None].to(self.device),
+        }
+        old = None if clear_old else mem.point_inputs.get(frame_idx)
+        if old is not None:
+            new = {k: torch.cat([old[k], new[k]], dim=1) for k in new}
+        mem.point_inputs[frame_idx] = new
+        mem.mask_inputs.pop(frame_idx, None)
+        self.prompt_log.append(
+            {"frame": frame_idx, "object": int(obj_id), "points": pts.tolist(), "labels": lbl.tolist(), "clear_old": clear_old}
+        )
+        return self._run_prompt(frame_idx, mem, point_inputs=new)
+
+    def add_box(self, frame_idx: int, obj_id: int, box: Sequence[float]) -> FrameResult:
+        return self.add_points(frame_idx, obj_id, box=box)
+
+    def add_mask(self, frame_idx: int, obj_id: int, mask: np.ndarray) -> FrameResult:
+        """A mask (H, W) at video resolution as the prompt (or correction)."""
+        frame_idx = self._check_frame(frame_idx)
+        mem = self._object(obj_id)
+        m = np.asarray(mask)
+        if m.shape != (self.video_height, self.video_width):
+            raise ConfigError(f"mask shape {m.shape} does not match the video frames {(self.video_height, self.video_width)}")
+        t = torch.from_numpy(m.astype(bool))[None, None].float().to(self.device)
+        if t.shape[-2:] != (self.image_size, self.image_size):
+            t = F.interpolate(t, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True)
+            t = (t >= 0.5).float()
+        mem.mask_inputs[frame_idx] = t
+        mem.point_inputs.pop(frame_idx, None)
+        self.prompt_log.append({"frame": frame_idx, "object": int(obj_id), "mask_pixels": int(m.astype(bool).sum())})
+        return self._run_prompt(frame_idx, mem, mask_inputs=t)
+
+    def _run_prompt(self, frame_idx: int, mem: ObjectMemory, *, point_inputs=None, mask_inputs=None) -> FrameResult:
+        tracked = mem.tracked[frame_idx]
+        is_init = tracked == UNTRACKED
+        reverse = bool(tracked == BACKWARD)
+        is_cond = is_init or self.correct_as_cond
+        prev_logits = None
+        if point_inputs is not None:
+            prev = mem.pending.get(frame_idx)
+            prev_out = prev[0] if prev is not None and prev[1] == is_cond else None
+            if prev_out is None:
+                prev_out = mem.cond.get(frame_idx) or mem.non_cond.get(frame_idx)
+            if prev_out is not None and prev_out["pred_masks"] is not None:
+                prev_logits = torch.clamp(prev_out["pred_masks"].to(self.device), -32.0, 32.0)
+        with self._ctx():
+            (out,) = self._track(
+                frame_idx,
+                [mem],
+                is_init_cond_frame=is_init,
+                reverse=reverse,
+                run_mem_encoder=False,
+                point_inputs=point_inputs,
+                mask_inputs=mask_inputs,
+                prev_sam_mask_logits=prev_logits,
+            )
+            mem.pending[frame_idx] = (out, is_cond)
+            return self.frame_result(frame_idx)
+
+    def clear_prompts(self, frame_idx: int, obj_id: int) -> None:
+        """Remove an object's prompts on a frame (the frame stops being a
+        prompted frame, as SAM2's ``clear_all_prompts_in_frame``)."""
+        frame_idx = self._check_frame(frame_idx)
+        mem = self._object(obj_id, create=False)
+        mem.point_inputs.pop(frame_idx, None)
+        mem.mask_inputs.pop(frame_idx, None)
+        mem.pending.pop(frame_idx, None)
+        out = mem.cond.pop(frame_idx, None)
+        if out is not None:
+            mem.non_cond[frame_idx] = out
+            mem.tracked[frame_idx] = UNTRACKED
+
+    def remove_object(self, obj_id: int) -> None:
+        self._object(obj_id, create=False)
+        del self.objects[int(obj_id)]
+
+    def frame_result(self, frame_idx: int) -> FrameResult:
+        """Current masks of all objects on a frame (NO_OBJ_SCORE where an
+        object has no output there any more)."""
+        ids = self.obj_ids
+        low = torch.full((len(ids), 1, self.image_size // 4, self.image_size // 4), NO_OBJ_SCORE, device=self.device)
+        scores = np.full(len(ids), NO_OBJ_SCORE, np.float32)
+        for i, obj_id in enumerate(ids):
+            out = self.objects[obj_id].output_at(frame_idx)
+            if out is not None:
+                low[i : i + 1] = out["pred_masks"].to(self.device)
+                scores[i] = float(out["object_score_logits"].float().reshape(-1)[0])
+        return self._to_result(frame_idx, ids, low, scores)
+
+    def _to_result(self, frame_idx: int, ids: List[int], low: torch.Tensor, scores: np.ndarray) -> FrameResult:
+        video_res = F.interpolate(
+            low.float(), size=(self.video_height, self.video_width), mode="bilinear", align_corners=False
+        )
+        return FrameResult(frame_idx=frame_idx, obj_ids=list(ids), logits=video_res[:, 0].float().cpu(), object_scores=scores)
+
+    # ------------------------------------------------------- single frame (SAM)
+    def predict_frame(
+        self,
+        frame_idx: int,
+        points: Optional[Sequence[Sequence[float]]] = None,
+        labels: Optional[Sequence[int]] = None,
+        *,
+        box: Optional[Sequence[float]] = None,
+        mask: Optional[np.ndarray] = None,
+        multimask_output: bool = False,
+    ) -> Tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """Segment one frame from prompts without touching the video state
+        (interactive use: the image encoder runs once per frame, cached).
+        Returns (masks (M, H, W) bool, predicted IoUs (M,), logits (M, H, W))."""
+        frame_idx = self._check_frame(frame_idx)
+        pts = np.zeros((0, 2), np.float32) if points is None else np.asarray(points, np.float32).reshape(-1, 2)
+        lbl = np.zeros((0,), np.int32) if labels is None else np.asarray(labels, np.int32).reshape(-1)
+        if len(pts) != len(lbl):
+            raise ConfigError(f"one label per point: {len(pts)} points, {len(lbl)} labels")
+        if box is not None:
+            b = np.asarray(box, np.float32).reshape(2, 2)
+            pts = np.concatenate([b, pts], 0)
+            lbl = np.concatenate([np.array([2, 3], np.int32), lbl], 0)
+        if len(pts) == 0 and mask is None:
+            raise ConfigError("give points, a box or a mask")
+        scale = np.array([self.image_size / self.video_width, self.image_size / self.video_height], np.float32)
+        point_inputs = None
+        if len(pts):
+            point_inputs = {
+                "point_coords": torch.from_numpy(pts * scale)[None].to(self.device),
+                "point_labels": torch.from_numpy(lbl)[None].to(self.device),
+            }
+        with self._ctx():
+            vision_feats, _, feat_sizes = self._vision(frame_idx, 1)
+            high_res = [
+                x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(vision_feats[:-1], feat_sizes[:-1])
+            ]
+            pix = vision_feats[-1] + self.model.no_mem_embed  # SAM2 on a frame without memory
+            pix = pix.permute(1, 2, 0).view(1, self.model.hidden_dim, *feat_sizes[-1])
+            mask_in = None
+            if mask is not None:
+                mask_in = torch.from_numpy(np.asarray(mask, np.float32))[None, None].to(self.device)
+                mask_in = F.interpolate(mask_in, size=self.model.sam_prompt_encoder.mask_input_size, mode="bilinear")
+                mask_in = mask_in * 20.0 - 10.0  # binary mask as logits
+            low_multi, _, ious, low_best, _, _, _ = self.model._forward_sam_heads(
+                backbone_features=pix,
+                point_inputs=point_inputs,
+                mask_inputs=mask_in,
+                high_res_features=high_res,
+                multimask_output=multimask_output,
+            )
+            low = low_multi if multimask_output else low_best
+            logits = F.interpolate(low.float(), size=(self.video_height, self.video_width), mode="bilinear", align_corners=False)
+        logits = logits[0].cpu()
+        return (logits > 0).numpy(), ious[0].float().cpu().numpy(), logits
+
+    # ------------------------------------------------------------ propagation
+    def _preflight(self) -> None:
+        if not self.objects:
+            raise ConfigError("no prompts yet: add points, a box or a mask for at least one object")
+        for mem in self.objects.values():
+            # SAM2's order: non-conditioning outputs first, then conditioning ones
+            pending = sorted(mem.pending.items(), key=lambda kv: (kv[1][1], kv[0]))
+            for frame_idx, (out, is_cond) in pending:
+                if out["maskmem_features"] is None:
+                    self._encode_memory(frame_idx, out)
+                (mem.cond if is_cond else mem.non_cond)[frame_idx] = out
+                if self.clear_memory_around_corrections:
+                    self.policy.clear_around(mem, frame_idx)
+            mem.pending.clear()
+            if not mem.cond:
+                raise ConfigError(f"object {mem.obj_id} has no prompted frame; add a prompt for it first")
+            for frame_idx in mem.cond:
+                mem.non_cond.pop(frame_idx, None)
+
+    def _order(self, direction: str, start: Optional[int], first: int, last: int) -> List[Tuple[int, bool]]:
+        prompted = sorted({t for m in self.objects.values() for t in m.cond})
+        in_range = [t for t in prompted if first <= t <= last] or prompted
+        if start is None:
+            start = min(in_range)
+        start = min(max(int(start), first), last)
+        fwd = [(t, False) for t in range(start, last + 1)]
+        bwd = [(t, True) for t in range(start, first - 1, -1)]
+        if direction == "forward":
+            return fwd
+        if direction == "backward":
+            return bwd
+        if direction == "both":
+            return fwd + bwd
+        raise ConfigError(f"direction must be 'forward', 'backward' or 'both', got {direction!r}")
+
+    def propagate(
+        self,
+        sink: Optional[Sink] = None,
+        *,
+        direction: str = "forward",
+        start: Optional[int] = None,
+        frame_range: Optional[Tuple[int, int]] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> int:
+        """Track all objects through the video, handing each frame's
+        ``FrameResult`` to ``sink`` as soon as it exists.
+
+        ``start``: first frame (default: the earliest prompted frame in the
+        range; after a correction pass the corrected frame). ``frame_range``:
+        inclusive (first, last). ``direction``: forward, backward or both
+        (forward then backward from ``start``). Cancelling raises
+        ``Cancelled`` after the last finished frame was written; the engine
+        state stays valid and propagation can be resumed. Returns the number
+        of frames emitted.
+        """
+        self._require_video()
+        first, last = (0, self.num_frames - 1) if frame_range is None else (int(frame_range[0]), int(frame_range[1]))
+        if not (0 <= first <= last < self.num_frames):
+            raise ConfigError(f"frame range {frame_range} is outside the video (0..{self.num_frames - 1})")
+        if start is None:
+            pending = [t for m in self.objects.values() for t in m.pending if first <= t <= last]
+            start = min(pending) if pending else None
+        with self._ctx():
+            self._preflight()
+            order = self._order(direction, start, first, last)
+            total = len(order)
+            report(progress, 0, total, "propagating")
+            for done, (frame_idx, reverse) in enumerate(order, 1):
+                check_cancel(cancel)
+                result = self._step(frame_idx, reverse)
+                if sink is not None:
+                    sink(result)
+                report(progress, done, total, f"frame {frame_idx}")
+        return total
+
+    def iter_propagate(self, *, direction: str = "forward", start: Optional[int] = None,
+                       frame_range: Optional[Tuple[int, int]] = None) -> Iterator[FrameResult]:
+        """Generator form of ``propagate`` (like SAM2's ``propagate_in_video``)."""
+        self._require_video()
+        first, last = (0, self.num_frames - 1) if frame_range is None else frame_range
+        with self._ctx():
+            self._preflight()
+            order = self._order(direction, start, first, last)
+        for frame_idx, reverse in order:
+            with self._ctx():
+                result = self._step(frame_idx, reverse)
+            yield result
+
+    def _step(self, frame_idx: int, reverse: bool) -> FrameResult:
+        ids = self.obj_ids
+        low: List[Optional[torch.Tensor]] = [None] * len(ids)
+        groups: Dict[tuple, List[Tuple[int, ObjectMemory, tuple]]] = {}
+        for i, obj_id in enumerate(ids):
+            mem = self.objects[obj_id]
+            if frame_idx in mem.cond:
+                low[i] = mem.cond[frame_idx]["pred_masks"]
+                if self.clear_memory_around_corrections:
+                    self.policy.clear_around(mem, frame_idx)
+            else:
+                view = self.policy.view(mem, frame_idx, reverse)
+                groups.setdefault((tuple(sorted(view[0])), tuple(sorted(view[1]))), []).append((i, mem, view))
+        for members in groups.values():
+            outs = self._track(
+                frame_idx,
+                [m for _, m, _ in members],
+                is_init_cond_frame=False,
+                reverse=reverse,
+                run_mem_encoder=True,
+                views=[v for _, _, v in members],
+            )
+            for (i, mem, _), out in zip(members, outs):
+                mem.non_cond[frame_idx] = out
+                low[i] = out["pred_masks"]
+        scores = np.zeros(len(ids), np.float32)
+        anchors = sorted({t for m in self.objects.values() for t in m.cond})
+        for i, obj_id in enumerate(ids):
+            mem = self.objects[obj_id]
+            mem.tracked[frame_idx] = BACKWARD if reverse else FORWARD
+            out = mem.output_at(frame_idx)
+            scores[i] = float(out["object_score_logits"].float().reshape(-1)[0])
+            self.policy.prune(mem, frame_idx, anchors)
+        self._head = frame_idx
+        stacked = torch.cat([x.to(self.device) for x in low], 0) if ids else torch.zeros(0, 1, 1, 1)
+        return self._to_result(frame_idx, ids, stacked, scores)
+
+    # ------------------------------------------------------------ inspection
+    def memory_report(self) -> Dict[str, Any]:
+        """What the bank holds (for tests, logs and the memory benchmark)."""
+        objs = {}
+        total = 0
+        for obj_id, mem in self.objects.items():
+            n_bytes = 0
+            for out in list(mem.cond.values()) + list(mem.non_cond.values()):
+                for key in ("maskmem_features", "pred_masks", "obj_ptr"):
+                    t = out.get(key)
+                    if t is not None:
+                        n_bytes += t.numel() * t.element_size()
+            total += n_bytes
+            objs[obj_id] = {"cond": sorted(mem.cond), "non_cond": sorted(mem.non_cond), "bytes": n_bytes}
+        return {"objects": objs, "memory_bytes": total, "cache_frames": self.cache.frames(), "cache_bytes": self.cache.nbytes}
+
+    def provenance(self) -> Dict[str, Any]:
+        return build_provenance(
+            self.model,
+            self.prompt_log,
+            {
+                "max_cond_frames_in_attn": self.max_cond_frames_in_attn
+                if self.max_cond_frames_in_attn is not None
+                else self.model.max_cond_frames_in_attn,
+                "keep_recent_prompt_frames": self.keep_recent_prompt_frames,
+                "correct_as_cond": self.correct_as_cond,
+                "clear_memory_around_corrections": self.clear_memory_around_corrections,
+                "num_frames": getattr(self, "num_frames", None),
+                "video_size": [getattr(self, "video_height", None), getattr(self, "video_width", None)],
+                "device": str(self.device),
+            },
+        )

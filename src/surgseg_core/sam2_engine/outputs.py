@@ -1,0 +1,109 @@
+"""What the engine produces for one frame, and sinks that consume it frame
+by frame (nothing is accumulated for the whole video)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_path, atomic_write_text
+
+
+@dataclass
+class FrameResult:
+    """Masks of all objects on one frame, at the video's resolution."""
+
+    frame_idx: int
+    obj_ids: List[int]
+    logits: torch.Tensor  # (n_obj, H, W) float32 mask logits (CPU)
+    object_scores: np.ndarray  # (n_obj,) object-presence logits (>0: visible)
+
+    def masks(self) -> np.ndarray:
+        """(n_obj, H, W) bool: SAM2's mask = logits > 0."""
+        return (self.logits > 0).numpy()
+
+    def object_mask(self, obj_id: int) -> np.ndarray:
+        """uint8 0/1 label map of one object."""
+        return (self.logits[self.obj_ids.index(obj_id)] > 0).numpy().astype(np.uint8)
+
+    def label_map(self) -> np.ndarray:
+        """Merged multi-class map: each pixel gets the id of the object with
+        the highest logit among those with logit > 0, else 0."""
+        dtype = np.uint8 if max(self.obj_ids, default=0) < 256 else np.uint16
+        if not self.obj_ids:
+            return np.zeros(self.logits.shape[-2:], dtype)
+        best, arg = self.logits.max(dim=0)
+        ids = torch.as_tensor(self.obj_ids, dtype=torch.int64)
+        labels = torch.where(best > 0, ids[arg], torch.zeros_like(arg))
+        return labels.numpy().astype(dtype)
+
+
+class ArrayWriter:
+    """Fills a provided array frame by frame (numpy array, memmap, zarr,
+    a napari Labels layer's data): ``array[frame] = label_map`` or, with
+    ``per_object=True``, ``array[frame, i] = mask of object i`` (0/1)."""
+
+    def __init__(self, array: Any, *, per_object: bool = False) -> None:
+        self.array = array
+        self.per_object = per_object
+        self.frames_written = 0
+
+    def __call__(self, result: FrameResult) -> None:
+        if self.per_object:
+            self.array[result.frame_idx] = result.masks().astype(np.uint8)
+        else:
+            self.array[result.frame_idx] = result.label_map()
+        self.frames_written += 1
+
+
+class PngLabelWriter:
+    """Writes one PNG label map per frame, atomically (a crash or a Stop
+    never leaves a half-written file): ``folder/000123.png`` with the merged
+    map, or ``folder/obj_<id>/000123.png`` (0/1) per object."""
+
+    def __init__(self, folder: Union[str, Path], *, per_object: bool = False, digits: int = 6) -> None:
+        self.folder = Path(folder)
+        self.per_object = per_object
+        self.digits = digits
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.frames_written: List[int] = []
+
+    def path_for(self, frame_idx: int, obj_id: Optional[int] = None) -> Path:
+        name = f"{frame_idx:0{self.digits}d}.png"
+        return self.folder / name if obj_id is None else self.folder / f"obj_{obj_id}" / name
+
+    def __call__(self, result: FrameResult) -> None:
+        from PIL import Image
+
+        if self.per_object:
+            for obj_id in result.obj_ids:
+                _write_png(self.path_for(result.frame_idx, obj_id), result.object_mask(obj_id), Image)
+        else:
+            _write_png(self.path_for(result.frame_idx), result.label_map(), Image)
+        self.frames_written.append(result.frame_idx)
+
+    def write_provenance(self, provenance: Dict[str, Any]) -> Path:
+        target = self.folder / "provenance.json"
+        atomic_write_text(target, json.dumps(provenance, indent=2, default=str))
+        return target
+
+
+def _write_png(path: Path, labels: np.ndarray, Image) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray(labels).save(tmp, format="PNG")
+
+
+class Tee:
+    """Send each frame to several sinks."""
+
+    def __init__(self, *sinks: Sequence) -> None:
+        self.sinks = [s for s in sinks if s is not None]
+
+    def __call__(self, result: FrameResult) -> None:
+        for sink in self.sinks:
+            sink(result)

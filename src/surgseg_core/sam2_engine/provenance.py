@@ -1,0 +1,59 @@
+"""Provenance of everything the engine produces: which model, which
+weights (by hash), which config, which prompts, which software versions."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _pkg_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def model_identity(model) -> Dict[str, Any]:
+    """Name, config and weights hash recorded on the model by ``build_model``.
+    A model without weights is marked ``random-init`` (never passed off as
+    an official checkpoint)."""
+    ckpt = getattr(model, "surgseg_checkpoint", None)
+    sha = getattr(model, "surgseg_checkpoint_sha256", None)
+    if ckpt is not None and sha is None and Path(ckpt).is_file():
+        sha = sha256_file(ckpt)
+        model.surgseg_checkpoint_sha256 = sha
+    return {
+        "model": getattr(model, "surgseg_model_name", None) or (Path(ckpt).stem if ckpt else "random-init"),
+        "config": getattr(model, "surgseg_config_name", None),
+        "checkpoint": ckpt,
+        "checkpoint_sha256": sha,
+        "image_size": int(getattr(model, "image_size", 0)),
+    }
+
+
+def build_provenance(model, prompts: List[Dict[str, Any]], options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    from .. import __version__
+
+    record = model_identity(model)
+    record.update(
+        {
+            "prompts": prompts,
+            "options": dict(options or {}),
+            "surgseg_version": __version__,
+            "sam2_version": _pkg_version("sam2"),
+            "torch_version": _pkg_version("torch"),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+    return record

@@ -1,0 +1,83 @@
+"""DDP helpers: the same command runs alone or under ``torchrun``.
+
+``torchrun --nproc_per_node N`` sets RANK / WORLD_SIZE / LOCAL_RANK /
+MASTER_ADDR; when WORLD_SIZE > 1 we join the process group (NCCL on CUDA,
+gloo on CPU). Rank 0 alone writes logs and checkpoints; metrics are averaged
+across ranks with ``all_reduce``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, Mapping
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world() -> DistInfo:
+    """Rank/world size from torchrun's environment (no process group needed)."""
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    info = env_world()
+    if info.world_size > 1 and dist.is_available() and not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+        info.initialized_here = True
+    return info
+
+
+def shutdown_distributed(info: DistInfo) -> None:
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def reduce_weighted(sums: Mapping[str, float], count: float, info: DistInfo, device: torch.device) -> Dict[str, float]:
+    """Averages ``sums[k] / count`` over all ranks (each rank's sums are
+    weighted totals: metric x batch size)."""
+    keys = sorted(sums)
+    if not info.enabled or not dist.is_initialized():
+        return {k: sums[k] / max(count, 1e-12) for k in keys}
+    # gloo reduces CPU tensors, NCCL CUDA tensors.
+    t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    total = float(t[-1])
+    return {k: float(t[i]) / max(total, 1e-12) for i, k in enumerate(keys)}
+
+
+def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank if any rank says True (stop requests, NaN)."""
+    if not info.enabled or not dist.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)

@@ -1,0 +1,100 @@
+"""Using a trained checkpoint: load it into its method's model, evaluate on
+a dataset folder, predict on videos/folders. Shared by ``surgseg
+evaluate/predict`` and the napari widgets."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..config import merge_config
+from ..errors import ConfigError, DatasetError
+from ..progress import CancelToken, ProgressCallback
+from .checkpoint import load_checkpoint, load_model_weights
+from .distributed import DistInfo, env_world
+from .method import MethodSpec, get_method
+from .trainer import _safe_len, _validate, resolve_config, resolve_device, resolve_dtype
+
+PathLike = Union[str, os.PathLike]
+
+
+def load_trained_model(
+    method: Union[str, MethodSpec],
+    checkpoint: PathLike,
+    config: Optional[Mapping[str, Any]] = None,
+    device: Optional[str] = None,
+) -> Tuple[MethodSpec, torch.nn.Module, Dict[str, Any], torch.device]:
+    """``(spec, model in eval mode on device, config, device)``; the config
+    is the checkpoint's training config with ``config`` on top."""
+    spec = get_method(method) if isinstance(method, str) else method
+    ckpt = load_checkpoint(checkpoint)
+    saved_by = ckpt.get("method")
+    if saved_by not in (None, spec.name):
+        raise ConfigError(f"checkpoint {checkpoint} was trained with method {saved_by!r}, not {spec.name!r}")
+    cfg = resolve_config(spec, merge_config(ckpt.get("config"), config, {"device": device} if device else None))
+    model = spec.build_model(cfg)
+    load_model_weights(checkpoint, model)
+    dev = resolve_device(cfg["device"], env_world().local_rank)
+    model.to(dev).eval()
+    return spec, model, cfg, dev
+
+
+def evaluate_checkpoint(
+    method: Union[str, MethodSpec],
+    checkpoint: PathLike,
+    data: PathLike,
+    config: Optional[Mapping[str, Any]] = None,
+    *,
+    device: Optional[str] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> Dict[str, float]:
+    """Metrics of ``checkpoint`` on the dataset folder ``data`` (the
+    method's ``evaluate``, or its ``metrics`` averaged over the folder)."""
+    data = Path(data)
+    if not data.exists():
+        raise DatasetError(f"evaluation data not found: {data}")
+    spec, model, cfg, dev = load_trained_model(method, checkpoint, config, device)
+    if spec.evaluate is not None:
+        return dict(spec.evaluate(model, data, cfg, progress=progress, cancel=cancel))
+    cfg = {**cfg, "data_root": str(data), "val_root": str(data)}
+    train_ds, val_ds = spec.build_datasets(cfg)
+    ds = val_ds if val_ds is not None else train_ds
+    if ds is None or _safe_len(ds, "evaluation") == 0:
+        raise DatasetError(f"evaluation dataset {data} is empty")
+    dtype = resolve_dtype(cfg["precision"], dev)
+    autocast = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype is not None else contextlib.nullcontext
+    metrics = _validate(spec, model, ds, cfg, dev, autocast, DistInfo(), spec.collate_fn)
+    return {k[4:] if k.startswith("val_") else k: v for k, v in metrics.items()}
+
+
+def predict_with_checkpoint(
+    method: Union[str, MethodSpec],
+    checkpoint: PathLike,
+    inputs: Sequence[PathLike],
+    out_dir: PathLike,
+    config: Optional[Mapping[str, Any]] = None,
+    *,
+    device: Optional[str] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> List[Path]:
+    """Run the method's ``predict`` on videos/folders; under ``torchrun``
+    each rank takes every WORLD_SIZE-th input (no process group needed)."""
+    spec = get_method(method) if isinstance(method, str) else method
+    if spec.predict is None:
+        raise ConfigError(f"method {spec.name!r} has no predict function")
+    missing = [str(p) for p in inputs if not Path(p).exists()]
+    if missing:
+        raise DatasetError(f"input(s) not found: {', '.join(missing)}")
+    world = env_world()
+    mine = [Path(p) for i, p in enumerate(inputs) if i % world.world_size == world.rank]
+    if not mine:
+        return []
+    spec, model, cfg, _ = load_trained_model(spec, checkpoint, config, device)
+    with torch.no_grad():
+        written = spec.predict(model, mine, Path(out_dir), cfg, progress=progress, cancel=cancel)
+    return [Path(p) for p in (written or [])]

@@ -1,0 +1,352 @@
+"""The local weights cache and its registry.
+
+Layout of the cache folder (``SURGSEG_WEIGHTS_DIR`` or the platform's user
+cache, e.g. ``~/.cache/surgseg/weights``)::
+
+    registry.json          every known checkpoint: name, file, sha256, ...
+    sam2.1_hiera_tiny.pt   official checkpoints (downloaded or imported)
+    custom/<name>.pt       imported fine-tuned checkpoints
+
+``registry.json`` is rewritten atomically on every change.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import WeightsError
+from ..sam2_engine.provenance import sha256_file
+from .official import OFFICIAL, OfficialCheckpoint
+
+log = logging.getLogger(__name__)
+
+ENV_DIR = "SURGSEG_WEIGHTS_DIR"
+REGISTRY_FILE = "registry.json"
+_REGISTRY_VERSION = 1
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class WeightsEntry:
+    """One checkpoint known to surgseg."""
+
+    name: str
+    path: str  # absolute path of the file
+    sha256: Optional[str]
+    method: str = "sam2"  # method that can load it (sam2, f2paseg, rpsam2, ...)
+    config: Optional[str] = None  # SAM2 config for SAM2-family weights
+    base: Optional[str] = None  # what it was fine-tuned from
+    source: str = "custom"  # "official" or "custom"
+    url: Optional[str] = None
+    size_bytes: Optional[int] = None
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    created: Optional[str] = None
+
+    @property
+    def file(self) -> Path:
+        return Path(self.path)
+
+    @property
+    def present(self) -> bool:
+        return self.file.is_file()
+
+
+def weights_dir(override: Optional[PathLike] = None) -> Path:
+    """The cache folder: ``override`` > $SURGSEG_WEIGHTS_DIR > user cache."""
+    if override is not None:
+        folder = Path(override)
+    elif os.environ.get(ENV_DIR):
+        folder = Path(os.environ[ENV_DIR])
+    else:
+        from platformdirs import user_cache_dir
+
+        folder = Path(user_cache_dir("surgseg")) / "weights"
+    return folder.expanduser()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_registry(folder: Path) -> Dict[str, dict]:
+    path = folder / REGISTRY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return dict(data["entries"])
+    except Exception as exc:
+        raise WeightsError(f"weights registry {path} is unreadable ({exc}); fix or delete it and re-import") from exc
+
+
+def _write_registry(folder: Path, entries: Dict[str, dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"version": _REGISTRY_VERSION, "entries": entries}
+    atomic_write_text(folder / REGISTRY_FILE, json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _official_entry(ck: OfficialCheckpoint, folder: Path, recorded: Optional[dict]) -> WeightsEntry:
+    entry = WeightsEntry(
+        name=ck.name,
+        path=str((folder / ck.filename).resolve()),
+        sha256=ck.sha256,
+        method="sam2",
+        config=ck.config,
+        source="official",
+        url=ck.url,
+    )
+    if recorded:  # hash seen on first download/import, size, date
+        entry.sha256 = ck.sha256 or recorded.get("sha256")
+        entry.size_bytes = recorded.get("size_bytes")
+        entry.created = recorded.get("created")
+    return entry
+
+
+def list_weights(method: Optional[str] = None, *, weights_dir_override: Optional[PathLike] = None) -> List[WeightsEntry]:
+    """Official checkpoints (present or not) and registered custom ones."""
+    folder = weights_dir(weights_dir_override)
+    recorded = _read_registry(folder)
+    entries = [_official_entry(ck, folder, recorded.get(ck.name)) for ck in OFFICIAL.values()]
+    for name, data in sorted(recorded.items()):
+        if name in OFFICIAL:
+            continue
+        entries.append(WeightsEntry(**data))
+    if method is not None:
+        entries = [e for e in entries if e.method == method]
+    return entries
+
+
+def get_entry(name: str, *, weights_dir_override: Optional[PathLike] = None) -> Optional[WeightsEntry]:
+    for entry in list_weights(weights_dir_override=weights_dir_override):
+        if entry.name == name:
+            return entry
+    return None
+
+
+def missing_message(ck: OfficialCheckpoint, folder: Path) -> str:
+    return (
+        f"SAM2 weights {ck.name!r} are not in the weights cache ({folder / ck.filename}). "
+        f"Download them with 'surgseg weights download {ck.name}' (from {ck.url}), or on an offline "
+        f"machine copy the file over and run 'surgseg weights import PATH/{ck.filename}'."
+    )
+
+
+def resolve_weights(name_or_path: PathLike, *, weights_dir_override: Optional[PathLike] = None) -> Path:
+    """Path of a checkpoint given as a file path or a registered name."""
+    candidate = Path(name_or_path)
+    if candidate.is_file():
+        return candidate.resolve()
+    name = str(name_or_path)
+    folder = weights_dir(weights_dir_override)
+    if name.endswith(".pt") and name[:-3] in OFFICIAL:
+        name = name[:-3]
+    entry = get_entry(name, weights_dir_override=weights_dir_override)
+    if entry is None:
+        known = ", ".join(e.name for e in list_weights(weights_dir_override=weights_dir_override))
+        raise WeightsError(f"no checkpoint file or registered weights named {name!r} (known names: {known})")
+    if not entry.present:
+        if entry.source == "official":
+            raise WeightsError(missing_message(OFFICIAL[entry.name], folder))
+        raise WeightsError(
+            f"registered weights {entry.name!r} point to {entry.path}, which no longer exists; "
+            f"re-import it with 'surgseg weights import PATH --name {entry.name}'"
+        )
+    return entry.file
+
+
+def _check_official_file(ck: OfficialCheckpoint, path: Path, recorded_sha: Optional[str]) -> str:
+    """Hash (known or recorded) or, when unknown, size + architecture keys."""
+    digest = sha256_file(path)
+    expected = ck.sha256 or recorded_sha
+    if expected is not None:
+        if digest != expected:
+            raise WeightsError(
+                f"{path} is not the official {ck.name} checkpoint: sha256 {digest} != expected {expected} "
+                "(corrupt or different file)"
+            )
+        return digest
+    size_mb = path.stat().st_size / 1e6
+    if not 0.9 * ck.approx_mb <= size_mb <= 1.1 * ck.approx_mb:
+        raise WeightsError(
+            f"{path} is {size_mb:.1f} MB but the official {ck.name} checkpoint is about {ck.approx_mb:.0f} MB "
+            "(incomplete download or a different file)"
+        )
+    from ..sam2_engine.build import check_state_keys, load_state_dict_file, model_state_keys
+
+    check_state_keys(load_state_dict_file(path), model_state_keys(ck.config), config=ck.config, source=str(path))
+    log.warning("no published sha256 for %s: recorded %s from this copy (trust on first use)", ck.name, digest)
+    return digest
+
+
+def _record(folder: Path, name: str, data: dict) -> None:
+    entries = _read_registry(folder)
+    entries[name] = data
+    _write_registry(folder, entries)
+
+
+def import_checkpoint(
+    path: PathLike,
+    *,
+    name: Optional[str] = None,
+    method: Optional[str] = None,
+    base: Optional[str] = None,
+    metrics: Optional[Dict[str, Any]] = None,
+    weights_dir_override: Optional[PathLike] = None,
+) -> WeightsEntry:
+    """Copy a checkpoint into the cache after checking it.
+
+    An official name (given, or the file is named like one) must match the
+    official hash (or, while it is unknown, the recorded one / size + keys);
+    anything else is registered as custom weights with its own hash.
+    """
+    src = Path(path)
+    if not src.is_file():
+        raise WeightsError(f"cannot import {src}: no such file")
+    folder = weights_dir(weights_dir_override)
+    official_name = name if name in OFFICIAL else (src.stem if name is None and src.stem in OFFICIAL else None)
+    if official_name is not None:
+        ck = OFFICIAL[official_name]
+        recorded = _read_registry(folder).get(ck.name, {})
+        digest = _check_official_file(ck, src, recorded.get("sha256"))
+        target = folder / ck.filename
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(src, tmp)
+        _record(folder, ck.name, {"sha256": digest, "size_bytes": target.stat().st_size, "created": _now()})
+        return _official_entry(ck, folder, _read_registry(folder)[ck.name])
+    name = name or src.stem
+    target = folder / "custom" / f"{name}{src.suffix or '.pt'}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(src, tmp)
+    return register_checkpoint(
+        target, name=name, method=method, base=base, metrics=metrics, weights_dir_override=weights_dir_override
+    )
+
+
+def register_checkpoint(
+    path: PathLike,
+    name: Optional[str] = None,
+    method: Optional[str] = None,
+    base: Optional[str] = None,
+    metrics: Optional[Dict[str, Any]] = None,
+    *,
+    config: Optional[str] = None,
+    weights_dir_override: Optional[PathLike] = None,
+) -> WeightsEntry:
+    """Register a (fine-tuned) checkpoint where it is, with its own sha256.
+
+    Called by the trainers after training. ``base``: the weights it was
+    fine-tuned from (an official name gives the SAM2 config). Re-registering
+    a name replaces its entry. Official names are reserved.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise WeightsError(f"cannot register {file}: no such file")
+    name = name or file.stem
+    if name in OFFICIAL:
+        raise WeightsError(f"{name!r} is the name of an official checkpoint; register fine-tuned weights under another name")
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise WeightsError(f"invalid weights name {name!r}: use letters, digits, '-', '_', '.'")
+    if config is None and base in OFFICIAL:
+        config = OFFICIAL[base].config
+    entry = WeightsEntry(
+        name=name,
+        path=str(file.resolve()),
+        sha256=sha256_file(file),
+        method=method or "sam2",
+        config=config,
+        base=base,
+        source="custom",
+        size_bytes=file.stat().st_size,
+        metrics=dict(metrics or {}),
+        created=_now(),
+    )
+    _record(weights_dir(weights_dir_override), name, asdict(entry))
+    return entry
+
+
+@dataclass
+class VerifyResult:
+    name: str
+    ok: bool
+    message: str
+
+
+def verify_weights(name: Optional[str] = None, *, weights_dir_override: Optional[PathLike] = None) -> List[VerifyResult]:
+    """Re-hash present checkpoints (one, or all) against the expected hash."""
+    folder = weights_dir(weights_dir_override)
+    entries = list_weights(weights_dir_override=weights_dir_override)
+    if name is not None:
+        entries = [e for e in entries if e.name == name]
+        if not entries:
+            raise WeightsError(f"no weights named {name!r} (see 'surgseg weights list')")
+    results = []
+    for e in entries:
+        if not e.present:
+            if name is not None:
+                msg = missing_message(OFFICIAL[e.name], folder) if e.source == "official" else f"file missing: {e.path}"
+                results.append(VerifyResult(e.name, False, msg))
+            continue
+        digest = sha256_file(e.file)
+        if e.sha256 is None:
+            results.append(VerifyResult(e.name, True, f"present, no known hash; sha256 {digest}"))
+        elif digest == e.sha256:
+            results.append(VerifyResult(e.name, True, f"ok (sha256 {digest[:12]}...)"))
+        else:
+            results.append(VerifyResult(e.name, False, f"HASH MISMATCH: {e.path} has {digest}, expected {e.sha256}"))
+    return results
+
+
+def download_weights(
+    name: str,
+    *,
+    url: Optional[str] = None,
+    weights_dir_override: Optional[PathLike] = None,
+    progressbar: bool = False,
+) -> WeightsEntry:
+    """Download an official checkpoint with pooch into the cache (``url``
+    overrides the official address, e.g. a hospital mirror)."""
+    import pooch
+
+    if name not in OFFICIAL:
+        raise WeightsError(f"unknown official checkpoint {name!r}; choose from {', '.join(OFFICIAL)}")
+    ck = OFFICIAL[name]
+    folder = weights_dir(weights_dir_override)
+    folder.mkdir(parents=True, exist_ok=True)
+    recorded = _read_registry(folder).get(name, {})
+    known = ck.sha256 or recorded.get("sha256")
+    source = url or ck.url
+    partial = folder / f".download-{ck.filename}"
+    try:
+        fetched = pooch.retrieve(
+            source,
+            known_hash=f"sha256:{known}" if known else None,
+            fname=partial.name,
+            path=folder,
+            progressbar=progressbar,
+        )
+    except ValueError as exc:  # pooch: hash mismatch
+        raise WeightsError(f"download of {name} from {source} failed its hash check: {exc}") from exc
+    except Exception as exc:  # network errors of any kind
+        raise WeightsError(
+            f"cannot download {ck.filename} from {source} ({type(exc).__name__}: {exc}). "
+            f"On an offline machine copy the file from elsewhere and run 'surgseg weights import PATH/{ck.filename}'."
+        ) from exc
+    fetched = Path(fetched)
+    try:
+        digest = _check_official_file(ck, fetched, known)
+        os.replace(fetched, folder / ck.filename)
+    finally:
+        if fetched.exists():
+            fetched.unlink()
+    target = folder / ck.filename
+    _record(folder, name, {"sha256": digest, "size_bytes": target.stat().st_size, "created": _now()})
+    return _official_entry(ck, folder, _read_registry(folder)[name])
