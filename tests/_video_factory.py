@@ -151,9 +151,21 @@ def write_empty_video(path: Path) -> Path:
     return path
 
 
-def decode_all(path: Path) -> list:
-    """Ground truth: every frame decoded sequentially by plain PyAV, RGB."""
+def decode_all(path: Path, keep: Optional[Sequence[int]] = None):
+    """Ground truth: frames decoded sequentially by plain PyAV, RGB.
+
+    Returns a list of all frames, or with ``keep`` a dict {index: frame} of
+    just those (long clips would not fit in memory) plus the frame count
+    under the key ``"count"``."""
     import av
 
     with av.open(str(path)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+        frames = container.decode(container.streams.video[0])
+        if keep is None:
+            return [f.to_ndarray(format="rgb24") for f in frames]
+        keep, out, n = set(keep), {}, 0
+        for n, f in enumerate(frames, 1):
+            if n - 1 in keep:
+                out[n - 1] = f.to_ndarray(format="rgb24")
+        out["count"] = n
+        return out

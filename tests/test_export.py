@@ -101,6 +101,19 @@ def test_cancelled_tiff_write_leaves_the_previous_file_untouched(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.tif"]  # no temp file left
 
 
+def test_exports_get_normal_file_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_labels_tiff(_labels(), tmp_path / "m.tif")
+    write_png_masks(_labels(), tmp_path / "pngs")
+    write_points_csv(np.zeros((1, 3)), tmp_path / "p.csv")
+    for path, base in ((tmp_path / "m.tif", 0o666), (tmp_path / "p.csv", 0o666), (tmp_path / "pngs", 0o777)):
+        assert stat.S_IMODE(path.stat().st_mode) == base & ~mask, path  # not mkstemp's private 0600
+
+
 # ---------------------------------------------------------------- PNG masks
 
 

@@ -205,3 +205,18 @@ def test_sample_data_layers(make_napari_viewer, tmp_path, monkeypatch):
     layers = viewer.open_sample(PLUGIN, "synthetic_liver")
     assert [ly._type_string for ly in layers][:2] == ["image", "labels"]
     assert layers[1].data.shape == (3, 64, 80) and set(np.unique(layers[1].data)) <= {0, 1, 2, 3}
+
+
+def test_sample_clip_from_the_repository_is_consistent():
+    from conftest import SAMPLE_DATA
+
+    from napari_surgseg._sample_data import sample_clip
+
+    if not (SAMPLE_DATA / "synthetic_clip" / "meta.json").is_file():
+        pytest.skip(f"no committed sample data at {SAMPLE_DATA}")
+    video, anatomy, instruments, anchors, tips = sample_clip()
+    assert isinstance(video[0], FrameSource) and video[1]["rgb"]
+    assert anatomy[0].shape == instruments[0].shape == video[0].shape[:3]
+    # ground truth agrees with itself: every tip lies on its own instrument's mask
+    t, y, x = np.round(tips[0]).astype(int).T
+    np.testing.assert_array_equal(instruments[0][t, y, x], tips[1]["features"]["instrument_id"])

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def clip(tmp_path):
-    return write_video(tmp_path / "clip.mp4", 30, width=64, height=48, fps=10)
+    return write_video(tmp_path / "clip.mp4", 30, width=160, height=96, fps=10)
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def _loader(make_napari_viewer, qtbot, path):
 def test_loader_shows_metadata_and_opens_range_with_stride_and_downscale(make_napari_viewer, qtbot, clip, messages):
     viewer, widget = _loader(make_napari_viewer, qtbot, clip)
     info = widget.info_label.text()
-    assert "64x48" in info and "10 fps" in info and "30 frames" in info and "h264" in info
+    assert "160x96" in info and "10 fps" in info and "30 frames" in info and "h264" in info
     widget.start_spin.setValue(4)
     widget.end_spin.setValue(20)
     widget.step_spin.setValue(3)
@@ -63,7 +63,7 @@ def test_loader_shows_metadata_and_opens_range_with_stride_and_downscale(make_na
     layer = viewer.layers[0]
     assert layer.name == "clip" and layer.rgb and tuple(layer.axis_labels) == ("t", "y", "x")
     assert isinstance(layer.data, FrameSource)
-    assert layer.data.shape == (6, 24, 32, 3)  # frames 4, 7, ..., 19 at half size
+    assert layer.data.shape == (6, 48, 80, 3)  # frames 4, 7, ..., 19 at half size
     with open_video(clip, downscale=2) as full:
         for k in range(6):
             assert frame_number(layer.data[k]) == 4 + 3 * k
@@ -101,15 +101,37 @@ def test_loader_reports_bad_files_and_bad_ranges_as_notifications(make_napari_vi
     assert len(viewer.layers) == 0
 
 
+@pytest.mark.realdata
+def test_loader_opens_a_real_frame_series_by_glob(make_napari_viewer, qtbot, messages):
+    from PIL import Image
+
+    from conftest import realdata_file
+
+    folder = realdata_file("cholecseg8k_seq")  # frames and three kinds of masks side by side
+    viewer, widget = _loader(make_napari_viewer, qtbot, folder / "frame_*_endo.png")
+    assert "73 frames" in widget.info_label.text()
+    widget.step_spin.setValue(10)
+    widget.fps_spin.setValue(25)
+    widget.open_button.click()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 1, timeout=10000)
+    layer = viewer.layers[0]
+    assert layer.data.shape == (8, 480, 854, 3) and layer.metadata["fps"] == 25
+    for k in (0, 3, 7):
+        expected = np.asarray(Image.open(folder / f"frame_{561 + 10 * k}_endo.png").convert("RGB"))
+        np.testing.assert_array_equal(layer.data[k], expected)
+    assert messages["error"] == []
+
+
 class _SlowVideo:
     """Array-like video that takes a while per frame, to cancel mid-export."""
 
     def __init__(self, n=60, h=32, w=32):
-        self.shape, self.dtype, self.ndim = (n, h, w, 3), np.dtype(np.uint8), 4
+        self._frames = np.full((n, h, w, 3), 80, np.uint8)
+        self.shape, self.dtype, self.ndim = self._frames.shape, self._frames.dtype, 4
 
-    def __getitem__(self, t):
+    def __getitem__(self, key):
         time.sleep(0.03)
-        return np.full(self.shape[1:], 80, np.uint8)
+        return self._frames[key]
 
 
 def test_export_widget_writes_overlay_with_layer_colours_and_points(make_napari_viewer, qtbot, clip, tmp_path, messages):
@@ -117,10 +139,10 @@ def test_export_widget_writes_overlay_with_layer_colours_and_points(make_napari_
     widget = ExportOverlayWidget(viewer)
     viewer.window.add_dock_widget(widget)
     (video,) = viewer.open(str(clip), plugin="napari-surgseg")
-    labels_data = np.zeros((30, 48, 64), np.uint8)
-    labels_data[:, 20:40, 30:60] = 1
+    labels_data = np.zeros((30, 96, 160), np.uint8)
+    labels_data[:, 40:80, 60:150] = 1
     labels = viewer.add_labels(labels_data, name="tool mask")
-    viewer.add_points(np.array([[5, 10.0, 10.0]]), name="tips", face_color="red")
+    viewer.add_points(np.array([[5, 30.0, 20.0]]), name="tips", face_color="red")
     assert widget.image_combo.value is video  # filled from the viewer, no names hard-coded
     widget.labels_combo.value = labels
     widget.points_combo.value = viewer.layers["tips"]
@@ -131,13 +153,13 @@ def test_export_widget_writes_overlay_with_layer_colours_and_points(make_napari_
     qtbot.waitUntil(lambda: out.exists() and widget.export_button.enabled, timeout=30000)
     assert messages["error"] == []
     meta, frames = _decode_mp4(out)
-    assert frames.shape == (30, 48, 64, 3) and meta["fps"] == 10
+    assert frames.shape == (30, 96, 160, 3) and meta["fps"] == 10
     src = open_video(clip)
     napari_rgb = np.asarray(labels.get_color(1))[:3] * 255
-    inside = frames[:, 24:36, 35:55].reshape(30, -1, 3).mean(1)
-    expected = 0.2 * src[:, 24:36, 35:55].reshape(30, -1, 3).mean(1) + 0.8 * napari_rgb
+    inside = frames[:, 50:70, 80:140].reshape(30, -1, 3).mean(1)
+    expected = 0.2 * src[:, 50:70, 80:140].reshape(30, -1, 3).mean(1) + 0.8 * napari_rgb
     np.testing.assert_allclose(inside, expected, atol=15)
-    red = frames[5, 8:13, 8:13].reshape(-1, 3).mean(0)
+    red = frames[5, 28:33, 18:23].reshape(-1, 3).mean(0)
     assert red[0] > 180 and red[1] < 80  # the red point on frame 5
 
 

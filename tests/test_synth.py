@@ -130,7 +130,9 @@ def test_camera_moves(clip_frames):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(n_frames=0), dict(height=16), dict(width=8), dict(fps=0.0)], ids=["frames", "height", "width", "fps"]
+    "kwargs",
+    [dict(n_frames=0), dict(height=16), dict(width=8), dict(fps=0.0)],
+    ids=["frames", "height", "width", "fps"],
 )
 def test_clip_rejects_bad_arguments(kwargs):
     with pytest.raises(ConfigError):

@@ -90,6 +90,9 @@ def test_refuses_foreign_folder_and_bad_sizes(tmp_path):
     assert (foreign / "notes.txt").read_text() == "my work"
     with pytest.raises(ConfigError, match="even"):
         write_synthetic_clip(tmp_path / "odd", n_frames=2, height=49, width=64)
+    assert not (tmp_path / "odd").exists()  # rejected before anything was written
+    with pytest.raises(ConfigError, match="even"):
+        write_liver_dataset(tmp_path / "odd", n_frames=2, height=48, width=63)
 
 
 def test_cancel_leaves_no_partial_video(tmp_path):

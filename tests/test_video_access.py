@@ -115,18 +115,19 @@ def test_range_stride_and_downscale(videos, reference):
 
 def test_real_lapchole_clip():
     path = realdata_file("lapchole_clip_rvimlab/endo.mp4")
-    ref = decode_all(path)
+    wanted = [249, 0, 121, 119, 120, 3, 230, 228, 227]  # around both GOP boundaries (120, 228)
+    ref = decode_all(path, keep=wanted)
     with open_video(path) as src:
         m = src.metadata
         assert (len(src), m.fps, m.width, m.height, m.codec) == (250, 25.0, 1280, 720, "h264")
-        assert len(ref) == 250
-        for i in [249, 0, 121, 119, 120, 3, 230, 228, 227, 77]:  # around both GOP boundaries (120, 228)
+        assert ref["count"] == 250
+        for i in wanted:
             np.testing.assert_array_equal(src[i], ref[i], err_msg=f"frame {i}")
 
 
 def test_real_endovis_clip_mpeg4():
     path = realdata_file("endovis17_clip_intel/short_source.mp4")
-    ref = decode_all(path)
+    ref = decode_all(path, keep=range(20))
     with open_video(path) as src:
         m = src.metadata
         assert (len(src), m.fps, m.width, m.height, m.codec) == (20, 10.0, 1920, 1080, "mpeg4")
@@ -134,3 +135,34 @@ def test_real_endovis_clip_mpeg4():
             np.testing.assert_array_equal(src[i], ref[i], err_msg=f"frame {i}")
     with open_video(path, downscale=4, step=3) as src:
         assert src.shape == (7, 270, 480, 3)
+
+
+@pytest.mark.parametrize("name", ["h264_bframes_long_gop.mp4", "h264_gop12_audio_offset.mp4", "h264_audio.mov",
+                                  "lapchole"])
+def test_mp4_sample_table_index_equals_demux_index(videos, monkeypatch, name):
+    from surgseg_core.io import video_pyav
+
+    path = realdata_file("lapchole_clip_rvimlab/endo.mp4") if name == "lapchole" else videos[name]
+    monkeypatch.setattr(video_pyav, "SAMPLE_TABLE_MIN_BYTES", 0)  # big-file fast path on small files
+    fast = video_pyav.build_index(path)
+    monkeypatch.setattr(video_pyav, "_index_from_sample_tables", lambda *args: None)
+    demuxed = video_pyav.build_index(path)
+    np.testing.assert_array_equal(fast.pts, demuxed.pts)
+    np.testing.assert_array_equal(fast.key_pts, demuxed.key_pts)
+
+
+def test_mp4_sample_tables_are_read_and_checked(videos, tmp_path):
+    import av
+
+    from surgseg_core.io.mp4_index import matches_packets, sample_table_index
+
+    path = videos["h264_gop12_audio_offset.mp4"]
+    pts, keys, _, scale = sample_table_index(path)
+    assert len(pts) == 80 and keys.sum() == 7  # GOP 12 -> keyframes 0, 12, ..., 72
+    assert sorted(pts)[0] == round(1.5 * scale)  # the leading empty edit (start offset) is applied
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert matches_packets(container, stream, pts, keys)
+        container.seek(0, stream=stream)
+        assert not matches_packets(container, stream, pts + 1, keys)  # a misread table is caught
+    assert sample_table_index(videos["vfr.mkv"]) is None  # not MP4

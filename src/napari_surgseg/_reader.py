@@ -54,7 +54,10 @@ def _numbered_frames(folder: Path) -> list:
         return sorted(
             f
             for f in folder.iterdir()
-            if f.is_file() and f.suffix.lower() in FRAME_SUFFIXES and _DIGITS.search(f.stem)
+            if f.is_file()
+            and not f.name.startswith(".")
+            and f.suffix.lower() in FRAME_SUFFIXES
+            and _DIGITS.search(f.stem)
         )
     except OSError:
         return []

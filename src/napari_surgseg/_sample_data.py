@@ -68,15 +68,17 @@ def sample_folder(name: str, regenerate: Optional[Callable[[Path], Path]] = None
 
 
 def _generate_clip(folder: Path) -> Path:
+    from surgseg_core.synth.cli import SAMPLE_CLIP  # the settings of the committed sample_data/
     from surgseg_core.synth.writer import write_synthetic_clip
 
-    return write_synthetic_clip(folder, seed=0)
+    return write_synthetic_clip(folder, **SAMPLE_CLIP)
 
 
 def _generate_liver(folder: Path) -> Path:
+    from surgseg_core.synth.cli import SAMPLE_LIVER
     from surgseg_core.synth.writer import write_liver_dataset
 
-    return write_liver_dataset(folder, seed=0)
+    return write_liver_dataset(folder, **SAMPLE_LIVER)
 
 
 def _class_features(names: dict) -> dict:

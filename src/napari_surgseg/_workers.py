@@ -36,7 +36,9 @@ def run_in_worker(
     def _progress(done: int, total: Optional[int], message: str = "") -> None:
         updates.put((done, total, message))
 
-    @thread_worker
+    # ignore_errors: _on_error below turns errors into notifications; without
+    # it napari also re-raises them in the Qt event loop (a traceback dialog).
+    @thread_worker(ignore_errors=True)
     def _work():
         import threading
 

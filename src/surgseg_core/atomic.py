@@ -27,10 +27,14 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     )
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600 files; give the result the permissions a plain
+    # open() would (shared lab folders must stay readable).
+    os.chmod(tmp_path, 0o666 & ~_current_umask())
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
+        _set_final_mode(tmp_path, target)
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
     except BaseException:
@@ -49,6 +53,30 @@ def atomic_write_text(target: PathLike, text: str, encoding: str = "utf-8") -> P
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding=encoding)
     return Path(target)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = _current_umask()
+
+
+def _set_final_mode(tmp: Path, target: Path) -> None:
+    """mkstemp makes 0600 files; give the result the mode a normal write would
+    (the old file's mode, or 0666 minus the umask) so shared exports stay readable."""
+    with contextlib.suppress(OSError):
+        mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_UMASK
+        os.chmod(tmp, mode)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

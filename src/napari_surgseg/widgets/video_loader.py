@@ -50,15 +50,17 @@ def open_selection(
     unit: str = "frames",
     step: int = 1,
     downscale: int = 1,
+    fps: Optional[float] = None,
     progress=None,
     cancel=None,
 ):
-    """``open_video`` with the range given in frames (end exclusive) or seconds."""
+    """``open_video`` with the range given in frames (end exclusive) or
+    seconds; ``fps`` gives frame folders and TIFF stacks a timing (videos
+    keep their own)."""
     if unit == "seconds":
-        return open_video(path, start_time=start, end_time=end, step=step, downscale=downscale)
-    return open_video(
-        path, start=int(round(start)), stop=None if end is None else int(round(end)), step=step, downscale=downscale
-    )
+        return open_video(path, start_time=start, end_time=end, step=step, downscale=downscale, fps=fps)
+    stop = None if end is None else int(round(end))
+    return open_video(path, start=int(round(start)), stop=stop, step=step, downscale=downscale, fps=fps)
 
 
 class VideoLoaderWidget(QWidget):
@@ -71,6 +73,9 @@ class VideoLoaderWidget(QWidget):
 
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("video file, TIFF stack or folder of numbered frames")
+        self.path_edit.setToolTip(
+            "A folder holding several image series takes a glob, e.g. /data/seq/frame_*_endo.png"
+        )
         self.path_edit.editingFinished.connect(self._on_path_edited)
         file_btn = QPushButton("File…")
         file_btn.clicked.connect(self._browse_file)
@@ -99,6 +104,11 @@ class VideoLoaderWidget(QWidget):
         self.downscale_spin = QSpinBox()
         self.downscale_spin.setRange(1, 32)
         self.downscale_spin.setToolTip("divide width and height by this factor")
+        self.fps_spin = QDoubleSpinBox()
+        self.fps_spin.setRange(0, 1000)
+        self.fps_spin.setDecimals(3)
+        self.fps_spin.setSpecialValueText("from file")  # 0: videos know their rate; folders then have none
+        self.fps_spin.setToolTip("frame rate of a frame folder or TIFF stack (videos use their own)")
         self._on_unit_changed("frames")
 
         form = QFormLayout()
@@ -107,6 +117,7 @@ class VideoLoaderWidget(QWidget):
         form.addRow("End", self.end_spin)
         form.addRow("Stride", self.step_spin)
         form.addRow("Downscale", self.downscale_spin)
+        form.addRow("Frame rate", self.fps_spin)
 
         self.open_button = QPushButton("Open")
         self.open_button.clicked.connect(self.open)
@@ -146,7 +157,7 @@ class VideoLoaderWidget(QWidget):
 
     def _show_metadata(self, meta) -> None:
         self.metadata = meta
-        fps = f"{meta.fps:.3g} fps" if meta.fps else "no timing (frame folder)"
+        fps = f"{meta.fps:.3g} fps" if meta.fps else "no frame rate (set one below to use seconds)"
         duration = f"{meta.duration:.2f} s" if meta.duration else "unknown duration"
         vfr = ", variable frame rate" if meta.variable_frame_rate else ""
         self.info_label.setText(
@@ -178,6 +189,7 @@ class VideoLoaderWidget(QWidget):
             "unit": self.unit_combo.currentText(),
             "step": self.step_spin.value(),
             "downscale": self.downscale_spin.value(),
+            "fps": self.fps_spin.value() or None,
         }
 
     def open(self) -> None:

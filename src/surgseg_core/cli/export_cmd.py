@@ -55,7 +55,7 @@ def register(subparsers) -> None:
     overlay.add_argument("--labels", help="label TIFF stack or folder of numbered PNG masks (one per frame)")
     overlay.add_argument("--points", help="points CSV (frame,x,y[,...])")
     overlay.add_argument("--alpha", type=float, default=0.5, help="label opacity 0..1 (default 0.5)")
-    overlay.add_argument("--fps", type=float, default=None, help="output frame rate (default: the video's)")
+    overlay.add_argument("--fps", type=float, default=None, help="output frame rate (default: the video's, divided by --step to keep real time)")
     overlay.add_argument("--point-radius", type=float, default=4.0, help="point radius in pixels (default 4)")
     add_range_arguments(overlay)
     overlay.set_defaults(func=_overlay)

@@ -9,6 +9,7 @@ _INFO_EXAMPLES = """\
 examples:
   surgseg video info clip.mp4
   surgseg video info frames_folder/ --json
+  surgseg video info 'seq/frame_*_endo.png'     # one image series of a folder holding several
   surgseg video info clip.mp4 --start 100 --stop 400 --step 5 --downscale 2
 """
 

@@ -34,15 +34,31 @@ class TiffStack:
             shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
         except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, struct_error()) as exc:
             raise VideoError(f"{path}: not a readable TIFF file ({exc.__class__.__name__}: {exc})") from exc
+        try:
+            self._analyse(series, shape, axes, dtype)
+        except BaseException:
+            self._tif.close()
+            raise
+
+    def _analyse(self, series, shape, axes, dtype) -> None:
+        import tifffile
+
+        path = self.path
         self.dtype = dtype
         self.compression = str(getattr(series.keyframe, "compression", "")).split(".")[-1].lower()
         if "Y" not in axes or "X" not in axes:
             raise VideoError(f"{path}: TIFF series has axes {axes!r}; no image (Y, X) axes found")
-        chan = [a for a in ("S", "C") if a in axes and shape[axes.index(a)] in (1, 2, 3, 4)]
-        self._order = [axes.index(a) for a in axes if a not in "YX" and a not in chan[:1]]
-        self._order += [axes.index("Y"), axes.index("X")] + ([axes.index(chan[0])] if chan else [])
-        other = [shape[k] for k in self._order[:-3 if chan else -2]]
-        self.n_frames = int(np.prod(other)) if other else 1
+        chan = [a for a in ("S", "C") if a in axes and shape[axes.index(a)] > 1]
+        if len(chan) > 1 or (chan and shape[axes.index(chan[0])] > 4):
+            sizes = ", ".join(f"{a}={shape[axes.index(a)]}" for a in chan)
+            raise VideoError(f"{path}: TIFF with {sizes} channels (axes {axes!r}) is not supported; "
+                             "need grayscale, RGB or RGBA frames")
+        chan = chan or [a for a in ("S", "C") if a in axes]
+        # Every axis that is not Y, X or the channel axis counts as "frames" (C order).
+        self._frame_axes = [axes.index("Y"), axes.index("X")] + ([axes.index(chan[0])] if chan else [])
+        self._other_axes = [k for k in range(len(axes)) if k not in self._frame_axes]
+        self._other_shape = tuple(shape[k] for k in self._other_axes)
+        self.n_frames = int(np.prod(self._other_shape)) if self._other_shape else 1
         self.height, self.width = shape[axes.index("Y")], shape[axes.index("X")]
         self.frame_shape = (self.height, self.width) + ((shape[axes.index(chan[0])],) if chan else ())
         if self.n_frames == 0:
@@ -54,15 +70,14 @@ class TiffStack:
         except (ValueError, OSError, TypeError):  # not contiguous/uncompressed after all
             mm = None
         if mm is not None:
-            self._array = mm.transpose(self._order).reshape((self.n_frames,) + self.frame_shape)
+            self._array = mm
         else:
             pages = list(series.pages)
             page_axes = series.keyframe.axes
             if len(pages) == self.n_frames and set(page_axes) <= set("YXS"):
                 self._pages, self._page_axes = pages, page_axes
             elif series.nbytes <= 512 * 2**20:
-                data = self._guard(lambda: series.asarray(), "reading the stack")
-                self._array = data.transpose(self._order).reshape((self.n_frames,) + self.frame_shape)
+                self._array = self._guard(lambda: series.asarray(), "reading the stack")
             else:
                 raise VideoError(f"{path}: compressed TIFF with axes {axes!r} cannot be read frame by frame; "
                                  "save it as one page per frame")
@@ -87,9 +102,17 @@ class TiffStack:
             pass
         return None
 
+    def _frame_of(self, array: np.ndarray, i: int) -> np.ndarray:
+        # Index the frame axes directly: reshaping a transposed memmap would copy the whole file.
+        key = [slice(None)] * array.ndim
+        for axis, value in zip(self._other_axes, np.unravel_index(i, self._other_shape)):
+            key[axis] = int(value)
+        remaining = [k for k in range(array.ndim) if k not in self._other_axes]
+        return np.asarray(array[tuple(key)].transpose([remaining.index(k) for k in self._frame_axes]))
+
     def raw(self, i: int) -> np.ndarray:
         if self._array is not None:
-            return self._guard(lambda: np.asarray(self._array[i]), f"reading frame {i}")
+            return self._guard(lambda: self._frame_of(self._array, i), f"reading frame {i}")
         page = self._pages[i]
         a = self._guard(page.asarray, f"reading frame {i}")
         if self._page_axes.startswith("S"):  # planar RGB page

@@ -263,12 +263,15 @@ class StreamingSAM2:
 
     @staticmethod
     def _merge(outs: Sequence[dict]) -> dict:
-        """Stack per-object memories along the batch dimension."""
-        if len(outs) == 1:
-            return outs[0]
+        """Stack per-object memories along the batch dimension.
+
+        Memories are stored in bf16 like SAM2 but handed over in float32:
+        SAM2 concatenates them with float32 object pointers, which promotes
+        them to float32 anyway, except when a frame has no pointer, where
+        SAM2 without autocast (CPU) fails on a dtype mismatch."""
         batch = len(outs)
         return {
-            "maskmem_features": torch.cat([o["maskmem_features"] for o in outs], 0),
+            "maskmem_features": torch.cat([o["maskmem_features"].float() for o in outs], 0),
             "maskmem_pos_enc": [x.expand(batch, -1, -1, -1) for x in outs[0]["maskmem_pos_enc"]],
             "obj_ptr": torch.cat([o["obj_ptr"] for o in outs], 0),
         }

@@ -8,23 +8,38 @@
   layouts described in ``FORMATS.md`` (next to this file).
 
 Everything is a pure function of the seed and sizes (numpy ``Generator`` only):
-regenerate with ``python -m surgseg_core.synth --help``.
+command line: ``python -m surgseg_core.synth --help``.
 """
-from .endoscopy import ACTIONS, ANATOMY_CLASSES, GENERATOR_VERSION, EndoscopyClip, SynthFrame, generate_endoscopy_clip
+from .endoscopy import (
+    ACTIONS,
+    ANATOMY_CLASSES,
+    GENERATOR_VERSION,
+    TOOL_TYPES,
+    EndoscopyClip,
+    SynthFrame,
+    generate_endoscopy_clip,
+)
 from .fov import FOV
+from .liver import CURVE_NAMES, LIVER_CLASSES, LiverFrame, LiverScene, default_line_width, generate_liver_scene
+from .writer import read_liver_curves, read_tool_landmarks, write_liver_dataset, write_synthetic_clip
 
 __all__ = [
     "ACTIONS",
     "ANATOMY_CLASSES",
-    "GENERATOR_VERSION",
-    "EndoscopyClip",
+    "CURVE_NAMES",
     "FOV",
+    "GENERATOR_VERSION",
+    "LIVER_CLASSES",
+    "TOOL_TYPES",
+    "EndoscopyClip",
+    "LiverFrame",
+    "LiverScene",
     "SynthFrame",
+    "default_line_width",
     "generate_endoscopy_clip",
+    "generate_liver_scene",
+    "read_liver_curves",
+    "read_tool_landmarks",
+    "write_liver_dataset",
+    "write_synthetic_clip",
 ]
-from .liver import CURVE_NAMES, LIVER_CLASSES, LiverFrame, LiverScene, default_line_width, generate_liver_scene  # noqa: E402
-
-__all__ += ["CURVE_NAMES", "LIVER_CLASSES", "LiverFrame", "LiverScene", "default_line_width", "generate_liver_scene"]
-from .writer import read_liver_curves, read_tool_landmarks, write_liver_dataset, write_synthetic_clip  # noqa: E402
-
-__all__ += ["read_liver_curves", "read_tool_landmarks", "write_liver_dataset", "write_synthetic_clip"]

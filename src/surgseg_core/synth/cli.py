@@ -68,7 +68,9 @@ def _add_parsers(sub) -> None:
         p.add_argument("--width", type=int, default=defaults["width"], help="frame width in pixels (even)")
         p.add_argument("--fps", type=float, default=defaults["fps"], help="frame rate of video.mp4")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
-    liver.add_argument("--line-width", type=int, default=None, help="curve thickness in the masks (default 2%% of the shorter side)")
+    liver.add_argument(
+        "--line-width", type=int, default=None, help="curve thickness in the masks (default 2%% of the shorter side)"
+    )
     sample.add_argument("out_dir", help="sample_data folder")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     clip.set_defaults(func=_run, synth_kind="clip")
@@ -80,14 +82,16 @@ def register(subparsers) -> None:
     """Mount as ``surgseg synth {clip,liver,sample-data}``."""
     parser = subparsers.add_parser(
         "synth", help="generate synthetic endoscopy data with ground truth",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG.replace("python -m surgseg_core.synth", "surgseg synth"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG.replace("python -m surgseg_core.synth", "surgseg synth"),
     )  # fmt: skip
     _add_parsers(parser.add_subparsers(dest="synth_command", metavar="KIND", required=True))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m surgseg_core.synth", description="Generate deterministic synthetic endoscopy data with ground truth.",
+        prog="python -m surgseg_core.synth",
+        description="Generate deterministic synthetic endoscopy data with ground truth.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
     )  # fmt: skip
     _add_parsers(parser.add_subparsers(dest="synth_command", metavar="KIND", required=True))

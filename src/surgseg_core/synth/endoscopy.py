@@ -39,6 +39,24 @@ ANATOMY_LONG_NAMES: Tuple[str, ...] = (
     "optic prominence",
 )
 ACTIONS: Tuple[str, ...] = ("clip", "grasp", "dissect")
+TOOL_TYPES = {"clip": "clip applier", "grasp": "grasper", "dissect": "dissector"}  # what each action is done with
+# Layout of the sellar region seen through the nose, in normalised canvas
+# coordinates (class, centre u, v, half axes u, v, rotation), painted in this
+# order: sella floor in the centre, tuberculum above it, clival recess below,
+# ICA prominences either side, optic prominences above those, and the small
+# optic-carotid recesses lateral to them - rare, far from the centre, visible
+# only while the camera pans towards one side.
+_LAYOUT = (
+    (1, 0.50, 0.52, 0.13, 0.11, 0.0),
+    (2, 0.50, 0.37, 0.13, 0.035, 0.05),
+    (4, 0.50, 0.69, 0.09, 0.05, 0.0),
+    (3, 0.22, 0.53, 0.035, 0.10, 0.15),
+    (3, 0.78, 0.53, 0.035, 0.10, -0.15),
+    (6, 0.29, 0.31, 0.05, 0.035, -0.4),
+    (6, 0.71, 0.31, 0.05, 0.035, 0.4),
+    (5, 0.13, 0.40, 0.022, 0.03, 0.0),
+    (5, 0.87, 0.40, 0.022, 0.03, 0.0),
+)
 _ENTRY_SECTORS = ((0.2, 0.45), (0.55, 0.8), (-0.05, 0.15), (0.85, 1.05))
 
 # Base colours (RGB, 0-255) of the tissue and of each anatomy class; chosen so
@@ -61,6 +79,8 @@ class SynthFrame:
     ``landmarks`` holds one dict per instrument whose tip and anchor are in
     view: ``instrument_id``, ``tip`` (x, y), ``anchor`` (x, y), ``action``,
     ``active`` (exactly one ``True`` when the list is not empty).
+    ``anatomy_unoccluded`` is the label map as if no instrument were there
+    (for occlusion-aware augmentation and tests); not written to disk.
     """
 
     index: int
@@ -132,37 +152,16 @@ class EndoscopyClip:
         warp_u = 0.012 * smooth_noise(rng, (ch, cw), 30 * s)
         warp_v = 0.012 * smooth_noise(rng, (ch, cw), 30 * s)
         uw, vw = u + warp_u, v + warp_v
-        jitter = rng.uniform(-0.02, 0.02, size=(8, 2))
         labels = np.zeros((ch, cw), np.uint8)
-
-        def ellipse(cu, cv, au, av, rot=0.0):
-            cu, cv = cu + jitter[len(regions) % 8, 0], cv + jitter[len(regions) % 8, 1]
+        dome = np.zeros((ch, cw))  # 1 at a region's centre, 0 at its edge
+        for cls, cu, cv, au, av, rot in _LAYOUT:
+            cu, cv = cu + rng.uniform(-0.02, 0.02), cv + rng.uniform(-0.02, 0.02)
             cr, sr = np.cos(rot), np.sin(rot)
             du, dv = uw - cu, vw - cv
-            a = (cr * du + sr * dv) / au
-            b = (-sr * du + cr * dv) / av
-            return a * a + b * b
-
-        regions = []
-        # Layout of the sellar region seen through the nose (left/right mirrored):
-        # sella floor centre, tuberculum above it, clival recess below, ICA
-        # prominences either side, optic prominences above those, and the small
-        # optic-carotid recesses between optic and carotid prominences (rare:
-        # far from the centre, visible only when the camera pans there).
-        regions.append((1, ellipse(0.50, 0.52, 0.13, 0.11)))
-        regions.append((2, ellipse(0.50, 0.37, 0.13, 0.035, 0.05)))
-        regions.append((4, ellipse(0.50, 0.69, 0.09, 0.05)))
-        regions.append((3, ellipse(0.31, 0.53, 0.04, 0.10, 0.15)))
-        regions.append((3, ellipse(0.69, 0.53, 0.04, 0.10, -0.15)))
-        regions.append((6, ellipse(0.29, 0.33, 0.05, 0.035, -0.4)))
-        regions.append((6, ellipse(0.71, 0.33, 0.05, 0.035, 0.4)))
-        regions.append((5, ellipse(0.15, 0.41, 0.022, 0.03)))
-        regions.append((5, ellipse(0.85, 0.41, 0.022, 0.03)))
-        dome = np.zeros((ch, cw))
-        for cls, f in regions:
+            f = ((cr * du + sr * dv) / au) ** 2 + ((-sr * du + cr * dv) / av) ** 2
             inside = f < 1.0
             labels[inside] = cls
-            dome = np.where(inside, 1.0 - f, dome)  # 1 at the centre, 0 at the edge
+            dome = np.where(inside, 1.0 - f, dome)
         self._canvas_labels = labels
 
         # Colour: soft-edged blend of class colours over the mucosa.
@@ -335,11 +334,13 @@ class EndoscopyClip:
         for g in geometry:
             tr = g["track"]
             shaft, across_s = tapered_capsule(xx, yy, g["far"], g["anchor"], tr.shaft_width, tr.shaft_width)
-            jaw1, across_1 = tapered_capsule(xx, yy, g["anchor"], g["tip"], 0.62 * tr.shaft_width, 0.3 * tr.shaft_width)
-            jaw2, across_2 = tapered_capsule(xx, yy, g["anchor"], g["jaw2"], 0.62 * tr.shaft_width, 0.3 * tr.shaft_width)
+            jaw_w0, jaw_w1 = 0.62 * tr.shaft_width, 0.3 * tr.shaft_width
+            jaw1, across_1 = tapered_capsule(xx, yy, g["anchor"], g["tip"], jaw_w0, jaw_w1)
+            jaw2, across_2 = tapered_capsule(xx, yy, g["anchor"], g["jaw2"], jaw_w0, jaw_w1)
             joint = np.hypot(xx - g["anchor"][0], yy - g["anchor"][1]) <= 0.42 * tr.shaft_width
             # Soft shadow of the instrument on the tissue (offset down-right).
-            shadow = ndimage.shift((shaft | jaw1 | jaw2).astype(np.float64), (0.12 * tr.shaft_width, 0.12 * tr.shaft_width), order=1)
+            offset = 0.12 * tr.shaft_width
+            shadow = ndimage.shift((shaft | jaw1 | jaw2).astype(np.float64), (offset, offset), order=1)
             shadow = ndimage.gaussian_filter(shadow, 0.25 * tr.shaft_width)
             rgb *= (1.0 - 0.35 * shadow)[..., None]
             # Metallic cylinder shading + specular stripe along the shaft.

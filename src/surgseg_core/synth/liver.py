@@ -125,7 +125,8 @@ class LiverScene:
         # Liver texture in the liver's unit coordinates (sampled on a 2x2 box).
         self._tex_n = 384
         self._liver_tex = fractal_noise(rng, (self._tex_n, self._tex_n), [20, 6, 2]).astype(np.float32)
-        self._liver_spec = np.clip((smooth_noise(rng, (self._tex_n, self._tex_n), 2.5) - 2.4) / 0.5, 0, 1).astype(np.float32)
+        spec = smooth_noise(rng, (self._tex_n, self._tex_n), 2.5)
+        self._liver_spec = np.clip((spec - 2.4) / 0.5, 0, 1).astype(np.float32)
         # Background (fat + peritoneum + bowel) in world pixel coordinates, larger than the view.
         bh, bw = int(1.6 * h), int(1.6 * w)
         self._bg_offset = np.array([(bw - w) / 2.0, (bh - h) / 2.0])
@@ -269,7 +270,7 @@ class LiverScene:
 
 
 def generate_liver_scene(
-    seed: int = 0, n_frames: int = 40, height: int = 320, width: int = 416, line_width: Optional[int] = None
+    seed: int = 0, n_frames: int = 40, height: int = 320, width: int = 416, *, line_width: Optional[int] = None
 ) -> LiverScene:
     """A deterministic synthetic liver sequence (lazy: ``scene.frame(i)``).
 

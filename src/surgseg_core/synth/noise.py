@@ -17,7 +17,9 @@ def smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma: float) -
     return (field - field.mean()) / (std if std > 0 else 1.0)
 
 
-def fractal_noise(rng: np.random.Generator, shape: Sequence[int], sigmas: Sequence[float], gain: float = 0.55) -> np.ndarray:
+def fractal_noise(
+    rng: np.random.Generator, shape: Sequence[int], sigmas: Sequence[float], gain: float = 0.55
+) -> np.ndarray:
     """Sum of :func:`smooth_noise` octaves (coarse to fine), amplitudes
     ``gain**k``; normalised to zero mean and unit std."""
     total = np.zeros(tuple(shape))

@@ -10,7 +10,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
-def segment_frame(xx: np.ndarray, yy: np.ndarray, p0: np.ndarray, p1: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def segment_frame(
+    xx: np.ndarray, yy: np.ndarray, p0: np.ndarray, p1: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For pixel centres ``xx, yy`` return (t, dist, across): ``t`` the clipped
     position along p0->p1 in [0, 1], ``dist`` the distance to the segment and
     ``across`` the signed distance to the infinite line (left positive)."""

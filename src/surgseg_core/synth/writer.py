@@ -22,7 +22,14 @@ from PIL import Image
 from ..atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from ..errors import ConfigError, DatasetError, VideoError
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
-from .endoscopy import ACTIONS, ANATOMY_CLASSES, ANATOMY_LONG_NAMES, GENERATOR_VERSION, generate_endoscopy_clip
+from .endoscopy import (
+    ACTIONS,
+    ANATOMY_CLASSES,
+    ANATOMY_LONG_NAMES,
+    GENERATOR_VERSION,
+    TOOL_TYPES,
+    generate_endoscopy_clip,
+)
 from .liver import CURVE_NAMES, LIVER_CLASSES, generate_liver_scene
 
 log = logging.getLogger(__name__)
@@ -100,6 +107,12 @@ class _VideoWriter:
             self._ctx.__exit__(type(error), error, error.__traceback__)
 
 
+def _check_even(what: str, height: int, width: int) -> None:
+    # Checked before anything is written: yuv420p H.264 cannot hold odd sizes.
+    if int(height) % 2 or int(width) % 2:
+        raise ConfigError(f"{what}: H.264 yuv420p video needs even sizes, got {height}x{width}")
+
+
 def _prepare_dir(out_dir: Path, kind: str, subdirs: Iterable[str]) -> None:
     """Create ``out_dir``; refuse to write into a non-empty folder that is
     not a synthetic dataset (so nothing the user made is overwritten)."""
@@ -144,6 +157,7 @@ def write_synthetic_clip(
     width: int = 320,
     fps: float = 25.0,
     progress: Optional[ProgressCallback] = None,
+    *,
     cancel: Optional[CancelToken] = None,
 ) -> Path:
     """Render :func:`generate_endoscopy_clip` into ``out_dir`` (video.mp4,
@@ -151,6 +165,7 @@ def write_synthetic_clip(
     return the folder. Raises ConfigError for bad sizes, DatasetError if
     ``out_dir`` holds something else, Cancelled when cancelled."""
     out_dir = Path(out_dir)
+    _check_even(f"synthetic clip {out_dir}", height, width)
     clip = generate_endoscopy_clip(seed=seed, n_frames=n_frames, height=height, width=width, fps=fps)
     subdirs = ("instruments", "anatomy")
     _prepare_dir(out_dir, "endoscopy_clip", subdirs)
@@ -192,7 +207,9 @@ def write_synthetic_clip(
         "anatomy_classes": {str(k): name for k, name in enumerate(ANATOMY_CLASSES)},
         "anatomy_class_long_names": {str(k): name for k, name in enumerate(ANATOMY_LONG_NAMES)},
         "actions": list(ACTIONS),
-        "instruments": {str(t.instrument_id): {"action": t.action} for t in clip.tracks},
+        "instruments": {
+            str(t.instrument_id): {"action": t.action, "tool_type": TOOL_TYPES[t.action]} for t in clip.tracks
+        },
         "fov": {"cx": clip.fov.cx, "cy": clip.fov.cy, "radius": clip.fov.radius},
         "landmark_columns": list(LANDMARK_COLUMNS),
         "video": {"file": "video.mp4", "codec": "libx264", "pix_fmt": "yuv420p", "crf": VIDEO_CRF,
@@ -216,9 +233,10 @@ def write_liver_dataset(
     n_frames: int = 40,
     height: int = 320,
     width: int = 416,
+    progress: Optional[ProgressCallback] = None,
+    *,
     line_width: Optional[int] = None,
     fps: float = 10.0,
-    progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> Path:
     """Render :func:`generate_liver_scene` into ``out_dir`` (video.mp4,
@@ -226,6 +244,7 @@ def write_liver_dataset(
     out_dir = Path(out_dir)
     if not fps > 0:
         raise ConfigError(f"synthetic liver scene: fps must be > 0, got {fps}")
+    _check_even(f"synthetic liver scene {out_dir}", height, width)
     scene = generate_liver_scene(seed=seed, n_frames=n_frames, height=height, width=width, line_width=line_width)
     subdirs = ("images", "masks")
     _prepare_dir(out_dir, "liver_scene", subdirs)

@@ -7,6 +7,7 @@ register a :class:`MethodSpec` under a name (``liver``, ``f2paseg``, ...).
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -84,9 +85,26 @@ _BUILTIN_MODULES = {
 }
 
 
-def register_method(spec: MethodSpec) -> MethodSpec:
+_ORIGIN: Dict[str, str] = {}
+
+
+def register_method(spec: MethodSpec, module: Optional[str] = None) -> MethodSpec:
+    """Register ``spec``; ``module`` (default: the caller's module) is what a
+    child process imports to find it again (see :func:`method_reference`)."""
     _REGISTRY[spec.name] = spec
+    if module is None:
+        module = sys._getframe(1).f_globals.get("__name__")
+    if module and module != "__main__":
+        _ORIGIN[spec.name] = module
     return spec
+
+
+def method_reference(name: str) -> str:
+    """A string that finds the method in a fresh process: the name for
+    built-in methods, ``"module:name"`` for methods registered elsewhere."""
+    if ":" in name or name in _BUILTIN_MODULES or name not in _ORIGIN:
+        return name
+    return f"{_ORIGIN[name]}:{name}"
 
 
 def get_method(name: str) -> MethodSpec:

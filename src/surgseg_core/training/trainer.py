@@ -151,10 +151,6 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def _oom_error(cfg: Mapping[str, Any], where: str) -> TrainingError:
-    if val_ds is None and str(cfg["monitor"]).startswith("val_"):
-        # No validation set: select, schedule and stop early on the training loss.
-        log.warning("no validation data: monitoring train_loss instead of %s", cfg["monitor"])
-        cfg["monitor"], cfg["monitor_mode"] = "train_loss", "min"
     bs = int(cfg["batch_size"])
     accum = int(cfg.get("grad_accum", 1))
     return TrainingError(
@@ -166,6 +162,18 @@ def _oom_error(cfg: Mapping[str, Any], where: str) -> TrainingError:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
+
+
+def _resolve_weights(name_or_path: Any) -> Path:
+    """A checkpoint path, or a name registered in the weights registry."""
+    path = Path(str(name_or_path))
+    if path.is_file():
+        return path
+    try:
+        from ..weights import resolve_weights
+    except ImportError:
+        raise WeightsError(f"init_weights: checkpoint not found: {path}") from None
+    return resolve_weights(str(name_or_path))
 
 
 def _improved(value: float, best: Optional[float], mode: str) -> bool:
@@ -292,7 +300,7 @@ def _train_loop(
     # --- model and optimiser
     model = spec.build_model(cfg)
     if cfg.get("init_weights") and resume_ckpt is None:
-        load_model_weights(cfg["init_weights"], model, strict=bool(cfg.get("init_strict", True)))
+        load_model_weights(_resolve_weights(cfg["init_weights"]), model, strict=bool(cfg.get("init_strict", True)))
     model.to(device)
     method_groups = spec.param_groups(model, cfg) if spec.param_groups else None
     groups = build_param_groups(model, cfg, method_groups, layer_id=getattr(spec, "layer_id", None))

@@ -176,6 +176,7 @@ class LiverDataset:
         self.flip = flip
         self.line_thickness = line_thickness
         self._cache = {} if cache else None
+        self.class_weights = None  # set by the method: travels with each item to the loss
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -206,4 +207,7 @@ class LiverDataset:
             if torch.rand(()) < 0.5:
                 image, mask = image[::-1], mask[::-1]
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        return {"image": img, "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(), "index": index}
+        item = {"image": img, "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(), "index": index}
+        if self.class_weights is not None:
+            item["class_weights"] = self.class_weights
+        return item

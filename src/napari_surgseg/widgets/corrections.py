@@ -1,0 +1,176 @@
+"""Dock widget: corrections in the viewer -> a training dataset, and the
+frames to correct next (core: ``export_corrections``,
+``rank_frames_by_uncertainty``).
+
+Layers are picked in combo boxes filled from the viewer; export and ranking
+run in a worker; clicking a ranked frame moves the time slider there.
+"""
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+from napari.layers import Image, Labels, Points
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QListWidget, QListWidgetItem
+
+from surgseg_core.datasets import export_corrections, rank_frames_by_uncertainty
+
+from .._workers import run_in_worker
+
+
+def layer_choices(viewer, layer_type, optional: bool = False):
+    """A magicgui ``choices`` callable listing the viewer's layers of a type."""
+
+    def choices(_widget=None):
+        items = [(layer.name, layer) for layer in viewer.layers if isinstance(layer, layer_type)]
+        return ([("(none)", None)] if optional else []) + items
+
+    return choices
+
+
+def connect_layer_refresh(viewer, container: Container) -> None:
+    """Keep a container's layer combos current, docked or not."""
+    for event in ("inserted", "removed", "moved", "reordered"):
+        emitter = getattr(viewer.layers.events, event, None)
+        if emitter is not None:
+            emitter.connect(lambda _e=None: container.reset_choices())
+
+
+def source_video_of(layer) -> Optional[str]:
+    meta = getattr(layer, "metadata", {}) or {}
+    path = meta.get("source_path") or getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if path else None
+
+
+def point_classes_of(points_layer) -> Optional[list]:
+    features = getattr(points_layer, "features", None)
+    if features is None:
+        return None
+    for column in ("label", "class", "landmark"):
+        if column in features:
+            return [str(v) for v in features[column]]
+    return None
+
+
+def corrections_kwargs(image, labels=None, points=None, model_labels=None, who: str = "") -> dict:
+    """Keyword arguments of ``export_corrections`` from napari layers."""
+    kwargs: dict = {"frames": image.data}
+    if labels is not None:
+        kwargs["labels"] = labels.data
+    if model_labels is not None:
+        kwargs["model_labels"] = model_labels.data
+    if points is not None and len(points.data):
+        data = np.asarray(points.data)
+        if data.shape[1] == 2:  # points on a single image: frame 0
+            data = np.column_stack([np.zeros(len(data)), data])
+        kwargs["points"] = data[:, -3:]
+        kwargs["point_classes"] = point_classes_of(points)
+    kwargs["provenance"] = {"source_video": source_video_of(image) or image.name, "who": who or getpass.getuser()}
+    return kwargs
+
+
+class CorrectionsWidget(Container):
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.worker = None
+        v = napari_viewer
+        self.image_combo = ComboBox(label="Video", choices=layer_choices(v, Image))
+        self.labels_combo = ComboBox(label="Corrected labels", choices=layer_choices(v, Labels, optional=True))
+        self.model_combo = ComboBox(
+            label="Model output", choices=layer_choices(v, Labels, optional=True),
+            tooltip="the model's labels before correction: only frames that differ are exported "
+                    "(none: every frame with labels)",
+        )
+        self.points_combo = ComboBox(label="Points", choices=layer_choices(v, Points, optional=True))
+        self.method_combo = ComboBox(label="For method", choices=["generic", "liver"], value="generic")
+        self.out_edit = FileEdit(label="Dataset folder", mode="d")
+        self.who_edit = LineEdit(label="Annotator", value=getpass.getuser())
+        self.export_button = PushButton(text="Export corrections")
+        self.status = Label(value="")
+
+        self.uncertainty_combo = ComboBox(
+            label="Probabilities", choices=layer_choices(v, Image, optional=True),
+            tooltip="(T, H, W) foreground or (T, C, H, W) class probabilities: low max-probability ranks first",
+        )
+        self.compare_combo = ComboBox(
+            label="Compare with", choices=layer_choices(v, Labels, optional=True),
+            tooltip="a second mask set (e.g. backward propagation): ranks by 1 - IoU with the corrected labels",
+        )
+        self.k_spin = SpinBox(label="How many", value=10, min=1, max=1000)
+        self.rank_button = PushButton(text="Frames to correct next")
+        self.frame_list = QListWidget()
+        self.frame_list.itemClicked.connect(self._jump_to)
+        self.export_button.changed.connect(self.export)
+        self.rank_button.changed.connect(self.rank)
+        self.extend([
+            self.image_combo, self.labels_combo, self.model_combo, self.points_combo, self.method_combo,
+            self.out_edit, self.who_edit, self.export_button, self.status,
+            self.uncertainty_combo, self.compare_combo, self.k_spin, self.rank_button,
+        ])
+        self.native.layout().addWidget(self.frame_list)
+        connect_layer_refresh(v, self)
+
+    # ------------------------------------------------------------------ export
+    def export(self, _=None):
+        image = self.image_combo.value
+        if image is None:
+            show_error("Corrections: choose the video (image) layer first")
+            return None
+        labels, points = self.labels_combo.value, self.points_combo.value
+        if labels is None and points is None:
+            show_error("Corrections: choose a labels or points layer holding the corrections")
+            return None
+        out = Path(str(self.out_edit.value))
+        if str(self.out_edit.value) in ("", "."):
+            show_error("Corrections: choose a dataset folder to export into")
+            return None
+        kwargs = corrections_kwargs(image, labels, points, self.model_combo.value, self.who_edit.value)
+        self.status.value = "exporting..."
+        self.export_button.enabled = False
+
+        def done(path):
+            self.export_button.enabled = True
+            self.status.value = f"exported to {path}"
+            show_info(f"Corrections exported as a training dataset: {path}")
+
+        self.worker, _ = run_in_worker(export_corrections, out, method=self.method_combo.value, on_done=done,
+                                       description="Export corrections", **kwargs)
+        self.worker.errored.connect(lambda *_: setattr(self.export_button, "enabled", True))
+        return self.worker
+
+    # ------------------------------------------------------------------ ranking
+    def rank(self, _=None):
+        k = int(self.k_spin.value)
+        labels, other, probs = self.labels_combo.value, self.compare_combo.value, self.uncertainty_combo.value
+        if labels is not None and other is not None:
+            args, kwargs = (labels.data, k), {"other_masks": other.data}
+        elif probs is not None:
+            args, kwargs = (probs.data, k), {}
+        else:
+            show_error("Frames to correct next: choose a probability layer, or corrected labels and a second "
+                       "mask set to compare with")
+            return None
+
+        def ranking(*a, progress=None, cancel=None, **kw):
+            return rank_frames_by_uncertainty(*a, **kw)
+
+        self.worker, _ = run_in_worker(ranking, *args, on_done=self.show_ranking, description="Rank frames",
+                                       **kwargs)
+        return self.worker
+
+    def show_ranking(self, ranked) -> None:
+        self.frame_list.clear()
+        for frame, score in ranked:
+            item = QListWidgetItem(f"frame {frame}  (uncertainty {score:.3f})")
+            item.setData(256, int(frame))  # Qt.UserRole
+            self.frame_list.addItem(item)
+
+    def _jump_to(self, item: Any) -> None:
+        frame = item.data(256)
+        if frame is not None:
+            self.viewer.dims.set_current_step(0, int(frame))

@@ -1,0 +1,175 @@
+"""Training and corrections widgets in napari (under Xvfb).
+
+Training runs in a child process; these tests check that the GUI thread
+stays responsive meanwhile, that Stop ends it with a checkpoint, that errors
+arrive as notifications and that corrections become a dataset."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
+
+import _toy_method  # noqa: E402,F401  (registers "toy")
+from qtpy.QtCore import QTimer  # noqa: E402
+
+from surgseg_core.datasets import ImageMaskFolder  # noqa: E402
+from surgseg_core.training.checkpoint import load_checkpoint  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+def _clip(t=16, size=12, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = (rng.random((t, size, size, 3)) * 255).astype(np.uint8)
+    labels = ((frames[..., 0] > frames[..., 1]) & (frames[..., 0] > frames[..., 2])).astype(np.uint8)
+    return frames, labels
+
+
+@pytest.fixture
+def weights_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "weights"
+    monkeypatch.setenv("SURGSEG_WEIGHTS_DIR", str(folder))  # inherited by the training process
+    return folder
+
+
+def _training_widget(viewer, tmp_path, **extra):
+    from napari_surgseg.widgets.training import TrainingWidget
+
+    widget = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.method_combo.value = "toy"
+    widget.device_combo.value = "cpu"
+    widget.batch_spin.value = 4
+    widget.lr_edit.value = "0.05"
+    widget.run_edit.value = str(tmp_path / "run")
+    widget.extra_config = {"num_threads": 1, **extra}
+    return widget
+
+
+def test_train_from_corrections_gui_stays_responsive(make_napari_viewer, qtbot, tmp_path, weights_dir):
+    from surgseg_core.weights import list_weights
+
+    viewer = make_napari_viewer()
+    frames, labels = _clip()
+    image = viewer.add_image(frames, name="clip", rgb=True)
+    viewer.add_labels(labels, name="corrected")
+    widget = _training_widget(viewer, tmp_path, sleep_per_step=0.05)
+    widget.source_combo.value = "corrections in this viewer"
+    widget.image_combo.value = image
+    widget.labels_combo.value = viewer.layers["corrected"]
+    widget.epochs_spin.value = 3
+    widget.name_edit.value = "toy-from-gui"
+    trained = []
+    widget.trained.connect(trained.append)
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    widget.start()
+    qtbot.waitUntil(lambda: widget.process is not None, timeout=30000)
+    t_started = time.perf_counter()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120000)
+    t_ended = time.perf_counter()
+    qtbot.wait(300)  # last poll
+    timer.stop()
+
+    during = [t for t in ticks if t_started <= t <= t_ended]
+    assert len(during) > 20
+    max_gap = max(np.diff(during))
+    assert max_gap < 0.1, f"GUI thread blocked for {max_gap * 1000:.0f} ms while training ran"
+
+    assert widget.process.returncode == 0, widget.process.stderr_tail[-5:]
+    assert len(widget.plot.losses) == 3 * 4 and len(widget.plot.metrics) == 3  # 16 frames, batch 4
+    assert widget.plot.losses[-1] < widget.plot.losses[0]
+    assert trained and trained[0].endswith("best.pt")
+    dataset = ImageMaskFolder(tmp_path / "run" / "corrections_dataset")
+    assert len(dataset) == 16
+    entries = {e.name: e for e in list_weights(weights_dir_override=weights_dir)}
+    assert entries["toy-from-gui"].method == "toy"
+    assert "train_loss" in entries["toy-from-gui"].metrics
+    assert widget.start_button.enabled and not widget.stop_button.enabled
+
+
+def _write_dataset(root, frames, labels):
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, (f, m) in enumerate(zip(frames, labels)):
+        Image.fromarray(f).save(root / "images" / f"f{i:02d}.png")
+        Image.fromarray(m).save(root / "masks" / f"f{i:02d}.png")
+    return root
+
+
+def test_stop_saves_checkpoint_and_error_is_notified(make_napari_viewer, qtbot, tmp_path, weights_dir, monkeypatch):
+    import napari_surgseg.widgets.training as training_mod
+
+    errors, infos = [], []
+    monkeypatch.setattr(training_mod, "show_error", errors.append)
+    monkeypatch.setattr(training_mod, "show_info", infos.append)
+    viewer = make_napari_viewer()
+    frames, labels = _clip()
+    widget = _training_widget(viewer, tmp_path, sleep_per_step=0.05)
+    widget.data_edit.value = str(_write_dataset(tmp_path / "data", frames, labels))
+    widget.epochs_spin.value = 200
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.plot.losses) >= 6, timeout=60000)
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60000)
+    qtbot.wait(200)
+    assert widget.process.returncode == 0 and not errors
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert 6 <= ckpt["step"] < 200 * 4
+    assert "stopped" in widget.status.value and any("stopped" in m for m in infos)
+
+    # A dataset in the wrong layout: the trainer's message arrives as a notification.
+    bad = tmp_path / "bad"
+    (bad / "images").mkdir(parents=True)
+    widget.data_edit.value = str(bad)
+    widget.run_edit.value = str(tmp_path / "run2")
+    widget.start()
+    qtbot.waitUntil(lambda: widget.process is not None and not widget.running, timeout=60000)
+    qtbot.wait(200)
+    assert len(errors) == 1
+    assert "not in the image_mask layout: missing masks/" in errors[0] and "Traceback" not in errors[0]
+    assert widget.start_button.enabled
+
+
+def test_corrections_widget_export_and_rank(make_napari_viewer, qtbot, tmp_path):
+    from napari_surgseg.widgets.corrections import CorrectionsWidget
+
+    viewer = make_napari_viewer()
+    frames, labels = _clip(t=5)
+    model = labels.copy()
+    model[3] = 0  # the user corrected frame 3 only
+    viewer.add_image(frames, name="clip", rgb=True)
+    corrected = viewer.add_labels(labels, name="corrected")
+    model_layer = viewer.add_labels(model, name="model")
+    widget = CorrectionsWidget(viewer)
+    widget.labels_combo.value = corrected
+    widget.model_combo.value = model_layer
+    widget.out_edit.value = str(tmp_path / "ds")
+    worker = widget.export()
+    with qtbot.waitSignal(worker.finished, timeout=30000):
+        pass
+    ds = ImageMaskFolder(tmp_path / "ds")
+    assert ds.names == ["clip_f000003"]
+    np.testing.assert_array_equal(ds[0]["mask"].numpy(), labels[3])
+
+    widget.compare_combo.value = model_layer
+    widget.k_spin.value = 2
+    worker = widget.rank()
+    with qtbot.waitSignal(worker.finished, timeout=30000):
+        pass
+    qtbot.waitUntil(lambda: widget.frame_list.count() == 2, timeout=5000)
+    item = widget.frame_list.item(0)
+    assert item.text().startswith("frame 3 ")
+    widget.frame_list.itemClicked.emit(item)
+    assert viewer.dims.current_step[0] == 3

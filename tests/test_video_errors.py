@@ -1,0 +1,154 @@
+"""Every bad input gives a VideoError naming the file and the problem, never a
+raw PyAV/tifffile/Pillow traceback."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _video_factory import frame_number, pattern_frame, write_packets_video, write_video
+from surgseg_core.errors import VideoError
+from surgseg_core.io import open_video
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    return {
+        "mp4": write_video(folder / "good.mp4", n_frames=50, gop=12),
+        "faststart": write_video(folder / "fast.mp4", n_frames=50, gop=12, extra=["-movflags", "+faststart"]),
+        "mkv": write_video(folder / "good.mkv", n_frames=50, gop=12),
+    }
+
+
+def _expect(path, match, **kwargs):
+    with pytest.raises(VideoError, match=match) as info:
+        open_video(path, **kwargs)
+    assert str(path.name) in str(info.value)
+    return info.value
+
+
+def test_missing_file(tmp_path):
+    _expect(tmp_path / "nope.mp4", "not found")
+
+
+def test_empty_and_not_a_video(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    _expect(tmp_path / "empty.mp4", "empty")
+    (tmp_path / "notes.mp4").write_text("this is not a video\n" * 20)
+    err = _expect(tmp_path / "notes.mp4", "not a readable video")
+    assert err.__cause__ is not None  # chained, so developers still see the library error
+
+
+@pytest.mark.parametrize("kind", ["mp4", "faststart", "mkv"])
+def test_truncated_file(good, tmp_path, kind):
+    data = good[kind].read_bytes()
+    cut = tmp_path / f"cut_{good[kind].name}"
+    cut.write_bytes(data[: len(data) // 2])
+    _expect(cut, "truncated|not a readable video")
+
+
+def test_zero_frames(tmp_path):
+    import subprocess
+
+    from _video_factory import ffmpeg_exe
+
+    path = tmp_path / "zero.mkv"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=64x48", "-t", "1",
+                    "-c:v", "libx264", "-frames:v", "0", str(path)], check=True, capture_output=True)
+    _expect(path, "no video frames|zero frames")
+
+
+def test_audio_only_file(tmp_path):
+    import subprocess
+
+    from _video_factory import ffmpeg_exe
+
+    path = tmp_path / "voice.m4a"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=0.5", str(path)],
+                   check=True, capture_output=True)
+    _expect(path, "no video stream")
+
+
+def test_unsupported_codec(good, tmp_path):
+    data = good["mkv"].read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    path = tmp_path / "strange_codec.mkv"
+    path.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_XXXXX/ISO/AVC"))  # a codec id nobody decodes
+    _expect(path, "unsupported video codec")
+
+
+def test_unreadable_frame_in_the_middle_names_it(tmp_path):
+    path = write_packets_video(tmp_path / "damaged.mkv", n_frames=24, corrupt=[10])
+    with open_video(path) as src:
+        assert len(src) == 24
+        assert frame_number(src[9]) == 9
+        with pytest.raises(VideoError, match=r"damaged\.mkv: frame 10 could not be decoded"):
+            src[10]
+        assert frame_number(src[11]) == 11  # the rest stays readable
+        assert frame_number(src[3]) == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(start=50), "start=50 is past"),
+        (dict(start=-1), "start must be >= 0"),
+        (dict(stop=51), "stop=51 is past"),
+        (dict(start=10, stop=10), "selects no frames"),
+        (dict(step=0), "step must be >= 1"),
+        (dict(step=2.5), "step must be a whole number"),
+        (dict(downscale=0.5), "downscale must be a number >= 1"),
+        (dict(downscale=float("nan")), "downscale"),
+        (dict(downscale="2"), "downscale"),
+        (dict(start_time=-1.0), "start_time must be"),
+        (dict(start_time=1.0, end_time=0.5), "end_time .* must be after"),
+        (dict(start_time=30.0), "past the end"),
+        (dict(start=3, start_time=1.0), "either in frames"),
+        (dict(cache_mb=-1), "cache_mb"),
+        (dict(prefetch=-2), "prefetch"),
+        (dict(pattern="*.png"), "pattern= only applies"),
+    ],
+)
+def test_bad_options(good, kwargs, match):
+    _expect(good["mp4"], match, **kwargs)
+
+
+def test_frame_folder_problems(tmp_path):
+    from PIL import Image
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _expect(empty, "no PNG/JPEG")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for i in range(4):
+        Image.fromarray(pattern_frame(i)).save(odd / f"frame_{i}.png")
+    Image.fromarray(pattern_frame(4, width=120)).save(odd / "frame_4.png")
+    with pytest.raises(VideoError, match=r"frame_4\.png: frame 4 is 120x96 but frame_0\.png is 160x96"):
+        open_video(odd)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for i in range(3):
+        Image.fromarray(pattern_frame(i)).save(mixed / f"img_{i}.png")
+        Image.fromarray(np.zeros((96, 160), np.uint8)).save(mixed / f"img_{i}_mask.png")
+    with pytest.raises(VideoError, match=r"several image series.*pattern="):
+        open_video(mixed)
+    with pytest.raises(VideoError, match="no image files match"):
+        open_video(mixed, pattern="*.jpg")
+    (mixed / "img_1.png").write_bytes(b"broken")
+    with pytest.raises(VideoError, match=r"img_1\.png: frame 1"):
+        open_video(mixed, pattern="img_?.png")
+
+
+def test_bad_tiffs(tmp_path):
+    import tifffile
+
+    (tmp_path / "fake.tif").write_text("not a tiff")
+    _expect(tmp_path / "fake.tif", "not a readable TIFF")
+    tifffile.imwrite(tmp_path / "neg.tif", np.full((2, 8, 8), -5, np.int16))
+    _expect(tmp_path / "neg.tif", "negative values")
+    tifffile.imwrite(tmp_path / "hdr.tif", np.full((2, 8, 8), 3.5, np.float32))
+    _expect(tmp_path / "hdr.tif", "must lie in 0..1")
+    tifffile.imwrite(tmp_path / "fivech.tif", np.zeros((2, 8, 8, 5), np.uint8), photometric="minisblack",
+                     planarconfig="contig")
+    _expect(tmp_path / "fivech.tif", "channels|axes")
