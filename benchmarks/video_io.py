@@ -111,7 +111,7 @@ def _timeit(fn, repeat: int = 1) -> list:
     return out
 
 
-def worker_ours(path: str, indices: list, n_seq: int, queue) -> None:
+def worker_ours(path: str, indices: list, queue) -> None:
     from surgseg_core.io import open_video
 
     res = {}
@@ -130,17 +130,12 @@ def worker_ours(path: str, indices: list, n_seq: int, queue) -> None:
             times.append(time.perf_counter() - t)
         res["random"] = times
         res["cached"] = [_timeit(lambda i=i: src[i])[0] for i in indices]
-        if n_seq:
-            t = time.perf_counter()
-            for _ in src.iter_frames(0, n_seq):
-                pass
-            res["seq_fps"] = n_seq / (time.perf_counter() - t)
         src.close()
     res["peak_mb"] = (mem.peak - mem.start) / 2**20
     queue.put(res)
 
 
-def worker_imageio(path: str, indices: list, n_seq: int, fps: float, queue) -> None:
+def worker_imageio(path: str, indices: list, fps: float, queue) -> None:
     import imageio_ffmpeg
 
     res = {}
@@ -161,38 +156,58 @@ def worker_imageio(path: str, indices: list, n_seq: int, fps: float, queue) -> N
             gen.close()
             times.append(time.perf_counter() - t)
         res["random"] = times
-        if n_seq:
+    res["peak_mb"] = (mem.peak - mem.start) / 2**20
+    queue.put(res)
+
+
+def worker_sequential(path: str, n_seq: int, rounds: int, queue) -> None:
+    """All sequential readers in one process, interleaved, best of ``rounds``
+    (the machine is shared: interleaving keeps load changes from favouring one)."""
+    import av
+    import imageio_ffmpeg
+
+    from surgseg_core.io import open_video
+
+    # Each reader is opened before the clock starts: this is steady-state throughput
+    # (time to first frame is measured separately).
+    def ours():
+        with open_video(path) as src:
+            frames = src.iter_frames(0, n_seq)
             t = time.perf_counter()
-            gen = imageio_ffmpeg.read_frames(path)
-            meta = next(gen)
-            for k, frame in enumerate(gen):
-                np.frombuffer(frame, np.uint8)
+            for _ in frames:
+                pass
+            return time.perf_counter() - t
+
+    def raw(thread_type=None):
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            if thread_type:
+                stream.codec_context.thread_type = thread_type
+            t = time.perf_counter()
+            for k, frame in enumerate(container.decode(stream)):
+                frame.to_ndarray(format="rgb24")
                 if k + 1 >= n_seq:
                     break
-            gen.close()
-            res["seq_fps"] = n_seq / (time.perf_counter() - t)
-    res["peak_mb"] = (mem.peak - mem.start) / 2**20
-    queue.put(res)
+            return time.perf_counter() - t
 
+    def imageio():
+        gen = imageio_ffmpeg.read_frames(path)
+        next(gen)
+        t = time.perf_counter()
+        for k, frame in enumerate(gen):
+            np.frombuffer(frame, np.uint8)
+            if k + 1 >= n_seq:
+                break
+        elapsed = time.perf_counter() - t
+        gen.close()
+        return elapsed
 
-def worker_pyav(path: str, n_seq: int, queue) -> None:
-    import av
-
-    res = {}
-    with PeakRSS() as mem:
-        for label, thread_type in (("seq_fps", None), ("seq_fps_auto", "AUTO")):
-            with av.open(path) as container:
-                stream = container.streams.video[0]
-                if thread_type:
-                    stream.codec_context.thread_type = thread_type
-                t = time.perf_counter()
-                for k, frame in enumerate(container.decode(stream)):
-                    frame.to_ndarray(format="rgb24")
-                    if k + 1 >= n_seq:
-                        break
-                res[label] = n_seq / (time.perf_counter() - t)
-    res["peak_mb"] = (mem.peak - mem.start) / 2**20
-    queue.put(res)
+    readers = {"ours": ours, "raw": raw, "raw_auto": lambda: raw("AUTO"), "imageio": imageio}
+    best = {k: 0.0 for k in readers}
+    for _ in range(rounds):
+        for name, fn in readers.items():
+            best[name] = max(best[name], n_seq / fn())
+    queue.put(best)
 
 
 def run_worker(target, *args) -> dict:
@@ -225,9 +240,9 @@ def bench_clip(label: str, path: Path, n_random: int, quick: bool) -> list:
     rng = np.random.default_rng(0)
     indices = sorted(set(rng.integers(1, n, n_random).tolist()), key=lambda _: rng.random())
     n_seq = 0 if long_file else min(n, 100 if quick else 250)
-    ours = run_worker(worker_ours, str(path), indices, n_seq)
-    base = run_worker(worker_imageio, str(path), indices if not long_file else indices[:4], n_seq, fps)
-    raw = run_worker(worker_pyav, str(path), n_seq) if n_seq else None
+    ours = run_worker(worker_ours, str(path), indices)
+    base = run_worker(worker_imageio, str(path), indices if not long_file else indices[:4], fps)
+    seq = run_worker(worker_sequential, str(path), n_seq, 2 if quick else 3) if n_seq else None
 
     o_med, o_p95 = np.median(ours["random"]), np.percentile(ours["random"], 95)
     b_med, b_p95 = np.median(base["random"]), np.percentile(base["random"], 95)
@@ -242,13 +257,13 @@ def bench_clip(label: str, path: Path, n_random: int, quick: bool) -> list:
         (label, "cached access, median", ms(cached), "", "", "",
          f"<= 5 ms: {yes(cached * 1000 <= TARGETS['cached_ms'])}"),
     ]
-    if raw:
-        ratio = ours["seq_fps"] / raw["seq_fps"]
-        rows.append((label, f"sequential ({n_seq} frames, RGB)", f"{ours['seq_fps']:.1f} fps",
-                     f"{base['seq_fps']:.1f} fps", f"{raw['seq_fps']:.1f} fps ({raw['seq_fps_auto']:.1f} threaded)",
+    if seq:
+        ratio = seq["ours"] / seq["raw"]
+        rows.append((label, f"sequential ({n_seq} frames, RGB), best of runs", f"{seq['ours']:.1f} fps",
+                     f"{seq['imageio']:.1f} fps", f"{seq['raw']:.1f} fps ({seq['raw_auto']:.1f} frame-threaded)",
                      f"{ratio:.2f}x raw PyAV", f">= 0.9x: {yes(ratio >= TARGETS['sequential_ratio'])}"))
-    rows.append((label, "peak memory (RSS increase)", f"{ours['peak_mb']:.0f} MB", f"{base['peak_mb']:.0f} MB",
-                 f"{raw['peak_mb']:.0f} MB" if raw else "", "", ""))
+    rows.append((label, "peak memory (RSS increase, random-access phase)", f"{ours['peak_mb']:.0f} MB",
+                 f"{base['peak_mb']:.0f} MB", "", "", ""))
     return rows
 
 
@@ -305,9 +320,9 @@ def main(argv=None) -> int:
         "How measured: time to first frame = open (incl. the demux-only frame index) + decode frame 0, median "
         "of 3 (imageio-ffmpeg: start ffmpeg, read the first frame). Cold random access = frames never read "
         "before, in random order (imageio-ffmpeg restarts ffmpeg with an accurate input `-ss` per frame, as "
-        "imageio's ffmpeg plugin does to seek). Cached = the same frames again. Sequential = `iter_frames` "
+        "imageio's ffmpeg plugin does to seek). Cached = the same frames again. Sequential = steady-state `iter_frames` (source opened before the clock starts) "
         "vs raw `container.decode()` + `to_ndarray('rgb24')` with PyAV's default slice threading (in brackets: "
-        "with frame threading, which our reader uses). On the 10-minute file only 4 random frames are "
+        "with frame threading, which our reader uses); best of several interleaved runs. On the 10-minute file only 4 random frames are "
         "timed for imageio-ffmpeg. Peak memory = highest RSS of the worker process plus its ffmpeg children "
         "minus RSS before the phase (our cache cap was 256 MB).\n\n"
         f"Run: `python benchmarks/video_io.py` ({time.time() - started:.0f} s, "

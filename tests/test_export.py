@@ -294,6 +294,19 @@ def test_overlay_streams_from_a_lazy_source_and_uses_its_fps_and_stride(tmp_path
     assert len(frames) == 4 and meta["fps"] == 10  # 20 fps, every 2nd frame -> real time kept
 
 
+def test_overlay_refuses_to_overwrite_its_source(tmp_path):
+    from surgseg_core.io import open_video
+
+    from _video_factory import write_video
+
+    src_path = write_video(tmp_path / "clip.mp4", 3, width=32, height=32)
+    before = src_path.read_bytes()
+    with open_video(src_path) as src:
+        with pytest.raises(VideoError, match="overwrite its own source"):
+            export_overlay_video(src, src_path)
+    assert src_path.read_bytes() == before
+
+
 def test_overlay_errors_and_cancel_leave_nothing(tmp_path):
     video = _video()
     with pytest.raises(DatasetError, match="3 frames but the video has 5"):

@@ -47,6 +47,8 @@ def test_reader_declines_what_it_cannot_read(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "empty").mkdir()
     tifffile.imwrite(tmp_path / "grey.tif", np.zeros((5, 8, 8), np.uint16))  # e.g. a microscopy stack
+    (tmp_path / "table.csv").write_text("a,b\n1,2\n")  # not a points table
+    assert get_reader(str(tmp_path / "table.csv")) is None
     assert get_reader(str(tmp_path / "notes.txt")) is None
     assert get_reader(str(tmp_path / "empty")) is None
     assert get_reader(str(tmp_path / "grey.tif")) is None
@@ -129,6 +131,10 @@ def test_writers_round_trip_through_napari(make_napari_viewer, tmp_path):
     table = read_points_csv(tmp_path / "tips.csv")
     np.testing.assert_array_equal(table.data, pts)
     np.testing.assert_array_equal(table.features["label"], [1, 2])
+    (reopened,) = viewer.open(str(tmp_path / "tips.csv"), plugin=PLUGIN)  # and back into napari
+    assert reopened._type_string == "points"
+    np.testing.assert_array_equal(reopened.data, pts)
+    np.testing.assert_array_equal(reopened.features["label"], [1, 2])
 
 
 def test_writer_reports_wrong_dimensions(tmp_path):

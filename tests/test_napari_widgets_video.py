@@ -144,6 +144,7 @@ def test_export_widget_writes_overlay_with_layer_colours_and_points(make_napari_
     labels = viewer.add_labels(labels_data, name="tool mask")
     viewer.add_points(np.array([[5, 30.0, 20.0]]), name="tips", face_color="red")
     assert widget.image_combo.value is video  # filled from the viewer, no names hard-coded
+    assert widget.out_edit.value == clip.parent / "clip_overlay.mp4"  # suggested next to the video
     widget.labels_combo.value = labels
     widget.points_combo.value = viewer.layers["tips"]
     widget.alpha_slider.value = 0.8
@@ -182,3 +183,21 @@ def test_export_widget_cancel_and_missing_inputs(make_napari_viewer, qtbot, tmp_
     assert not out.exists() and list(tmp_path.iterdir()) == []
     assert any("cancelled" in m for m in messages["info"])
     assert widget.status.value == "export stopped"
+
+
+def test_widgets_dock_through_the_plugin_manifest_and_export(make_napari_viewer, qtbot, tmp_path, messages):
+    """napari hands plugin widgets a proxy viewer; exporting must work through it."""
+    viewer = make_napari_viewer()
+    _, loader = viewer.window.add_plugin_dock_widget("napari-surgseg", "Load surgical video")
+    _, exporter = viewer.window.add_plugin_dock_widget("napari-surgseg", "Export overlay video")
+    assert isinstance(loader, VideoLoaderWidget) and isinstance(exporter, ExportOverlayWidget)
+    viewer.add_image(np.full((3, 16, 16, 3), 90, np.uint8), rgb=True, name="frames")
+    viewer.add_labels(np.ones((3, 16, 16), np.uint8), name="all tool")
+    assert exporter.image_combo.value.name == "frames"
+    exporter.labels_combo.value = exporter.labels_combo.choices[-1]
+    exporter.out_edit.value = tmp_path / "o.mp4"
+    exporter.export()
+    qtbot.waitUntil(lambda: (tmp_path / "o.mp4").exists() and exporter.export_button.enabled, timeout=20000)
+    assert messages["error"] == []
+    _, frames = _decode_mp4(tmp_path / "o.mp4")
+    assert frames.shape == (3, 16, 16, 3) and np.abs(frames.astype(int) - 90).mean() > 10  # coloured

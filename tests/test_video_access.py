@@ -60,7 +60,9 @@ def test_sequential_reads_never_reseek(videos, reference):
         for i in range(41, 80):
             np.testing.assert_array_equal(src[i], ref[i])
         assert src._reader.seeks == seeks
-        src[3]  # going back needs a seek
+        src[30]  # going back needs a seek (to the keyframe at 24)...
+        assert src._reader.seeks == seeks + 1
+        np.testing.assert_array_equal(src[3], ref[3])  # ...but the decoder left at frame 1 just goes on
         assert src._reader.seeks == seeks + 1
 
 

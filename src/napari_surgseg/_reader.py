@@ -2,8 +2,9 @@
 frames open as one lazy RGB image layer with a ``t`` axis.
 
 Label stacks written by this plugin (TIFF with our marker, or folders of
-numbered single-channel PNG masks) open as Labels layers, so a save/open round
-trip gives back what was saved. Anything else returns ``None`` (napari's
+numbered single-channel PNG masks) open as Labels layers and points CSVs
+(``frame,x,y,...``) as Points layers, so a save/open round trip gives back
+what was saved. Anything else returns ``None`` (napari's
 convention: another reader may take it). A file with a video extension that
 cannot be decoded raises a :class:`VideoError` naming the file and the problem.
 """
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Union
+from typing import Callable, List, Optional, Union
 
-from ._layers import labels_layer_data, video_layer_data
+from ._layers import labels_layer_data, points_layer_data, video_layer_data
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -39,6 +40,8 @@ def get_reader(path: PathOrPaths) -> Optional[Callable[[PathOrPaths], list]]:
     suffix = p.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
         return _read_video
+    if suffix == ".csv":
+        return _read_points_csv if _is_points_csv(p) else None
     if suffix in TIFF_SUFFIXES:
         kind = _tiff_kind(p)
         if kind == "labels":
@@ -92,6 +95,15 @@ def _tiff_kind(path: Path) -> str:
         return "broken"
 
 
+def _is_points_csv(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            header = {h.strip().lower() for h in fh.readline().split(",")}
+    except (OSError, UnicodeDecodeError):
+        return False
+    return {"x", "y"} <= header
+
+
 def _single(path: PathOrPaths) -> str:
     return path[0] if isinstance(path, (list, tuple)) else path
 
@@ -117,12 +129,9 @@ def _read_masks_folder(path: PathOrPaths) -> list:
     return [labels_layer_data(read_png_masks(p), p.name, {"source_path": str(p)})]
 
 
-def read_any(path: Any) -> list:
-    """Read ``path`` with this plugin's reader or raise a clear error
-    (used by widgets; napari itself goes through :func:`get_reader`)."""
-    from surgseg_core.errors import VideoError
+def _read_points_csv(path: PathOrPaths) -> list:
+    from surgseg_core.io.export import read_points_csv
 
-    reader = get_reader(str(path))
-    if reader is None:
-        raise VideoError(f"{path}: not a video, RGB TIFF stack or folder of numbered frames")
-    return reader(str(path))
+    p = Path(_single(path))
+    table = read_points_csv(p)
+    return [points_layer_data(table.data, p.stem, table.features, metadata={"source_path": str(p)})]

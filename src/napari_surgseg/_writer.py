@@ -15,12 +15,12 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> List[str]:
     p = Path(path)
     if p.suffix.lower() not in (".tif", ".tiff"):
         p = p.with_suffix(".tif")
-    return [str(export.write_labels_tiff(_as_labels(data, attributes), p))]
+    return [str(export.write_labels_tiff(_as_labels(data), p))]
 
 
 def write_labels_png(path: str, data: Any, attributes: dict) -> List[str]:
     """Labels layer -> folder of numbered PNG masks (000000.png, ...)."""
-    return [str(export.write_png_masks(_as_labels(data, attributes), Path(path)))]
+    return [str(export.write_png_masks(_as_labels(data), Path(path)))]
 
 
 def write_points_csv(path: str, data: Any, attributes: dict) -> List[str]:
@@ -34,7 +34,7 @@ def write_points_csv(path: str, data: Any, attributes: dict) -> List[str]:
     return [str(export.write_points_csv(np.asarray(data), p, features=features))]
 
 
-def _as_labels(data: Any, attributes: dict) -> Any:
+def _as_labels(data: Any) -> Any:
     # Multiscale labels arrive as a list of levels: save the full-resolution one.
     if isinstance(data, list):
         data = data[0]

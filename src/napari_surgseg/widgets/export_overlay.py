@@ -41,6 +41,7 @@ class ExportOverlayWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.export_button.changed.connect(self.export)
+        self.image_combo.changed.connect(self._suggest_output)
         self.cancel_button.changed.connect(self.cancel)
         self.extend(
             [
@@ -72,6 +73,18 @@ class ExportOverlayWidget(Container):
 
     def _refresh(self, event=None) -> None:
         self.reset_choices()
+        self._suggest_output()
+
+    def _suggest_output(self, _=None) -> None:
+        """Prefill ``<video>_overlay.mp4`` next to the source video (never overwrite a user's choice)."""
+        image = self.image_combo.value
+        if image is None or str(self.out_edit.value) not in ("", "."):
+            return
+        source = image.metadata.get("source_path") if isinstance(image.metadata, dict) else None
+        if source:
+            src = Path(source)
+            folder = src if src.is_dir() else src.parent
+            self.out_edit.value = folder / f"{src.stem}_overlay.mp4"
 
     # ------------------------------------------------------------------ export
     def export(self, _=None) -> None:

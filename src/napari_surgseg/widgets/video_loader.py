@@ -68,6 +68,7 @@ class VideoLoaderWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.metadata = None  # VideoMetadata of the probed file
+        self._probe_id = 0  # a late answer about an earlier path must not win
         self.probe_worker = None
         self.open_worker = None
 
@@ -150,10 +151,21 @@ class VideoLoaderWidget(QWidget):
         self.path_edit.setText(str(path))
         self.metadata = None
         self.info_label.setText("Reading metadata…")
+        self._probe_id += 1
+        probe_id = self._probe_id
+
+        def done(meta) -> None:
+            if probe_id == self._probe_id:
+                self._show_metadata(meta)
+
+        def failed(exc) -> None:
+            if probe_id == self._probe_id:
+                self.info_label.setText(f"Cannot open: {exc}")
+
         self.probe_worker, _ = run_in_worker(
-            probe_video, str(path), on_done=self._show_metadata, description="reading video metadata"
+            probe_video, str(path), on_done=done, description="reading video metadata"
         )
-        self.probe_worker.errored.connect(lambda exc: self.info_label.setText(f"Cannot open: {exc}"))
+        self.probe_worker.errored.connect(failed)
 
     def _show_metadata(self, meta) -> None:
         self.metadata = meta

@@ -17,6 +17,10 @@ half-written file in place of a good one):
   ``frame`` column.
 * overlay -> H.264 MP4 (yuv420p) with label colours blended in and points drawn,
   streamed one frame at a time through imageio-ffmpeg.
+
+This module is the one import for all of it (napari writers, export widget,
+``surgseg export``); the code lives in ``labels_io``, ``points_csv`` and
+``overlay`` next to it.
 """
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def _uniform_times(n: int, fps: Optional[float]) -> np.ndarray:
 
 
 def _open_av(path: Path, downscale: float, opts, fps=None, pattern=None):
-    from .video_pyav import PyAVReader, build_index
+    from .video_pyav import PyAVReaderPool, build_index
 
     if pattern is not None:
         raise VideoError(f"{path}: pattern= only applies to folders of frames")
@@ -180,7 +180,7 @@ def _open_av(path: Path, downscale: float, opts, fps=None, pattern=None):
     meta = _metadata(path, "video", index.codec, size, src_size, index.fps, index.duration, index.n_frames,
                      sel, downscale, times, vfr=index.variable_frame_rate, time_offset=index.time_offset)
     out = size if size != src_size else None
-    return meta, lambda: PyAVReader(path, index, out)
+    return meta, lambda: PyAVReaderPool(path, index, out)
 
 
 def _open_tiff(path: Path, downscale: float, opts, fps=None, pattern=None):

@@ -232,6 +232,9 @@ def export_overlay_video(
     try:
         n, h, w = _video_geometry(video)
         single = len(video.shape) == 3 and video.shape[-1] in (3, 4)
+        source = getattr(getattr(video, "metadata", None), "path", None)
+        if source is not None and Path(source).resolve() == out_path.resolve():
+            raise VideoError(f"{out_path}: the overlay would overwrite its own source video; choose another name")
         if fps is None:
             meta = getattr(video, "metadata", None)
             src_fps = getattr(meta, "fps", None) if meta is not None else None
@@ -248,6 +251,7 @@ def export_overlay_video(
                 raise DatasetError(f"labels of shape {lshape} do not match video frames of size {h}x{w} (H x W)")
             if len(lshape) == 3 and lshape[0] != n:
                 raise DatasetError(f"labels have {lshape[0]} frames but the video has {n}")
+        static_labels = np.asarray(labels) if labels is not None and len(labels.shape) == 2 else None
         pdata = _load_points(points)
         by_frame = _points_by_frame(pdata, n)
         every_frame = by_frame.pop(-1, None)
@@ -278,7 +282,7 @@ def export_overlay_video(
                     if rgb.shape[:2] != (h, w):
                         raise VideoError(f"frame {t} has size {rgb.shape[:2]}, expected {(h, w)}")
                     if labels is not None:
-                        lab = np.asarray(labels if len(labels.shape) == 2 else labels[t])
+                        lab = static_labels if static_labels is not None else np.asarray(labels[t])
                         rgb = painter.paint(rgb, lab)
                     pts = by_frame.get(t)
                     if pts is not None or every_frame is not None:
@@ -288,7 +292,10 @@ def export_overlay_video(
                                 _draw_points(rgb, pdata[rows, -2:], point_radius, pcolors[rows])
                     if pad_h or pad_w:
                         rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-                    writer.send(np.ascontiguousarray(rgb))
+                    try:
+                        writer.send(np.ascontiguousarray(rgb))
+                    except (OSError, RuntimeError, StopIteration) as exc:  # ffmpeg died (disk full, ...)
+                        raise VideoError(f"{out_path}: the H.264 encoder stopped at frame {t} ({exc})") from exc
                     done = t + 1
                     report(progress, done, n, "writing overlay video")
                     if done >= n:

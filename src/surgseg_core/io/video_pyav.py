@@ -190,7 +190,7 @@ def _index_from_sample_tables(path: Path, container, stream):
 
     if "mov" not in (container.format.name or "") or stream.time_base is None:
         return None
-    if path.stat().st_size < SAMPLE_TABLE_MIN_BYTES:  # demuxing small files is as fast, and exact
+    if Path(path).stat().st_size < SAMPLE_TABLE_MIN_BYTES:  # demuxing small files is as fast, and exact
         return None
     tables = sample_table_index(path)
     if tables is None:
@@ -406,3 +406,50 @@ class PyAVReader:
             return frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA")
         except (ValueError, _av().error.FFmpegError) as exc:
             raise VideoError(f"{self.path}: frame {i} could not be converted to RGB ({exc})") from exc
+
+
+class PyAVReaderPool:
+    """A few decoders positioned at different places in the video.
+
+    Scrubbing back and forth inside a long GOP would otherwise re-decode from
+    the keyframe on every backward step; with several decoders the one
+    closest before the target decodes forward. Decoders are opened only when
+    a seek is needed, so sequential reading uses just one."""
+
+    SEEK_COST = 3  # frames: a seek plus decoder restart costs about this much
+
+    def __init__(self, path: Path, index: VideoIndex, out_size: Optional[tuple] = None, size: int = 3) -> None:
+        self.path, self.index, self.out_size, self.size = path, index, out_size, size
+        self._readers = [PyAVReader(path, index, out_size)]  # fails early for unreadable files
+        self._used = [0]
+        self._clock = 0
+
+    @property
+    def seeks(self) -> int:
+        return sum(r.seeks for r in self._readers)
+
+    def _cost(self, reader: PyAVReader, i: int, key_first: int) -> int:
+        pos = reader._pos
+        if reader._frames is not None and pos is not None and key_first <= pos <= i:
+            return i - pos
+        return i - key_first + self.SEEK_COST
+
+    def read(self, i: int) -> np.ndarray:
+        key_first = int(self.index.key_first[self.index.keyframe_for(i)])
+        costs = [self._cost(r, i, key_first) for r in self._readers]
+        best = int(np.argmin(costs))
+        if costs[best] >= i - key_first + self.SEEK_COST and len(self._readers) < self.size:
+            if any(r._pos is not None for r in self._readers):  # keep positioned decoders where they are
+                self._readers.append(PyAVReader(self.path, self.index, self.out_size))
+                self._used.append(0)
+                best = len(self._readers) - 1
+        elif costs[best] >= i - key_first + self.SEEK_COST:
+            best = int(np.argmin(self._used))  # all must seek: reuse the least recently used
+        self._clock += 1
+        self._used[best] = self._clock
+        return self._readers[best].read(i)
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.close()
+        self._readers = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -37,6 +38,18 @@ IMG_MEAN = (0.485, 0.456, 0.406)  # SAM2's loader normalisation
 IMG_STD = (0.229, 0.224, 0.225)
 
 Sink = Callable[[FrameResult], None]
+
+
+def _locked(method):
+    """Serialise public operations on one engine (GUI clicks vs a worker)."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def preprocess_frame(frame: np.ndarray, image_size: int) -> torch.Tensor:
@@ -132,10 +145,14 @@ class StreamingSAM2:
         self._pos_enc: Optional[List[torch.Tensor]] = None  # same for every frame
         self._maskmem_pos_enc: Optional[List[torch.Tensor]] = None
         self.frames = None
+        # one operation at a time: a click sent from the GUI while a worker
+        # propagates waits for the propagation (or its cancellation)
+        self._lock = threading.RLock()
         if frames is not None:
             self.set_video(frames)
 
     # ------------------------------------------------------------------ video
+    @_locked
     def set_video(self, frames: Any) -> None:
         """Start on a new frame source (drops all prompts and memory)."""
         if not hasattr(frames, "__len__") or not hasattr(frames, "__getitem__"):
@@ -161,6 +178,7 @@ class StreamingSAM2:
         )
         self._head: Optional[int] = None
 
+    @_locked
     def reset(self) -> None:
         """Forget all objects and prompts; keep the video and its feature cache."""
         self._require_video()
@@ -220,6 +238,7 @@ class StreamingSAM2:
         _, vision_feats, vision_pos, feat_sizes = self.model._prepare_backbone_features(backbone_out)
         return vision_feats, vision_pos, feat_sizes
 
+    @_locked
     def encode_frame(self, frame_idx: int) -> None:
         """Compute and cache a frame's image features (e.g. ahead of clicks)."""
         frame_idx = self._check_frame(frame_idx)
@@ -228,14 +247,15 @@ class StreamingSAM2:
 
     @contextlib.contextmanager
     def _ctx(self) -> Iterator[None]:
-        old = self.model.max_cond_frames_in_attn
-        if self.max_cond_frames_in_attn is not None:
-            self.model.max_cond_frames_in_attn = self.max_cond_frames_in_attn
-        try:
-            with torch.inference_mode(), _autocast(self.device, self.use_autocast):
-                yield
-        finally:
-            self.model.max_cond_frames_in_attn = old
+        with self._lock:
+            old = self.model.max_cond_frames_in_attn
+            if self.max_cond_frames_in_attn is not None:
+                self.model.max_cond_frames_in_attn = self.max_cond_frames_in_attn
+            try:
+                with torch.inference_mode(), _autocast(self.device, self.use_autocast):
+                    yield
+            finally:
+                self.model.max_cond_frames_in_attn = old
 
     # ------------------------------------------------------------- one step
     def _compact(self, out: dict) -> dict:
@@ -344,6 +364,7 @@ class StreamingSAM2:
         out["maskmem_pos_enc"] = self._shared_pos_enc(pos)
 
     # --------------------------------------------------------------- prompts
+    @_locked
     def add_points(
         self,
         frame_idx: int,
@@ -393,6 +414,7 @@ class StreamingSAM2:
     def add_box(self, frame_idx: int, obj_id: int, box: Sequence[float]) -> FrameResult:
         return self.add_points(frame_idx, obj_id, box=box)
 
+    @_locked
     def add_mask(self, frame_idx: int, obj_id: int, mask: np.ndarray) -> FrameResult:
         """A mask (H, W) at video resolution as the prompt (or correction)."""
         frame_idx = self._check_frame(frame_idx)
@@ -436,6 +458,7 @@ class StreamingSAM2:
             mem.pending[frame_idx] = (out, is_cond)
             return self.frame_result(frame_idx)
 
+    @_locked
     def clear_prompts(self, frame_idx: int, obj_id: int) -> None:
         """Remove an object's prompts on a frame (the frame stops being a
         prompted frame, as SAM2's ``clear_all_prompts_in_frame``)."""
@@ -449,10 +472,12 @@ class StreamingSAM2:
             mem.non_cond[frame_idx] = out
             mem.tracked[frame_idx] = UNTRACKED
 
+    @_locked
     def remove_object(self, obj_id: int) -> None:
         self._object(obj_id, create=False)
         del self.objects[int(obj_id)]
 
+    @_locked
     def frame_result(self, frame_idx: int) -> FrameResult:
         """Current masks of all objects on a frame (NO_OBJ_SCORE where an
         object has no output there any more)."""
@@ -473,6 +498,7 @@ class StreamingSAM2:
         return FrameResult(frame_idx=frame_idx, obj_ids=list(ids), logits=video_res[:, 0].float().cpu(), object_scores=scores)
 
     # ------------------------------------------------------- single frame (SAM)
+    @_locked
     def predict_frame(
         self,
         frame_idx: int,
@@ -563,6 +589,7 @@ class StreamingSAM2:
             return fwd + bwd
         raise ConfigError(f"direction must be 'forward', 'backward' or 'both', got {direction!r}")
 
+    @_locked
     def propagate(
         self,
         sink: Optional[Sink] = None,

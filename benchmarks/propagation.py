@@ -1,0 +1,238 @@
+"""Benchmark: streaming SAM2 engine vs SAM2VideoPredictor.
+
+Same model (randomly initialised SAM2.1 architecture: no weights can be
+downloaded here, and speed/memory do not depend on the weights), same frames
+(one JPEG folder: SAM2 loads it with ``init_state``, our engine reads it
+lazily through ``surgseg_core.io.open_video``), same prompts (one click per
+object on frame 0), forward propagation over 16/32/64/128 frames.
+
+Each case runs in its own subprocess so its peak RSS (``ru_maxrss``) is
+clean. Seconds per frame = median time between two emitted frames after the
+first 4 (steady state). Goals: our peak RSS at the longest clip <= 1.1x our
+peak at the shortest; our s/frame <= 1.0x SAM2's.
+
+CPU (default):  python benchmarks/propagation.py
+Reduced run:    python benchmarks/propagation.py --image-size 256 --frames 16 32 64 128
+GPU part:       python benchmarks/propagation.py --gpu   (needs CUDA: SAM2.1 tiny and small
+                at 1024 px with bf16 autocast, our engine decoding an mp4; FPS)
+Writes its table into BENCHMARKS.md between <!-- bench:propagation --> markers
+(``--section-suffix`` lets a partial run write a sub-table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_MD = REPO / "BENCHMARKS.md"
+WARMUP = 4
+
+
+# ---------------------------------------------------------------- worker
+def _worker(args) -> None:
+    import warnings
+
+    import numpy as np
+    import torch
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    from surgseg_core.sam2_engine import StreamingSAM2, build_model
+    from surgseg_core.sam2_engine.device import autocast, pick_device
+
+    device = pick_device("cuda" if args.gpu else "cpu")
+    model = build_model(args.config, device=device, seed=0, image_size=args.image_size)
+    folder = Path(args.frames_dir)
+    n = args.n
+    prompts = [(1, [[0.35, 0.45]]), (2, [[0.65, 0.55]])][: args.objects]
+    stamps = []
+
+    def tick(labels):
+        stamps.append(time.perf_counter())
+
+    t0 = time.perf_counter()
+    if args.worker == "engine":
+        from surgseg_core.io import open_video
+
+        src = open_video(args.mp4 if args.mp4 else folder, stop=n, cache_mb=32)
+        h, w = src.shape[1:3] if hasattr(src, "shape") else np.asarray(src[0]).shape[:2]
+        engine = StreamingSAM2(model, src, embed_cache_mb=64)
+        for obj, pts in prompts:
+            engine.add_points(0, obj, [[x * w, y * h] for x, y in pts], [1])
+        engine.propagate(lambda r: tick(r.label_map()))
+    else:
+        from PIL import Image
+
+        sub = Path(tempfile.mkdtemp(prefix="sam2ref-"))
+        for i in range(n):  # SAM2 wants a folder holding exactly the clip
+            os.symlink(folder / f"{i:05d}.jpg", sub / f"{i:05d}.jpg")
+        w, h = Image.open(folder / "00000.jpg").size
+        with torch.inference_mode(), autocast(device):
+            state = model.init_state(str(sub))
+            for obj, pts in prompts:
+                model.add_new_points_or_box(state, 0, obj, points=[[x * w, y * h] for x, y in pts], labels=[1])
+            for _, ids, masks in model.propagate_in_video(state):
+                logits = masks[:, 0].float().cpu()
+                best, arg = logits.max(0)
+                tick(np.where(best.numpy() > 0, np.asarray(ids)[arg.numpy()], 0))
+    total = time.perf_counter() - t0
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])][WARMUP - 1 :]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    print(json.dumps({"frames": len(stamps), "s_per_frame": statistics.median(gaps) if gaps else None,
+                      "total_s": total, "peak_rss_mb": peak_mb, "gpu_peak_mb": gpu_mb}))
+
+
+# ---------------------------------------------------------------- driver
+def _make_frames(folder: Path, n: int, height: int, width: int, mp4: bool) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from surgseg_core.synth import generate_endoscopy_clip
+
+    clip = generate_endoscopy_clip(7, n, height, width)
+    frames = []
+    for i in range(n):
+        img = clip.frame(i).image
+        Image.fromarray(img).save(folder / f"{i:05d}.jpg", quality=95)
+        frames.append(img)
+    if mp4:
+        import imageio_ffmpeg
+
+        writer = imageio_ffmpeg.write_frames(str(folder / "clip.mp4"), (width, height), fps=25, quality=9)
+        writer.send(None)
+        for img in frames:
+            writer.send(np.ascontiguousarray(img))
+        writer.close()
+
+
+def _run_case(kind: str, n: int, args, folder: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--n", str(n), "--frames-dir", str(folder),
+           "--config", args.config, "--image-size", str(args.image_size), "--threads", str(args.threads),
+           "--objects", str(args.objects)]
+    if args.gpu:
+        cmd += ["--gpu"] + (["--mp4", str(folder / "clip.mp4")] if kind == "engine" else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} n={n} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {kind:6s} n={n:4d}: {result}", flush=True)
+    return result
+
+
+def _machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {os.cpu_count()} CPU cores{gpu}, torch {torch.__version__}"
+
+
+def _table(args, rows) -> str:
+    lines = [
+        f"Machine: {_machine()}.",
+        f"Model: {args.config}, randomly initialised, {args.image_size} px, {args.objects} object(s), "
+        f"{'CUDA bf16' if args.gpu else f'CPU float32, {args.threads} thread(s)'}; "
+        f"frames {args.height}x{args.width} synthetic endoscopy (JPEG q95). Run: `{' '.join(['python', 'benchmarks/propagation.py'] + sys.argv[1:])}`",
+        "",
+        "| frames | ours peak RSS (MB) | SAM2 peak RSS (MB) | ours s/frame | SAM2 s/frame | ratio s/frame (ours/SAM2) "
+        "| ours total s/frame | SAM2 total s/frame (incl. init_state) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, ours, ref in rows:
+        ratio = ours["s_per_frame"] / ref["s_per_frame"] if ours["s_per_frame"] and ref["s_per_frame"] else float("nan")
+        lines.append(f"| {n} | {ours['peak_rss_mb']:.0f} | {ref['peak_rss_mb']:.0f} | {ours['s_per_frame']:.3f} | "
+                     f"{ref['s_per_frame']:.3f} | {ratio:.2f} | {ours['total_s'] / n:.3f} | {ref['total_s'] / n:.3f} |")
+    first, last = rows[0][1], rows[-1][1]
+    mem_ratio = last["peak_rss_mb"] / first["peak_rss_mb"]
+    time_ratio = statistics.median(
+        o["s_per_frame"] / r["s_per_frame"] for _, o, r in rows if o["s_per_frame"] and r["s_per_frame"])
+    lines += [
+        "",
+        f"Memory goal (ours at {rows[-1][0]} frames <= 1.1x ours at {rows[0][0]}): {mem_ratio:.2f}x -> "
+        f"{'met' if mem_ratio <= 1.1 else 'NOT met'}. Speed goal (ours <= 1.0x SAM2, median over rows): "
+        f"{time_ratio:.2f}x -> {'met' if time_ratio <= 1.0 else 'NOT met'}.",
+    ]
+    if args.gpu:
+        lines.append("FPS = 1 / s_per_frame.")
+    return "\n".join(lines)
+
+
+def _write_section(name: str, body: str) -> None:
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = BENCH_MD.read_text() if BENCH_MD.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    from surgseg_core.atomic import atomic_write_text
+
+    atomic_write_text(BENCH_MD, text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--config", default="sam2.1_hiera_tiny")
+    p.add_argument("--image-size", type=int, default=None, help="default 512 on CPU, 1024 with --gpu")
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--objects", type=int, default=1, choices=[1, 2])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--gpu", action="store_true", help="CUDA bf16 run of tiny and small at 1024 px")
+    p.add_argument("--no-write", action="store_true", help="print the table only")
+    p.add_argument("--section-suffix", default="", help="write to bench:propagation<suffix>")
+    # worker mode (internal)
+    p.add_argument("--worker", choices=["engine", "sam2"], help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--frames-dir", help=argparse.SUPPRESS)
+    p.add_argument("--mp4", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.image_size is None:
+        args.image_size = 1024 if args.gpu else 512
+    if args.worker:
+        _worker(args)
+        return 0
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("--gpu needs CUDA; none here", file=sys.stderr)
+            return 2
+    configs = ["sam2.1_hiera_tiny", "sam2.1_hiera_small"] if args.gpu else [args.config]
+    bodies = []
+    with tempfile.TemporaryDirectory(prefix="bench-prop-") as tmp:
+        folder = Path(tmp)
+        _make_frames(folder, max(args.frames), args.height, args.width, mp4=args.gpu)
+        for config in configs:
+            args.config = config
+            print(f"{config} @ {args.image_size}px", flush=True)
+            rows = [(n, _run_case("engine", n, args, folder), _run_case("sam2", n, args, folder)) for n in args.frames]
+            bodies.append(_table(args, rows))
+    body = "\n\n".join(bodies)
+    print(body)
+    if not args.no_write:
+        _write_section("propagation" + ("-gpu" if args.gpu else "") + args.section_suffix, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
