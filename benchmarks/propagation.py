@@ -58,13 +58,13 @@ def _worker(args) -> None:
     stamps = []
 
     def tick(labels):
-        stamps.append(time.perf_counter())
+        stamps.append((time.perf_counter(), time.process_time()))
 
     t0 = time.perf_counter()
     if args.worker == "engine":
         from surgseg_core.io import open_video
 
-        src = open_video(args.mp4 if args.mp4 else folder, stop=n, cache_mb=32)
+        src = open_video(args.mp4 if args.mp4 else folder, stop=n, cache_mb=4)  # read once: no cache needed
         h, w = src.shape[1:3] if hasattr(src, "shape") else np.asarray(src[0]).shape[:2]
         engine = StreamingSAM2(model, src, embed_cache_mb=64)
         for obj, pts in prompts:
@@ -86,10 +86,12 @@ def _worker(args) -> None:
                 best, arg = logits.max(0)
                 tick(np.where(best.numpy() > 0, np.asarray(ids)[arg.numpy()], 0))
     total = time.perf_counter() - t0
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])][WARMUP - 1 :]
+    gaps = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])][WARMUP - 1 :]
+    cpu_gaps = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])][WARMUP - 1 :]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     print(json.dumps({"frames": len(stamps), "s_per_frame": statistics.median(gaps) if gaps else None,
+                      "cpu_s_per_frame": statistics.median(cpu_gaps) if cpu_gaps else None,
                       "total_s": total, "peak_rss_mb": peak_mb, "gpu_peak_mb": gpu_mb}))
 
 
@@ -146,26 +148,31 @@ def _machine() -> str:
 
 
 def _table(args, rows) -> str:
+    # CPU seconds are what the goal is judged on for CPU runs: wall time on a
+    # shared machine measures the neighbours; on a GPU, wall time.
+    key = "s_per_frame" if args.gpu else "cpu_s_per_frame"
     lines = [
         f"Machine: {_machine()}.",
         f"Model: {args.config}, randomly initialised, {args.image_size} px, {args.objects} object(s), "
         f"{'CUDA bf16' if args.gpu else f'CPU float32, {args.threads} thread(s)'}; "
         f"frames {args.height}x{args.width} synthetic endoscopy (JPEG q95). Run: `{' '.join(['python', 'benchmarks/propagation.py'] + sys.argv[1:])}`",
         "",
-        "| frames | ours peak RSS (MB) | SAM2 peak RSS (MB) | ours s/frame | SAM2 s/frame | ratio s/frame (ours/SAM2) "
-        "| ours total s/frame | SAM2 total s/frame (incl. init_state) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| frames | ours peak RSS (MB) | SAM2 peak RSS (MB) | ours CPU s/frame | SAM2 CPU s/frame | ratio CPU s/frame "
+        "(ours/SAM2) | ours wall s/frame | SAM2 wall s/frame | ours total wall s/frame | SAM2 total wall s/frame "
+        "(incl. init_state) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n, ours, ref in rows:
-        ratio = ours["s_per_frame"] / ref["s_per_frame"] if ours["s_per_frame"] and ref["s_per_frame"] else float("nan")
-        lines.append(f"| {n} | {ours['peak_rss_mb']:.0f} | {ref['peak_rss_mb']:.0f} | {ours['s_per_frame']:.3f} | "
-                     f"{ref['s_per_frame']:.3f} | {ratio:.2f} | {ours['total_s'] / n:.3f} | {ref['total_s'] / n:.3f} |")
+        ratio = ours[key] / ref[key] if ours[key] and ref[key] else float("nan")
+        lines.append(f"| {n} | {ours['peak_rss_mb']:.0f} | {ref['peak_rss_mb']:.0f} | {ours[key]:.3f} | "
+                     f"{ref[key]:.3f} | {ratio:.2f} | {ours['s_per_frame']:.3f} | {ref['s_per_frame']:.3f} | "
+                     f"{ours['total_s'] / n:.3f} | {ref['total_s'] / n:.3f} |")
     first, last = rows[0][1], rows[-1][1]
     mem_ratio = last["peak_rss_mb"] / first["peak_rss_mb"]
-    time_ratio = statistics.median(
-        o["s_per_frame"] / r["s_per_frame"] for _, o, r in rows if o["s_per_frame"] and r["s_per_frame"])
+    time_ratio = statistics.median(o[key] / r[key] for _, o, r in rows if o[key] and r[key])
     lines += [
         "",
+        f"Steady state = median over frames after the first {WARMUP}. "
         f"Memory goal (ours at {rows[-1][0]} frames <= 1.1x ours at {rows[0][0]}): {mem_ratio:.2f}x -> "
         f"{'met' if mem_ratio <= 1.1 else 'NOT met'}. Speed goal (ours <= 1.0x SAM2, median over rows): "
         f"{time_ratio:.2f}x -> {'met' if time_ratio <= 1.0 else 'NOT met'}.",
@@ -196,7 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--objects", type=int, default=1, choices=[1, 2])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--gpu", action="store_true", help="CUDA bf16 run of tiny and small at 1024 px")
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--section-suffix", default="", help="write to bench:propagation<suffix>")

@@ -78,3 +78,16 @@ def test_clear_errors(tmp_path, capsys):
     assert main(["train", "toy", "--run-dir", str(tmp_path / "r2"), "--set", f"data_root={bad}"]) == 1
     err = capsys.readouterr().err
     assert "not in the image_mask layout: missing masks/" in err and err.count("\n") == 1
+
+
+def test_predict_shares_inputs_between_ranks(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert main(["train", "toy", "--run-dir", str(run), "--set", "epochs=1", "--device", "cpu"]) == 0
+    a = _write_dataset(tmp_path / "a", n=1)
+    b = _write_dataset(tmp_path / "b", n=2, seed=1)
+    monkeypatch.setenv("RANK", "1")  # as set by torchrun for the second of 2 processes
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    preds = tmp_path / "preds"
+    assert main(["predict", "toy", "--checkpoint", str(run / "checkpoints" / "last.pt"),
+                 str(a / "images"), str(b / "images"), "--out", str(preds)]) == 0
+    assert sorted(p.name for p in preds.iterdir()) == ["f0_mask.png", "f1_mask.png"]  # b's 2 frames only

@@ -191,7 +191,7 @@ class CountingFrames:
 
 def test_memory_stays_bounded_and_frames_read_once(model, frames):
     src = CountingFrames(48, frames)
-    engine = StreamingSAM2(model, src, embed_cache_mb=0.2)
+    engine = StreamingSAM2(model, src)
     engine.add_points(0, 1, [[60, 40]], [1])
     sizes = {}
     engine.propagate(lambda r: sizes.__setitem__(r.frame_idx, engine.memory_report()["memory_bytes"]))
@@ -202,9 +202,17 @@ def test_memory_stays_bounded_and_frames_read_once(model, frames):
     assert report["objects"][1]["cond"] == [0]
     assert report["objects"][1]["non_cond"] == list(range(1, window + 1)) + list(range(47 - window, 48))
     assert sizes[47] == sizes[40]  # flat with video length
-    assert report["cache_bytes"] <= 0.2 * 1024 * 1024 or len(report["cache_frames"]) == 1
+    # propagation keeps no per-frame features: only the prompted and the last frame
+    assert report["cache_frames"] == [0, 47]
     # every frame decoded exactly once (frame 0 twice: set_video reads its size)
     assert sorted(src.reads) == [0] + list(range(48))
+    # a correction far from the head and from the prompts: it becomes a
+    # prompted frame, the memories around it are cleared and it resumes there
+    engine.add_points(25, 1, [[20, 20]], [0], clear_old=False)
+    assert engine.propagate() == 23  # frames 25..47
+    report = engine.memory_report()["objects"][1]
+    assert report["cond"] == [0, 25]
+    assert report["non_cond"] == list(range(1, window + 1)) + list(range(26, 48))
 
 
 def test_keep_recent_prompt_frames_policy(model, frames):

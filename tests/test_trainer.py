@@ -28,13 +28,14 @@ CPU = {"device": "cpu", "num_threads": 1}
 
 
 def test_short_run_lowers_loss_and_writes_run_folder(tmp_path):
-    result = train("toy", {**CPU, "epochs": 4}, run_dir=tmp_path)
+    result = train("toy", {**CPU, "epochs": 4, "log_every": 2}, run_dir=tmp_path)
     losses = [r["train_loss"] for r in result.history]
     assert len(losses) == 4
     assert losses[-1] < 0.8 * losses[0]
     assert result.history[-1]["val_dice"] > result.history[0]["val_dice"]
     assert (tmp_path / "config.yaml").is_file()
     assert [r["epoch"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl", kind="step")] == list(range(2, 17, 2))
     # Checkpoints load with weights_only=True and hold everything needed to resume.
     ckpt = torch.load(result.last_checkpoint, weights_only=True)
     assert set(CHECKPOINT_KEYS) <= set(ckpt)
@@ -57,6 +58,16 @@ def test_rng_state_round_trip():
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
 
 
+def test_init_weights_fine_tunes_from_a_checkpoint(tmp_path):
+    first = train("toy", {**CPU, "epochs": 3}, run_dir=tmp_path / "a")
+    tuned = train("toy", {**CPU, "epochs": 1, "init_weights": str(first.best_checkpoint)}, run_dir=tmp_path / "b")
+    scratch = train("toy", {**CPU, "epochs": 1}, run_dir=tmp_path / "c")
+    assert tuned.history[0]["train_loss"] < scratch.history[0]["train_loss"]
+    assert tuned.history[0]["train_loss"] < first.history[-1]["train_loss"] * 1.05
+    with pytest.raises(WeightsError):
+        train("toy", {**CPU, "epochs": 1, "init_weights": str(tmp_path / "missing.pt")}, run_dir=tmp_path / "d")
+
+
 def test_load_model_weights_mismatch_is_clear(tmp_path):
     result = train("toy", {**CPU, "epochs": 1}, run_dir=tmp_path)
     wider = _toy_method.build_model({"width": 8})
@@ -72,13 +83,18 @@ def _losses(run_dir):
     return [r["train_loss"] for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
 
 
-def test_resume_after_kill9_reproduces_loss_curve(tmp_path):
-    reference = train("toy", RESUME_CFG, run_dir=tmp_path / "ref")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run the interrupted ones must reproduce."""
+    return train("toy", RESUME_CFG, run_dir=tmp_path_factory.mktemp("reference"))
+
+
+def test_resume_after_kill9_reproduces_loss_curve(tmp_path, reference):
     ref_losses = [r["train_loss"] for r in reference.history]
 
     run = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    sets = [a for k, v in {**RESUME_CFG, "sleep_per_step": 0.05}.items() if k != "num_threads"
+    sets = [a for k, v in {**RESUME_CFG, "sleep_per_step": 0.03}.items() if k != "num_threads"
             for a in ("--set", f"{k}={v}")]
     proc = subprocess.Popen(
         [sys.executable, "-m", "surgseg_core", "train", "_toy_method:toy", "--run-dir", str(run), *sets],
@@ -103,8 +119,7 @@ def test_resume_after_kill9_reproduces_loss_curve(tmp_path):
     assert result.best_metric == pytest.approx(reference.best_metric, rel=1e-5)
 
 
-def test_stop_mid_epoch_saves_and_resume_matches(tmp_path):
-    reference = train("toy", RESUME_CFG, run_dir=tmp_path / "ref")
+def test_stop_mid_epoch_saves_and_resume_matches(tmp_path, reference):
     token = CancelToken()
 
     def on_event(ev):

@@ -3,7 +3,8 @@
 Training runs in a separate process (:class:`TrainingProcess`, ``python -m
 surgseg_core.training.worker``): the GUI never blocks and the GPU memory is
 freed when it ends. A QTimer polls the process's events to drive a napari
-progress bar and a live loss/metric plot; Stop asks the process to finish
+progress bar and a live loss/metric plot (drawn with matplotlib by the
+training process, shown here as an image); Stop asks the process to finish
 its step, save ``last.pt`` and exit. Errors arrive as notifications with the
 trainer's message. Finished weights are registered in the weights registry
 (so method widgets list them) and announced through ``trained``.
@@ -12,20 +13,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
-import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from napari.layers import Image, Labels, Points
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
-from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtGui import QPixmap
 from qtpy.QtWidgets import QLabel
 
 from surgseg_core.datasets import export_corrections
@@ -51,90 +47,43 @@ class _Signals(QObject):
 
 
 class LossPlot(QLabel):
-    """Training loss per step and the monitored metric per epoch.
-
-    A matplotlib figure drawn with Agg in a background thread and shown as a
-    pixmap: on a busy 2-core machine one redraw takes 80-140 ms, which in
-    the GUI thread (FigureCanvasQTAgg) would freeze napari at every update.
-    Only the render thread touches the figure; one render runs at a time.
+    """Live loss/metric plot: the training process draws the curves with
+    matplotlib (``surgseg_core.training.curves``) and this label shows the
+    PNG. Drawing them here, even in a thread, stalled napari for 100-400 ms
+    per redraw on a busy machine (Python time under the GIL); loading a
+    small PNG takes a few ms. The numbers are kept too (``steps``/``losses``,
+    ``epochs``/``metrics``) for the status line and for tests.
     """
-
-    rendered = Signal(object)  # RGBA array, delivered in the GUI thread
 
     def __init__(self) -> None:
         super().__init__()
-        self.figure = Figure(figsize=(4, 2.6), dpi=100)
-        self.figure.subplots_adjust(left=0.16, right=0.84, bottom=0.18, top=0.95)
-        self._canvas = FigureCanvasAgg(self.figure)
-        self.ax_loss = self.figure.add_subplot(111)
-        self.ax_metric = self.ax_loss.twinx()
-        self.ax_loss.set_xlabel("optimizer step")
-        self.ax_loss.set_ylabel("loss", color="tab:blue")
-        (self._loss_line,) = self.ax_loss.plot([], [], color="tab:blue", lw=1)
-        (self._metric_line,) = self.ax_metric.plot([], [], "o-", color="tab:orange", ms=3)
+        self.setMinimumSize(200, 140)
+        self.setText("loss curve appears here during training")
         self.steps: List[float] = []
         self.losses: List[float] = []
         self.epochs: List[float] = []
         self.metrics: List[float] = []
         self.metric_name = "metric"
-        self._dirty = False
-        self._busy = threading.Lock()
-        self.renders = 0
-        self.setMinimumSize(200, 140)
-        self.rendered.connect(self._show)
-        self.redraw()
+        self.shown = 0
 
     def clear_data(self, metric_name: str = "metric") -> None:
         self.steps, self.losses, self.epochs, self.metrics = [], [], [], []
         self.metric_name = metric_name
-        self._dirty = True
 
     def add_step(self, step: float, loss: float) -> None:
         self.steps.append(step)
         self.losses.append(loss)
-        self._dirty = True
 
     def add_epoch(self, step: float, value: Optional[float]) -> None:
         if value is not None:
             self.epochs.append(step)
             self.metrics.append(value)
-            self._dirty = True
 
-    def redraw(self) -> bool:
-        """Start a background render of the current data (False: one is
-        still running; the data stays dirty for the next call)."""
-        if not self._busy.acquire(blocking=False):
-            return False
-        snapshot = (list(self.steps), list(self.losses), list(self.epochs), list(self.metrics), self.metric_name)
-        self._dirty = False
-        threading.Thread(target=self._render, args=snapshot, daemon=True).start()
-        return True
-
-    def request_redraw(self) -> None:
-        """Redraw now or, if a render is running, as soon as it is done."""
-        self._dirty = True
-        if not self.redraw():
-            QTimer.singleShot(100, lambda: self._dirty and self.request_redraw())
-
-    def _render(self, steps, losses, epochs, metrics, metric_name) -> None:
-        try:
-            self.ax_metric.set_ylabel(metric_name, color="tab:orange")
-            self._loss_line.set_data(steps, losses)
-            self._metric_line.set_data(epochs, metrics)
-            for ax in (self.ax_loss, self.ax_metric):
-                ax.relim()
-                ax.autoscale_view()
-            self._canvas.draw()
-            image = np.asarray(self._canvas.buffer_rgba()).copy()
-        finally:
-            self._busy.release()
-        self.rendered.emit(image)
-
-    def _show(self, image) -> None:
-        h, w = image.shape[:2]
-        qimage = QImage(image.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
-        self.setPixmap(QPixmap.fromImage(qimage))
-        self.renders += 1
+    def show_png(self, path: str) -> None:
+        pixmap = QPixmap(str(path))
+        if not pixmap.isNull():
+            self.setPixmap(pixmap)
+            self.shown += 1
 
 
 class TrainingWidget(Container):
@@ -145,7 +94,6 @@ class TrainingWidget(Container):
         self._signals = _Signals()
         self.trained = self._signals.trained
         self._bar = None
-        self._last_draw = 0.0
         self._got_final = False
         self._export_worker = None
         self.run_dir: Optional[Path] = None
@@ -285,7 +233,6 @@ class TrainingWidget(Container):
             return
         self._got_final = False
         self.plot.clear_data()
-        self.plot.request_redraw()
         self.status.value = f"starting {method} in {self.run_dir} ..."
         self._set_running(True)
         self.timer.start()
@@ -316,15 +263,11 @@ class TrainingWidget(Container):
             return
         for event in proc.poll():
             self._handle(event)
-        now = time.monotonic()
-        if self.plot._dirty and now - self._last_draw > 0.5 and self.plot.redraw():
-            self._last_draw = now
         if proc.finished():
             for event in proc.poll():
                 self._handle(event)
             self.timer.stop()
             self._close_bar()
-            self.plot.request_redraw()
             self._set_running(False)
             if not self._got_final:
                 tail = next((line for line in reversed(proc.stderr_tail) if line.strip()), "")
@@ -355,6 +298,8 @@ class TrainingWidget(Container):
             value = ev.get(name)
             self.plot.add_epoch(ev["step"], float(value) if isinstance(value, (int, float)) else None)
             self.status.value = f"epoch {ev['epoch'] + 1}: train loss {ev.get('train_loss', float('nan')):.4g}"
+        elif kind == "plot":
+            self.plot.show_png(ev["path"])
         elif kind == "error":
             self._got_final = True
             show_error(f"Training stopped: {ev.get('message')}")

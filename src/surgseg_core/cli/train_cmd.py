@@ -46,8 +46,8 @@ PREDICT_EXAMPLES = """examples:
 """
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("method", help="method name (see 'surgseg train --help') or package.module:name")
+def _common(p: argparse.ArgumentParser, methods: str) -> None:
+    p.add_argument("method", help=f"method name ({methods}) or package.module:name")
     p.add_argument("--config", type=Path, help="YAML config file (flat key: value mapping)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key; value typed as YAML (repeatable)")
@@ -69,7 +69,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a method (one loop for all methods; DDP with torchrun)",
                               description=f"Train a method. Available methods: {methods}.",
                               epilog=TRAIN_EXAMPLES, formatter_class=fmt)
-    _common(p)
+    _common(p, methods)
     p.add_argument("--run-dir", type=Path, required=True, help="run folder (logs, config.yaml, checkpoints/)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
     p.set_defaults(func=run_train)
@@ -77,7 +77,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="metrics of a checkpoint on a dataset folder",
                               description="Evaluate a trained checkpoint on a dataset folder.",
                               epilog=EVAL_EXAMPLES, formatter_class=fmt)
-    _common(p)
+    _common(p, methods)
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) written by 'surgseg train'")
     p.add_argument("--data", type=Path, required=True, help="dataset folder to evaluate on")
     p.add_argument("--out", type=Path, help="also write the metrics to this JSON file")
@@ -86,7 +86,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help="run a checkpoint on videos or frame folders",
                               description="Predict with a trained checkpoint; writes files into --out.",
                               epilog=PREDICT_EXAMPLES, formatter_class=fmt)
-    _common(p)
+    _common(p, methods)
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) written by 'surgseg train'")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="video files or frame folders")
     p.add_argument("--out", type=Path, required=True, help="output folder")

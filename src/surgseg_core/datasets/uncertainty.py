@@ -11,7 +11,7 @@ Frames are read one at a time, so lazy video-sized arrays are fine.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 

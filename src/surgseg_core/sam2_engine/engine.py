@@ -102,8 +102,16 @@ class StreamingSAM2:
       ``correct_as_cond`` / ``clear_memory_around_corrections``: SAM2's
         ``add_all_frames_to_correct_as_cond`` / ``clear_non_cond_mem_around_input``
         (on by default: without them a correction does not steer later frames).
-      ``embed_cache_mb``: image-feature cache size.
+      ``embed_cache_mb``: image-feature cache size (frames the user prompts or
+        clicks on; propagation itself keeps only the frame it is on).
     Points and boxes are in video pixel coordinates (x, y).
+
+    Exactly SAM2 (tested against ``SAM2VideoPredictor``) except where bounded
+    memory forbids it: a correction on, or a propagation started from, a
+    frame farther than ``policy.window`` (15 for SAM2.1) frames from both the
+    last propagated frame and every prompted frame sees only the memories
+    still held (prompted frames and the window around them); SAM2 would also
+    read the dropped memories of that frame's neighbours.
     """
 
     def __init__(
@@ -143,6 +151,8 @@ class StreamingSAM2:
         self.cache = EmbeddingCache(embed_cache_mb)
         self._fill_holes = int(getattr(model, "fill_hole_area", 0) or 0) > 0 and _has_hole_filling()
         self._pos_enc: Optional[List[torch.Tensor]] = None  # same for every frame
+        self._streaming = False  # inside propagate(): see _backbone
+        self._current: Optional[Tuple[int, List[torch.Tensor]]] = None
         self._maskmem_pos_enc: Optional[List[torch.Tensor]] = None
         self.frames = None
         # one operation at a time: a click sent from the GUI while a worker
@@ -220,12 +230,19 @@ class StreamingSAM2:
 
     def _backbone(self, frame_idx: int) -> List[torch.Tensor]:
         feats = self.cache.get(frame_idx)
+        if feats is None and self._current is not None and self._current[0] == frame_idx:
+            feats = self._current[1]
         if feats is None:
             out = self.model.forward_image(self._read_frame(frame_idx))
             feats = list(out["backbone_fpn"])
             if self._pos_enc is None:
                 self._pos_enc = list(out["vision_pos_enc"])
-            self.cache.put(frame_idx, feats)
+            if self._streaming:
+                # propagation visits each frame once: keep only the current
+                # frame instead of flushing the frames the user clicks on
+                self._current = (frame_idx, feats)
+            else:
+                self.cache.put(frame_idx, feats)
         return feats
 
     def _vision(self, frame_idx: int, batch: int):
@@ -531,12 +548,19 @@ class StreamingSAM2:
                 "point_labels": torch.from_numpy(lbl)[None].to(self.device),
             }
         with self._ctx():
-            vision_feats, _, feat_sizes = self._vision(frame_idx, 1)
+            vision_feats, vision_pos, feat_sizes = self._vision(frame_idx, 1)
             high_res = [
                 x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(vision_feats[:-1], feat_sizes[:-1])
             ]
-            pix = vision_feats[-1] + self.model.no_mem_embed  # SAM2 on a frame without memory
-            pix = pix.permute(1, 2, 0).view(1, self.model.hidden_dim, *feat_sizes[-1])
+            pix = self.model._prepare_memory_conditioned_features(  # a frame without memory, as SAM
+                frame_idx=frame_idx,
+                is_init_cond_frame=True,
+                current_vision_feats=vision_feats[-1:],
+                current_vision_pos_embeds=vision_pos[-1:],
+                feat_sizes=feat_sizes[-1:],
+                output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+                num_frames=self.num_frames,
+            )
             mask_in = None
             if mask is not None:
                 mask_in = torch.from_numpy(np.asarray(mask, np.float32))[None, None].to(self.device)
@@ -576,8 +600,8 @@ class StreamingSAM2:
     def _order(self, direction: str, start: Optional[int], first: int, last: int) -> List[Tuple[int, bool]]:
         prompted = sorted({t for m in self.objects.values() for t in m.cond})
         in_range = [t for t in prompted if first <= t <= last] or prompted
-        if start is None:
-            start = min(in_range)
+        if start is None:  # backward alone: from the latest prompt; else from the earliest
+            start = max(in_range) if direction == "backward" else min(in_range)
         start = min(max(int(start), first), last)
         fwd = [(t, False) for t in range(start, last + 1)]
         bwd = [(t, True) for t in range(start, first - 1, -1)]
@@ -623,13 +647,24 @@ class StreamingSAM2:
             order = self._order(direction, start, first, last)
             total = len(order)
             report(progress, 0, total, "propagating")
-            for done, (frame_idx, reverse) in enumerate(order, 1):
-                check_cancel(cancel)
-                result = self._step(frame_idx, reverse)
-                if sink is not None:
-                    sink(result)
-                report(progress, done, total, f"frame {frame_idx}")
+            self._streaming = True
+            try:
+                for done, (frame_idx, reverse) in enumerate(order, 1):
+                    check_cancel(cancel)
+                    result = self._step(frame_idx, reverse)
+                    if sink is not None:
+                        sink(result)
+                    report(progress, done, total, f"frame {frame_idx}")
+            finally:
+                self._end_streaming()
         return total
+
+    def _end_streaming(self) -> None:
+        # the frame where propagation stopped is where the user looks next
+        self._streaming = False
+        if self._current is not None:
+            self.cache.put(*self._current)
+            self._current = None
 
     def iter_propagate(self, *, direction: str = "forward", start: Optional[int] = None,
                        frame_range: Optional[Tuple[int, int]] = None) -> Iterator[FrameResult]:
@@ -639,10 +674,18 @@ class StreamingSAM2:
         with self._ctx():
             self._preflight()
             order = self._order(direction, start, first, last)
-        for frame_idx, reverse in order:
-            with self._ctx():
-                result = self._step(frame_idx, reverse)
-            yield result
+        try:
+            for frame_idx, reverse in order:
+                with self._ctx():
+                    self._streaming = True
+                    try:
+                        result = self._step(frame_idx, reverse)
+                    finally:
+                        self._streaming = False
+                yield result
+        finally:
+            with self._lock:
+                self._end_streaming()
 
     def _step(self, frame_idx: int, reverse: bool) -> FrameResult:
         ids = self.obj_ids

@@ -3,18 +3,11 @@ weights (by hash), which config, which prompts, which software versions."""
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+from ..weights.hashing import sha256_file
 
 
 def _pkg_version(name: str) -> str:

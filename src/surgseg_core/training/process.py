@@ -35,7 +35,7 @@ class TrainingProcess:
         resume: bool = False,
         register: Optional[Mapping[str, Any]] = None,
         sys_path: Optional[Sequence[str]] = None,
-        nice: int = 5,
+        nice: int = 10,
         num_threads: Optional[int] = None,
         python: str = sys.executable,
     ) -> None:

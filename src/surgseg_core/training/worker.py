@@ -6,7 +6,8 @@ ends. Protocol:
 
 * stdout: one JSON object per line: the trainer's events (``start``,
   ``step``, ``epoch``, ``checkpoint``, ``done``) plus ``progress``,
-  ``registered``, ``warning`` and ``error`` (``message`` is for the user);
+  ``plot`` (``path`` of the redrawn RUN_DIR/curves.png), ``registered``,
+  ``warning``, ``error`` (``message`` is for the user) and ``finished``;
 * stdin: a line ``stop`` asks for a clean stop (finish the step, save
   ``last.pt``, exit 0); end of input (the parent died) does the same.
 
@@ -94,9 +95,22 @@ def run_job(job: Dict[str, Any], emit: _Emitter) -> int:
 
     token = CancelToken()
     threading.Thread(target=_watch_stdin, args=(token,), daemon=True).start()
+    on_event = emit
+    if job.get("plot", True):
+        from .curves import CurveRecorder
+
+        curves = CurveRecorder(Path(job["run_dir"]) / "curves.png",
+                               on_plot=lambda path: emit({"type": "plot", "path": str(path)}))
+
+        def on_event(event: Dict[str, Any]) -> None:
+            emit(event)
+            curves(event)
+
     try:
         result = train(job["method"], job.get("config") or {}, run_dir=job["run_dir"], resume=bool(job.get("resume")),
-                       progress=emit.progress, cancel=token, on_event=emit)
+                       progress=emit.progress, cancel=token, on_event=on_event)
+        if job.get("plot", True):
+            curves.flush()
         _register(result, job, emit)
     except SurgsegError as exc:
         emit({"type": "error", "kind": type(exc).__name__, "message": str(exc)})

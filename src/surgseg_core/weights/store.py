@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import WeightsError
-from ..sam2_engine.provenance import sha256_file
+from .hashing import sha256_file
 from .official import OFFICIAL, OfficialCheckpoint
 
 log = logging.getLogger(__name__)

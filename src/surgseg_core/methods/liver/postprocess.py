@@ -10,9 +10,9 @@ switch in :class:`PostprocessOptions`, applied in the paper's order:
    bottom_k(x) be the smallest and largest row of class k (ridge, silhouette)
    in column x, linearly interpolated over columns where k has no pixel and
    held constant beyond its ends. The pixel is removed when it lies above both
-   (y < min(top_r, top_s)) or below both (y > max(bottom_r, bottom_s)). With
-   only one of the two classes present, that one alone is the reference; with
-   neither, nothing is removed. Rule ``"bbox"`` is the reference code's: keep
+   (y < min(top_r, top_s)) or below both (y > max(bottom_r, bottom_s)). "Both"
+   needs both: when ridge or silhouette is missing from the frame nothing is
+   removed (a lone ridge's own thin extent would cull almost everything). Rule ``"bbox"`` is the reference code's: keep
    only ligament pixels inside the bounding box of ridge + silhouette;
 3. joining: components of one class closer than ``join_distance`` px are
    connected by a straight line between their nearest pixels (shortest gaps
@@ -225,8 +225,9 @@ def ligament_keep(ys: np.ndarray, xs: np.ndarray, vals: np.ndarray, width: int,
         return keep
     if rule != "columns":
         raise ConfigError(f"unknown ligament culling rule {rule!r}")
-    extents = [e for e in (_column_extents(ys[vals == k], xs[vals == k], width) for k in (RIDGE, SILHOUETTE))
-               if e is not None]
+    extents = [_column_extents(ys[vals == k], xs[vals == k], width) for k in (RIDGE, SILHOUETTE)]
+    if any(e is None for e in extents):
+        return keep
     top = np.minimum.reduce([e[0] for e in extents])
     bottom = np.maximum.reduce([e[1] for e in extents])
     drop = (ly < top[lx]) | (ly > bottom[lx])

@@ -171,3 +171,29 @@ def predict_inputs(model, inputs: Iterable, out_dir, config: Mapping[str, Any], 
         written.append(dest)
         log.info("liver landmarks for %s written to %s", path, dest)
     return written
+
+
+def predict_frames(predictor: "LiverPredictor", frames, indices: Sequence[int], *,
+                   progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+                   batch_size: int = 4, postprocess_on: Optional[bool] = None) -> Dict[int, FramePrediction]:
+    """Predictions for ``frames[i]`` for each i in ``indices`` (frames: any
+    (T, H, W, 3) array-like, read a batch at a time)."""
+    out: Dict[int, FramePrediction] = {}
+    indices = list(indices)
+    for start in range(0, len(indices), batch_size):
+        check_cancel(cancel)
+        idx = indices[start:start + batch_size]
+        batch = [_as_rgb(frames[i]) for i in idx]
+        for i, pred in zip(idx, predictor.predict(batch, postprocess_on=postprocess_on)):
+            out[i] = pred
+        report(progress, min(start + batch_size, len(indices)), len(indices), f"frame {idx[-1]}")
+    return out
+
+
+def _as_rgb(frame) -> np.ndarray:
+    f = np.asarray(frame)
+    if f.ndim == 2:
+        f = np.repeat(f[..., None], 3, axis=2)
+    if f.dtype != np.uint8:
+        f = np.clip(f, 0, 255).astype(np.uint8)
+    return f[..., :3]

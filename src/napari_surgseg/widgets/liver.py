@@ -1,0 +1,304 @@
+"""Liver landmarks widget: run a trained liver model on the current frame,
+a frame range or the whole video (in a worker), show the result as a Labels
+layer plus an editable Shapes layer of paths per class, turn edited paths
+back into training labels ("Use as correction") and export landmarks as
+JSON / CSV / P2ILF XML. All computing happens in
+``surgseg_core.methods.liver``."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info
+
+from surgseg_core.errors import SurgsegError
+from surgseg_core.methods.liver import CLASS_COLOURS, CLASS_NAMES, LANDMARK_CLASSES
+from surgseg_core.methods.liver.export import write_landmarks_csv, write_landmarks_json, write_p2ilf_xml_frames
+from surgseg_core.methods.liver.rasterize import draw_polyline
+
+from .._workers import run_in_worker
+from .corrections import connect_layer_refresh, layer_choices
+
+log = logging.getLogger(__name__)
+
+MODES = ("current frame", "frame range", "whole video")
+# Labels colours (RGBA 0-1) matching the Shapes edge colours
+LABEL_COLORS = {0: (0, 0, 0, 0), None: (0, 0, 0, 0),
+                **{c: tuple(v / 255 for v in CLASS_COLOURS[c]) + (1.0,) for c in LANDMARK_CLASSES}}
+
+
+def _registered_weights() -> List[tuple]:
+    try:
+        from surgseg_core.weights import list_weights
+    except ImportError:
+        return []
+    try:
+        return [(f"{e.name}", e.path) for e in list_weights(method="liver") if Path(e.path).is_file()]
+    except Exception as exc:  # a broken registry must not break the widget
+        log.warning("cannot list registered liver weights: %s", exc)
+        return []
+
+
+def _predict_job(checkpoint: str, frames, indices, options, cache: dict, *, progress=None, cancel=None):
+    """Worker body: load (or reuse) the model, predict the frames."""
+    from surgseg_core.methods.liver.predict import LiverPredictor, predict_frames
+
+    predictor = cache.get(checkpoint)
+    if predictor is None:
+        predictor = LiverPredictor.from_checkpoint(checkpoint, device="cpu")
+        cache.clear()
+        cache[checkpoint] = predictor
+    predictor.options = options
+    preds = predict_frames(predictor, frames, indices, progress=progress, cancel=cancel, postprocess_on=True)
+    return predictor.provenance(options), preds
+
+
+class LiverLandmarksWidget(Container):
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        v = napari_viewer
+        self.image_combo = ComboBox(label="Image", choices=layer_choices(v, Image))
+        self.weights_combo = ComboBox(label="Registered", choices=[("(file below)", None)] + _registered_weights())
+        self.checkpoint_edit = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth *.safetensors")
+        self.mode_combo = ComboBox(label="Run on", choices=list(MODES), value=MODES[0])
+        self.start_spin = SpinBox(label="From frame", min=0, max=10**7, value=0)
+        self.stop_spin = SpinBox(label="To frame (excl.)", min=1, max=10**7, value=1)
+        self.join_spin = FloatSpinBox(label="Join gaps (px)", min=0, max=200, value=15.0)
+        self.rdp_spin = FloatSpinBox(label="RDP epsilon (px)", min=0, max=20, value=1.0, step=0.5)
+        self.thick_spin = FloatSpinBox(label="Line thickness (px)", min=1, max=100, value=12.0)
+        self.cull_box = CheckBox(label="Camera + ligament culling", value=True)
+        self.run_btn = PushButton(text="Run")
+        self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.correct_btn = PushButton(text="Use as correction (current frame)")
+        self.json_btn = PushButton(text="Export JSON...")
+        self.csv_btn = PushButton(text="Export CSV...")
+        self.xml_btn = PushButton(text="Export P2ILF XML...")
+        self.status = Label(value="")
+        self.extend([self.image_combo, self.weights_combo, self.checkpoint_edit, self.mode_combo, self.start_spin,
+                     self.stop_spin, self.join_spin, self.rdp_spin, self.thick_spin, self.cull_box, self.run_btn,
+                     self.cancel_btn, self.correct_btn, self.json_btn, self.csv_btn, self.xml_btn, self.status])
+        self.weights_combo.changed.connect(self._on_registered)
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.correct_btn.clicked.connect(self.use_as_correction)
+        self.json_btn.clicked.connect(lambda: self._export_dialog("json"))
+        self.csv_btn.clicked.connect(lambda: self._export_dialog("csv"))
+        self.xml_btn.clicked.connect(lambda: self._export_dialog("xml"))
+        connect_layer_refresh(v, self)
+        self.labels_layer = None
+        self.shapes_layer = None
+        self.worker = None
+        self._token = None
+        self._model_cache: dict = {}
+
+    # ------------------------------------------------------------- helpers
+    def _on_registered(self, value) -> None:
+        if value:
+            self.checkpoint_edit.value = value
+
+    def _image(self) -> Image:
+        layer = self.image_combo.value
+        if layer is None:
+            raise SurgsegError("choose an image layer first")
+        return layer
+
+    @staticmethod
+    def _frames(layer: Image):
+        """(T, H, W[, 3]) frames and whether the layer is a single image."""
+        data = layer.data
+        rgb = bool(getattr(layer, "rgb", False))
+        single = data.ndim == (3 if rgb else 2)
+        return ([data] if single else data), single
+
+    def _current_frame(self, single: bool) -> int:
+        return 0 if single else int(self.viewer.dims.current_step[0])
+
+    def options(self):
+        from surgseg_core.methods.liver.postprocess import PostprocessOptions
+
+        cull = bool(self.cull_box.value)
+        return PostprocessOptions(camera_culling=cull, ligament_culling="columns" if cull else None,
+                                  join=self.join_spin.value > 0, join_distance=float(self.join_spin.value),
+                                  rdp_epsilon=float(self.rdp_spin.value), out_thickness=float(self.thick_spin.value))
+
+    def frame_indices(self, n_frames: int, single: bool) -> List[int]:
+        mode = self.mode_combo.value
+        if single or mode == "current frame":
+            return [self._current_frame(single)]
+        if mode == "frame range":
+            start, stop = int(self.start_spin.value), min(int(self.stop_spin.value), n_frames)
+            if start >= stop:
+                raise SurgsegError(f"empty frame range {start}..{stop} (the video has {n_frames} frames)")
+            return list(range(start, stop))
+        return list(range(n_frames))
+
+    # ----------------------------------------------------------------- run
+    def run(self, _=None):
+        try:
+            layer = self._image()
+            ckpt = str(self.checkpoint_edit.value or "")
+            if not ckpt or ckpt == "." or not Path(ckpt).is_file():
+                raise SurgsegError(f"checkpoint not found: {ckpt or '(none chosen)'}")
+            frames, single = self._frames(layer)
+            indices = self.frame_indices(len(frames), single)
+        except SurgsegError as exc:
+            show_error(f"Liver landmarks: {exc}")
+            return None
+        self.run_btn.enabled, self.cancel_btn.enabled = False, True
+        self.status.value = f"running on {len(indices)} frame(s)..."
+        target = (layer, single, len(frames))
+
+        def done(result):
+            self._finish(target, *result)
+
+        self.worker, self._token = run_in_worker(
+            _predict_job, ckpt, frames, indices, self.options(), self._model_cache, on_done=done,
+            description="liver landmarks")
+        self.worker.finished.connect(self._reset_buttons)
+        return self.worker
+
+    def cancel(self, _=None) -> None:
+        if self._token is not None:
+            self._token.cancel()
+
+    def _reset_buttons(self, *_):
+        self.run_btn.enabled, self.cancel_btn.enabled = True, False
+
+    def _ensure_layers(self, layer: Image, single: bool, n_frames: int, shape_hw) -> None:
+        shape = tuple(shape_hw) if single else (n_frames, *shape_hw)
+        if self.labels_layer is None or self.labels_layer not in self.viewer.layers \
+                or self.labels_layer.data.shape != shape:
+            self.labels_layer = self.viewer.add_labels(np.zeros(shape, np.uint8), name=f"{layer.name} liver labels")
+            self.labels_layer.colormap = _label_colormap()
+        if self.shapes_layer is None or self.shapes_layer not in self.viewer.layers:
+            self.shapes_layer = self.viewer.add_shapes(name=f"{layer.name} liver curves", ndim=2 if single else 3,
+                                                       edge_width=3, face_color="transparent")
+            self.shapes_layer.features = {"class_id": np.zeros(0, int), "frame": np.zeros(0, int)}
+
+    def _finish(self, target, provenance: dict, preds: Dict) -> None:
+        layer, single, n_frames = target
+        if not preds:
+            return
+        first = next(iter(preds.values()))
+        self._ensure_layers(layer, single, n_frames, first.raw_full.shape)
+        labels = self.labels_layer.data
+        for i, p in preds.items():
+            out = p.result.dilated if p.result.dilated is not None else p.result.thin
+            if single:
+                labels[...] = out
+            else:
+                labels[i] = out
+        self.labels_layer.refresh()
+        self._replace_paths(preds, single)
+        meta = {**provenance, "source_layer": layer.name}
+        self.labels_layer.metadata.update({"liver": meta})
+        self.shapes_layer.metadata.update({"liver": meta})
+        self.status.value = f"landmarks on {len(preds)} frame(s)"
+        show_info(f"Liver landmarks: {len(preds)} frame(s) done")
+
+    def _replace_paths(self, preds: Dict, single: bool) -> None:
+        sl = self.shapes_layer
+        frames_done = set(preds)
+        feats = sl.features
+        keep = [k for k in range(len(sl.data)) if single is False and int(feats["frame"].iloc[k]) not in frames_done]
+        data = [sl.data[k] for k in keep]
+        cls_ids = [int(feats["class_id"].iloc[k]) for k in keep]
+        fr_ids = [int(feats["frame"].iloc[k]) for k in keep]
+        for i, p in sorted(preds.items()):
+            for c in LANDMARK_CLASSES:
+                for line in p.result.polylines.get(c, ()):
+                    yx = np.asarray(line)[:, ::-1]
+                    data.append(yx if single else np.column_stack([np.full(len(yx), i), yx]))
+                    cls_ids.append(c)
+                    fr_ids.append(0 if single else i)
+        sl.data = []
+        if data:
+            colours = [tuple(v / 255 for v in CLASS_COLOURS[c]) + (1.0,) for c in cls_ids]
+            sl.add_paths(data, edge_color=colours, edge_width=3)
+        sl.features = {"class_id": np.asarray(cls_ids, int), "frame": np.asarray(fr_ids, int)}
+
+    # ---------------------------------------------------------- edit / export
+    def frame_polylines(self) -> Dict[int, Dict[int, List[np.ndarray]]]:
+        """Current (possibly edited) paths of the Shapes layer: {frame: {class: [(N, 2) x, y]}}."""
+        out: Dict[int, Dict[int, List[np.ndarray]]] = {}
+        sl = self.shapes_layer
+        if sl is None:
+            return out
+        feats = sl.features
+        for k, d in enumerate(sl.data):
+            c, f = int(feats["class_id"].iloc[k]), int(feats["frame"].iloc[k])
+            if c not in LANDMARK_CLASSES:
+                continue
+            xy = np.asarray(d)[:, -2:][:, ::-1]
+            out.setdefault(f, {cc: [] for cc in LANDMARK_CLASSES})[c].append(xy)
+        return out
+
+    def use_as_correction(self, _=None) -> Optional[int]:
+        """Rasterise the current frame's paths into the Labels layer (the
+        frame becomes training data) and mark the frame as corrected."""
+        if self.shapes_layer is None or self.labels_layer is None:
+            show_error("Liver landmarks: run the model (or draw paths) first")
+            return None
+        single = self.labels_layer.data.ndim == 2
+        frame = self._current_frame(single)
+        polys = self.frame_polylines().get(frame, {})
+        canvas = np.zeros(self.labels_layer.data.shape[-2:], np.uint8)
+        thick = float(self.thick_spin.value)
+        for c in LANDMARK_CLASSES:  # the rasteriser's class order: later classes win
+            for xy in polys.get(c, ()):
+                draw_polyline(canvas, xy, c, thick)
+        if single:
+            self.labels_layer.data[...] = canvas
+        else:
+            self.labels_layer.data[frame] = canvas
+        self.labels_layer.refresh()
+        meta = self.labels_layer.metadata.setdefault("liver", {})
+        meta["corrected_frames"] = sorted(set(meta.get("corrected_frames", [])) | {frame})
+        show_info(f"Liver landmarks: frame {frame} stored as correction")
+        return frame
+
+    def _provenance(self) -> dict:
+        return dict((self.shapes_layer.metadata or {}).get("liver", {})) if self.shapes_layer is not None else {}
+
+    def export(self, path, fmt: str) -> List[Path]:
+        frames = self.frame_polylines()
+        if not frames:
+            raise SurgsegError("no landmarks to export: run the model first")
+        size = None
+        if self.labels_layer is not None:
+            h, w = self.labels_layer.data.shape[-2:]
+            size = (w, h)
+        path = Path(path)
+        if fmt == "json":
+            return [write_landmarks_json(path, frames, size, self._provenance())]
+        if fmt == "csv":
+            return [write_landmarks_csv(path, frames)]
+        if fmt == "xml":
+            return write_p2ilf_xml_frames(path, frames, stem=path.name or "frame")
+        raise SurgsegError(f"unknown export format {fmt!r}")
+
+    def _export_dialog(self, fmt: str) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        try:
+            if fmt == "xml":
+                path = QFileDialog.getExistingDirectory(self.native, "Folder for P2ILF XML files")
+            else:
+                path, _ = QFileDialog.getSaveFileName(self.native, f"Export landmarks ({fmt})", "",
+                                                      f"*.{fmt}")
+            if path:
+                written = self.export(path, fmt)
+                show_info(f"Liver landmarks: wrote {len(written)} file(s) to {Path(path)}")
+        except (SurgsegError, OSError) as exc:
+            show_error(f"Liver landmarks export: {exc}")
+
+
+def _label_colormap():
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict=LABEL_COLORS)
