@@ -182,6 +182,7 @@ def worker_sequential(path: str, n_seq: int, which: str, queue) -> None:
     def ours():
         with open_video(path) as src:
             frames = src.iter_frames(0, n_seq)
+            next(frames)  # every reader: first frame before the clock (decoder start-up is TTFF's business)
             t = time.perf_counter()
             for _, rgb in frames:
                 pass
@@ -192,8 +193,10 @@ def worker_sequential(path: str, n_seq: int, which: str, queue) -> None:
             stream = container.streams.video[0]
             if thread_type:
                 stream.codec_context.thread_type = thread_type
+            frames = container.decode(stream)
+            rgb = next(frames).to_ndarray(format="rgb24")
             t = time.perf_counter()
-            for k, frame in enumerate(container.decode(stream)):
+            for k, frame in enumerate(frames, 1):
                 rgb = frame.to_ndarray(format="rgb24")  # kept until the next one, like any consumer
                 if k + 1 >= n_seq:
                     break
@@ -203,8 +206,9 @@ def worker_sequential(path: str, n_seq: int, which: str, queue) -> None:
     def imageio():
         gen = imageio_ffmpeg.read_frames(path)
         next(gen)
+        next(gen)
         t = time.perf_counter()
-        for k, frame in enumerate(gen):
+        for k, frame in enumerate(gen, 1):
             rgb = np.frombuffer(frame, np.uint8)  # noqa: F841
             if k + 1 >= n_seq:
                 break
@@ -213,7 +217,7 @@ def worker_sequential(path: str, n_seq: int, which: str, queue) -> None:
         return elapsed
 
     readers = {"ours": ours, "raw": raw, "raw_auto": lambda: raw("AUTO"), "imageio": imageio}
-    queue.put(n_seq / readers[which]())
+    queue.put((n_seq - 1) / readers[which]())
 
 
 def run_worker(target, *args) -> dict:
@@ -341,7 +345,7 @@ def main(argv=None) -> int:
         "imageio's ffmpeg plugin does to seek); the two readers alternate frame by frame in one process so "
         "load from other jobs hits both alike (10-minute file: imageio-ffmpeg timed on the first 4 frames "
         "only). Cached: the same frames again with the 256 MB cache on. Sequential: steady state (readers "
-        "opened before the clock starts), every loop keeps the current RGB array while the next is decoded "
+        "opened and their first frame read before the clock starts), every loop keeps the current RGB array while the next is decoded "
         "(as a consumer does), each run in a fresh process, best of 3 interleaved runs; raw PyAV = `container.decode()` + "
         "`to_ndarray('rgb24')` with PyAV's default slice threading (in brackets: frame threading, which our "
         "reader uses). Peak memory: highest RSS of a separate worker process plus its ffmpeg children during "

@@ -73,6 +73,6 @@ def test_predict_video_writes_landmarks(tmp_path):
     assert sorted(frames) == [0, 1, 2]
     assert any(len(v) for f in frames.values() for v in f.values())
     prov = json.loads((folder / "landmarks.json").read_text())["provenance"]
-    assert prov["model"]["arch"] == "unet" and len(prov["checkpoint_sha256"]) == 64
+    assert prov["model"]["arch"] == "unet" and prov["postprocess"]["join_distance"] == 15.0
     assert (folder / "landmarks.csv").read_text().startswith("frame,class_id")
     assert len(list((folder / "xml").glob("*.xml"))) == 3

@@ -180,16 +180,17 @@ def test_reader_opens_a_real_clip_lazily(make_napari_viewer):
 def test_sample_data_layers(make_napari_viewer, tmp_path, monkeypatch):
     """The sample functions give a lazy video plus ground truth; without a
     checkout copy they regenerate into the cache folder."""
-    from napari_surgseg import _sample_data
+    from surgseg_core.synth import sample
     from surgseg_core.synth.writer import read_tool_landmarks, write_liver_dataset, write_synthetic_clip
 
-    monkeypatch.setattr(_sample_data, "_candidates", lambda name: [tmp_path / "nowhere" / name])
-    monkeypatch.setattr(_sample_data, "_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(sample, "candidates", lambda name: [tmp_path / "nowhere" / name])
+    monkeypatch.setattr(sample, "cache_dir", lambda: tmp_path / "cache")
     # small clips keep the test quick; the real defaults are used by users
-    monkeypatch.setattr(_sample_data, "_generate_clip",
-                        lambda f: write_synthetic_clip(f, seed=2, n_frames=10, height=64, width=80))
-    monkeypatch.setattr(_sample_data, "_generate_liver",
-                        lambda f: write_liver_dataset(f, seed=1, n_frames=3, height=64, width=80))  # fmt: skip
+    small = {
+        sample.CLIP_DIR: lambda f: write_synthetic_clip(f, seed=2, n_frames=10, height=64, width=80),
+        sample.LIVER_DIR: lambda f: write_liver_dataset(f, seed=1, n_frames=3, height=64, width=80),
+    }
+    monkeypatch.setattr(sample, "generate", lambda name, f: small[name](f))
     viewer = make_napari_viewer()
     layers = viewer.open_sample(PLUGIN, "synthetic_clip")
     kinds = [ly._type_string for ly in layers]

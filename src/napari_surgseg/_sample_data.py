@@ -10,75 +10,14 @@ loaded into memory so they can be edited.
 from __future__ import annotations
 
 import json
-import logging
-import os
-from pathlib import Path
-from typing import Callable, List, Optional
 
 import numpy as np
+from surgseg_core.synth.sample import CLIP_DIR, LIVER_DIR, sample_folder
 
 from ._layers import labels_layer_data, points_layer_data, video_layer_data
 
-log = logging.getLogger(__name__)
-
-CLIP_DIR = "synthetic_clip"
-LIVER_DIR = "synthetic_liver"
-_KINDS = {CLIP_DIR: "endoscopy_clip", LIVER_DIR: "liver_scene"}
 # Curve colours of the liver scene (silhouette, ridge, ligament), P2ILF-like.
 _CURVE_COLORS = {"silhouette": "yellow", "ridge": "red", "ligament": "blue"}
-
-
-def _is_complete(folder: Path, name: str) -> bool:
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("kind") == _KINDS[name] and (folder / "video.mp4").is_file()
-
-
-def _candidates(name: str) -> List[Path]:
-    import surgseg_core
-
-    out = []
-    if os.environ.get("SURGSEG_SAMPLE_DATA"):
-        out.append(Path(os.environ["SURGSEG_SAMPLE_DATA"]) / name)
-    out.append(Path(surgseg_core.__file__).resolve().parents[2] / "sample_data" / name)  # src layout checkout
-    return out
-
-
-def _cache_dir() -> Path:
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("napari-surgseg")) / "sample_data"
-
-
-def sample_folder(name: str, regenerate: Optional[Callable[[Path], Path]] = None) -> Path:
-    """Folder holding sample ``name``: the checkout's, else the user cache
-    (generated there on first use with ``regenerate``)."""
-    for folder in _candidates(name):
-        if _is_complete(folder, name):
-            return folder
-    cached = _cache_dir() / name
-    if not _is_complete(cached, name):
-        if regenerate is None:
-            raise FileNotFoundError(f"sample data {name!r} not found in {', '.join(map(str, _candidates(name)))}")
-        log.info("generating sample data %s into %s", name, cached)
-        regenerate(cached)
-    return cached
-
-
-def _generate_clip(folder: Path) -> Path:
-    from surgseg_core.synth.cli import SAMPLE_CLIP  # the settings of the committed sample_data/
-    from surgseg_core.synth.writer import write_synthetic_clip
-
-    return write_synthetic_clip(folder, **SAMPLE_CLIP)
-
-
-def _generate_liver(folder: Path) -> Path:
-    from surgseg_core.synth.cli import SAMPLE_LIVER
-    from surgseg_core.synth.writer import write_liver_dataset
-
-    return write_liver_dataset(folder, **SAMPLE_LIVER)
 
 
 def _class_features(names: dict) -> dict:
@@ -93,7 +32,7 @@ def sample_clip() -> list:
     from surgseg_core.io.export import read_png_masks
     from surgseg_core.synth.writer import read_tool_landmarks
 
-    folder = sample_folder(CLIP_DIR, _generate_clip)
+    folder = sample_folder(CLIP_DIR)
     meta = json.loads((folder / "meta.json").read_text())
     video = video_layer_data(open_video(folder / "video.mp4"), name="synthetic clip")
 
@@ -126,7 +65,7 @@ def sample_liver() -> list:
     from surgseg_core.io.export import read_png_masks
     from surgseg_core.synth.writer import read_liver_curves
 
-    folder = sample_folder(LIVER_DIR, _generate_liver)
+    folder = sample_folder(LIVER_DIR)
     meta = json.loads((folder / "meta.json").read_text())
     video = video_layer_data(open_video(folder / "video.mp4"), name="synthetic liver")
     masks = labels_layer_data(read_png_masks(folder / "masks"), "liver curves mask (ground truth)", meta)
