@@ -111,6 +111,12 @@ def test_trace_skeleton_orders_paths():
     branches = trace_skeleton(y)
     assert len(branches) == 3
     assert all(tuple(b[0]) == (20, 20) or tuple(b[-1]) == (20, 20) for b in branches)
+    # a short spur (thinning artefact) is pruned and the line stays one path
+    spur = sk.copy()
+    spur[7:10, 30] = True
+    assert len(trace_skeleton(spur)) == 3
+    (merged,) = trace_skeleton(spur, min_branch=5)
+    assert len(merged) == 45 and set(merged[:, 0]) == {10}
     # a closed ring comes back to its start
     ring = np.zeros((30, 30), bool)
     ring[5, 5:25] = ring[24, 5:25] = ring[5:25, 5] = ring[5:25, 24] = True

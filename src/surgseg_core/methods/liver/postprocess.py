@@ -18,8 +18,9 @@ switch in :class:`PostprocessOptions`, applied in the paper's order:
    connected by a straight line between their nearest pixels (shortest gaps
    first, never closing a loop);
 4. Zhang-Suen thinning (``skimage.morphology.skeletonize(method="zhang")``);
-5. Ramer-Douglas-Peucker simplification (``skimage.measure.approximate_polygon``)
-   of the skeleton traced into ordered paths;
+5. Ramer-Douglas-Peucker simplification of the skeleton traced into ordered
+   paths (spurs shorter than ``min_branch`` px pruned first, see
+   ``skeleton_paths``);
 6. outputs at the ORIGINAL image resolution: the polylines are scaled (not
    the masks), then drawn 1 px thin and at ``out_thickness``.
 
@@ -56,6 +57,7 @@ class PostprocessOptions:
     simplify: bool = True
     rdp_epsilon: float = 1.0          # px at the network resolution
     min_path_pixels: int = 2          # drop isolated skeleton specks
+    min_branch: int = 8               # prune skeleton spurs shorter than this (px at the network resolution)
     out_thickness: Optional[float] = 12.0  # px at the original resolution; None: no dilated map
 
     def __post_init__(self) -> None:
@@ -106,7 +108,7 @@ def _fov_small(image: np.ndarray, threshold: float = 20.0, reduce: int = 4, shap
         cand = lab == sizes.argmax()
     fov = _fill_holes(cand)
     frac = fov.mean()
-    if frac > 0.98 or frac < 0.05:
+    if frac > 0.995 or frac < 0.05:
         return None
     if shape == "circle":
         fov = _fit_circle_mask(fov)
@@ -412,7 +414,8 @@ def _polylines_from_points(ys, xs, vals, options: PostprocessOptions) -> Dict[in
         sk = skeletonize_mask(crop) if options.skeletonize else crop
         ry, rx = nonzero2d(sk)
         canvas[ry + (y0 - oy), rx + (x0 - ox)] = cls
-    for cls, path in trace_label_skeleton(canvas, min_pixels=options.min_path_pixels):
+    for cls, path in trace_label_skeleton(canvas, min_pixels=options.min_path_pixels,
+                                                min_branch=options.min_branch):
         if options.simplify:
             path = simplify_path(path, options.rdp_epsilon)
         path = path + (oy, ox)

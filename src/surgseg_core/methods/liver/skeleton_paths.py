@@ -10,7 +10,10 @@ scipy's sparse-graph routines (C speed, no per-pixel Python loop):
 2. nodes of degree >= 3 are junctions; removing them leaves simple paths and
    cycles, all ordered by one depth-first walk (see below);
 3. each path is extended at its ends to the junction pixels it touches so that
-   branches still meet.
+   branches still meet;
+4. optionally, spurs shorter than ``min_branch`` pixels (thinning artefacts
+   of thick masks) are dropped and the two paths then left at a junction are
+   joined into one.
 """
 from __future__ import annotations
 
@@ -40,14 +43,14 @@ def _edges(lab: np.ndarray, idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return np.concatenate(src), np.concatenate(dst)
 
 
-def trace_skeleton(skel: np.ndarray, min_pixels: int = 2) -> List[np.ndarray]:
+def trace_skeleton(skel: np.ndarray, min_pixels: int = 2, min_branch: int = 0) -> List[np.ndarray]:
     """Ordered paths (arrays of (row, col)) of a boolean skeleton image.
     Paths with fewer than ``min_pixels`` pixels are dropped; closed loops
     repeat their first pixel at the end."""
-    return [p for _, p in trace_label_skeleton(np.asarray(skel, dtype=np.uint8), min_pixels)]
+    return [p for _, p in trace_label_skeleton(np.asarray(skel, dtype=np.uint8), min_pixels, min_branch)]
 
 
-def trace_label_skeleton(lab: np.ndarray, min_pixels: int = 2) -> List[Tuple[int, np.ndarray]]:
+def trace_label_skeleton(lab: np.ndarray, min_pixels: int = 2, min_branch: int = 0) -> List[Tuple[int, np.ndarray]]:
     """Like :func:`trace_skeleton` for several classes at once: ``lab`` holds
     one-pixel skeletons labelled by class (0 background); pixels of different
     classes are never connected. Returns ``[(class, path), ...]`` (one graph
@@ -100,16 +103,67 @@ def trace_label_skeleton(lab: np.ndarray, min_pixels: int = 2) -> List[Tuple[int
     graph = coo_matrix((np.ones(len(vs), np.int8), (vs, vd)), shape=(n + 1, n + 1)).tocsr()
     order = depth_first_order(graph, n, directed=False, return_predecessors=False)[1:]
     cuts = np.nonzero(np.diff(comp[order]))[0] + 1
+    # junction clusters (touching junction pixels are one branch point)
+    jj = junction[src] & junction[dst]
+    jgraph = coo_matrix((np.ones(int(jj.sum()), np.int8), (src[jj], dst[jj])), shape=(n, n))
+    _, jcluster = connected_components(jgraph, directed=False)
+    raw = []  # [class, node list, junction cluster at start or -1, at end or -1, closed]
     for block in np.split(order, cuts):
         block = block.tolist()
         if not np.any(is_end[block[0]]) and len(block) > 2:
-            block.append(block[0])  # closed loop
-        else:
-            first, last = block[0], block[-1]
-            if last in node_to_junction:
-                block.append(node_to_junction[last])
-            if first in node_to_junction:
-                block.insert(0, node_to_junction[first])
+            raw.append([int(node_class[block[0]]), block + [block[0]], -1, -1, True])
+            continue
+        first, last = block[0], block[-1]
+        j0 = j1 = -1
+        if last in node_to_junction:
+            block.append(node_to_junction[last])
+            j1 = int(jcluster[block[-1]])
+        if first in node_to_junction:
+            block.insert(0, node_to_junction[first])
+            j0 = int(jcluster[block[0]])
+        raw.append([int(node_class[block[0]]), block, j0, j1, False])
+    raw = _prune_and_merge(raw, min_branch)
+    for cls, block, _, _, _ in raw:
         if len(block) >= min_pixels:
-            paths.append((int(node_class[block[0]]), np.column_stack([rows[block], cols[block]])))
+            paths.append((cls, np.column_stack([rows[block], cols[block]])))
     return paths
+
+
+def _prune_and_merge(raw: list, min_branch: int) -> list:
+    """Drop spurs (a free end, a junction end, fewer than ``min_branch``
+    pixels), then join the two paths left at any junction with exactly two
+    path ends, so that a curve with a thinning artefact stays one polyline."""
+    if min_branch > 0:
+        raw = [p for p in raw if not ((p[2] >= 0) != (p[3] >= 0) and len(p[1]) < min_branch)]
+    changed = True
+    while changed:
+        changed = False
+        ends: dict = {}
+        for k, p in enumerate(raw):
+            if p[4]:
+                continue
+            for side, j in ((0, p[2]), (1, p[3])):
+                if j >= 0:
+                    ends.setdefault((p[0], j), []).append((k, side))
+        for (cls, j), members in ends.items():
+            if len(members) != 2:
+                continue
+            (a, sa), (b, sb) = members
+            pa, pb = raw[a], raw[b]
+            if a == b:  # both ends of one path meet: a loop
+                pa[2] = pa[3] = -1
+                pa[4] = True
+                changed = True
+                break
+            # orient: pa ends at j, pb starts at j
+            na = pa[1] if sa == 1 else pa[1][::-1]
+            ja = pa[2] if sa == 1 else pa[3]
+            nb = pb[1] if sb == 0 else pb[1][::-1]
+            jb = pb[3] if sb == 0 else pb[2]
+            if na[-1] == nb[0]:
+                nb = nb[1:]
+            raw[a] = [cls, na + nb, ja, jb, False]
+            del raw[b]
+            changed = True
+            break
+    return raw
