@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 
+# Load triton (pulled in lazily by torch.optim / torch._dynamo) before Qt
+# creates an OpenGL context: under Xvfb, Mesa's llvmpipe loads its own LLVM,
+# and loading triton's LLVM after it segfaults the process.
+try:
+    import triton  # noqa: F401
+except Exception:  # not installed (CPU-only torch) or broken: nothing to order
+    pass
+
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("SURGSEG_REALDATA", REPO.parent / "shared" / "realdata"))
 SAMPLE_DATA = REPO / "sample_data"

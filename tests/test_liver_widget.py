@@ -81,12 +81,13 @@ def test_edit_use_as_correction_and_export(liver_widget, qtbot, tmp_path):
     assert widget.labels_layer.metadata["liver"]["corrected_frames"] == [2]
     (js,) = widget.export(tmp_path / "l.json", "json")
     back = read_landmarks_json(js)
-    assert any(np.allclose(p, [[10, 20], [150, 20]]) for p in back[2][RIDGE])
+    drawn = np.array([[10.0, 20.0], [150.0, 20.0]])  # (x, y)
+    assert any(p.shape == drawn.shape and np.allclose(p, drawn) for p in back[2][RIDGE])
     (csv,) = widget.export(tmp_path / "l.csv", "csv")
     assert csv.read_text().startswith("frame,class_id")
     xmls = widget.export(tmp_path / "xml", "xml")
-    assert len(xmls) == 1 and any(np.allclose(p, [[10, 20], [150, 20]])
-                                  for p in read_p2ilf_xml(xmls[0]).curves[RIDGE])
+    assert len(xmls) == 1
+    assert any(p.shape == drawn.shape and np.allclose(p, drawn) for p in read_p2ilf_xml(xmls[0]).curves[RIDGE])
 
 
 def test_widget_reports_missing_checkpoint(make_napari_viewer, monkeypatch):

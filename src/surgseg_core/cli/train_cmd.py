@@ -136,10 +136,14 @@ def run_evaluate(args) -> int:
 
     metrics = evaluate_checkpoint(args.method, args.checkpoint, args.data, _user_config(args),
                                   progress=TextProgress("evaluate"))
+    # a method may return a ready-made text table (liver: the paper's Table 5/6 layout)
+    table = metrics.pop("table") if isinstance(metrics.get("table"), str) else None
     text = json.dumps(metrics, indent=1, sort_keys=True)
     if args.out:
         atomic_write_text(args.out, text + "\n")
     print(text)
+    if table:
+        print(table)
     return 0
 
 

@@ -105,8 +105,11 @@ def trace_label_skeleton(lab: np.ndarray, min_pixels: int = 2, min_branch: int =
     cuts = np.nonzero(np.diff(comp[order]))[0] + 1
     # junction clusters (touching junction pixels are one branch point)
     jj = junction[src] & junction[dst]
-    jgraph = coo_matrix((np.ones(int(jj.sum()), np.int8), (src[jj], dst[jj])), shape=(n, n))
-    _, jcluster = connected_components(jgraph, directed=False)
+    if jj.any():
+        jgraph = coo_matrix((np.ones(int(jj.sum()), np.int8), (src[jj], dst[jj])), shape=(n, n))
+        _, jcluster = connected_components(jgraph, directed=False)
+    else:
+        jcluster = np.arange(n)
     raw = []  # [class, node list, junction cluster at start or -1, at end or -1, closed]
     for block in np.split(order, cuts):
         block = block.tolist()
