@@ -159,14 +159,15 @@ def _table(args, rows) -> str:
         "",
         "| frames | ours peak RSS (MB) | SAM2 peak RSS (MB) | ours CPU s/frame | SAM2 CPU s/frame | ratio CPU s/frame "
         "(ours/SAM2) | ours wall s/frame | SAM2 wall s/frame | ours total wall s/frame | SAM2 total wall s/frame "
-        "(incl. init_state) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "(incl. init_state) |" + (" ours GPU peak (MB) | SAM2 GPU peak (MB) |" if args.gpu else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.gpu else ""),
     ]
     for n, ours, ref in rows:
         ratio = ours[key] / ref[key] if ours[key] and ref[key] else float("nan")
         lines.append(f"| {n} | {ours['peak_rss_mb']:.0f} | {ref['peak_rss_mb']:.0f} | {ours[key]:.3f} | "
                      f"{ref[key]:.3f} | {ratio:.2f} | {ours['s_per_frame']:.3f} | {ref['s_per_frame']:.3f} | "
-                     f"{ours['total_s'] / n:.3f} | {ref['total_s'] / n:.3f} |")
+                     f"{ours['total_s'] / n:.3f} | {ref['total_s'] / n:.3f} |"
+                     + (f" {ours['gpu_peak_mb']:.0f} | {ref['gpu_peak_mb']:.0f} |" if args.gpu else ""))
     first, last = rows[0][1], rows[-1][1]
     mem_ratio = last["peak_rss_mb"] / first["peak_rss_mb"]
     time_ratio = statistics.median(o[key] / r[key] for _, o, r in rows if o[key] and r[key])

@@ -204,3 +204,28 @@ def test_chain_switches():
         PostprocessOptions(ligament_culling="diagonal")
     with pytest.raises(ConfigError):
         postprocess(np.zeros((2, 3, 4)))
+
+
+def test_fov_on_real_laparoscopic_clip():
+    from conftest import realdata_file
+    from surgseg_core.io import open_video
+
+    frame = np.asarray(open_video(realdata_file("lapchole_clip_rvimlab/endo.mp4"))[10])
+    fov = estimate_fov(frame)
+    circle = estimate_fov(frame, shape="circle")
+    h, w = fov.shape
+    assert not fov[0, 0] and not fov[-1, -1] and fov[h // 2, w // 2]
+    assert 0.5 < fov.mean() < 0.95  # a circular view on black: the corners are out
+    assert (fov & circle).sum() / (fov | circle).sum() > 0.95
+
+
+def test_small_holes_are_filled_before_thinning():
+    from surgseg_core.methods.liver.postprocess import fill_small_holes
+
+    m = np.zeros((40, 80), bool)
+    m[10:20, 5:75] = True
+    m[14:16, 30:33] = False          # 6 px pocket
+    m[11:19, 50:62] = False          # 96 px hole
+    out = fill_small_holes(m, 64)
+    assert out[14:16, 30:33].all() and not out[11:19, 50:62].any()
+    assert (fill_small_holes(m, 0) == m).all()

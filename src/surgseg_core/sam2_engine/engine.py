@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 NO_OBJ_SCORE = -1024.0  # SAM2's placeholder logit for "object absent"
 IMG_MEAN = (0.485, 0.456, 0.406)  # SAM2's loader normalisation
 IMG_STD = (0.229, 0.224, 0.225)
+_MEAN = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
+_STD = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
 
 Sink = Callable[[FrameResult], None]
 
@@ -69,10 +71,9 @@ def preprocess_frame(frame: np.ndarray, image_size: int) -> torch.Tensor:
         else:
             raise VideoError(f"a frame must be uint8 (or float in [0, 1]), got {arr.dtype}")
     img = np.array(Image.fromarray(np.ascontiguousarray(arr)).resize((image_size, image_size)))
-    t = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
-    return (t - mean) / std
+    t = torch.from_numpy(img).permute(2, 0, 1).float()
+    # in place, same operations and order as SAM2's loader: (x / 255 - mean) / std
+    return t.div_(255.0).sub_(_MEAN).div_(_STD)
 
 
 def _has_hole_filling() -> bool:

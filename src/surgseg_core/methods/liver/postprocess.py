@@ -17,7 +17,9 @@ switch in :class:`PostprocessOptions`, applied in the paper's order:
 3. joining: components of one class closer than ``join_distance`` px are
    connected by a straight line between their nearest pixels (shortest gaps
    first, never closing a loop);
-4. Zhang-Suen thinning (``skimage.morphology.skeletonize(method="zhang")``);
+4. Zhang-Suen thinning (``skimage.morphology.skeletonize(method="zhang")``),
+   after filling enclosed holes up to ``max_hole_area`` px (each hole would
+   become a skeleton loop);
 5. Ramer-Douglas-Peucker simplification of the skeleton traced into ordered
    paths (spurs shorter than ``min_branch`` px pruned first, see
    ``skeleton_paths``);
@@ -58,6 +60,7 @@ class PostprocessOptions:
     rdp_epsilon: float = 1.0          # px at the network resolution
     min_path_pixels: int = 2          # drop isolated skeleton specks
     min_branch: int = 8               # prune skeleton spurs shorter than this (px at the network resolution)
+    max_hole_area: int = 64           # fill enclosed holes up to this size before thinning (0: off)
     out_thickness: Optional[float] = 12.0  # px at the original resolution; None: no dilated map
 
     def __post_init__(self) -> None:
@@ -336,6 +339,23 @@ def join_fragments(mask: np.ndarray, max_distance: float = 15.0) -> np.ndarray:
 
 # 4.-5. thinning, tracing, simplification -------------------------------------------
 
+def fill_small_holes(mask: np.ndarray, max_area: int = 64) -> np.ndarray:
+    """Fill enclosed background pockets up to ``max_area`` px (e.g. where a
+    joining line closes a notch). Thinning turns every hole into a loop, and
+    loops break a curve into many short paths; landmarks are open curves."""
+    if max_area <= 0:
+        return mask
+    bg, n = ndi.label(~mask)
+    if n < 2:
+        return mask
+    sizes = np.bincount(bg.ravel())
+    small = sizes <= max_area
+    small[0] = False
+    border = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
+    small[border] = False
+    return mask | small[bg] if small.any() else mask
+
+
 def skeletonize_mask(mask: np.ndarray) -> np.ndarray:
     from skimage.morphology import skeletonize
 
@@ -411,6 +431,7 @@ def _polylines_from_points(ys, xs, vals, options: PostprocessOptions) -> Dict[in
         crop, y0, x0 = _crop_from_points(ys[sel], xs[sel], pad)
         if options.join:
             crop = join_fragments(crop, options.join_distance)
+        crop = fill_small_holes(crop, options.max_hole_area)
         sk = skeletonize_mask(crop) if options.skeletonize else crop
         ry, rx = nonzero2d(sk)
         canvas[ry + (y0 - oy), rx + (x0 - ox)] = cls
