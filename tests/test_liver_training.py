@@ -3,7 +3,6 @@ session, see _liver_helpers), its held-out Dice, two-stage training,
 evaluation in the paper's table layout and prediction on a video."""
 import json
 
-import numpy as np
 import pytest
 
 from _liver_helpers import SMALL_MODEL, held_out_dice, synthetic_liver_splits, trained_liver_model

@@ -16,7 +16,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
 from surgseg_core.errors import SurgsegError
-from surgseg_core.methods.liver import CLASS_COLOURS, CLASS_NAMES, LANDMARK_CLASSES
+from surgseg_core.methods.liver import CLASS_COLOURS, LANDMARK_CLASSES
 from surgseg_core.methods.liver.export import write_landmarks_csv, write_landmarks_json, write_p2ilf_xml_frames
 from surgseg_core.methods.liver.rasterize import draw_polyline
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
-
-import numpy as np
+from typing import Any, Dict, Mapping, Optional
 
 from ...errors import DatasetError
 from ...progress import CancelToken, ProgressCallback, check_cancel, report

@@ -23,7 +23,7 @@ means, as the challenge does).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
