@@ -21,7 +21,7 @@ SMALL_MODEL = {
     "decoder_channels": [32, 16, 8], "input_width": W, "input_height": H,
 }
 TRAIN_CONFIG = {
-    **SMALL_MODEL, "lr": 3e-3, "batch_size": 8, "epochs": 12, "scheduler": "cosine",
+    **SMALL_MODEL, "lr": 3e-3, "batch_size": 8, "epochs": 16, "scheduler": "cosine",
     "early_stopping_patience": 0, "loss_alpha": 1.0, "loss_beta": 1.0, "device": "cpu", "seed": 0,
     "line_thickness": 3, "eval_thickness": 3, "d_max": 10,
 }
@@ -46,7 +46,11 @@ def write_split(root: Path, seeds, n_frames: int) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def synthetic_liver_splits() -> dict:
+    import atexit
+    import shutil
+
     root = Path(tempfile.mkdtemp(prefix="surgseg-liver-"))
+    atexit.register(shutil.rmtree, root, True)
     return {
         "root": root,
         "train": write_split(root / "train", TRAIN_SEEDS, 12),

@@ -20,6 +20,7 @@ _SUBCOMMANDS = [
     "surgseg_core.cli.train_cmd",
     "surgseg_core.cli.export_cmd",
     "surgseg_core.cli.demo_cmd",
+    "surgseg_core.cli.track_cmd",
     "surgseg_core.synth.cli",
 ]
 

@@ -88,6 +88,40 @@ def _has_hole_filling() -> bool:
         return False
 
 
+class _Prefetcher:
+    """Reads and preprocesses frames on one background thread, ahead of the
+    model (SAM2 preloads the whole video in ``init_state``; we read one frame
+    ahead so reading overlaps compute while memory stays flat). All reads of
+    a propagation go through this one thread, in order, so frame sources
+    that are not thread-safe (a video decoder) are never read concurrently.
+    At most two frames are held: the one being consumed and the next."""
+
+    def __init__(self, load: Callable[[int], torch.Tensor]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._load = load
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="surgseg-sam2-prefetch")
+        self._pending: Dict[int, Any] = {}  # frame index -> Future
+
+    def ahead(self, frame_idx: int) -> None:
+        if frame_idx not in self._pending:
+            self._pending[frame_idx] = self._pool.submit(self._load, frame_idx)
+
+    def take(self, frame_idx: int) -> torch.Tensor:
+        """The frame (waiting for it); reads it now (on the reader thread) if
+        it was not asked for ahead."""
+        future = self._pending.pop(frame_idx, None)
+        if future is None:
+            future = self._pool.submit(self._load, frame_idx)
+        return future.result()
+
+    def close(self) -> None:
+        """Drop frames read ahead that were not used (cancel, error) and stop
+        the thread; waits at most for the one read in progress."""
+        self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class StreamingSAM2:
     """SAM2 video object segmentation over any frame source, in bounded memory.
 
@@ -153,6 +187,7 @@ class StreamingSAM2:
         self._fill_holes = int(getattr(model, "fill_hole_area", 0) or 0) > 0 and _has_hole_filling()
         self._pos_enc: Optional[List[torch.Tensor]] = None  # same for every frame
         self._streaming = False  # inside propagate(): see _backbone
+        self._prefetch: Optional[_Prefetcher] = None  # inside propagate(): next frame read ahead
         self._current: Optional[Tuple[int, List[torch.Tensor]]] = None
         self._maskmem_pos_enc: Optional[List[torch.Tensor]] = None
         self.frames = None
@@ -222,12 +257,18 @@ class StreamingSAM2:
         return self.objects[obj_id]
 
     # -------------------------------------------------------------- features
-    def _read_frame(self, frame_idx: int) -> torch.Tensor:
+    def _load_frame(self, frame_idx: int) -> torch.Tensor:
+        """Read + preprocess one frame on the CPU (also run by the prefetcher)."""
         try:
             frame = self.frames[frame_idx]
         except Exception as exc:
             raise VideoError(f"cannot read frame {frame_idx} of {type(self.frames).__name__}: {exc}") from exc
-        return preprocess_frame(frame, self.image_size).to(self.device).unsqueeze(0)
+        return preprocess_frame(frame, self.image_size)
+
+    def _read_frame(self, frame_idx: int) -> torch.Tensor:
+        pre = self._prefetch.take(frame_idx) if self._prefetch is not None else None
+        image = pre if pre is not None else self._load_frame(frame_idx)
+        return image.to(self.device).unsqueeze(0)
 
     def _backbone(self, frame_idx: int) -> List[torch.Tensor]:
         feats = self.cache.get(frame_idx)
@@ -648,17 +689,43 @@ class StreamingSAM2:
             order = self._order(direction, start, first, last)
             total = len(order)
             report(progress, 0, total, "propagating")
+            reads = self._frames_to_read(order)
             self._streaming = True
+            self._prefetch = _Prefetcher(self._load_frame)
             try:
                 for done, (frame_idx, reverse) in enumerate(order, 1):
                     check_cancel(cancel)
+                    # read the next frame(s) while the model works on this one
+                    for t in reads[done - 1 : done + 1]:
+                        if t is not None:
+                            self._prefetch.ahead(t)
                     result = self._step(frame_idx, reverse)
                     if sink is not None:
                         sink(result)
                     report(progress, done, total, f"frame {frame_idx}")
             finally:
+                self._prefetch.close()
+                self._prefetch = None
                 self._end_streaming()
         return total
+
+    def _frames_to_read(self, order: List[Tuple[int, bool]]) -> List[Optional[int]]:
+        """Per step, the frame ``_backbone`` will have to read then (None: its
+        features are cached, it is the previous step's frame, or it is a
+        prompted frame of every object, where no model call runs). The cache
+        and the prompted frames do not change during a propagation."""
+        reads: List[Optional[int]] = []
+        prev = self._current[0] if self._current is not None else None
+        for frame_idx, _ in order:
+            skip = (
+                frame_idx in self.cache
+                or frame_idx == prev
+                or all(frame_idx in m.cond for m in self.objects.values())
+            )
+            reads.append(None if skip else frame_idx)
+            if not skip:
+                prev = frame_idx
+        return reads
 
     def _end_streaming(self) -> None:
         # the frame where propagation stopped is where the user looks next

@@ -1,0 +1,135 @@
+"""``surgseg track``: SAM2 video object tracking from clicks or boxes.
+
+Same code path as the "Track with SAM2" napari widget
+(:func:`surgseg_core.sam2_engine.track.track_video`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError, VideoError
+from ..progress import TextProgress
+
+log = logging.getLogger(__name__)
+
+_EXAMPLES = """\
+examples:
+  # one box around the instrument on frame 0, tracked forward and backward:
+  surgseg track clip.mp4 --box 0 120 80 260 200 --out masks/ --checkpoint sam2.1_hiera_tiny
+  # two objects, each from a box on a different frame, frames 100..400 only:
+  surgseg track clip.mp4 --box 120 40 30 200 110 --obj-id 1 --box 150 210 60 300 180 --obj-id 2 \\
+      --range 100 400 --out masks/ --model sam2.1_hiera_small --checkpoint sam2.1_hiera_small
+  # clicks saved from napari (Points layer -> CSV) with fine-tuned weights:
+  surgseg track clip.mp4 --points prompts.csv --model my_finetuned_sam2 --out masks/
+  # pipeline test without any weights (random SAM2, masks are meaningless):
+  surgseg track clip.mp4 --box 0 10 10 60 50 --model surgseg_tiny --out /tmp/masks
+
+POINTS.csv: columns frame,x,y (video pixels) plus optional obj_id (default 1) and
+positive (1/true = object, 0/false = background; default 1), e.g.
+  frame,x,y,obj_id,positive
+  0,140,92,1,1
+  0,60,40,1,0
+Output: OUT/000000.png ... (label value = object id; --per-object: OUT/obj_<id>/, 0/1)
+and OUT/provenance.json (model, weights hash, prompts, versions). Without --checkpoint
+(or registered weights as --model) SAM2's weights are RANDOM and the masks say nothing.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "track",
+        help="track objects through a video with SAM2 from clicks or boxes",
+        description="Segment objects on prompted frames and track them through the video with SAM2, "
+        "writing one PNG label map per frame. Frames are read lazily and memory stays flat.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EXAMPLES,
+    )
+    p.add_argument("video", help="video file, TIFF stack or folder of numbered frames")
+    p.add_argument("--points", metavar="POINTS.csv", help="click prompts: CSV frame,x,y[,obj_id][,positive]")
+    p.add_argument("--box", nargs=5, type=float, action="append", metavar=("FRAME", "X0", "Y0", "X1", "Y1"),
+                   help="box prompt on a frame (repeatable)")
+    p.add_argument("--obj-id", type=int, action="append", dest="obj_ids", metavar="N",
+                   help="object id of the preceding --box (repeat once per box; default 1, 2, ... in order)")
+    p.add_argument("--out", required=True, help="output folder for the PNG label maps")
+    p.add_argument("--model", default="surgseg_tiny",
+                   help="SAM2 config or official name (sam2.1_hiera_tiny, ...) or registered weights name "
+                   "(default surgseg_tiny: a tiny test architecture)")
+    p.add_argument("--checkpoint", help="weights file or registered/official weights name (default: none = random)")
+    p.add_argument("--direction", choices=["both", "forward", "backward"], default="both",
+                   help="propagate from the earliest prompt forward, backward or both (default both)")
+    p.add_argument("--range", nargs=2, type=int, metavar=("A", "B"), dest="frame_range",
+                   help="track only frames A..B (inclusive, 0-based)")
+    p.add_argument("--image-size", type=int, help="processing resolution (multiple of 32; default: the model's)")
+    p.add_argument("--per-object", action="store_true", help="one 0/1 PNG folder per object instead of one label map")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_track)
+
+
+def _box_prompts(boxes, obj_ids):
+    boxes = boxes or []
+    if obj_ids and len(obj_ids) != len(boxes):
+        raise ConfigError(f"{len(obj_ids)} --obj-id for {len(boxes)} --box: give one --obj-id per --box, or none")
+    prompts = []
+    for i, (frame, x0, y0, x1, y1) in enumerate(boxes):
+        if frame != int(frame):
+            raise ConfigError(f"--box {i + 1}: FRAME must be a whole number, got {frame:g}")
+        prompts.append({"frame": int(frame), "obj_id": obj_ids[i] if obj_ids else i + 1, "box": [x0, y0, x1, y1]})
+    return prompts
+
+
+def _points_prompts(path: str):
+    from ..io.export import read_points_csv
+    from ..sam2_engine.track import prompts_from_points_table
+
+    table = read_points_csv(path)
+    if table.data.ndim != 2 or table.data.shape[1] != 3:
+        raise ConfigError(f"{path}: needs a 'frame' column (columns frame,x,y[,obj_id][,positive])")
+    try:
+        return prompts_from_points_table(table)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _track(args: argparse.Namespace) -> int:
+    from ..io import open_video
+    from ..sam2_engine.track import track_video
+
+    if args.obj_ids and not args.box:
+        raise ConfigError("--obj-id belongs to a --box; for clicks put an obj_id column in the points CSV")
+    if not Path(args.video).exists():
+        raise VideoError(f"video not found: {args.video}")
+    prompts = _box_prompts(args.box, args.obj_ids)
+    if args.points:
+        prompts += _points_prompts(args.points)
+    if not prompts:
+        raise ConfigError("no prompts: give --box FRAME X0 Y0 X1 Y1 and/or --points POINTS.csv (with at least one row)")
+    video = open_video(args.video)
+    try:
+        summary = track_video(
+            video,
+            prompts,
+            model=args.model,
+            checkpoint=args.checkpoint,
+            image_size=args.image_size,
+            direction=args.direction,
+            frame_range=tuple(args.frame_range) if args.frame_range else None,
+            out_dir=args.out,
+            per_object=args.per_object,
+            device=args.device,
+            progress=TextProgress("tracking"),
+        )
+    finally:
+        video.close()
+    if args.json:
+        json.dump({k: v for k, v in summary.items() if k != "provenance"}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(f"wrote {summary['frames_written']} label map(s) for object(s) {summary['obj_ids']} to {summary['out_dir']}")
+        if summary["random_weights"]:
+            print("WARNING: random SAM2 weights (no --checkpoint): the masks are not segmentations", file=sys.stderr)
+    return 0

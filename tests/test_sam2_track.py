@@ -1,0 +1,316 @@
+"""SAM2 tracking from prompts: the core function, ``surgseg track`` and the
+"Track with SAM2" widget share one code path (``track_video``).
+
+Models are randomly initialised surgseg_tiny SAM2 models (no weights can be
+downloaded here). As in test_sam2_engine.py, the object-score head's output
+bias is set to +10 so the random decoder says "object present" and the
+masks are its (non-trivial, meaningless) logits; every test that reads
+masks checks they are non-trivial.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from surgseg_core.errors import Cancelled, ConfigError
+from surgseg_core.sam2_engine import StreamingSAM2, build_model
+from surgseg_core.sam2_engine import build as build_module
+from surgseg_core.sam2_engine.build import TINY_CONFIG
+from surgseg_core.sam2_engine.track import normalize_prompts, prompts_from_points_table, track_video
+
+T, H, W = 6, 64, 80
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    from surgseg_core.synth import generate_endoscopy_clip
+
+    clip = generate_endoscopy_clip(5, n_frames=T, height=H, width=W)
+    return np.stack([clip.frame(i).image for i in range(T)])
+
+
+def _present(model):
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
+    return model
+
+
+@pytest.fixture
+def biased_build(monkeypatch):
+    """Every model built by name gets the object-present bias."""
+    real = build_module.build_model
+
+    def build(*args, **kwargs):
+        return _present(real(*args, **kwargs))
+
+    monkeypatch.setattr(build_module, "build_model", build)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("SURGSEG_WEIGHTS_DIR", str(tmp_path / "weights"))
+    torch.set_num_threads(1)
+
+
+def _read_pngs(folder):
+    return {int(p.stem): np.array(Image.open(p)) for p in sorted(folder.glob("*.png"))}
+
+
+def _engine_labels(frames, prompts, **kw):
+    """What StreamingSAM2 gives directly for the same prompts (reference)."""
+    engine = StreamingSAM2(_present(build_model(TINY_CONFIG, seed=0)), frames)
+    for p in normalize_prompts(prompts):
+        engine.add_points(p["frame"], p["obj_id"], p["points"] or None, p["labels"] or None, box=p["box"])
+    out = {}
+    engine.propagate(lambda r: out.__setitem__(r.frame_idx, r.label_map()), **kw)
+    return out
+
+
+# ------------------------------------------------------------------ core
+def test_track_box_writes_one_png_per_frame_in_range_and_says_random(frames, tmp_path, biased_build, caplog):
+    prompts = [{"frame": 2, "obj_id": 3, "box": [10, 8, 50, 40]}]
+    with caplog.at_level("WARNING"):
+        summary = track_video(frames, prompts, frame_range=(1, 4), out_dir=tmp_path / "m", direction="both")
+    assert "RANDOMLY INITIALISED" in caplog.text
+    pngs = _read_pngs(tmp_path / "m")
+    assert sorted(pngs) == [1, 2, 3, 4] and summary["frames_written"] == 4
+    stack = np.stack(list(pngs.values()))
+    assert stack.shape == (4, H, W) and stack.dtype == np.uint8
+    assert set(np.unique(stack)) == {0, 3}, "masks must be non-trivial and carry the object id"
+    ref = _engine_labels(frames, prompts, frame_range=(1, 4), direction="both")
+    for t, labels in pngs.items():
+        np.testing.assert_array_equal(labels, ref[t])
+    prov = json.loads((tmp_path / "m" / "provenance.json").read_text())
+    assert summary["random_weights"] is True and prov["random_weights"] is True
+    assert prov["model"] == "random-init surgseg_tiny" and prov["checkpoint"] is None
+    assert "RANDOM" in prov["warning"]
+    assert prov["tracking"] == {"direction": "both", "frame_range": [1, 4], "frames_written": 4, "status": "completed"}
+    assert prov["prompts"][0]["frame"] == 2 and prov["prompts"][0]["object"] == 3
+
+
+def test_track_points_two_objects_equals_the_engine(frames, tmp_path, biased_build):
+    # napari-style (t, y, x) points with obj_id / positive features
+    data = np.array([[1, 30, 20], [1, 10, 70], [1, 40, 60], [3, 35, 22]], float)
+    features = {"obj_id": [1, 1, 2, 1], "positive": [True, False, True, True]}
+    prompts = prompts_from_points_table(data, features)
+    assert prompts == [
+        {"frame": 1, "obj_id": 1, "points": [[20.0, 30.0], [70.0, 10.0]], "labels": [1, 0], "box": None},
+        {"frame": 1, "obj_id": 2, "points": [[60.0, 40.0]], "labels": [1], "box": None},
+        {"frame": 3, "obj_id": 1, "points": [[22.0, 35.0]], "labels": [1], "box": None},
+    ]
+    got = {}
+    summary = track_video(frames, prompts, direction="forward", sink=lambda r: got.__setitem__(r.frame_idx, r.label_map()))
+    assert sorted(got) == list(range(1, T)) and summary["obj_ids"] == [1, 2]
+    ref = _engine_labels(frames, prompts, direction="forward")
+    for t in got:
+        np.testing.assert_array_equal(got[t], ref[t])
+    assert set(np.unique(np.stack(list(got.values())))) == {0, 1, 2}
+
+
+def test_prompt_errors_name_the_problem(frames):
+    with pytest.raises(ConfigError, match="no prompts"):
+        track_video(frames, [])
+    with pytest.raises(ConfigError, match="outside the video"):
+        track_video(frames, [{"frame": T, "obj_id": 1, "points": [[1, 1]], "labels": [1]}])
+    with pytest.raises(ConfigError, match="x1 > x0"):
+        normalize_prompts([{"frame": 0, "obj_id": 1, "box": [50, 5, 10, 40]}])
+    with pytest.raises(ConfigError, match="neither points nor a box"):
+        normalize_prompts([{"frame": 0, "obj_id": 1}])
+    with pytest.raises(ConfigError, match="2 points but 1 labels"):
+        normalize_prompts([{"frame": 0, "obj_id": 1, "points": [[1, 1], [2, 2]], "labels": [1]}])
+    with pytest.raises(ConfigError, match="outside the frame range"):
+        track_video(frames, [{"frame": 0, "obj_id": 1, "box": [1, 1, 9, 9]}], frame_range=(2, 4))
+    with pytest.raises(ConfigError, match="'positive'"):
+        prompts_from_points_table(np.array([[0, 1, 1]]), {"positive": ["maybe"]})
+    with pytest.raises(ConfigError, match="whole frames"):
+        prompts_from_points_table(np.array([[0.5, 1, 1]]))
+    with pytest.raises(ConfigError, match="unknown SAM2 model"):
+        track_video(frames, [{"frame": 0, "obj_id": 1, "box": [1, 1, 9, 9]}], model="no_such_model")
+
+
+# ------------------------------------------------------------------ CLI
+@pytest.fixture
+def video_tif(frames, tmp_path):
+    import tifffile
+
+    path = tmp_path / "clip.tif"
+    tifffile.imwrite(path, frames, photometric="rgb")
+    return path
+
+
+def test_cli_track_box_and_points_end_to_end(video_tif, tmp_path, biased_build, capsys):
+    from surgseg_core.cli.main import main
+    from surgseg_core.io.export import write_points_csv
+
+    csv = write_points_csv(np.array([[4, 30, 60], [4, 5, 5]]), tmp_path / "p.csv",
+                           features={"obj_id": [2, 2], "positive": [1, 0]})
+    out = tmp_path / "masks"
+    rc = main(["track", str(video_tif), "--box", "1", "10", "8", "50", "40", "--obj-id", "1",
+               "--points", str(csv), "--out", str(out), "--range", "1", "5", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["obj_ids"] == [1, 2] and summary["random_weights"] is True
+    pngs = _read_pngs(out)
+    assert sorted(pngs) == [1, 2, 3, 4, 5]
+    assert set(np.unique(np.stack(list(pngs.values())))) == {0, 1, 2}
+    assert json.loads((out / "provenance.json").read_text())["random_weights"] is True
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_video", "video not found"),
+        ("bad_columns", "lacks 'x' and 'y'"),
+        ("no_frame_column", "needs a 'frame' column"),
+        ("empty_csv", "no prompts"),
+        ("nothing", "no prompts"),
+        ("obj_id_count", "one --obj-id per --box"),
+    ],
+)
+def test_cli_bad_input_exits_1_with_a_clear_message(video_tif, tmp_path, capsys, case, message):
+    from surgseg_core.cli.main import main
+
+    args = ["track", str(video_tif), "--out", str(tmp_path / "o")]
+    if case == "missing_video":
+        args = ["track", str(tmp_path / "nope.mp4"), "--box", "0", "1", "1", "9", "9", "--out", str(tmp_path / "o")]
+    elif case == "bad_columns":
+        (tmp_path / "p.csv").write_text("frame,col,row\n0,1,2\n")
+        args += ["--points", str(tmp_path / "p.csv")]
+    elif case == "no_frame_column":
+        (tmp_path / "p.csv").write_text("x,y\n1,2\n")
+        args += ["--points", str(tmp_path / "p.csv")]
+    elif case == "empty_csv":
+        (tmp_path / "p.csv").write_text("frame,x,y,obj_id,positive\n")
+        args += ["--points", str(tmp_path / "p.csv")]
+    elif case == "obj_id_count":
+        args += ["--box", "0", "1", "1", "9", "9", "--obj-id", "1", "--obj-id", "2"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("surgseg: error:") and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_help_has_examples(capsys):
+    from surgseg_core.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["track", "--help"])
+    text = capsys.readouterr().out
+    assert "examples:" in text and "--points" in text and "positive" in text
+
+
+# ------------------------------------------------------------------ widget
+@pytest.fixture
+def widget_and_video(make_napari_viewer, frames, biased_build):
+    from napari_surgseg.widgets.sam2_track import Sam2TrackWidget
+
+    viewer = make_napari_viewer()
+    video = viewer.add_image(frames, rgb=True, name="clip")
+    widget = Sam2TrackWidget(viewer)
+    widget.model_combo.value = (TINY_CONFIG, None)
+    return viewer, widget, video
+
+
+def _click(widget, layer, obj_id, positive, tyx):
+    widget.obj_spin.value = obj_id
+    widget.positive_check.value = positive
+    layer.add([tyx])
+
+
+def _wait_done(qtbot, widget, timeout=60000):
+    qtbot.waitUntil(lambda: widget.track_button.enabled, timeout=timeout)
+
+
+def test_widget_tracks_into_a_labels_layer(widget_and_video, qtbot, frames):
+    viewer, widget, video = widget_and_video
+    prompts_layer = widget.new_prompt_layer()
+    assert widget.prompts_combo.value is prompts_layer and prompts_layer.mode == "add"
+    _click(widget, prompts_layer, 1, True, [2, 30, 20])
+    _click(widget, prompts_layer, 1, False, [2, 10, 70])
+    _click(widget, prompts_layer, 2, True, [2, 40, 60])
+    assert prompts_layer.features["obj_id"].tolist() == [1, 1, 2]
+    assert prompts_layer.features["positive"].tolist() == [True, False, True]
+    widget.track()
+    labels = widget.result_layer
+    assert labels.name == "clip SAM2 masks" and labels.data.shape == (T, H, W) and labels.data.dtype == np.uint8
+    assert not widget.track_button.enabled and widget.cancel_button.enabled
+    _wait_done(qtbot, widget)
+    assert widget.last_summary is not None and widget.last_summary["frames_written"] == T
+    assert set(np.unique(labels.data)) == {0, 1, 2}
+    prov = labels.metadata["sam2_provenance"]
+    assert prov["random_weights"] is True and prov["model"] == "random-init surgseg_tiny"
+    assert labels.metadata["sam2_tracking"]["status"] == "completed"
+    # the same prompts through the core give the same masks
+    clicks = [
+        {"frame": 2, "obj_id": 1, "points": [[20, 30], [70, 10]], "labels": [1, 0]},
+        {"frame": 2, "obj_id": 2, "points": [[60, 40]], "labels": [1]},
+    ]
+    ref = _engine_labels(frames, clicks, direction="both")
+    for t in range(T):
+        np.testing.assert_array_equal(labels.data[t], ref[t])
+
+
+def test_widget_refuses_without_prompts_or_video(make_napari_viewer, frames, monkeypatch):
+    import napari_surgseg.widgets.sam2_track as mod
+
+    errors = []
+    monkeypatch.setattr(mod, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    widget = mod.Sam2TrackWidget(viewer)
+    widget.track()
+    assert "no video" in errors[-1]
+    viewer.add_image(frames, rgb=True, name="clip")
+    widget.reset_choices()
+    widget.track()
+    assert "no prompts" in errors[-1]
+    widget.new_prompt_layer()
+    widget.track()  # an empty prompt layer
+    assert "no prompts" in errors[-1]
+    assert not any(layer.__class__.__name__ == "Labels" for layer in viewer.layers)
+
+
+def test_widget_cancel_keeps_finished_frames_and_gui_responsive(widget_and_video, qtbot, monkeypatch, frames):
+    from qtpy.QtCore import QTimer
+
+    viewer, widget, video = widget_and_video
+    emitted = []
+    real_step = StreamingSAM2._step
+
+    def slow_step(self, frame_idx, reverse):
+        time.sleep(0.4)  # long enough to cancel mid-video
+        result = real_step(self, frame_idx, reverse)
+        emitted.append(frame_idx)
+        return result
+
+    monkeypatch.setattr(StreamingSAM2, "_step", slow_step)
+    layer = widget.new_prompt_layer()
+    _click(widget, layer, 1, True, [0, 30, 20])
+    widget.direction_combo.value = "forward"
+    widget.track()
+    labels = widget.result_layer
+    qtbot.waitUntil(lambda: len(emitted) >= 1, timeout=60000)
+    # the GUI thread keeps processing events while the worker tracks
+    ticked = []
+    QTimer.singleShot(0, lambda: ticked.append(True))
+    qtbot.waitUntil(lambda: bool(ticked), timeout=2000)
+    viewer.dims.set_current_step(0, 3)
+    assert not widget.track_button.enabled
+    widget.cancel()
+    _wait_done(qtbot, widget)
+    assert labels.metadata["sam2_tracking"]["status"] == "cancelled"
+    assert widget.last_summary is None
+    done = sorted(set(emitted))
+    assert 1 <= len(done) < T, "cancel came too late to test"
+    monkeypatch.setattr(StreamingSAM2, "_step", real_step)
+    ref = _engine_labels(frames, [{"frame": 0, "obj_id": 1, "points": [[20, 30]], "labels": [1]}], direction="forward")
+    for t in range(T):
+        if t in done:  # finished frames are complete and exact
+            np.testing.assert_array_equal(labels.data[t], ref[t])
+        else:
+            assert not labels.data[t].any()
+    assert labels.data[done].any()
