@@ -29,19 +29,9 @@ TRAIN_CONFIG = {
 
 def write_split(root: Path, seeds, n_frames: int) -> Path:
     """images/ + masks/ of several synthetic liver scenes (generic layout)."""
-    import imageio.v3 as iio
+    from surgseg_core.synth import write_liver_training_folder
 
-    from surgseg_core.synth import generate_liver_scene
-
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    for s in seeds:
-        scene = generate_liver_scene(seed=s, n_frames=n_frames, height=H, width=W)
-        for i in range(n_frames):
-            fr = scene.frame(i)
-            iio.imwrite(root / "images" / f"s{s:02d}_{i:03d}.png", fr.image)
-            iio.imwrite(root / "masks" / f"s{s:02d}_{i:03d}.png", fr.mask)
-    return root
+    return write_liver_training_folder(root, seeds, n_frames, height=H, width=W)
 
 
 @functools.lru_cache(maxsize=None)

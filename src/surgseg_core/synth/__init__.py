@@ -21,7 +21,13 @@ from .endoscopy import (
 )
 from .fov import FOV
 from .liver import CURVE_NAMES, LIVER_CLASSES, LiverFrame, LiverScene, default_line_width, generate_liver_scene
-from .writer import read_liver_curves, read_tool_landmarks, write_liver_dataset, write_synthetic_clip
+from .writer import (
+    read_liver_curves,
+    read_tool_landmarks,
+    write_liver_dataset,
+    write_liver_training_folder,
+    write_synthetic_clip,
+)
 
 __all__ = [
     "ACTIONS",
@@ -41,5 +47,6 @@ __all__ = [
     "read_liver_curves",
     "read_tool_landmarks",
     "write_liver_dataset",
+    "write_liver_training_folder",
     "write_synthetic_clip",
 ]

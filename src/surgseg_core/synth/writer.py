@@ -341,3 +341,33 @@ def read_liver_curves(path) -> Dict[int, Dict[str, List[np.ndarray]]]:
         }  # fmt: skip
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise DatasetError(f"cannot read liver curves {path}: {exc}") from exc
+
+
+def write_liver_training_folder(
+    root,
+    seeds: Iterable[int],
+    n_frames: int,
+    height: int = 320,
+    width: int = 416,
+    *,
+    line_width: Optional[int] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> Path:
+    """Frames of several liver scenes (one per seed) in the generic training
+    layout ``root/images/sSS_FFF.png`` + ``root/masks/sSS_FFF.png`` (0-3):
+    many scenes make a better training set than many frames of one."""
+    root = Path(root)
+    seeds = list(seeds)
+    total = len(seeds) * n_frames
+    done = 0
+    for s in seeds:
+        scene = generate_liver_scene(seed=s, n_frames=n_frames, height=height, width=width, line_width=line_width)
+        for i in range(n_frames):
+            check_cancel(cancel)
+            fr = scene.frame(i)
+            write_png(root / "images" / f"s{s:02d}_{i:03d}.png", fr.image)
+            write_png(root / "masks" / f"s{s:02d}_{i:03d}.png", fr.mask)
+            done += 1
+            report(progress, done, total, f"liver scene {s}, frame {i}")
+    return root

@@ -35,6 +35,7 @@ def load_trained_model(
     if saved_by not in (None, spec.name):
         raise ConfigError(f"checkpoint {checkpoint} was trained with method {saved_by!r}, not {spec.name!r}")
     cfg = resolve_config(spec, merge_config(ckpt.get("config"), config, {"device": device} if device else None))
+    cfg["checkpoint"] = str(checkpoint)  # provenance of everything predicted with it
     model = spec.build_model(cfg)
     load_model_weights(checkpoint, model)
     dev = resolve_device(cfg["device"], env_world().local_rank)
