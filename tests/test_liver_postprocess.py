@@ -229,3 +229,39 @@ def test_small_holes_are_filled_before_thinning():
     out = fill_small_holes(m, 64)
     assert out[14:16, 30:33].all() and not out[11:19, 50:62].any()
     assert (fill_small_holes(m, 0) == m).all()
+
+
+def test_euler_number8_matches_components_minus_holes():
+    from skimage.measure import euler_number
+
+    from surgseg_core.methods.liver._fast import euler_number8
+
+    m = np.zeros((20, 30), bool)
+    m[2:9, 2:9] = True
+    m[4:7, 4:7] = False        # one hole
+    m[12, 20] = m[13, 21] = True  # diagonal pair: one 8-connected component
+    m[15:18, 3:12] = True      # a bar touching the border below? no: a third component
+    assert euler_number8(m) == 3 - 1
+    assert euler_number8(np.zeros((5, 5), bool)) == 0
+    full = np.ones((6, 7), bool)  # touching the image border everywhere
+    assert euler_number8(full) == 1
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        r = ndi.binary_dilation(rng.random((25, 35)) > 0.9, iterations=int(rng.integers(0, 3)))
+        assert euler_number8(r) == euler_number(r, connectivity=2)
+
+
+def test_fill_small_holes_with_component_hint_same_result():
+    from surgseg_core.methods.liver.postprocess import _join_fragments, fill_small_holes
+
+    m = np.zeros((40, 90), bool)
+    m[10:20, 5:40] = True
+    m[14:16, 20:23] = False     # a 6 px hole
+    m[10:20, 50:85] = True      # a second blob 10 px away, no hole
+    joined, n = _join_fragments(m, 15)
+    assert n == 1 and ndi.label(joined, np.ones((3, 3)))[1] == 1
+    assert (fill_small_holes(joined, 64, n) == fill_small_holes(joined, 64)).all()
+    assert fill_small_holes(joined, 64, n)[14:16, 20:23].all()
+    no_hole = m.copy()
+    no_hole[14:16, 20:23] = True
+    assert fill_small_holes(no_hole, 64, 2) is no_hole  # Euler check: nothing to fill, no labelling

@@ -314,3 +314,56 @@ def test_widget_cancel_keeps_finished_frames_and_gui_responsive(widget_and_video
         else:
             assert not labels.data[t].any()
     assert labels.data[done].any()
+
+
+# ------------------------------------------------------------------ engine prefetch
+class _LoggedFrames:
+    """A frame source that logs reads (and can fail on one frame)."""
+
+    def __init__(self, frames, fail_at=None):
+        self.frames, self.fail_at, self.reads = frames, fail_at, []
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, i):
+        if i == self.fail_at:
+            raise OSError("disk gone")
+        self.reads.append(i)
+        return self.frames[i]
+
+
+def _prefetch_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("surgseg-sam2-prefetch") and t.is_alive()]
+
+
+def test_propagation_reads_one_frame_ahead_and_leaves_no_thread(frames):
+    from surgseg_core.errors import VideoError
+    from surgseg_core.progress import CancelToken
+
+    model = _present(build_model(TINY_CONFIG, seed=0))
+    src = _LoggedFrames(frames)
+    engine = StreamingSAM2(model, src)
+    engine.add_points(0, 1, [[20, 30]], [1])
+    ahead = []
+    engine.propagate(lambda r: ahead.append(max(src.reads) - r.frame_idx))
+    assert max(ahead) <= 1, "reads more than one frame ahead of the model"
+    assert 1 in ahead, "the next frame is never read while the model works"
+    assert sorted(src.reads) == [0, 0] + list(range(1, T))  # each frame once (0: size probe + prompt)
+    assert not _prefetch_threads()
+    # cancelled mid-video: the reader thread is gone, nothing read beyond the next frame
+    token = CancelToken()
+    src.reads.clear()
+    engine.reset()
+    engine.add_points(0, 1, [[20, 30]], [1])
+    with pytest.raises(Cancelled):
+        engine.propagate(lambda r: token.cancel() if r.frame_idx == 2 else None, cancel=token)
+    assert max(src.reads) <= 3 and not _prefetch_threads()
+    # a frame that cannot be read: the same VideoError as without prefetch
+    engine = StreamingSAM2(model, _LoggedFrames(frames, fail_at=4))
+    engine.add_points(0, 1, [[20, 30]], [1])
+    with pytest.raises(VideoError, match="cannot read frame 4"):
+        engine.propagate()
+    assert not _prefetch_threads()

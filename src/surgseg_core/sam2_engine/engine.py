@@ -3,9 +3,10 @@
 This is SAM2's own video algorithm (``SAM2VideoPredictor``: same model
 calls, same memory selection, same prompt/correction semantics) driven from
 a lazy frame source instead of ``init_state``, which loads the whole video
-and keeps every frame's output. Frames are read and preprocessed on demand,
-image features live in a size-capped LRU cache, the memory bank keeps only
-what memory attention can read (``memory.MemoryPolicy``) and each frame's
+and keeps every frame's output. Frames are read and preprocessed on demand
+(during propagation one frame ahead, on a background thread), image
+features live in a size-capped LRU cache, the memory bank keeps only what
+memory attention can read (``memory.MemoryPolicy``) and each frame's
 masks go to a sink as soon as they exist. We call SAM2's model methods
 (``forward_image``, ``track_step``, ``_encode_new_memory``) and hand-write
 only the state management, because that is exactly the part of SAM2 that

@@ -14,8 +14,9 @@ and returned as ground truth, so the task is learnable:
 * ridge: a crease across the lower liver at ``rho = rho_r(theta)``, seen as a
   shading step (the face below it is lit, the face above darker) plus a thin
   specular crest;
-* ligament: the falciform ligament, a pale band running from the top of the
-  liver (outside the view) down to its edge.
+* ligament: the falciform ligament, a pale band running from the ridge down
+  to the liver's edge, i.e. between ridge and silhouette, where the liver
+  method's ligament-culling prior (paper sec. 3.4) expects it.
 
 Curves are open polylines in pixel coordinates (x right, y down), clipped to
 the field of view; ridge and ligament also to the liver. Index masks draw
@@ -183,7 +184,9 @@ class LiverScene:
         rt = np.linspace(t0, t1, max(8, int((t1 - t0) * 240)))
         ridge = to_px(rt, self._ridge_rho_at(rt) * self._outline_r(rt, i))
         out["ridge"] = split_inside(ridge, self.fov.contains_points(ridge, margin))
-        rho = np.linspace(0.2, self._lig_end, 300)
+        # from the ridge (where the ligament meets it) to the edge
+        rho0 = float(self._ridge_rho_at(np.array([self._lig_theta]))[0]) - 0.02
+        rho = np.linspace(rho0, self._lig_end, 300)
         lt = self._lig_theta + self._lig_bend * (rho - self._lig_end) ** 2
         lig = to_px(lt, rho * self._outline_r(lt, i))
         # Stay a half line width inside the liver outline.

@@ -40,12 +40,11 @@ from scipy import ndimage as ndi
 
 from ...errors import ConfigError
 from . import LANDMARK_CLASSES, LIGAMENT, RIDGE, SILHOUETTE
-from ._fast import nonzero2d
+from ._fast import euler_number8, nonzero2d
 from .rasterize import rasterize_curves, scale_curves
 from .skeleton_paths import trace_label_skeleton
 
 _EIGHT = np.ones((3, 3), dtype=bool)
-
 
 @dataclass
 class PostprocessOptions:
@@ -277,25 +276,35 @@ def _near_box(pts: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
     return pts[m]
 
 
-def _outline(comp_mask: np.ndarray) -> np.ndarray:
-    """(row, col) of the boundary pixels of a component (the nearest points
-    between two blobs lie on their outlines): keeps the pairwise search small."""
-    m = np.pad(comp_mask, 1)
-    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-    return np.column_stack(nonzero2d(comp_mask & ~inner))
-
-
 def join_fragments(mask: np.ndarray, max_distance: float = 15.0) -> np.ndarray:
     """Connect components of a binary mask closer than ``max_distance`` with
     1-px lines between their nearest pixels (Kruskal order: shortest first,
     only joining components not yet connected). Works on the mask's bounding box."""
+    return _join_fragments(mask, max_distance)[0]
+
+
+def _join_fragments(mask: np.ndarray, max_distance: float) -> Tuple[np.ndarray, int]:
+    """:func:`join_fragments` and the number of 8-connected components left."""
     from skimage.draw import line
 
     lab, n = ndi.label(mask, structure=_EIGHT)
     if n < 2:
-        return mask
-    slices = ndi.find_objects(lab)
-    boxes = np.array([[s[0].start, s[0].stop - 1, s[1].start, s[1].stop - 1] for s in slices])
+        return mask, n
+    # boxes and outlines from the pixel list (ndi.find_objects and a mask per
+    # component would each scan the box again)
+    ys, xs = nonzero2d(lab)
+    comp = lab[ys, xs] - 1
+    order = np.argsort(comp, kind="stable")  # pixels grouped by component, raster order within
+    ys, xs, comp = ys[order], xs[order], comp[order]
+    starts = np.flatnonzero(np.diff(comp, prepend=-1))
+    boxes = np.column_stack([np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts),
+                             np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts)])
+    # outline pixels (a 4-neighbour is background): the nearest points between
+    # two blobs lie on their outlines, which keeps the pairwise search small
+    m = np.pad(np.asarray(mask, bool), 1)
+    yy, xx = ys + 1, xs + 1
+    inner = m[yy - 1, xx] & m[yy + 1, xx] & m[yy, xx - 1] & m[yy, xx + 1]
+    bounds = np.append(starts, len(ys))
     pts = {}
     edges = []
     for i in range(n):
@@ -307,8 +316,9 @@ def join_fragments(mask: np.ndarray, max_distance: float = 15.0) -> np.ndarray:
                 continue
             for k in (i, j):
                 if k not in pts:
-                    sl = slices[k]
-                    pts[k] = _outline(lab[sl] == k + 1) + (sl[0].start, sl[1].start)
+                    sl = slice(bounds[k], bounds[k + 1])
+                    on = ~inner[sl]
+                    pts[k] = np.column_stack([ys[sl][on], xs[sl][on]])
             a = _near_box(pts[i], boxes[j], max_distance)
             b = _near_box(pts[j], boxes[i], max_distance)
             if len(a) == 0 or len(b) == 0:
@@ -317,7 +327,7 @@ def join_fragments(mask: np.ndarray, max_distance: float = 15.0) -> np.ndarray:
             if d <= max_distance:
                 edges.append((d, i, j, a[ia], b[ib]))
     if not edges:
-        return mask
+        return mask, n
     parent = list(range(n))
 
     def find(a):
@@ -327,23 +337,32 @@ def join_fragments(mask: np.ndarray, max_distance: float = 15.0) -> np.ndarray:
         return a
 
     out = mask.copy()
+    left = n
     for d, i, j, pa, pb in sorted(edges, key=lambda e: e[0]):
         ri, rj = find(i), find(j)
         if ri == rj:
             continue
         parent[ri] = rj
+        left -= 1
         rr, cc = line(int(pa[0]), int(pa[1]), int(pb[0]), int(pb[1]))
         out[rr, cc] = True
-    return out
+    return out, left
 
 
 # 4.-5. thinning, tracing, simplification -------------------------------------------
 
-def fill_small_holes(mask: np.ndarray, max_area: int = 64) -> np.ndarray:
+def fill_small_holes(mask: np.ndarray, max_area: int = 64, n_components: Optional[int] = None) -> np.ndarray:
     """Fill enclosed background pockets up to ``max_area`` px (e.g. where a
     joining line closes a notch). Thinning turns every hole into a loop, and
-    loops break a curve into many short paths; landmarks are open curves."""
+    loops break a curve into many short paths; landmarks are open curves.
+
+    ``n_components``: an upper bound of the number of 8-connected components
+    of ``mask`` when the caller knows it (joining does); then holes = components
+    - Euler number is checked first and the background labelling (a scan of
+    the whole box) runs only when there may be a hole."""
     if max_area <= 0:
+        return mask
+    if n_components is not None and n_components - euler_number8(mask) <= 0:
         return mask
     bg, n = ndi.label(~mask)
     if n < 2:
@@ -429,9 +448,10 @@ def _polylines_from_points(ys, xs, vals, options: PostprocessOptions) -> Dict[in
         if not sel.any():
             continue
         crop, y0, x0 = _crop_from_points(ys[sel], xs[sel], pad)
+        n_comp = None
         if options.join:
-            crop = join_fragments(crop, options.join_distance)
-        crop = fill_small_holes(crop, options.max_hole_area)
+            crop, n_comp = _join_fragments(crop, options.join_distance)
+        crop = fill_small_holes(crop, options.max_hole_area, n_comp)
         sk = skeletonize_mask(crop) if options.skeletonize else crop
         ry, rx = nonzero2d(sk)
         canvas[ry + (y0 - oy), rx + (x0 - ox)] = cls
