@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -33,8 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _bench_md import cpu_name, write_section  # benchmarks/ is on sys.path when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
-BENCH_MD = REPO / "BENCHMARKS.md"
 WARMUP = 4
 
 
@@ -135,16 +134,8 @@ def _run_case(kind: str, n: int, args, folder: Path) -> dict:
 def _machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {os.cpu_count()} CPU cores{gpu}, torch {torch.__version__}"
+    return f"{cpu_name()}, {os.cpu_count()} CPU cores{gpu}, torch {torch.__version__}"
 
 
 def _table(args, rows) -> str:
@@ -181,19 +172,6 @@ def _table(args, rows) -> str:
     if args.gpu:
         lines.append("FPS = 1 / s_per_frame.")
     return "\n".join(lines)
-
-
-def _write_section(name: str, body: str) -> None:
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = BENCH_MD.read_text() if BENCH_MD.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body}\n{end}"
-    if start in text and end in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    from surgseg_core.atomic import atomic_write_text
-
-    atomic_write_text(BENCH_MD, text)
 
 
 def main(argv=None) -> int:
@@ -238,7 +216,7 @@ def main(argv=None) -> int:
     body = "\n\n".join(bodies)
     print(body)
     if not args.no_write:
-        _write_section("propagation" + ("-gpu" if args.gpu else "") + args.section_suffix, body)
+        write_section("propagation" + ("-gpu" if args.gpu else "") + args.section_suffix, body)
     return 0
 
 

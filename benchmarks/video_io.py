@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from _bench_md import cpu_name, write_section  # benchmarks/ is on sys.path when run as a script
+
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,29 +294,9 @@ def machine() -> str:
     import av
     import imageio_ffmpeg
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()}-core CPU ({cpu}), no GPU, Python {platform.python_version()}, PyAV {av.__version__}, "
-            f"imageio-ffmpeg {imageio_ffmpeg.__version__} (ffmpeg {imageio_ffmpeg.get_ffmpeg_version()})")
-
-
-def write_section(text: str) -> None:
-    path = REPO / "BENCHMARKS.md"
-    begin, end = f"<!-- bench:{SECTION} -->", f"<!-- /bench:{SECTION} -->"
-    block = f"{begin}\n{text.rstrip()}\n{end}"
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in current and end in current:
-        head, rest = current.split(begin, 1)
-        current = head + block + rest.split(end, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    path.write_text(current)
+    return (f"{os.cpu_count()}-core CPU ({cpu_name()}), no GPU, Python {platform.python_version()}, "
+            f"PyAV {av.__version__}, imageio-ffmpeg {imageio_ffmpeg.__version__} "
+            f"(ffmpeg {imageio_ffmpeg.get_ffmpeg_version()})")
 
 
 def main(argv=None) -> int:
@@ -363,7 +345,7 @@ def main(argv=None) -> int:
     )
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
     return 0
 
 

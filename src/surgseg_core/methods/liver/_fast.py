@@ -48,3 +48,45 @@ def euler_number8(mask: np.ndarray) -> int:
     f = flat.view(np.uint8)
     code = f[t] + (f[t + 1] << 1) + (f[t + w] << 2) + (f[t + w + 1] << 3)
     return int(_QUAD_WEIGHT[code].sum()) // 12
+
+
+# Zhang-Suen on the foreground pixels only ------------------------------------------
+# skimage's Zhang-Suen is a Cython loop over every pixel of the image in every
+# pass (~0.4 ms for a curve's 300 x 416 bounding box) though a landmark fills
+# a few percent of it. The algorithm is parallel within a pass (each decision
+# reads the image as it was when the pass began), so it can run on the list of
+# foreground pixels with one gather per neighbour, with skimage's table and
+# its loop, giving the same skeleton. Neighbour code: bit 0 NW, 1 N, 2 NE, 3 E,
+# 4 SE, 5 S, 6 SW, 7 W; table value 1: removable in the first pass, 2: in the
+# second, 3: in both (skimage/morphology/_skeletonize_various_cy.pyx).
+_ZS_LUT = np.array([
+    0, 0, 0, 1, 0, 0, 1, 3, 0, 0, 3, 1, 1, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 2, 0, 3, 0, 3, 3,
+    0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 3, 0, 2, 2,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 3, 0, 2, 0,
+    0, 0, 3, 1, 0, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+    3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    2, 3, 1, 3, 0, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    2, 3, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 0, 1, 0, 0, 0, 0, 2, 2, 0, 0, 2, 0, 0, 0,
+], dtype=np.uint8)
+_ZS_REMOVE = ((_ZS_LUT & 1) > 0, (_ZS_LUT & 2) > 0)
+
+
+def zhang_suen(mask: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning of a 2-D mask: the same result as
+    ``skimage.morphology.skeletonize(mask, method="zhang")``, at a cost that
+    follows the number of foreground pixels instead of the image area."""
+    flat, w = _padded_flat(mask != 0)
+    offsets = np.array([-w - 1, -w, -w + 1, 1, w + 1, w, w - 1, -1], dtype=np.int64)
+    pts = np.flatnonzero(flat)
+    removed = True
+    while removed and len(pts):
+        removed = False
+        for table in _ZS_REMOVE:
+            code = np.packbits(flat[pts[:, None] + offsets], axis=1, bitorder="little")[:, 0]
+            rm = table[code]
+            if rm.any():
+                flat[pts[rm]] = False
+                pts = pts[~rm]
+                removed = True
+    return flat.reshape(-1, w)[1:-1, 1:-1].copy()

@@ -40,7 +40,7 @@ from scipy import ndimage as ndi
 
 from ...errors import ConfigError
 from . import LANDMARK_CLASSES, LIGAMENT, RIDGE, SILHOUETTE
-from ._fast import euler_number8, nonzero2d
+from ._fast import euler_number8, nonzero2d, zhang_suen
 from .rasterize import rasterize_curves, scale_curves
 from .skeleton_paths import trace_label_skeleton
 
@@ -376,9 +376,10 @@ def fill_small_holes(mask: np.ndarray, max_area: int = 64, n_components: Optiona
 
 
 def skeletonize_mask(mask: np.ndarray) -> np.ndarray:
-    from skimage.morphology import skeletonize
-
-    return skeletonize(mask, method="zhang")
+    """Zhang-Suen thinning; ``_fast.zhang_suen`` gives skimage's
+    ``skeletonize(mask, method="zhang")`` pixel for pixel but visits only the
+    foreground (tests/test_liver_postprocess.py compares the two)."""
+    return zhang_suen(mask)
 
 
 def rdp(points: np.ndarray, epsilon: float) -> np.ndarray:
