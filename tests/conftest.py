@@ -45,3 +45,13 @@ def _torch_threads():
     except ImportError:
         pass
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _autosave_in_tmp(tmp_path_factory):
+    # Widgets autosave the layers users edit: keep every test's snapshots out
+    # of the real user data folder.
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SURGSEG_AUTOSAVE_DIR", str(tmp_path_factory.mktemp("autosave")))
+    yield
+    patch.undo()

@@ -265,3 +265,70 @@ def test_fill_small_holes_with_component_hint_same_result():
     no_hole = m.copy()
     no_hole[14:16, 20:23] = True
     assert fill_small_holes(no_hole, 64, 2) is no_hole  # Euler check: nothing to fill, no labelling
+
+
+def test_zhang_suen_on_pixel_list_equals_skimage():
+    from skimage.morphology import skeletonize
+
+    from surgseg_core.methods.liver._fast import zhang_suen, zhang_suen_points
+    from surgseg_core.methods.liver.postprocess import skeletonize_crops
+
+    rng = np.random.default_rng(1)
+    masks = []
+    for i in range(60):
+        h, w = rng.integers(1, 45, 2)
+        m = rng.random((h, w)) > rng.uniform(0.3, 0.95)
+        if i % 2:
+            m = ndi.binary_dilation(m, iterations=int(rng.integers(1, 4)))
+        m[rng.random(m.shape) < 0.05] = True  # pixels on the image border too
+        masks.append(m)
+        assert np.array_equal(zhang_suen(m), skeletonize(m, method="zhang"))
+    thick = rasterize_curves(_curves(), (320, 416), 7) == SILHOUETTE
+    r, c = zhang_suen_points(thick)
+    assert np.array_equal(np.column_stack([r, c]), np.argwhere(skeletonize(thick, method="zhang")))
+    # several masks thinned in one stacked call give each one's own skeleton
+    for m, (rr, cc) in zip(masks[:10], skeletonize_crops(masks[:10])):
+        assert np.array_equal(np.column_stack([rr, cc]), np.argwhere(skeletonize(m, method="zhang")))
+    assert skeletonize_crops([]) == []
+
+
+def _dense_edges(lab):
+    """The pixel-graph edges written with shifted copies of the image (reference)."""
+    idx = np.full(lab.shape, -1, np.int64)
+    rows, cols = np.nonzero(lab)
+    idx[rows, cols] = np.arange(len(rows))
+    src, dst = [], []
+    a = (lab[:, :-1] == lab[:, 1:]) & (lab[:, :-1] > 0)
+    src.append(idx[:, :-1][a]); dst.append(idx[:, 1:][a])
+    a = (lab[:-1, :] == lab[1:, :]) & (lab[:-1, :] > 0)
+    src.append(idx[:-1, :][a]); dst.append(idx[1:, :][a])
+    tl, br, tr, bl = lab[:-1, :-1], lab[1:, 1:], lab[:-1, 1:], lab[1:, :-1]
+    a = (tl == br) & (tl > 0) & (tr != tl) & (bl != tl)
+    src.append(idx[:-1, :-1][a]); dst.append(idx[1:, 1:][a])
+    a = (tr == bl) & (tr > 0) & (tl != tr) & (br != tr)
+    src.append(idx[:-1, 1:][a]); dst.append(idx[1:, :-1][a])
+    return np.concatenate(src), np.concatenate(dst)
+
+
+def test_skeleton_graph_edges_from_pixel_list():
+    from surgseg_core.methods.liver.skeleton_paths import _edges
+
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        h, w = rng.integers(1, 30, 2)
+        lab = ((rng.random((h, w)) > 0.5) * rng.integers(1, 4, (h, w))).astype(np.uint8)
+        rows, cols = np.nonzero(lab)
+        src, dst = _edges(lab, rows * w + cols)
+        ref_src, ref_dst = _dense_edges(lab)
+        # same edges in the same order (the depth-first walk depends on it)
+        assert np.array_equal(src, ref_src) and np.array_equal(dst, ref_dst)
+
+
+def test_join_fragments_touching_the_image_border():
+    m = np.zeros((20, 40), bool)
+    m[0, 0:10] = True     # along the top edge, from the left edge
+    m[0, 15:40] = True    # to the right edge, 5 px gap
+    m[19, 0] = True       # a corner pixel, far from both
+    joined = join_fragments(m, 6)
+    assert joined[0].all() and joined[19, 0] and joined.sum() == 41
+    assert ndi.label(joined, np.ones((3, 3)))[1] == 2

@@ -114,6 +114,12 @@ class CorrectionsWidget(Container):
         ])
         self.native.layout().addWidget(self.frame_list)
         connect_layer_refresh(v, self)
+        # autosaved snapshots of the chosen video, restorable as layers
+        from .autosave_restore import AutosaveRestoreSection
+
+        self.restore_section = AutosaveRestoreSection(v, lambda: source_video_of(self.image_combo.value))
+        self.native.layout().addWidget(self.restore_section.native)
+        self.image_combo.changed.connect(self.restore_section.refresh)
 
     # ------------------------------------------------------------------ export
     def export(self, _=None):

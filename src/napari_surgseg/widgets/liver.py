@@ -20,8 +20,9 @@ from surgseg_core.methods.liver import CLASS_COLOURS, LANDMARK_CLASSES
 from surgseg_core.methods.liver.export import write_landmarks_csv, write_landmarks_json, write_p2ilf_xml_frames
 from surgseg_core.methods.liver.rasterize import draw_polyline
 
+from .._autosave import watch_layer
 from .._workers import run_in_worker
-from .corrections import connect_layer_refresh, layer_choices
+from .corrections import connect_layer_refresh, layer_choices, source_video_of
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,12 @@ class LiverLandmarksWidget(Container):
                 or self.labels_layer.data.shape != shape:
             self.labels_layer = self.viewer.add_labels(np.zeros(shape, np.uint8), name=f"{layer.name} liver labels")
             self.labels_layer.colormap = _label_colormap()
+            watch_layer(self.labels_layer, source_video_of(layer))
         if self.shapes_layer is None or self.shapes_layer not in self.viewer.layers:
             self.shapes_layer = self.viewer.add_shapes(name=f"{layer.name} liver curves", ndim=2 if single else 3,
                                                        edge_width=3, face_color="transparent")
             self.shapes_layer.features = {"class_id": np.zeros(0, int), "frame": np.zeros(0, int)}
+            watch_layer(self.shapes_layer, source_video_of(layer))
 
     def _finish(self, target, provenance: dict, preds: Dict) -> None:
         layer, single, n_frames = target

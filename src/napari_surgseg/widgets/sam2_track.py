@@ -21,8 +21,9 @@ from surgseg_core.sam2_engine.build import TINY_CONFIG
 from surgseg_core.sam2_engine.outputs import ArrayWriter
 from surgseg_core.sam2_engine.track import prompts_from_points_table, track_video
 
+from .._autosave import watch_layer
 from .._workers import run_in_worker
-from .corrections import connect_layer_refresh, layer_choices
+from .corrections import connect_layer_refresh, layer_choices, source_video_of
 
 TITLE = "Track with SAM2"
 RANDOM_TINY = "random tiny (testing)"
@@ -144,6 +145,7 @@ class Sam2TrackWidget(Container):
             layer.scale = video.scale[:3]
             layer.translate = video.translate[:3]
         self.viewer.add_layer(layer)
+        watch_layer(layer, source_video_of(video) if video is not None else None)
         self.reset_choices()
         self.prompts_combo.value = layer
         self._apply_defaults()
@@ -191,6 +193,7 @@ class Sam2TrackWidget(Container):
             metadata={"sam2_tracking": {"status": "running", "prompts": prompts}},
         )
         self.result_layer = self.viewer.add_layer(labels)
+        watch_layer(labels, source_video_of(video))
         self.last_summary = None
         self.track_button.enabled = False
         self.cancel_button.enabled = True

@@ -26,7 +26,7 @@ from .fov import FOV
 from .noise import fractal_noise, smooth_noise, smooth_path
 from .raster import draw_polylines, tapered_capsule
 
-GENERATOR_VERSION = "2"  # 2: liver ligament runs from the ridge to the edge
+GENERATOR_VERSION = "2"  # 2: liver ligament runs from the ridge to the edge; curve points always in masks
 
 ANATOMY_CLASSES: Tuple[str, ...] = ("background", "SF", "TS", "IP", "CR", "OCR", "OP")
 ANATOMY_LONG_NAMES: Tuple[str, ...] = (

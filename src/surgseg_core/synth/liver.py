@@ -101,7 +101,7 @@ class LiverScene:
         self._tilt = rng.uniform(-0.3, 0.3)
         # Ridge: theta range around the bottom, radius fraction with a wiggle.
         self._ridge_theta = np.sort(np.pi / 2 + rng.uniform(-0.7, 0.7, size=2)) + np.array([-0.25, 0.25])
-        self._ridge_rho = rng.uniform(0.72, 0.82)
+        self._ridge_rho = rng.uniform(0.55, 0.68)
         self._ridge_wiggle = (rng.uniform(-0.03, 0.03, size=2), rng.uniform(0, 2 * np.pi, size=2))
         # Ligament: angle where it reaches the edge, slight curvature.
         self._lig_theta = np.pi / 2 + rng.uniform(-0.35, 0.35)
@@ -186,7 +186,9 @@ class LiverScene:
         out["ridge"] = split_inside(ridge, self.fov.contains_points(ridge, margin))
         # from the ridge (where the ligament meets it) to the edge
         rho0 = float(self._ridge_rho_at(np.array([self._lig_theta]))[0]) - 0.02
-        rho = np.linspace(rho0, self._lig_end, 300)
+        # same point spacing as a full-length band (PIL leaves gaps at the
+        # end of lines drawn through many sub-pixel segments)
+        rho = np.linspace(rho0, self._lig_end, max(16, int(round(400 * (self._lig_end - rho0)))))
         lt = self._lig_theta + self._lig_bend * (rho - self._lig_end) ** 2
         lig = to_px(lt, rho * self._outline_r(lt, i))
         # Stay a half line width inside the liver outline.

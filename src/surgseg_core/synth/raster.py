@@ -39,6 +39,7 @@ def draw_polylines(shape: Tuple[int, int], polylines: Iterable[np.ndarray], widt
     lines; returns a boolean (H, W) mask."""
     img = Image.new("L", (int(shape[1]), int(shape[0])), 0)
     draw = ImageDraw.Draw(img)
+    polylines = [np.asarray(line, float).reshape(-1, 2) for line in polylines]
     for line in polylines:
         pts = [(float(x), float(y)) for x, y in np.asarray(line, float).reshape(-1, 2)]
         if len(pts) == 1:
@@ -48,7 +49,14 @@ def draw_polylines(shape: Tuple[int, int], polylines: Iterable[np.ndarray], widt
             r = (width - 1) / 2.0
             for x, y in (pts[0], pts[-1]):  # round caps, PIL draws flat ends
                 draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
-    return np.asarray(img) > 0
+    out = np.asarray(img) > 0
+    # PIL can leave the last pixel or two of a thin line undrawn; the curve's
+    # own (rounded) points are always part of its mask.
+    for line in polylines:
+        ix, iy = np.rint(line[:, 0]).astype(int), np.rint(line[:, 1]).astype(int)
+        ok = (ix >= 0) & (iy >= 0) & (ix < out.shape[1]) & (iy < out.shape[0])
+        out[iy[ok], ix[ok]] = True
+    return out
 
 
 def split_inside(points: np.ndarray, keep: np.ndarray, min_points: int = 2) -> list:

@@ -17,14 +17,15 @@ def nonzero2d(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return np.divmod(flat, mask.shape[1])
 
 
-# Euler number from the foreground pixels -------------------------------------------
-
 def _padded_flat(mask: np.ndarray) -> Tuple[np.ndarray, int]:
-    """Boolean copy of ``mask`` with a 1-px background frame, flattened, and its row stride."""
+    """Boolean copy of ``mask`` with a 1-px background frame, flattened, and its
+    row stride: a neighbour of a pixel is then pixel index + a fixed offset."""
     m = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), bool)
     m[1:-1, 1:-1] = mask
     return m.ravel(), m.shape[1]
 
+
+# Euler number from the foreground pixels -------------------------------------------
 
 # 12 x (Q1 - Q3 - 2 QD) contribution of a 2 x 2 window, divided by its number
 # of foreground pixels (every window is seen once per foreground pixel in it)
@@ -37,9 +38,10 @@ _QUAD_WEIGHT[[6, 9]] = -3
 def euler_number8(mask: np.ndarray) -> int:
     """Euler number (components - holes) of a 2-D mask with 8-connected
     foreground and 4-connected background, from 2 x 2 bit-quad counts (Gray 1971):
-    E = (n(Q1) - n(Q3) - 2 n(QD)) / 4. Only the windows that contain a
-    foreground pixel are visited (the others are Q0), so the cost follows the
-    foreground, not the image area (skimage.measure.euler_number scans it)."""
+    E = (n(Q1) - n(Q3) - 2 n(QD)) / 4. Codes are computed only for the four
+    windows around each foreground pixel (the others are Q0): one scan of the
+    mask finds the pixels, the rest follows their number (skimage.measure.
+    euler_number and a labelling of the background work on the whole box)."""
     flat, w = _padded_flat(mask != 0)
     p = np.flatnonzero(flat)
     if len(p) == 0:
@@ -72,10 +74,12 @@ _ZS_LUT = np.array([
 _ZS_REMOVE = ((_ZS_LUT & 1) > 0, (_ZS_LUT & 2) > 0)
 
 
-def zhang_suen(mask: np.ndarray) -> np.ndarray:
-    """Zhang-Suen thinning of a 2-D mask: the same result as
-    ``skimage.morphology.skeletonize(mask, method="zhang")``, at a cost that
-    follows the number of foreground pixels instead of the image area."""
+def zhang_suen_points(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(rows, cols), row-major, of the Zhang-Suen skeleton of a 2-D mask: the
+    pixels of ``skimage.morphology.skeletonize(mask, method="zhang")``; after
+    one scan of the mask, each pass costs in proportion to the pixels left.
+    (Updating the codes only around removed pixels was measured no faster:
+    at ~1-3 k pixels the per-call overhead dominates.)"""
     flat, w = _padded_flat(mask != 0)
     offsets = np.array([-w - 1, -w, -w + 1, 1, w + 1, w, w - 1, -1], dtype=np.int64)
     pts = np.flatnonzero(flat)
@@ -89,4 +93,12 @@ def zhang_suen(mask: np.ndarray) -> np.ndarray:
                 flat[pts[rm]] = False
                 pts = pts[~rm]
                 removed = True
-    return flat.reshape(-1, w)[1:-1, 1:-1].copy()
+    r, c = np.divmod(pts, w)
+    return r - 1, c - 1
+
+
+def zhang_suen(mask: np.ndarray) -> np.ndarray:
+    """Boolean Zhang-Suen skeleton of a 2-D mask (see :func:`zhang_suen_points`)."""
+    out = np.zeros(mask.shape, bool)
+    out[zhang_suen_points(mask)] = True
+    return out

@@ -26,20 +26,39 @@ from scipy.sparse.csgraph import connected_components, depth_first_order
 from ._fast import nonzero2d
 
 
-def _edges(lab: np.ndarray, idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Pixel-graph edges between equal non-zero labels."""
+def _edges(lab: np.ndarray, flat_idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Pixel-graph edges between equal non-zero labels, as node numbers
+    (positions in ``flat_idx``, the sorted flat indices of the non-zero
+    pixels). Groups in this order, each in raster order of its first pixel:
+    right, down, down-right, down-left neighbours; a diagonal only where no
+    4-connected detour of the same label exists. Looked up from the pixel list
+    (searchsorted), not by comparing shifted copies of the whole image."""
+    h, w = lab.shape
+    # one zero row/column of margin so that p + offset never wraps into a neighbour row
+    flat = np.zeros((h + 1) * (w + 1), lab.dtype)
+    r, c = np.divmod(flat_idx, w)
+    p = r * (w + 1) + c
+    flat[p] = lab.ravel()[flat_idx]
+    W = w + 1
+    v = flat[p]
     src, dst = [], []
-    # right and down
-    a = (lab[:, :-1] == lab[:, 1:]) & (lab[:, :-1] > 0)
-    src.append(idx[:, :-1][a]); dst.append(idx[:, 1:][a])
-    a = (lab[:-1, :] == lab[1:, :]) & (lab[:-1, :] > 0)
-    src.append(idx[:-1, :][a]); dst.append(idx[1:, :][a])
-    # diagonals, only where no 4-connected detour of the same label exists
-    tl, br, tr, bl = lab[:-1, :-1], lab[1:, 1:], lab[:-1, 1:], lab[1:, :-1]
-    a = (tl == br) & (tl > 0) & (tr != tl) & (bl != tl)
-    src.append(idx[:-1, :-1][a]); dst.append(idx[1:, 1:][a])
-    a = (tr == bl) & (tr > 0) & (tl != tr) & (br != tr)
-    src.append(idx[:-1, 1:][a]); dst.append(idx[1:, :-1][a])
+
+    def nodes(q, hit):
+        return np.searchsorted(p, q[hit])
+
+    for off in (1, W):
+        q = p + off
+        hit = flat[q] == v
+        src.append(np.flatnonzero(hit)); dst.append(nodes(q, hit))
+    # down-right: (r, c) - (r+1, c+1), unless (r, c+1) or (r+1, c) has the label
+    q = p + W + 1
+    hit = (flat[q] == v) & (flat[p + 1] != v) & (flat[p + W] != v)
+    src.append(np.flatnonzero(hit)); dst.append(nodes(q, hit))
+    # down-left: (r, c) - (r+1, c-1), unless (r, c-1) or (r+1, c) has the label;
+    # the image's raster order of this group follows the upper-right pixel, i.e. p
+    q = p + W - 1
+    hit = (flat[q] == v) & (flat[p - 1] != v) & (flat[p + W] != v)
+    src.append(np.flatnonzero(hit)); dst.append(nodes(q, hit))
     return np.concatenate(src), np.concatenate(dst)
 
 
@@ -59,9 +78,7 @@ def trace_label_skeleton(lab: np.ndarray, min_pixels: int = 2, min_branch: int =
     n = len(rows)
     if n == 0:
         return []
-    idx = np.full(lab.shape, -1, dtype=np.int64)
-    idx[rows, cols] = np.arange(n)
-    src, dst = _edges(lab, idx)
+    src, dst = _edges(lab, rows * lab.shape[1] + cols)
     degree = np.bincount(src, minlength=n) + np.bincount(dst, minlength=n)
     junction = degree >= 3
     keep = ~junction[src] & ~junction[dst]

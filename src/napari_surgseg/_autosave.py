@@ -1,0 +1,211 @@
+"""Autosave of layers users correct (Labels, Points, Shapes): every edit
+restarts a short single-shot timer; when it fires the layer is snapshotted
+to disk in a worker thread (core: :mod:`surgseg_core.io.autosave`).
+
+At most one save per layer runs at a time; edits during a save are folded
+into one more save after it. Small data is copied on the GUI thread when the
+timer fires (cheap, and a consistent snapshot); big label stacks are not
+copied at all (a multi-GB copy would freeze napari and double memory): the
+worker copies and writes them one frame at a time, and any stroke that lands
+during the save schedules the next save.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from napari.layers import Labels, Points, Shapes
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_warning
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from surgseg_core.io import autosave as core
+
+log = logging.getLogger(__name__)
+
+#: Label stacks above this size are streamed from the live array instead of copied.
+COPY_LIMIT_BYTES = 256 * 2**20
+#: A save may use at most ~1/(1 + this) of a core: the next one waits this many
+#: times as long as the last one took (big stacks on slow disks).
+BACKOFF = 2.0
+
+# layer -> its watcher; weak so a deleted layer takes its watcher with it.
+_WATCHERS: "weakref.WeakKeyDictionary[Any, _LayerAutosave]" = weakref.WeakKeyDictionary()
+
+
+def layer_kind(layer) -> str:
+    if isinstance(layer, Labels):
+        return "labels"
+    if isinstance(layer, Points):
+        return "points"
+    if isinstance(layer, Shapes):
+        return "shapes"
+    raise TypeError(f"autosave handles Labels, Points and Shapes layers, not {type(layer).__name__}")
+
+
+class _LayerAutosave(QObject):
+    # emitted by the layer's events (maybe from a worker thread); the queued
+    # connection starts the timer on the GUI thread.
+    _poke = Signal()
+
+    def __init__(self, layer, source: Optional[str], interval_ms: int) -> None:
+        super().__init__()
+        self.kind = layer_kind(layer)
+        self.source = source
+        self.folder = core.autosave_dir(source)
+        self.interval_ms = int(interval_ms)
+        self._layer = weakref.ref(layer)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(self.interval_ms)
+        self._timer.timeout.connect(self._fire)
+        self._poke.connect(self._timer.start)
+        self._sure_changed = False  # a paint/data event (not just a refresh) since the last save
+        self._pending = False  # a change arrived while a save was running
+        self._worker = None
+        self._warned = False
+        self.saves = 0
+        self._connections = []
+        if self.kind == "labels":
+            self._connect(layer.events.paint, self._changed)
+            self._connect(layer.events.data, self._changed)
+            # set_data also fires on every re-slice (time slider): only "maybe
+            # changed"; the core skips the write when the digest is unchanged.
+            self._connect(layer.events.set_data, self._maybe_changed)
+        else:
+            self._connect(layer.events.data, self._changed)
+            if "features" in layer.events.emitters:
+                self._connect(layer.events.features, self._changed)
+
+    def _connect(self, emitter, callback) -> None:
+        emitter.connect(callback)
+        self._connections.append((emitter, callback))
+
+    def disconnect_all(self) -> None:
+        for emitter, callback in self._connections:
+            emitter.disconnect(callback)
+        self._connections.clear()
+        self._timer.stop()
+
+    # ------------------------------------------------------------ events
+    def _changed(self, event=None) -> None:
+        self._sure_changed = True
+        self._poke.emit()
+
+    def _maybe_changed(self, event=None) -> None:
+        self._poke.emit()
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None or self._timer.isActive()
+
+    # -------------------------------------------------------------- save
+    def _fire(self) -> None:
+        layer = self._layer()
+        if layer is None:
+            return
+        if self._worker is not None:  # coalesce: one more save after the running one
+            self._pending = True
+            return
+        try:
+            data, kwargs = self._capture(layer)
+        except Exception as exc:  # a layer we cannot read must not raise in Qt's event loop
+            self._report(layer.name, exc)
+            return
+        name = layer.name
+        self._sure_changed = False
+
+        @thread_worker(ignore_errors=True)  # errors become one warning below, not a traceback dialog
+        def _save():
+            t0 = time.perf_counter()
+            path = core.save_layer_snapshot(self.folder, name, self.kind, data, **kwargs)
+            return path, time.perf_counter() - t0
+
+        worker = _save()
+        worker.returned.connect(self._saved)
+        worker.errored.connect(lambda exc: self._report(name, exc))
+        worker.finished.connect(self._finished)
+        self._worker = worker
+        worker.start()
+
+    def _capture(self, layer):
+        """What the worker needs, copied on the GUI thread where cheap."""
+        meta = {k: v for k, v in (layer.metadata or {}).items() if k != "autosave_path"}
+        layer_kwargs: dict = {
+            "scale": list(np.asarray(layer.scale, float)),
+            "translate": list(np.asarray(layer.translate, float)),
+            "axis_labels": list(layer.axis_labels),
+        }
+        kwargs: dict = {"metadata": core.to_jsonable(meta), "source": self.source, "layer_kwargs": layer_kwargs}
+        if self.kind == "labels":
+            data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+            if getattr(data, "nbytes", COPY_LIMIT_BYTES + 1) <= COPY_LIMIT_BYTES:
+                data = np.array(data, copy=True)
+            # a refresh alone is checked against the digest; a paint always writes
+            kwargs["skip_unchanged"] = not self._sure_changed
+            return data, kwargs
+        features = layer.features
+        feats = {str(c): features[c].to_numpy(copy=True) for c in features.columns}
+        if self.kind == "points":
+            return np.array(layer.data, dtype=float, copy=True), {**kwargs, "features": feats}
+        layer_kwargs["ndim"] = int(layer.ndim)
+        return [np.array(d, copy=True) for d in layer.data], {
+            **kwargs, "features": feats, "shape_types": list(layer.shape_type),
+            "edge_colors": np.array(layer.edge_color, copy=True) if len(layer.data) else None,
+        }
+
+    def _saved(self, result) -> None:
+        path, seconds = result
+        self.saves += 1
+        self._warned = False
+        layer = self._layer()
+        if layer is not None:
+            layer.metadata["autosave_path"] = str(path)
+        self._timer.setInterval(max(self.interval_ms, int(BACKOFF * seconds * 1000)))
+
+    def _finished(self) -> None:
+        self._worker = None
+        if self._pending:
+            self._pending = False
+            self._timer.start()
+
+    def _report(self, name: str, exc: BaseException) -> None:
+        log.warning("autosave of layer %r failed: %s", name, exc)
+        if not self._warned:
+            self._warned = True
+            show_warning(f"Autosave of layer {name!r} failed: {exc}. Save it by hand (File > Save Selected Layers).")
+
+
+def watch_layer(layer, source: Optional[Any] = None, *, interval_ms: int = 2000) -> Path:
+    """Autosave ``layer`` (Labels, Points or Shapes) after each edit, into
+    ``autosave_dir(source)``; ``source`` defaults to the layer's
+    ``metadata["source_path"]``. Idempotent; returns the snapshot folder and
+    sets ``layer.metadata["autosave_path"]`` to the layer's snapshot file."""
+    if source is None:
+        source = (layer.metadata or {}).get("source_path")
+    source = str(source) if source else None
+    old = _WATCHERS.get(layer)
+    if old is not None:
+        if old.source == source and old.interval_ms == int(interval_ms):
+            return old.folder
+        old.disconnect_all()
+    watcher = _LayerAutosave(layer, source, interval_ms)
+    _WATCHERS[layer] = watcher
+    layer.metadata["autosave_path"] = str(core.snapshot_path(watcher.folder, layer.name, watcher.kind))
+    return watcher.folder
+
+
+def unwatch_layer(layer) -> None:
+    """Stop autosaving ``layer`` (a save already running still finishes)."""
+    watcher = _WATCHERS.pop(layer, None)
+    if watcher is not None:
+        watcher.disconnect_all()
+
+
+def watcher_of(layer) -> Optional[_LayerAutosave]:
+    """The layer's autosave watcher (tests, status displays), or None."""
+    return _WATCHERS.get(layer)

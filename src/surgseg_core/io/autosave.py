@@ -1,0 +1,360 @@
+"""Autosave snapshots of what users correct (labels, points, shapes), so a
+crash or a closed window never loses the work.
+
+One folder per source video (``autosave_dir(source)``) holds one file per
+layer plus ``manifest.json``::
+
+    <user data dir>/napari-surgseg/autosave/<video stem>-<hash of its path>/
+        manifest.json                     layer name -> kind, file, saved-at, ...
+        <layer>-<hash>.labels.tif         compressed multi-page TIFF (write_labels_tiff)
+        <layer>-<hash>.points.csv         frame,x,y[,feature...] (write_points_csv)
+        <layer>-<hash>.shapes.json        (t, y, x) vertex lists + shape types
+
+Every file, the manifest included, is written atomically: a failed save leaves
+the previous snapshot in place. Label stacks are streamed one frame at a time
+and only rewritten when their content changed (a digest kept in the manifest).
+``$SURGSEG_AUTOSAVE_DIR`` replaces the root folder (tests, shared lab disks).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..atomic import atomic_write_text
+from ..errors import DatasetError
+from .labels_io import read_labels_tiff, write_labels_tiff
+from .points_csv import read_points_csv, write_points_csv
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+ENV_DIR = "SURGSEG_AUTOSAVE_DIR"
+MANIFEST = "manifest.json"
+KINDS = {"labels": ".labels.tif", "points": ".points.csv", "shapes": ".shapes.json"}
+NO_SOURCE = "no-source"
+
+# Several layers of one video save from different worker threads; the
+# manifest is read-modified-written under this lock so no entry is dropped.
+_MANIFEST_LOCK = threading.Lock()
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+# --------------------------------------------------------------------------
+# Folders and names
+# --------------------------------------------------------------------------
+
+
+def autosave_root() -> Path:
+    """``$SURGSEG_AUTOSAVE_DIR`` or ``<user data dir>/napari-surgseg/autosave``."""
+    override = os.environ.get(ENV_DIR)
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-surgseg")) / "autosave"
+
+
+def _short_hash(text: str, n: int = 10) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:n]
+
+
+def _safe(text: str, limit: int = 40) -> str:
+    return (_UNSAFE.sub("_", text).strip("._-") or "layer")[:limit]
+
+
+def autosave_dir(source: Optional[PathLike] = None) -> Path:
+    """Snapshot folder of one source video: its file name made safe plus a
+    short hash of its absolute path (two ``clip.mp4`` in different folders
+    do not share snapshots). Without a source: ``<root>/no-source``."""
+    root = autosave_root()
+    if source is None or str(source) in ("", "."):
+        return root / NO_SOURCE
+    absolute = Path(source).expanduser().absolute()
+    return root / f"{_safe(absolute.name)}-{_short_hash(str(absolute))}"
+
+
+def snapshot_path(folder: PathLike, name: str, kind: str) -> Path:
+    """File of layer ``name``; the hash keeps names that only differ in
+    unsafe characters apart."""
+    _check_kind(kind)
+    return Path(folder) / f"{_safe(name)}-{_short_hash(name, 6)}{KINDS[kind]}"
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise DatasetError(f"autosave: unknown layer kind {kind!r} (expected one of {', '.join(KINDS)})")
+
+
+# --------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------
+
+
+def to_jsonable(value: Any, depth: int = 0) -> Any:
+    """Layer metadata as plain JSON (numpy -> lists/scalars, unknown -> str)."""
+    if depth > 20:
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 100_000 else f"<array {value.shape} {value.dtype}>"
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [to_jsonable(v, depth + 1) for v in value]
+    return str(value)
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return {"version": 1, "layers": {}}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot read autosave manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), dict):
+        raise DatasetError(f"{path}: not an autosave manifest (no 'layers' table)")
+    return manifest
+
+
+def _update_manifest(folder: Path, name: str, entry: dict) -> None:
+    with _MANIFEST_LOCK:
+        try:
+            manifest = _read_manifest(folder)
+        except DatasetError as exc:  # never let a damaged manifest stop saving new work
+            log.warning("%s; starting a new one (snapshot files are kept)", exc)
+            manifest = {"version": 1, "layers": {}}
+        manifest["layers"][name] = entry
+        if entry.get("source"):
+            manifest["source"] = entry["source"]
+        atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
+
+
+# --------------------------------------------------------------------------
+# Labels: digest + streaming
+# --------------------------------------------------------------------------
+
+
+class _HashedFrames:
+    """Per-frame view of a label stack for write_labels_tiff that copies each
+    frame once (so a frame being painted meanwhile is written whole, either
+    before or after the stroke) and hashes exactly what is written."""
+
+    def __init__(self, labels: Any, hasher) -> None:
+        self._labels = labels
+        self._hasher = hasher
+        self.shape = tuple(int(s) for s in labels.shape)
+        self.dtype = np.dtype(labels.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, t):
+        frame = np.array(self._labels[t], copy=True)
+        if isinstance(t, (int, np.integer)):  # whole frames only (the writer also peeks at a row)
+            self._hasher.update(memoryview(np.ascontiguousarray(frame)).cast("B"))
+        return frame
+
+    def __array__(self, dtype=None, copy=None):  # 2D labels: one "frame"
+        frame = np.array(self._labels, copy=True)
+        self._hasher.update(memoryview(np.ascontiguousarray(frame)).cast("B"))
+        return frame if dtype is None else frame.astype(dtype)
+
+
+def _new_hasher(shape: Tuple[int, ...], dtype: np.dtype):
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{shape}|{np.dtype(dtype).str}".encode())
+    return h
+
+
+def labels_digest(labels: Any) -> str:
+    """Content digest of a label stack, read one frame at a time (hashlib
+    releases the GIL on large buffers, so this runs well in a thread)."""
+    shape = tuple(int(s) for s in labels.shape)
+    h = _new_hasher(shape, labels.dtype)
+    frames = [labels] if len(shape) != 3 else (labels[t] for t in range(shape[0]))
+    for frame in frames:
+        h.update(memoryview(np.ascontiguousarray(np.asarray(frame))).cast("B"))
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+# --------------------------------------------------------------------------
+# Save
+# --------------------------------------------------------------------------
+
+
+def save_layer_snapshot(
+    folder: PathLike,
+    name: str,
+    kind: str,
+    data: Any,
+    *,
+    metadata: Optional[Mapping[str, Any]] = None,
+    features: Optional[Mapping[str, Sequence[Any]]] = None,
+    shape_types: Optional[Sequence[str]] = None,
+    source: Optional[PathLike] = None,
+    n_frames: Optional[int] = None,
+    layer_kwargs: Optional[Mapping[str, Any]] = None,
+    edge_colors: Optional[Any] = None,
+    skip_unchanged: bool = True,
+) -> Path:
+    """Save one layer's data into ``folder`` (atomically) and record it in
+    the folder's manifest; returns the snapshot file.
+
+    kind "labels": ``data`` is a (T, H, W) or (H, W) integer array (or a
+    lazy stack), written frame by frame; with ``skip_unchanged`` an unchanged
+    stack (same digest as the last snapshot) is not rewritten.
+    kind "points": (N, 3) ``(t, y, x)`` or (N, 2) array plus ``features``.
+    kind "shapes": list of (M, D) vertex arrays, ``shape_types`` (napari
+    names: "path", "polygon", ...), optional per-shape ``edge_colors`` (RGBA).
+    ``layer_kwargs`` (scale, translate, axis_labels, ...) and ``metadata``
+    are kept in the manifest for restoring.
+    """
+    _check_kind(kind)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = snapshot_path(folder, name, kind)
+    entry: dict = {"name": name, "kind": kind, "file": path.name,
+                   "source": str(source) if source is not None else None}
+
+    if kind == "labels":
+        shape = tuple(int(s) for s in getattr(data, "shape", ()))
+        if len(shape) not in (2, 3) or not hasattr(data, "dtype"):
+            raise DatasetError(f"autosave of {name!r}: labels must be a (T, H, W) or (H, W) array, got shape {shape}")
+        if skip_unchanged and path.is_file():
+            try:
+                previous = _read_manifest(folder)["layers"].get(name, {})
+            except DatasetError:
+                previous = {}
+            if previous.get("file") == path.name and previous.get("digest") == labels_digest(data):
+                log.debug("autosave of %r: labels unchanged, %s kept", name, path)
+                return path
+        hasher = _new_hasher(shape, np.dtype(data.dtype))
+        write_labels_tiff(_HashedFrames(data, hasher), path)
+        entry.update(digest=hasher.hexdigest(), shape=list(shape), dtype=np.dtype(data.dtype).str,
+                     n_frames=n_frames if n_frames is not None else (shape[0] if len(shape) == 3 else 1))
+    elif kind == "points":
+        points = np.asarray(data, dtype=float)
+        write_points_csv(points, path, features=features)
+        entry.update(count=int(len(points)), ndim=int(points.shape[1]) if points.ndim == 2 else 3,
+                     n_frames=n_frames if n_frames is not None else _frames_touched([points]))
+    else:
+        shapes = [np.asarray(s, dtype=float) for s in data]
+        types = list(shape_types) if shape_types is not None else ["path"] * len(shapes)
+        if len(types) != len(shapes):
+            raise DatasetError(f"autosave of {name!r}: {len(types)} shape types for {len(shapes)} shapes")
+        bad = [s.shape for s in shapes if s.ndim != 2]
+        if bad:
+            raise DatasetError(f"autosave of {name!r}: shape vertices must be (M, D) arrays, got {bad[0]}")
+        ndim = int(layer_kwargs.get("ndim")) if layer_kwargs and layer_kwargs.get("ndim") else (
+            shapes[0].shape[1] if shapes else 2)
+        doc = {
+            "version": 1,
+            "ndim": ndim,
+            "shapes": [{"type": str(t), "vertices": s.tolist()} for t, s in zip(types, shapes)],
+            "features": _features_json(features, len(shapes), name),
+        }
+        if edge_colors is not None:
+            doc["edge_colors"] = np.asarray(edge_colors, dtype=float).reshape(-1, 4).tolist()
+        atomic_write_text(path, json.dumps(doc))
+        entry.update(count=len(shapes), ndim=ndim,
+                     n_frames=n_frames if n_frames is not None else _frames_touched(shapes))
+
+    entry.update(saved_at=_now(), metadata=to_jsonable(dict(metadata or {})),
+                 layer_kwargs=to_jsonable(dict(layer_kwargs or {})))
+    _update_manifest(folder, name, entry)
+    log.debug("autosaved %s %r to %s", kind, name, path)
+    return path
+
+
+def _frames_touched(arrays: Sequence[np.ndarray]) -> Optional[int]:
+    """Highest frame index + 1 of (t, y, x) coordinates; None for 2D data."""
+    frames = [a[:, 0] for a in arrays if a.ndim == 2 and a.shape[1] == 3 and len(a)]
+    if not frames:
+        return None
+    return int(np.max(np.concatenate(frames))) + 1
+
+
+def _features_json(features: Optional[Mapping[str, Sequence[Any]]], n: int, name: str) -> dict:
+    out: dict = {}
+    for col in features if features is not None else ():
+        values = list(features[col])
+        if len(values) != n:
+            raise DatasetError(f"autosave of {name!r}: feature '{col}' has {len(values)} values for {n} shapes")
+        out[str(col)] = to_jsonable(values)
+    return out
+
+
+# --------------------------------------------------------------------------
+# List and load
+# --------------------------------------------------------------------------
+
+
+def list_snapshots(folder: PathLike) -> list[dict]:
+    """Manifest entries of ``folder`` whose file exists, newest first; each
+    gets ``folder`` and ``path`` (absolute). Missing folder: empty list."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        return []
+    entries = []
+    for name, entry in _read_manifest(folder)["layers"].items():
+        if not isinstance(entry, dict) or entry.get("kind") not in KINDS or not entry.get("file"):
+            log.warning("%s: skipping malformed manifest entry %r", folder / MANIFEST, name)
+            continue
+        path = folder / str(entry["file"])
+        if path.is_file():
+            entries.append({**entry, "name": entry.get("name", name), "folder": str(folder), "path": str(path)})
+    return sorted(entries, key=lambda e: str(e.get("saved_at", "")), reverse=True)
+
+
+def load_snapshot(entry: Mapping[str, Any]) -> Tuple[Any, dict, str]:
+    """``(data, kwargs, kind)`` of one :func:`list_snapshots` entry, ready for
+    ``napari.layers.Layer.create(data, kwargs, kind)`` (no napari import here).
+    ``kwargs`` holds the original layer name; the caller may rename."""
+    kind = str(entry.get("kind"))
+    _check_kind(kind)
+    path = Path(entry.get("path") or Path(str(entry.get("folder", ""))) / str(entry.get("file", "")))
+    if not path.is_file():
+        raise DatasetError(f"{path}: autosaved snapshot not found")
+    kwargs: dict = {"name": str(entry.get("name", path.stem))}
+    kwargs.update(dict(entry.get("layer_kwargs") or {}))
+    kwargs.pop("ndim", None)  # shapes take it from their file below; others infer it from the data
+    kwargs["metadata"] = {**dict(entry.get("metadata") or {}), "autosave_restored_from": str(path)}
+    if kind == "labels":
+        data = read_labels_tiff(path)
+    elif kind == "points":
+        table = read_points_csv(path)
+        data = table.data
+        if table.features:
+            kwargs["features"] = table.features
+    else:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            shapes = doc["shapes"]
+            data = [np.asarray(s["vertices"], dtype=float) for s in shapes]
+            kwargs["shape_type"] = [str(s["type"]) for s in shapes]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DatasetError(f"{path}: cannot read autosaved shapes ({exc})") from exc
+        kwargs["ndim"] = int(doc.get("ndim", data[0].shape[1] if data else 2))
+        if doc.get("features"):
+            kwargs["features"] = {k: np.asarray(v) for k, v in doc["features"].items()}
+        if doc.get("edge_colors") and len(doc["edge_colors"]) == len(data):
+            kwargs["edge_color"] = np.asarray(doc["edge_colors"], dtype=float)
+    return data, kwargs, kind

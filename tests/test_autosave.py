@@ -1,0 +1,294 @@
+"""Autosave of corrections: core snapshots (round trip, manifest, atomicity,
+skip when unchanged) and the napari side (edits -> snapshot on disk from a
+worker thread, coalescing, one warning on failure, restore as layers)."""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from surgseg_core.errors import DatasetError
+from surgseg_core.io import autosave as core
+
+SOURCE = "/videos/case 01/clip.mp4"
+
+
+@pytest.fixture(autouse=True)
+def _autosave_root(tmp_path, monkeypatch):
+    monkeypatch.setenv(core.ENV_DIR, str(tmp_path / "autosave"))
+    return tmp_path / "autosave"
+
+
+def _labels(seed=0, shape=(4, 12, 10)):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 5, size=shape).astype(np.uint16)
+
+
+# ----------------------------------------------------------------------- core
+def test_autosave_dir_per_video(_autosave_root, tmp_path):
+    a = core.autosave_dir(SOURCE)
+    assert a.parent == _autosave_root
+    assert a.name.startswith("clip.mp4-")
+    assert core.autosave_dir(SOURCE) == a  # stable
+    assert core.autosave_dir("/other/case/clip.mp4") != a  # same file name, other video
+    assert core.autosave_dir(None) == _autosave_root / core.NO_SOURCE
+
+
+def test_labels_points_shapes_round_trip_with_manifest():
+    folder = core.autosave_dir(SOURCE)
+    labels = _labels()
+    core.save_layer_snapshot(folder, "masks", "labels", labels, metadata={"model": "x", "arr": np.arange(3)},
+                             source=SOURCE, layer_kwargs={"scale": [1.0, 2.0, 2.0]})
+    pts = np.array([[0, 3.5, 7.25], [2, 1.0, 9.0]])
+    feats = {"obj_id": np.array([1, 2]), "positive": np.array([True, False])}
+    core.save_layer_snapshot(folder, "prompts", "points", pts, features=feats, source=SOURCE)
+    shapes = [np.array([[1, 2.0, 3.0], [1, 4.0, 5.5], [1, 6.0, 1.0]]), np.array([[3, 0.0, 0.0], [3, 2.0, 2.0]])]
+    core.save_layer_snapshot(folder, "curves/liver", "shapes", shapes, shape_types=["polygon", "path"],
+                             features={"class_id": [1, 3]}, edge_colors=[[1, 0, 0, 1], [0, 0, 1, 1]],
+                             layer_kwargs={"ndim": 3}, source=SOURCE)
+
+    manifest = json.loads((folder / core.MANIFEST).read_text())
+    assert set(manifest["layers"]) == {"masks", "prompts", "curves/liver"}
+    assert manifest["source"] == SOURCE
+    assert manifest["layers"]["masks"]["n_frames"] == 4
+    assert manifest["layers"]["curves/liver"]["n_frames"] == 4  # highest frame 3 + 1
+    assert all("saved_at" in e and (folder / e["file"]).is_file() for e in manifest["layers"].values())
+
+    entries = {e["name"]: e for e in core.list_snapshots(folder)}
+    data, kw, kind = core.load_snapshot(entries["masks"])
+    assert kind == "labels" and data.dtype == labels.dtype and np.array_equal(data, labels)
+    assert kw["name"] == "masks" and kw["scale"] == [1.0, 2.0, 2.0]
+    assert kw["metadata"]["model"] == "x" and kw["metadata"]["arr"] == [0, 1, 2]
+
+    data, kw, kind = core.load_snapshot(entries["prompts"])
+    assert kind == "points" and np.array_equal(data, pts)
+    assert kw["features"]["obj_id"].tolist() == [1, 2] and kw["features"]["positive"].tolist() == [True, False]
+
+    data, kw, kind = core.load_snapshot(entries["curves/liver"])
+    assert kind == "shapes" and kw["shape_type"] == ["polygon", "path"] and kw["ndim"] == 3
+    assert all(np.array_equal(a, b) for a, b in zip(data, shapes)) and len(data) == 2
+    assert kw["features"]["class_id"].tolist() == [1, 3]
+    assert kw["edge_color"].tolist() == [[1, 0, 0, 1], [0, 0, 1, 1]]
+
+
+def test_failed_write_keeps_previous_snapshot():
+    folder = core.autosave_dir(SOURCE)
+    good = _labels(1)
+    path = core.save_layer_snapshot(folder, "masks", "labels", good)
+    before = json.loads((folder / core.MANIFEST).read_text())["layers"]["masks"]
+
+    class Breaks:  # a lazy stack whose third frame cannot be read (disk gone, array freed, ...)
+        shape, dtype, ndim = good.shape, good.dtype, 3
+
+        def __getitem__(self, t):
+            if t == 2:
+                raise OSError("frame 2 unreadable")
+            return np.zeros(good.shape[1:], good.dtype)
+
+    with pytest.raises(OSError):
+        core.save_layer_snapshot(folder, "masks", "labels", Breaks(), skip_unchanged=False)
+    with pytest.raises(DatasetError):  # bad points: refused before anything is written
+        core.save_layer_snapshot(folder, "pts", "points", np.array([[0.5, 1, 2]]))
+    assert np.array_equal(core.load_snapshot(core.list_snapshots(folder)[0])[0], good)
+    assert json.loads((folder / core.MANIFEST).read_text())["layers"]["masks"] == before
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no temp files left
+    assert path.is_file()
+
+
+def test_unchanged_labels_are_not_rewritten():
+    folder = core.autosave_dir(SOURCE)
+    labels = _labels(2)
+    path = core.save_layer_snapshot(folder, "masks", "labels", labels)
+    stamp = (path.stat().st_mtime_ns, core.list_snapshots(folder)[0]["saved_at"])
+    core.save_layer_snapshot(folder, "masks", "labels", labels.copy())
+    assert (path.stat().st_mtime_ns, core.list_snapshots(folder)[0]["saved_at"]) == stamp
+    labels[3, 0, 0] += 1
+    core.save_layer_snapshot(folder, "masks", "labels", labels)
+    assert core.list_snapshots(folder)[0]["saved_at"] != stamp[1]
+    assert np.array_equal(core.load_snapshot(core.list_snapshots(folder)[0])[0], labels)
+    image = labels[0].copy()  # 2D labels: same rule
+    path2 = core.save_layer_snapshot(folder, "one image", "labels", image)
+    before = path2.stat().st_mtime_ns
+    core.save_layer_snapshot(folder, "one image", "labels", image.copy())
+    assert path2.stat().st_mtime_ns == before
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path):
+    folder = core.autosave_dir(SOURCE)
+    with pytest.raises(DatasetError, match="unknown layer kind"):
+        core.save_layer_snapshot(folder, "x", "image", np.zeros((2, 2)))
+    with pytest.raises(DatasetError, match="labels must be"):
+        core.save_layer_snapshot(folder, "x", "labels", np.zeros((1, 2, 2, 2), np.uint8))
+    with pytest.raises(DatasetError, match="shape types"):
+        core.save_layer_snapshot(folder, "s", "shapes", [np.zeros((2, 3))], shape_types=["path", "line"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / core.MANIFEST).write_text("{not json")
+    with pytest.raises(DatasetError, match="manifest"):
+        core.list_snapshots(folder)
+    assert core.list_snapshots(tmp_path / "nothing here") == []
+
+
+# --------------------------------------------------------------------- napari
+def _wait_saved(qtbot, layer, n=1, timeout=8000):
+    from napari_surgseg._autosave import watcher_of
+
+    w = watcher_of(layer)
+    qtbot.waitUntil(lambda: w.saves >= n and not w.busy, timeout=timeout)
+
+
+def test_painting_autosaves_off_gui_thread_and_coalesces(qtbot, monkeypatch):
+    from napari.layers import Labels
+
+    from napari_surgseg import _autosave
+
+    real_save = core.save_layer_snapshot
+    threads, running, peak = [], [0], [0]
+    gate = threading.Event()
+    gate.set()
+
+    def recording_save(*args, **kwargs):
+        threads.append(threading.get_ident())
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        try:
+            gate.wait(10)
+            return real_save(*args, **kwargs)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(core, "save_layer_snapshot", recording_save)
+    layer = Labels(np.zeros((3, 16, 16), np.uint8), name="masks")
+    folder = _autosave.watch_layer(layer, SOURCE, interval_ms=30)
+    assert layer.metadata["autosave_path"].startswith(str(folder))
+
+    layer.brush_size = 3
+    layer.paint((1, 5, 5), 3)  # a brush stroke, as the user makes it
+    _wait_saved(qtbot, layer)
+    assert threading.main_thread().ident not in threads  # saved in a worker
+    (entry,) = core.list_snapshots(folder)
+    assert np.array_equal(core.load_snapshot(entry)[0], layer.data)
+    assert layer.metadata["autosave_path"] == entry["path"]
+
+    # edits while a save is stuck: never two saves at once, the last edit lands
+    gate.clear()
+    layer.data[2, :4, :4] = 7
+    layer.events.data(value=layer.data)
+    qtbot.waitUntil(lambda: running[0] == 1, timeout=5000)
+    for v in (8, 9):
+        layer.data[0, 10:, 10:] = v
+        layer.events.data(value=layer.data)
+        qtbot.wait(60)  # longer than the debounce: each edit fires the timer
+    gate.set()
+    _wait_saved(qtbot, layer, n=3)
+    assert peak[0] == 1
+    assert np.array_equal(core.load_snapshot(core.list_snapshots(folder)[0])[0], layer.data)
+    _autosave.unwatch_layer(layer)
+
+
+def test_big_labels_stream_from_the_live_array(qtbot, monkeypatch):
+    from napari.layers import Labels
+
+    from napari_surgseg import _autosave
+
+    monkeypatch.setattr(_autosave, "COPY_LIMIT_BYTES", 0)  # treat this stack as "too big to copy"
+    layer = Labels(np.zeros((3, 20, 20), np.uint8), name="big")
+    folder = _autosave.watch_layer(layer, SOURCE, interval_ms=20)
+    layer.paint((2, 10, 10), 5)
+    _wait_saved(qtbot, layer)
+    (entry,) = core.list_snapshots(folder)
+    assert np.array_equal(core.load_snapshot(entry)[0], layer.data) and layer.data[2].any()
+    _autosave.unwatch_layer(layer)
+
+
+def test_autosave_failure_warns_once(qtbot, monkeypatch):
+    from napari.layers import Points
+
+    from napari_surgseg import _autosave
+
+    warnings = []
+    monkeypatch.setattr(_autosave, "show_warning", warnings.append)
+    monkeypatch.setattr(core, "save_layer_snapshot", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    layer = Points(np.zeros((0, 3)), name="pts")
+    _autosave.watch_layer(layer, SOURCE, interval_ms=20)
+    w = _autosave.watcher_of(layer)
+    for i in range(3):
+        layer.add([i, 1.0, 2.0])
+        qtbot.waitUntil(lambda: not w.busy, timeout=5000)
+        qtbot.wait(40)
+    assert len(warnings) == 1 and "disk full" in warnings[0] and "pts" in warnings[0]
+
+
+def test_restore_section_brings_layers_back(make_napari_viewer, qtbot):
+    from napari.layers import Labels, Points, Shapes
+
+    from napari_surgseg._autosave import watch_layer
+    from napari_surgseg.widgets.corrections import CorrectionsWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 16, 16), np.uint8), name="video", metadata={"source_path": SOURCE})
+    labels = viewer.add_labels(np.zeros((3, 16, 16), np.uint8), name="masks")
+    points = viewer.add_points(np.zeros((0, 3)), name="clicks", features={"obj_id": np.zeros(0, int)})
+    shapes = viewer.add_shapes(ndim=3, name="curves")
+    for layer in (labels, points, shapes):
+        watch_layer(layer, SOURCE, interval_ms=30)
+    labels.data[1, 2:6, 3:9] = 4
+    labels.events.data(value=labels.data)
+    points.feature_defaults = {"obj_id": 2}
+    points.add([[1, 3.0, 4.0], [2, 5.5, 6.0]])
+    shapes.add_paths([np.array([[1, 1.0, 1.0], [1, 8.0, 9.5]])])
+    for layer in (labels, points, shapes):
+        _wait_saved(qtbot, layer)
+
+    widget = CorrectionsWidget(viewer)
+    widget.image_combo.value = viewer.layers["video"]
+    section = widget.restore_section
+    assert {e["name"] for e in section.refresh()} == {"masks", "clicks", "curves"}
+    worker = section.restore()
+    with qtbot.waitSignal(worker.finished, timeout=8000):
+        pass
+    qtbot.waitUntil(lambda: "masks (restored)" in viewer.layers, timeout=3000)
+    restored = viewer.layers["masks (restored)"]
+    assert isinstance(restored, Labels) and np.array_equal(restored.data, labels.data)
+    rp = viewer.layers["clicks (restored)"]
+    assert isinstance(rp, Points) and np.array_equal(rp.data, points.data)
+    assert rp.features["obj_id"].tolist() == [2, 2]
+    rs = viewer.layers["curves (restored)"]
+    assert isinstance(rs, Shapes) and rs.shape_type == ["path"]
+    assert np.allclose(rs.data[0], shapes.data[0])
+    assert "autosave_path" in restored.metadata  # restored work is autosaved again
+
+
+def test_widget_layers_are_autosaved(make_napari_viewer, qtbot):
+    """SAM2 prompt layers and the liver widget's result layers autosave;
+    a liver "Use as correction" (data written, then refresh) is saved too."""
+    from napari_surgseg._autosave import watcher_of
+    from napari_surgseg.widgets.liver import LiverLandmarksWidget
+    from napari_surgseg.widgets.sam2_track import Sam2TrackWidget
+
+    viewer = make_napari_viewer()
+    video = viewer.add_image(np.zeros((3, 32, 32, 3), np.uint8), rgb=True, name="video",
+                             metadata={"source_path": SOURCE})
+    sam = Sam2TrackWidget(viewer)
+    sam.video_combo.value = video
+    prompts = sam.new_prompt_layer()
+    prompts.add([1, 5.0, 6.0])
+
+    liver = LiverLandmarksWidget(viewer)
+    liver._ensure_layers(video, False, 3, (32, 32))  # what a model run creates
+    liver.shapes_layer.feature_defaults = {"class_id": 1, "frame": 1}
+    liver.shapes_layer.add_paths([np.array([[1, 4.0, 4.0], [1, 20.0, 26.0]])])
+    viewer.dims.set_current_step(0, 1)
+    assert liver.use_as_correction() == 1
+    assert liver.labels_layer.data[1].any()
+
+    layers = (prompts, liver.labels_layer, liver.shapes_layer)
+    assert all(watcher_of(layer) is not None for layer in layers)
+    for layer in layers:
+        _wait_saved(qtbot, layer, timeout=15000)
+    entries = {e["name"]: e for e in core.list_snapshots(core.autosave_dir(SOURCE))}
+    assert np.array_equal(core.load_snapshot(entries[prompts.name])[0], prompts.data)
+    assert np.array_equal(core.load_snapshot(entries[liver.labels_layer.name])[0], liver.labels_layer.data)
+    curves, kw, _ = core.load_snapshot(entries[liver.shapes_layer.name])
+    assert np.allclose(curves[0], liver.shapes_layer.data[0]) and kw["features"]["class_id"].tolist() == [1]
