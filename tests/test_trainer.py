@@ -213,3 +213,14 @@ def test_schedulers():
     for _ in range(3):
         plateau.step(1.0)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_tensorboard_events_hold_the_logged_metrics(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard not installed: metrics.jsonl only")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train("toy", {**CPU, "epochs": 2}, run_dir=tmp_path)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    losses = [e.value for e in acc.Scalars("epoch/train_loss")]
+    assert losses == pytest.approx([r["train_loss"] for r in result.history], rel=1e-6)

@@ -61,12 +61,8 @@ def _register(result, job: Dict[str, Any], emit: _Emitter) -> None:
     reg = job.get("register")
     if reg is None:
         return
-    try:
-        from ..weights import register_checkpoint
-    except ImportError:
-        emit({"type": "warning", "message": "the weights registry (surgseg_core.weights.register_checkpoint) is "
-              f"not available; use the checkpoint directly: {result.best_checkpoint}"})
-        return
+    from ..weights import register_checkpoint
+
     last = result.history[-1] if result.history else {}
     metrics = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     entry = register_checkpoint(
