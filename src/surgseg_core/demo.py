@@ -200,7 +200,9 @@ def step_liver(out: Path, summary: dict, *, epochs: int, frames_per_scene: int, 
     return [
         "## 3. Liver landmarks",
         f"UNet (shallow ResNet18 encoder, random init, {cfg['input_width']}x{cfg['input_height']}) {trained_note}; "
-        f"{train_s:.0f} s. Evaluated on the bundled liver sample (`{sample.name}`, held-out seed):",
+        f"{train_s:.0f} s. Evaluated on the bundled liver sample (`{sample.name}`, held-out seed) in the "
+        "paper's table layout; with one training stage, the 'fine-tuning' row is this model's raw output and "
+        "'post-processing' the same model after the curve post-processing:",
         "",
         "```",
         table,
