@@ -16,6 +16,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
 from surgseg_core.errors import SurgsegError
+from surgseg_core.io.label_stack import new_label_stack
 from surgseg_core.methods.liver import CLASS_COLOURS, LANDMARK_CLASSES
 from surgseg_core.methods.liver.export import write_landmarks_csv, write_landmarks_json, write_p2ilf_xml_frames
 from surgseg_core.methods.liver.rasterize import draw_polyline
@@ -174,7 +175,8 @@ class LiverLandmarksWidget(Container):
         shape = tuple(shape_hw) if single else (n_frames, *shape_hw)
         if self.labels_layer is None or self.labels_layer not in self.viewer.layers \
                 or self.labels_layer.data.shape != shape:
-            self.labels_layer = self.viewer.add_labels(np.zeros(shape, np.uint8), name=f"{layer.name} liver labels")
+            name = f"{layer.name} liver labels"
+            self.labels_layer = self.viewer.add_labels(new_label_stack(shape, name=name), name=name)
             self.labels_layer.colormap = _label_colormap()
             watch_layer(self.labels_layer, source_video_of(layer))
         if self.shapes_layer is None or self.shapes_layer not in self.viewer.layers:

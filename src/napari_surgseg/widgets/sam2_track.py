@@ -17,6 +17,7 @@ from napari.layers import Image, Labels, Points
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from surgseg_core.errors import SurgsegError
+from surgseg_core.io.label_stack import new_label_stack
 from surgseg_core.sam2_engine.build import TINY_CONFIG
 from surgseg_core.sam2_engine.outputs import ArrayWriter
 from surgseg_core.sam2_engine.track import prompts_from_points_table, track_video
@@ -185,7 +186,7 @@ class Sam2TrackWidget(Container):
             return
         model, checkpoint = self.model_combo.value
         labels = Labels(
-            np.zeros((n, h, w), np.uint8),
+            new_label_stack((n, h, w), name=f"{video.name} SAM2 masks"),
             name=f"{video.name} SAM2 masks",
             scale=video.scale[:3],
             translate=video.translate[:3],
