@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -99,14 +99,18 @@ def _state_dict_from(ckpt: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
     raise WeightsError(f"checkpoint {path} has no 'model' state dict (keys: {', '.join(map(str, list(ckpt)[:8]))})")
 
 
-def load_model_weights(path: PathLike, model: torch.nn.Module, *, strict: bool = True) -> Dict[str, Any]:
+def load_model_weights(
+    path: PathLike, model: torch.nn.Module, *, strict: bool = True, ckpt: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
     """Load ``ckpt["model"]`` (or a plain state dict) into ``model``.
 
-    Raises WeightsError naming missing/unexpected keys and shape mismatches.
-    Returns the checkpoint dict (for its config/metrics).
+    ``ckpt``: the already loaded contents of ``path`` (saves reading a large
+    checkpoint twice). Raises WeightsError naming missing/unexpected keys and
+    shape mismatches. Returns the checkpoint dict (for its config/metrics).
     """
     path = Path(path)
-    ckpt = load_checkpoint(path)
+    if ckpt is None:
+        ckpt = load_checkpoint(path)
     state = dict(_state_dict_from(ckpt, path))
     # Weights saved from a DDP-wrapped model carry a "module." prefix.
     if state and all(k.startswith("module.") for k in state):

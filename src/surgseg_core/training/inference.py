@@ -37,7 +37,7 @@ def load_trained_model(
     cfg = resolve_config(spec, merge_config(ckpt.get("config"), config, {"device": device} if device else None))
     cfg["checkpoint"] = str(checkpoint)  # provenance of everything predicted with it
     model = spec.build_model(cfg)
-    load_model_weights(checkpoint, model)
+    load_model_weights(checkpoint, model, ckpt=ckpt)
     dev = resolve_device(cfg["device"], env_world().local_rank)
     model.to(dev).eval()
     return spec, model, cfg, dev
