@@ -8,10 +8,12 @@ pixel-by-pixel path walking, skimage's RDP, full-image dilation at the output
 size) in the same run, on synthetic liver masks with prediction-like defects
 (gaps, specks outside the field of view, stray ligament pixels).
 
-Goal (issue 5): the whole chain <= 3 ms per frame. Timed twice: with the
-field of view estimated from every frame (what LiverPredictor.predict does,
-it passes the image) and with one FOV per video passed as ``fov=``. A second
-table splits the per-frame time over the chain's steps. The tables go into
+Goal (issue 5): the whole chain <= 3 ms per frame. Timed with the field of
+view estimated from every frame (what LiverPredictor.predict does, it passes
+the image) and with one FOV per video passed as ``fov=``; with the compiled
+kernels (``_kernels.pyx``, built at install) and with their numpy twins (what
+an install without a C compiler runs). A second table splits the per-frame
+time over the chain's steps. The tables go into
 BENCHMARKS.md between ``<!-- bench:liver_postprocess -->`` markers.
 
     python benchmarks/liver_postprocess.py [--frames 20] [--repeat 5] [--no-write]
@@ -29,7 +31,7 @@ from scipy import ndimage as ndi
 
 from _bench_md import cpu_name, write_section  # benchmarks/ is on sys.path when run as a script
 
-from surgseg_core.methods.liver import LANDMARK_CLASSES, LIGAMENT, RIDGE, SILHOUETTE
+from surgseg_core.methods.liver import LANDMARK_CLASSES, LIGAMENT, RIDGE, SILHOUETTE, _fast
 from surgseg_core.methods.liver.postprocess import PostprocessOptions, estimate_fov, postprocess
 
 SECTION = "liver_postprocess"
@@ -201,6 +203,9 @@ def main(argv=None) -> int:
                              out_shape=frames[0][1].shape)
     rows = []
     agree = []
+    compiled = _fast.kernels
+    impls = [("compiled", compiled)] if compiled is not None else []
+    impls.append(("numpy only", None))
     for out_shape in ((320, 416), (1080, 1920)):
         fast = lambda img, lab: postprocess(lab, img, out_shape=out_shape, options=opts)  # noqa: E731
         fast_fov = lambda img, lab: postprocess(lab, None, out_shape=out_shape, options=opts,  # noqa: E731
@@ -208,10 +213,13 @@ def main(argv=None) -> int:
         naive = lambda img, lab: naive_postprocess(lab, img, out_shape)  # noqa: E731
         fast(*frames[0]), fast_fov(*frames[0]), naive(*frames[0])  # warm-up (imports)
         n_med, n_min = time_per_frame(naive, frames, args.naive_repeat)
-        f_med, f_min = time_per_frame(fast, frames, args.repeat)
-        rows.append((out_shape, "FOV estimated per frame", f_med, f_min, n_med, n_min))
-        f_med, f_min = time_per_frame(fast_fov, frames, args.repeat)
-        rows.append((out_shape, "video's FOV passed (`fov=`)", f_med, f_min, n_med, n_min))
+        for impl, kernels in impls:
+            _fast.kernels = kernels
+            f_med, f_min = time_per_frame(fast, frames, args.repeat)
+            rows.append((out_shape, impl, "FOV estimated per frame", f_med, f_min, n_med, n_min))
+            f_med, f_min = time_per_frame(fast_fov, frames, args.repeat)
+            rows.append((out_shape, impl, "video's FOV passed (`fov=`)", f_med, f_min, n_med, n_min))
+        _fast.kernels = compiled
         if out_shape == (320, 416):
             for img, lab in frames:
                 a = postprocess(lab, img, out_shape=out_shape, options=opts).dilated
@@ -223,16 +231,19 @@ def main(argv=None) -> int:
         f"{args.frames} synthetic frames with prediction-like defects.",
         f"Machine: {os.cpu_count()}-core CPU ({cpu_name()}), no GPU, Python {platform.python_version()}; "
         "the CPU may be shared with other jobs, so compare the ratio within a run.",
+        "Kernels: `compiled` = the Cython kernels built at install (`_kernels.pyx`); `numpy only` = their "
+        "numpy twins, what an install without a C compiler runs (same results).",
         "",
-        "| output size | camera culling | surgseg ms/frame (median / best) "
+        "| output size | kernels | camera culling | surgseg ms/frame (median / best) "
         "| straightforward ms/frame (median / best) | speed-up | <= 3 ms |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (h, w), how, f_med, f_min, n_med, n_min in rows:
-        lines.append(f"| {w} x {h} | {how} | {f_med:.2f} / {f_min:.2f} | {n_med:.1f} / {n_min:.1f} "
+    for (h, w), impl, how, f_med, f_min, n_med, n_min in rows:
+        lines.append(f"| {w} x {h} | {impl} | {how} | {f_med:.2f} / {f_min:.2f} | {n_med:.1f} / {n_min:.1f} "
                      f"| {n_med / f_med:.0f}x | {'yes' if f_med <= 3.0 else 'no'} |")
     steps = step_times(frames, (320, 416), opts)
-    lines += ["", "Where the time goes (416 x 320 output, FOV estimated per frame; ms per frame):", "",
+    lines += ["", f"Where the time goes ({impls[0][0]} kernels, 416 x 320 output, FOV estimated per frame; "
+              "ms per frame):", "",
               "| " + " | ".join(label for label, _ in STEPS) + " |", "|" + "---|" * len(STEPS),
               "| " + " | ".join(f"{steps.get(name, 0.0):.2f}" for _, name in STEPS) + " |"]
     lines += ["", f"Goal: <= 3 ms per frame. Agreement of the two dilated outputs (IoU of landmark pixels, "

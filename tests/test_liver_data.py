@@ -165,3 +165,48 @@ def test_exports_round_trip(tmp_path):
     assert rows[-1] == "7,2,ridge,0,2,14.0,15.0"
     write_p2ilf_xml(tmp_path / "f.xml", frames[7])
     assert np.allclose(read_p2ilf_xml(tmp_path / "f.xml").curves[RIDGE][0], frames[7][RIDGE][0])
+
+
+def _capsule_truth(shape, pts, thickness):
+    """Pixels whose centre lies within thickness / 2 of the polyline (brute force)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    best = np.full(shape, np.inf)
+    for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+        dx, dy = x1 - x0, y1 - y0
+        t = np.clip(((xx - x0) * dx + (yy - y0) * dy) / max(dx * dx + dy * dy, 1e-12), 0, 1)
+        best = np.minimum(best, np.hypot(xx - x0 - t * dx, yy - y0 - t * dy))
+    return best <= thickness / 2
+
+
+def test_thick_polylines_match_exact_capsules():
+    from surgseg_core.methods.liver.rasterize import draw_polyline
+
+    rng = np.random.default_rng(0)
+    for thickness, min_iou in ((5, 0.88), (12, 0.95), (12.5, 0.95)):
+        ious = []
+        for _ in range(10):
+            pts = rng.uniform(5, 95, (5, 2))
+            m = np.zeros((100, 110), np.uint8)
+            draw_polyline(m, pts, 2, thickness)
+            truth = _capsule_truth(m.shape, pts, thickness)
+            assert set(np.unique(m)) <= {0, 2}
+            ious.append((truth & (m > 0)).sum() / (truth | (m > 0)).sum())
+        assert min(ious) >= min_iou, (thickness, ious)
+
+
+def test_draw_polyline_on_views_and_other_dtypes():
+    from surgseg_core.methods.liver.rasterize import draw_polyline
+
+    pts = np.array([[2.0, 3.0], [20.0, 3.0]])
+    ref = np.zeros((10, 30), np.uint8)
+    draw_polyline(ref, pts, 3, 3)
+    stack = np.zeros((2, 10, 30), np.int64)  # a label stack napari holds as int64
+    draw_polyline(stack[1], pts, 3, 3)
+    assert np.array_equal(stack[1], ref) and not stack[0].any()
+    big = np.zeros((10, 60), np.uint8)
+    view = big[:, ::2]  # not contiguous: drawn through a scratch copy, in place
+    draw_polyline(view, pts, 3, 1)
+    assert (big[3, 4:42:2] == 3).all() and big[:, 1::2].sum() == 0
+    mask = np.zeros((10, 30), bool)
+    draw_polyline(mask, pts, 1, 3)
+    assert np.array_equal(mask, ref > 0)

@@ -20,6 +20,19 @@ from surgseg_core.methods.liver.skeleton_paths import trace_skeleton
 from scipy import ndimage as ndi
 
 
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def implementation(request, monkeypatch):
+    """Every test here runs on the compiled kernels and on their numpy twins
+    (what users without a C compiler get)."""
+    from surgseg_core.methods.liver import _fast
+
+    if request.param == "compiled" and _fast.kernels is None:
+        pytest.skip("compiled kernels not built (test_liver_kernels.py says why)")
+    if request.param == "numpy":
+        monkeypatch.setattr(_fast, "kernels", None)
+    return request.param
+
+
 def _endoscope_frame(h=320, w=416, radius=180, seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:h, :w]

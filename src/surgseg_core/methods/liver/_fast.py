@@ -1,9 +1,25 @@
-"""Small numpy helpers for the post-processing hot path."""
+"""Small helpers for the post-processing hot path: numpy versions, and the
+compiled kernels (``_kernels.pyx``) that replace them when they are built.
+
+The functions taking ``(flat, w, pts)`` work on a C-contiguous image raveled
+to 1-D with a background margin of at least one pixel on every side (then a
+neighbour of a foreground pixel is its flat index + a fixed offset), ``pts``
+being the sorted flat indices of its non-zero pixels.
+"""
 from __future__ import annotations
 
+import os
 from typing import Tuple
 
 import numpy as np
+
+if os.environ.get("SURGSEG_NO_COMPILED"):  # force the numpy versions (debugging, comparisons)
+    kernels = None
+else:
+    try:
+        from . import _kernels as kernels
+    except ImportError:  # not built (no C compiler at install time): numpy versions, same results
+        kernels = None
 
 
 def nonzero2d(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -17,12 +33,22 @@ def nonzero2d(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return np.divmod(flat, mask.shape[1])
 
 
-def _padded_flat(mask: np.ndarray) -> Tuple[np.ndarray, int]:
-    """Boolean copy of ``mask`` with a 1-px background frame, flattened, and its
-    row stride: a neighbour of a pixel is then pixel index + a fixed offset."""
-    m = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), bool)
-    m[1:-1, 1:-1] = mask
-    return m.ravel(), m.shape[1]
+def has_margin(mask: np.ndarray) -> bool:
+    """True when the outermost rows and columns of a 2-D mask are background."""
+    return not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+def flat_view(mask: np.ndarray, labels: bool = False) -> Tuple[np.ndarray, int, int]:
+    """``mask`` as (flat array, row stride, padding) with a background margin:
+    a view (padding 0) when ``mask`` is C-contiguous, has one and has the
+    wanted dtype, else a copy with a 1-px frame (padding 1). The dtype is bool,
+    or with ``labels=True`` uint8 keeping the label values."""
+    dtype = np.dtype(np.uint8) if labels else np.dtype(bool)
+    if mask.dtype == dtype and mask.flags.c_contiguous and has_margin(mask):
+        return mask.ravel(), mask.shape[1], 0
+    m = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype)
+    m[1:-1, 1:-1] = mask if labels else (mask != 0)
+    return m.ravel(), m.shape[1], 1
 
 
 # Euler number from the foreground pixels -------------------------------------------
@@ -42,10 +68,12 @@ def euler_number8(mask: np.ndarray) -> int:
     windows around each foreground pixel (the others are Q0): one scan of the
     mask finds the pixels, the rest follows their number (skimage.measure.
     euler_number and a labelling of the background work on the whole box)."""
-    flat, w = _padded_flat(mask != 0)
+    flat, w, _ = flat_view(mask)
     p = np.flatnonzero(flat)
     if len(p) == 0:
         return 0
+    if kernels is not None:
+        return kernels.euler8(flat.view(np.uint8), p, w)
     t = np.concatenate([p, p - 1, p - w, p - w - 1])  # top-left corners of the windows holding p
     f = flat.view(np.uint8)
     code = f[t] + (f[t + 1] << 1) + (f[t + w] << 2) + (f[t + w + 1] << 3)
@@ -74,15 +102,16 @@ _ZS_LUT = np.array([
 _ZS_REMOVE = ((_ZS_LUT & 1) > 0, (_ZS_LUT & 2) > 0)
 
 
-def zhang_suen_points(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(rows, cols), row-major, of the Zhang-Suen skeleton of a 2-D mask: the
-    pixels of ``skimage.morphology.skeletonize(mask, method="zhang")``; after
-    one scan of the mask, each pass costs in proportion to the pixels left.
-    (Updating the codes only around removed pixels was measured no faster:
-    at ~1-3 k pixels the per-call overhead dominates.)"""
-    flat, w = _padded_flat(mask != 0)
+def zhang_suen_flat(flat: np.ndarray, w: int, pts: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning in place on a flat boolean image with a margin
+    (module docstring); returns the sorted flat indices of the skeleton: the
+    pixels of ``skimage.morphology.skeletonize(mask, method="zhang")``.
+    In numpy, each pass costs in proportion to the pixels left. (Updating the
+    codes only around removed pixels was measured no faster: at ~1-3 k
+    pixels the per-call overhead dominates.)"""
+    if kernels is not None:
+        return kernels.zhang_suen(flat.view(np.uint8), pts, w, _ZS_LUT)
     offsets = np.array([-w - 1, -w, -w + 1, 1, w + 1, w, w - 1, -1], dtype=np.int64)
-    pts = np.flatnonzero(flat)
     removed = True
     while removed and len(pts):
         removed = False
@@ -93,8 +122,18 @@ def zhang_suen_points(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
                 flat[pts[rm]] = False
                 pts = pts[~rm]
                 removed = True
-    r, c = np.divmod(pts, w)
-    return r - 1, c - 1
+    return pts
+
+
+def zhang_suen_points(mask: np.ndarray, overwrite: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """(rows, cols), row-major, of the Zhang-Suen skeleton of a 2-D mask (see
+    :func:`zhang_suen_flat`). ``overwrite``: a boolean mask with a margin may
+    be thinned in place instead of copied."""
+    flat, w, pad = flat_view(mask)
+    if pad == 0 and not overwrite:
+        flat = flat.copy()
+    r, c = np.divmod(zhang_suen_flat(flat, w, np.flatnonzero(flat)), w)
+    return r - pad, c - pad
 
 
 def zhang_suen(mask: np.ndarray) -> np.ndarray:

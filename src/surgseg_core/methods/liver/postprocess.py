@@ -28,21 +28,26 @@ switch in :class:`PostprocessOptions`, applied in the paper's order:
    the masks), then drawn 1 px thin and at ``out_thickness``.
 
 Steps 3-5 work per class on the cropped bounding box of that class, and no
-step computes a full-image distance transform; thinning, hole detection
-(Euler number) and the skeleton graph work from the pixel lists rather than
-scanning the box (benchmarks/liver_postprocess.py has the per-frame cost).
+step computes a full-image distance transform; labelling, the closest pairs
+for joining, hole detection and filling, thinning and the skeleton graph work
+from the pixel lists rather than scanning the box, in the compiled kernels
+(``_kernels.pyx``) when they are built and in numpy otherwise (same results;
+benchmarks/liver_postprocess.py has the per-frame cost of both). OpenCV draws
+the output maps and runs the RDP of open paths.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
 from ...errors import ConfigError
 from . import LANDMARK_CLASSES, LIGAMENT, RIDGE, SILHOUETTE
-from ._fast import euler_number8, nonzero2d, zhang_suen, zhang_suen_points
+from . import _fast
+from ._fast import euler_number8, flat_view, nonzero2d, zhang_suen, zhang_suen_points
 from .rasterize import rasterize_curves, scale_curves
 from .skeleton_paths import trace_label_skeleton
 
@@ -74,7 +79,7 @@ class PostprocessOptions:
             raise ConfigError("join_distance and rdp_epsilon must be >= 0")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return dict(self.__dict__)  # all fields are scalars (dataclasses.asdict: ~60 us per frame)
 
 
 @dataclass
@@ -293,17 +298,17 @@ def join_fragments(mask: np.ndarray, max_distance: float = 15.0) -> np.ndarray:
     return _join_fragments(mask, max_distance)[0]
 
 
-def _join_fragments(mask: np.ndarray, max_distance: float) -> Tuple[np.ndarray, int]:
-    """:func:`join_fragments` and the number of 8-connected components left."""
-    from skimage.draw import line
-
+def _component_links_numpy(mask: np.ndarray, max_distance: float):
+    """(number of 8-connected components, [(distance, i, j, pixel of i, pixel
+    of j)] for the pairs closer than ``max_distance``), numpy version of
+    :func:`_component_links_compiled`."""
     lab, n = ndi.label(mask, structure=_EIGHT)
     if n < 2:
-        return mask, n
-    # boxes and outlines from the pixel list (ndi.find_objects and a mask per
-    # component would each scan the box again)
+        return n, []
     ys, xs = nonzero2d(mask)
     comp = lab[ys, xs] - 1
+    # boxes and outlines from the pixel list (ndi.find_objects and a mask per
+    # component would each scan the box again)
     order = np.argsort(comp, kind="stable")  # pixels grouped by component, raster order within
     ys, xs, comp = ys[order], xs[order], comp[order]
     starts = np.flatnonzero(np.diff(comp, prepend=-1))
@@ -339,6 +344,35 @@ def _join_fragments(mask: np.ndarray, max_distance: float) -> Tuple[np.ndarray, 
             d, ia, ib = _nearest_pair(a, b)
             if d <= max_distance:
                 edges.append((d, i, j, a[ia], b[ib]))
+    return n, edges
+
+
+def _component_links_compiled(mask: np.ndarray, max_distance: float):
+    """:func:`_component_links_numpy` with the compiled kernels (labelling
+    and the pairwise search over outline pixels in C)."""
+    kernels = _fast.kernels
+    flat, w, pad = flat_view(mask)
+    pts = np.flatnonzero(flat)
+    comp, n = kernels.label8(flat.view(np.uint8), pts, w)
+    if n < 2:
+        return n, []
+    order = np.argsort(comp, kind="stable")  # pixels grouped by component, raster order within
+    pts, comp = pts[order], comp[order]
+    outline = ~(flat[pts - 1] & flat[pts + 1] & flat[pts - w] & flat[pts + w])
+    d, i, j, pa, pb = kernels.component_links(pts, outline.view(np.uint8), comp, n, w, float(max_distance))
+    ra, ca = np.divmod(np.asarray(pa, np.int64), w)
+    rb, cb = np.divmod(np.asarray(pb, np.int64), w)
+    return n, [(d[k], i[k], j[k], (ra[k] - pad, ca[k] - pad), (rb[k] - pad, cb[k] - pad)) for k in range(len(d))]
+
+
+def _join_fragments(mask: np.ndarray, max_distance: float) -> Tuple[np.ndarray, int]:
+    """:func:`join_fragments` and the number of 8-connected components left."""
+    from skimage.draw import line
+
+    if _fast.kernels is not None:
+        n, edges = _component_links_compiled(mask, max_distance)
+    else:
+        n, edges = _component_links_numpy(mask, max_distance)
     if not edges:
         return mask, n
     parent = list(range(n))
@@ -377,6 +411,14 @@ def fill_small_holes(mask: np.ndarray, max_area: int = 64, n_components: Optiona
         return mask
     if n_components is not None and n_components - euler_number8(mask) <= 0:
         return mask
+    if _fast.kernels is not None:
+        flat, w, pad = flat_view(mask)
+        if pad == 0:
+            flat = flat.copy()
+        if not _fast.kernels.fill_small_holes(flat.view(np.uint8), np.flatnonzero(flat), w, int(max_area)):
+            return mask
+        out = flat.reshape(mask.shape[0] + 2 * pad, -1)
+        return out[pad:out.shape[0] - pad, pad:out.shape[1] - pad] if pad else out
     bg, n = ndi.label(~mask)
     if n < 2:
         return mask
@@ -388,21 +430,22 @@ def fill_small_holes(mask: np.ndarray, max_area: int = 64, n_components: Optiona
     return mask | small[bg] if small.any() else mask
 
 
-def skeletonize_crops(crops: List[np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """(rows, cols) of the Zhang-Suen skeleton of each mask, all thinned in
-    one call on the masks stacked with a background row between them (the
-    thinning is local, so they do not interact; one call pays the per-pass
-    numpy overhead once instead of once per class)."""
+def skeletonize_crops(crops: List[np.ndarray], overwrite: bool = False) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """(rows, cols) of the Zhang-Suen skeleton of each mask. In numpy, all are
+    thinned in one call on the masks stacked with a background row between
+    them (the thinning is local, so they do not interact; one call pays the
+    per-pass numpy overhead once instead of once per class). ``overwrite``:
+    boolean masks with a background margin may be thinned in place."""
     if len(crops) == 0:
         return []
-    if len(crops) == 1:
-        return [zhang_suen_points(crops[0])]
+    if len(crops) == 1 or _fast.kernels is not None:
+        return [zhang_suen_points(c, overwrite=overwrite) for c in crops]
     width = max(c.shape[1] for c in crops)
     starts = np.cumsum([0] + [c.shape[0] + 1 for c in crops])
     stack = np.zeros((int(starts[-1]), width), bool)
     for c, s in zip(crops, starts):
         stack[s:s + c.shape[0], :c.shape[1]] = c
-    r, c = zhang_suen_points(stack)
+    r, c = zhang_suen_points(stack, overwrite=True)
     cut = np.searchsorted(r, starts[1:-1])  # rows are sorted (row-major)
     return [(rr - s, cc) for rr, cc, s in zip(np.split(r, cut), np.split(c, cut), starts)]
 
@@ -449,16 +492,19 @@ def rdp(points: np.ndarray, epsilon: float) -> np.ndarray:
 
 
 def simplify_path(path: np.ndarray, epsilon: float) -> np.ndarray:
-    """RDP of an 8-connected pixel path. Pixels inside straight runs are
-    dropped first: the distance to a line is convex along a straight run, so
-    the farthest point RDP looks for is always a run end and the result is the
-    same (up to ties) at a fraction of the cost."""
-    if epsilon <= 0 or len(path) < 3:
-        return np.asarray(path, dtype=np.float64)
-    step = np.diff(path, axis=0)
-    turn = np.any(step[1:] != step[:-1], axis=1)
-    keep = np.concatenate([[True], turn, [True]])
-    return rdp(path[keep], epsilon)
+    """RDP of an integer pixel path. Open paths use OpenCV's
+    ``approxPolyDP``, which is the same recursion as :func:`rdp`
+    (perpendicular distance to the line through the two ends, split at the
+    first farthest point, kept when more than ``epsilon`` away; tests compare
+    the two) in C; closed paths (first == last point), where approxPolyDP
+    starts from two far points of its own choosing, use :func:`rdp`."""
+    pts = np.asarray(path)
+    if epsilon <= 0 or len(pts) < 3:
+        return pts.astype(np.float64)
+    if np.array_equal(pts[0], pts[-1]):
+        return rdp(pts, epsilon)
+    simplified = cv2.approxPolyDP(np.ascontiguousarray(pts, dtype=np.int32).reshape(-1, 1, 2), float(epsilon), False)
+    return simplified.reshape(-1, 2).astype(np.float64)
 
 
 def _crop_from_points(ys: np.ndarray, xs: np.ndarray, pad: int = 2):
@@ -487,7 +533,7 @@ def _polylines_from_points(ys, xs, vals, options: PostprocessOptions) -> Dict[in
             crop, n_comp = _join_fragments(crop, options.join_distance)
         crops.append((cls, fill_small_holes(crop, options.max_hole_area, n_comp), y0, x0))
     if options.skeletonize:
-        thinned = skeletonize_crops([c[1] for c in crops])
+        thinned = skeletonize_crops([c[1] for c in crops], overwrite=True)
     else:
         thinned = [nonzero2d(c[1]) for c in crops]
     for (cls, _, y0, x0), (ry, rx) in zip(crops, thinned):

@@ -1,16 +1,21 @@
-"""Drawing open polylines into index masks (no OpenCV).
+"""Drawing open polylines into index masks (with OpenCV's rasteriser).
 
 A thick polyline is the union of capsules (all pixels within ``thickness / 2``
-of a segment), which equals dilating the 1-px line with a disk of diameter
-``thickness``; each capsule is evaluated only on its segment's bounding box,
-so the cost does not depend on the image size.
+of a segment), i.e. the 1-px line dilated with a disk of diameter
+``thickness``: drawn as one filled disk per vertex and one filled quadrilateral
+per segment, at 1/256 px precision. OpenCV's fill also sets the pixels its
+polygon edges touch (about half a pixel beyond the exact capsule on each
+side), so the radius is reduced by that half pixel; the result then covers the
+exact capsule's area with boundary pixels differing (IoU ~0.98 at 12 px,
+tests/test_liver_data.py). It is ~100x faster than evaluating the capsule per
+pixel in numpy (0.2 ms instead of 30 ms for 20 long segments at 1920 x 1080).
 """
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
+import cv2
 import numpy as np
-from skimage.draw import line
 
 from . import LIGAMENT, RIDGE, SILHOUETTE
 
@@ -21,47 +26,50 @@ DRAW_ORDER = (SILHOUETTE, RIDGE, LIGAMENT)
 Polyline = np.ndarray  # (N, 2) float, columns x, y (image coordinates, pixel centres)
 Curves = Mapping[int, Sequence[Polyline]]
 
+_SHIFT = 8                 # OpenCV's fixed-point fraction bits: coordinates in 1/256 px
+_ONE = 1 << _SHIFT
+_EDGE_BIAS = 0.5           # px OpenCV's polygon fill adds beyond the exact boundary
+_CV_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32, np.float64)
+
+
+def _drawable(mask: np.ndarray) -> bool:
+    return mask.ndim == 2 and mask.flags.c_contiguous and mask.dtype.type in _CV_DTYPES
+
 
 def draw_polyline(mask: np.ndarray, points_xy: np.ndarray, value: int, thickness: float = 1.0) -> None:
-    """Draw an open polyline in place. ``thickness`` <= 1 draws 8-connected 1-px lines."""
+    """Draw an open polyline in place. ``thickness`` <= 1 draws an 8-connected
+    1-px line through the rounded vertices."""
     pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
     if len(pts) == 0:
         return
-    h, w = mask.shape[:2]
-    if thickness <= 1.0:
-        r = np.rint(pts[:, 1]).astype(np.int64)
-        c = np.rint(pts[:, 0]).astype(np.int64)
-        if len(pts) == 1:
-            rr, cc = r, c
-        else:
-            segs = [line(r[i], c[i], r[i + 1], c[i + 1]) for i in range(len(pts) - 1)]
-            rr = np.concatenate([s[0] for s in segs])
-            cc = np.concatenate([s[1] for s in segs])
-        ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-        mask[rr[ok], cc[ok]] = value
+    if not _drawable(mask):
+        # a view, a bool or a 64-bit label array: draw on a uint8 scratch and copy the pixels
+        scratch = np.zeros(mask.shape[:2], np.uint8)
+        draw_polyline(scratch, pts, 1, thickness)
+        mask[scratch > 0] = value
         return
-    radius = thickness / 2.0
-    r2 = radius * radius
-    if len(pts) == 1:
-        pts = np.vstack([pts, pts])
-    # Each segment: pixels of its bounding box (grown by the radius) whose
-    # distance to the segment is <= radius, i.e. a capsule. (A batched version
-    # with fixed windows was slower: the windows waste more area than the
-    # per-segment loop costs.)
-    for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
-        c0 = max(int(np.floor(min(x0, x1) - radius)), 0)
-        c1 = min(int(np.ceil(max(x0, x1) + radius)) + 1, w)
-        r0 = max(int(np.floor(min(y0, y1) - radius)), 0)
-        r1 = min(int(np.ceil(max(y0, y1) + radius)) + 1, h)
-        if c0 >= c1 or r0 >= r1:
-            continue
-        px = np.arange(c0, c1, dtype=np.float64)[None, :] - x0
-        py = np.arange(r0, r1, dtype=np.float64)[:, None] - y0
-        dx, dy = x1 - x0, y1 - y0
-        ll = dx * dx + dy * dy
-        t = np.clip((px * dx + py * dy) / ll, 0.0, 1.0) if ll > 0 else 0.0
-        inside = (px - t * dx) ** 2 + (py - t * dy) ** 2 <= r2
-        mask[r0:r1, c0:c1][inside] = value
+    value = float(value) if mask.dtype.kind == "f" else int(value)
+    if thickness <= 1.0:
+        p = np.rint(pts).astype(np.int32)
+        if len(p) == 1:
+            p = np.vstack([p, p])
+        cv2.polylines(mask, [p], False, value, 1, cv2.LINE_8)
+        return
+    radius = max(thickness / 2.0 - _EDGE_BIAS, 0.0)
+    fixed = np.rint(pts * _ONE).astype(np.int64)
+    r = int(round(radius * _ONE))
+    for x, y in fixed.tolist():
+        cv2.circle(mask, (x, y), r, value, -1, cv2.LINE_8, _SHIFT)
+    d = pts[1:] - pts[:-1]
+    length = np.hypot(d[:, 0], d[:, 1])
+    ok = length > 0
+    if not ok.any():
+        return
+    normal = np.column_stack([-d[ok, 1], d[ok, 0]]) * (radius / length[ok])[:, None]
+    a, b = pts[:-1][ok], pts[1:][ok]
+    quads = np.rint(np.stack([a + normal, b + normal, b - normal, a - normal], axis=1) * _ONE).astype(np.int32)
+    for quad in quads:
+        cv2.fillConvexPoly(mask, quad, value, cv2.LINE_8, _SHIFT)
 
 
 def rasterize_curves(curves: Curves, shape: Tuple[int, int], thickness: float = 1.0,

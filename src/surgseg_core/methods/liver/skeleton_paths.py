@@ -2,7 +2,8 @@
 
 scikit-image thins (Zhang-Suen) but has no skeleton-to-polyline tracing, and
 ``skan`` would be an extra dependency for ~60 lines, so this is hand-written on
-scipy's sparse-graph routines (C speed, no per-pixel Python loop):
+scipy's sparse-graph routines (C speed, no per-pixel Python loop), or on the
+compiled ``_kernels.skeleton_segments`` (a plain walk; same result) when built:
 
 1. pixels are nodes; 4-neighbours are joined, diagonal neighbours only when
    neither shared 4-neighbour is set (this removes the little triangles of a
@@ -23,7 +24,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, depth_first_order
 
-from ._fast import nonzero2d
+from . import _fast
+from ._fast import flat_view, nonzero2d
 
 
 def _edges(lab: np.ndarray, flat_idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -74,10 +76,49 @@ def trace_label_skeleton(lab: np.ndarray, min_pixels: int = 2, min_branch: int =
     one-pixel skeletons labelled by class (0 background); pixels of different
     classes are never connected. Returns ``[(class, path), ...]`` (one graph
     for all classes keeps the fixed cost of the sparse routines to one call)."""
-    rows, cols = nonzero2d(lab)
+    lab = np.asarray(lab)
+    small_labels = lab.dtype in (np.uint8, np.bool_) or (lab.dtype.kind in "iu" and (lab.size == 0 or lab.max() < 256))
+    if _fast.kernels is not None and small_labels:
+        flat, w, pad = flat_view(lab, labels=True)
+        pts = np.flatnonzero(flat)
+        if len(pts) == 0:
+            return []
+        order, bounds, is_end, junction_of, cluster = _fast.kernels.skeleton_segments(flat.view(np.uint8), pts, w)
+        rows, cols = np.divmod(pts, w)
+        rows, cols = rows - pad, cols - pad
+        node_class = flat[pts]
+        blocks = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    else:
+        rows, cols = nonzero2d(lab)
+        if len(rows) == 0:
+            return []
+        blocks, is_end, junction_of, cluster = _segments(lab, rows, cols)
+        node_class = lab[rows, cols]
+    raw = []  # [class, node list, junction cluster at start or -1, at end or -1, closed]
+    for block in blocks:
+        block = block.tolist()
+        if not is_end[block[0]] and len(block) > 2:
+            raw.append([int(node_class[block[0]]), block + [block[0]], -1, -1, True])
+            continue
+        first, last = block[0], block[-1]
+        j0 = j1 = -1
+        if junction_of[last] >= 0:
+            block.append(int(junction_of[last]))
+            j1 = int(cluster[block[-1]])
+        if junction_of[first] >= 0:
+            block.insert(0, int(junction_of[first]))
+            j0 = int(cluster[block[0]])
+        raw.append([int(node_class[block[0]]), block, j0, j1, False])
+    raw = _prune_and_merge(raw, min_branch)
+    return [(cls, np.column_stack([rows[block], cols[block]])) for cls, block, _, _, _ in raw
+            if len(block) >= min_pixels]
+
+
+def _segments(lab: np.ndarray, rows: np.ndarray, cols: np.ndarray):
+    """numpy/scipy version of ``_kernels.skeleton_segments`` (same results):
+    (segments as arrays of pixel numbers, is-end flags, first junction
+    neighbour of each pixel or -1, junction cluster of each pixel)."""
     n = len(rows)
-    if n == 0:
-        return []
     src, dst = _edges(lab, rows * lab.shape[1] + cols)
     degree = np.bincount(src, minlength=n) + np.bincount(dst, minlength=n)
     junction = degree >= 3
@@ -86,17 +127,14 @@ def trace_label_skeleton(lab: np.ndarray, min_pixels: int = 2, min_branch: int =
     seg = coo_matrix((np.ones(len(s), np.int8), (s, d)), shape=(n, n)).tocsr()
     seg_degree = np.bincount(s, minlength=n) + np.bincount(d, minlength=n)
     n_comp, comp = connected_components(seg, directed=False)  # junctions are singletons
-    # junction neighbours of each node, for extending path ends
+    # the first junction neighbour of each pixel, in the order of the edge list
+    junction_of = np.full(n, -1, dtype=np.int64)
     jmask = junction[src] ^ junction[dst]
-    js, jd = src[jmask], dst[jmask]
-    node_to_junction = {}
-    for a, b in zip(js.tolist(), jd.tolist()):
+    for a, b in zip(src[jmask].tolist(), dst[jmask].tolist()):
         if junction[a]:
             a, b = b, a
-        node_to_junction.setdefault(a, b)
-
-    node_class = lab[rows, cols]
-    paths: List[Tuple[int, np.ndarray]] = []
+        if junction_of[a] < 0:
+            junction_of[a] = b
     # Order every path with ONE depth-first walk: a virtual node n is linked to
     # one end of each path (any pixel of a loop); DFS finishes a path before
     # starting the next, and on a simple path its visiting order is the path.
@@ -113,40 +151,21 @@ def trace_label_skeleton(lab: np.ndarray, min_pixels: int = 2, min_branch: int =
     comp_is_junction = np.zeros(n_comp, bool)
     comp_is_junction[comp[junction]] = True
     starts = starts[(starts >= 0) & ~comp_is_junction]
+    # junction clusters (touching junction pixels are one branch point)
+    jj = junction[src] & junction[dst]
+    if jj.any():
+        jgraph = coo_matrix((np.ones(int(jj.sum()), np.int8), (src[jj], dst[jj])), shape=(n, n))
+        _, cluster = connected_components(jgraph, directed=False)
+    else:
+        cluster = np.arange(n)
     if len(starts) == 0:
-        return paths
+        return [], is_end, junction_of, cluster
     vs = np.concatenate([s, np.full(len(starts), n)])
     vd = np.concatenate([d, starts])
     graph = coo_matrix((np.ones(len(vs), np.int8), (vs, vd)), shape=(n + 1, n + 1)).tocsr()
     order = depth_first_order(graph, n, directed=False, return_predecessors=False)[1:]
     cuts = np.nonzero(np.diff(comp[order]))[0] + 1
-    # junction clusters (touching junction pixels are one branch point)
-    jj = junction[src] & junction[dst]
-    if jj.any():
-        jgraph = coo_matrix((np.ones(int(jj.sum()), np.int8), (src[jj], dst[jj])), shape=(n, n))
-        _, jcluster = connected_components(jgraph, directed=False)
-    else:
-        jcluster = np.arange(n)
-    raw = []  # [class, node list, junction cluster at start or -1, at end or -1, closed]
-    for block in np.split(order, cuts):
-        block = block.tolist()
-        if not np.any(is_end[block[0]]) and len(block) > 2:
-            raw.append([int(node_class[block[0]]), block + [block[0]], -1, -1, True])
-            continue
-        first, last = block[0], block[-1]
-        j0 = j1 = -1
-        if last in node_to_junction:
-            block.append(node_to_junction[last])
-            j1 = int(jcluster[block[-1]])
-        if first in node_to_junction:
-            block.insert(0, node_to_junction[first])
-            j0 = int(jcluster[block[0]])
-        raw.append([int(node_class[block[0]]), block, j0, j1, False])
-    raw = _prune_and_merge(raw, min_branch)
-    for cls, block, _, _, _ in raw:
-        if len(block) >= min_pixels:
-            paths.append((cls, np.column_stack([rows[block], cols[block]])))
-    return paths
+    return np.split(order, cuts), is_end, junction_of, cluster
 
 
 def _prune_and_merge(raw: list, min_branch: int) -> list:
