@@ -101,3 +101,92 @@ def test_widget_reports_missing_checkpoint(make_napari_viewer, monkeypatch):
     widget.checkpoint_edit.value = "/nonexistent/model.pt"
     assert widget.run() is None
     assert errors and "checkpoint not found" in errors[0]
+
+
+def test_whole_video_cancel_keeps_finished_frames(make_napari_viewer, qtbot, monkeypatch):
+    """Cancel after the first batch of 4 frames: those frames stay, the rest are empty."""
+    import time
+
+    from surgseg_core.methods.liver import predict as predict_mod
+    from surgseg_core.synth import generate_liver_scene
+
+    from napari_surgseg.widgets.liver import LiverLandmarksWidget
+
+    result, _, _ = trained_liver_model()
+    viewer = make_napari_viewer()
+    scene = generate_liver_scene(seed=41, n_frames=8, height=H, width=W)
+    layer = viewer.add_image(np.stack([scene.frame(i).image for i in range(8)]), rgb=True)
+    widget = LiverLandmarksWidget(viewer)
+    widget.image_combo.value = layer
+    widget.checkpoint_edit.value = str(result.best_checkpoint)
+    widget.mode_combo.value = "whole video"
+    original = predict_mod.LiverPredictor.predict
+    calls = []
+
+    def predict_then_cancel(self, *a, **k):
+        out = original(self, *a, **k)
+        calls.append(len(out))
+        while widget._token is None:  # the token is set when run() returns
+            time.sleep(0.01)
+        widget.cancel()  # what the Cancel button does
+        return out
+
+    monkeypatch.setattr(predict_mod.LiverPredictor, "predict", predict_then_cancel)
+    worker = widget.run()
+    assert not widget.run_btn.enabled and widget.cancel_btn.enabled
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.run_btn.enabled, timeout=10_000)
+    assert calls == [4]  # the second batch never ran
+    labels = widget.labels_layer.data
+    assert labels.shape == (8, H, W)
+    assert all(labels[i].any() for i in range(4)) and not labels[4:].any()
+    assert set(widget.shapes_layer.features["frame"]) <= {0, 1, 2, 3}
+    assert "cancelled" in widget.status.value and "4 frame" in widget.status.value
+
+
+def test_single_image_and_export_dialogs(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """A 2-D RGB image (one P2ILF-style frame): 2-D layers, correction, and the
+    export buttons writing where the file dialog points."""
+    from qtpy.QtWidgets import QFileDialog
+
+    from surgseg_core.methods.liver import SILHOUETTE
+    from surgseg_core.methods.liver.export import read_landmarks_json
+    from surgseg_core.synth import generate_liver_scene
+
+    from napari_surgseg.widgets import liver as liver_mod
+
+    result, _, _ = trained_liver_model()
+    viewer = make_napari_viewer()
+    frame = generate_liver_scene(seed=42, n_frames=1, height=H, width=W).frame(0)
+    layer = viewer.add_image(frame.image, rgb=True, name="one image")
+    widget = liver_mod.LiverLandmarksWidget(viewer)
+    widget.image_combo.value = layer
+    widget.checkpoint_edit.value = str(result.best_checkpoint)
+    widget.mode_combo.value = "whole video"  # ignored for a single image
+    _run(widget, qtbot)
+    assert widget.labels_layer.data.shape == (H, W) and widget.labels_layer.data.any()
+    assert widget.shapes_layer.ndim == 2 and len(widget.shapes_layer.data) > 0
+    # replace everything by one drawn silhouette and store it as the correction
+    widget.shapes_layer.data = []
+    widget.shapes_layer.add_paths([np.array([[60.0, 10.0], [60.0, 140.0]])])
+    widget.shapes_layer.features = {"class_id": np.array([SILHOUETTE]), "frame": np.array([0])}
+    assert widget.use_as_correction() == 0
+    assert set(np.unique(widget.labels_layer.data)) == {0, SILHOUETTE}
+    assert (widget.labels_layer.data[60, 10:141] == SILHOUETTE).all()
+    # export buttons: the dialogs are answered by the test
+    infos, errors = [], []
+    monkeypatch.setattr(liver_mod, "show_info", infos.append)
+    monkeypatch.setattr(liver_mod, "show_error", errors.append)
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(tmp_path / "one.json"), "")))
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: str(tmp_path / "xml")))
+    widget.json_btn.clicked.emit()
+    widget.xml_btn.clicked.emit()
+    assert not errors, errors
+    back = read_landmarks_json(tmp_path / "one.json")
+    assert [p.tolist() for p in back[0][SILHOUETTE]] == [[[10.0, 60.0], [140.0, 60.0]]]
+    assert list((tmp_path / "xml").glob("*.xml")) and len(infos) == 2
+    # a dialog closed without a choice writes nothing and says nothing
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: ("", "")))
+    widget.csv_btn.clicked.emit()
+    assert len(infos) == 2 and not errors and not list(tmp_path.glob("*.csv"))

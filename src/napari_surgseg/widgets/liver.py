@@ -15,7 +15,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
-from surgseg_core.errors import SurgsegError
+from surgseg_core.errors import Cancelled, SurgsegError
 from surgseg_core.io.label_stack import new_label_stack
 from surgseg_core.methods.liver import CLASS_COLOURS, LANDMARK_CLASSES
 from surgseg_core.methods.liver.export import write_landmarks_csv, write_landmarks_json, write_p2ilf_xml_frames
@@ -55,8 +55,12 @@ def _predict_job(checkpoint: str, frames, indices, options, cache: dict, *, prog
         cache.clear()
         cache[checkpoint] = predictor
     predictor.options = options
-    preds = predict_frames(predictor, frames, indices, progress=progress, cancel=cancel, postprocess_on=True)
-    return predictor.provenance(options), preds
+    preds: dict = {}
+    try:
+        predict_frames(predictor, frames, indices, progress=progress, cancel=cancel, postprocess_on=True, into=preds)
+    except Cancelled:
+        return predictor.provenance(options), preds, True  # keep the frames done before the cancel
+    return predictor.provenance(options), preds, False
 
 
 class LiverLandmarksWidget(Container):
@@ -185,9 +189,12 @@ class LiverLandmarksWidget(Container):
             self.shapes_layer.features = {"class_id": np.zeros(0, int), "frame": np.zeros(0, int)}
             watch_layer(self.shapes_layer, source_video_of(layer))
 
-    def _finish(self, target, provenance: dict, preds: Dict) -> None:
+    def _finish(self, target, provenance: dict, preds: Dict, cancelled: bool = False) -> None:
         layer, single, n_frames = target
         if not preds:
+            self.status.value = "cancelled before the first frame" if cancelled else "no frames"
+            if cancelled:
+                show_info("Liver landmarks: cancelled")
             return
         first = next(iter(preds.values()))
         self._ensure_layers(layer, single, n_frames, first.raw_full.shape)
@@ -203,8 +210,9 @@ class LiverLandmarksWidget(Container):
         meta = {**provenance, "source_layer": layer.name}
         self.labels_layer.metadata.update({"liver": meta})
         self.shapes_layer.metadata.update({"liver": meta})
-        self.status.value = f"landmarks on {len(preds)} frame(s)"
-        show_info(f"Liver landmarks: {len(preds)} frame(s) done")
+        how = "cancelled; kept landmarks of" if cancelled else "landmarks on"
+        self.status.value = f"{how} {len(preds)} frame(s)"
+        show_info(f"Liver landmarks: {how} {len(preds)} frame(s)")
 
     def _replace_paths(self, preds: Dict, single: bool) -> None:
         sl = self.shapes_layer

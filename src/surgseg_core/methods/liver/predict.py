@@ -175,10 +175,12 @@ def predict_inputs(model, inputs: Iterable, out_dir, config: Mapping[str, Any], 
 
 def predict_frames(predictor: "LiverPredictor", frames, indices: Sequence[int], *,
                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                   batch_size: int = 4, postprocess_on: Optional[bool] = None) -> Dict[int, FramePrediction]:
+                   batch_size: int = 4, postprocess_on: Optional[bool] = None,
+                   into: Optional[Dict[int, FramePrediction]] = None) -> Dict[int, FramePrediction]:
     """Predictions for ``frames[i]`` for each i in ``indices`` (frames: any
-    (T, H, W, 3) array-like, read a batch at a time)."""
-    out: Dict[int, FramePrediction] = {}
+    (T, H, W, 3) array-like, read a batch at a time). ``into``: a dict filled
+    as batches finish, so a caller keeps the frames done before a cancel."""
+    out: Dict[int, FramePrediction] = {} if into is None else into
     indices = list(indices)
     for start in range(0, len(indices), batch_size):
         check_cancel(cancel)
