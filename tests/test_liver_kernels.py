@@ -150,3 +150,19 @@ def test_whole_chain_same_as_numpy(monkeypatch):
         assert np.array_equal(fast.thin, slow.thin) and np.array_equal(fast.dilated, slow.dilated)
         for cls in fast.polylines:
             assert [p.tolist() for p in fast.polylines[cls]] == [p.tolist() for p in slow.polylines[cls]]
+
+
+@needs_kernels
+def test_kernels_refuse_inputs_that_would_read_outside_the_image():
+    m = np.zeros((6, 8), np.uint8)
+    m[0, 3] = 1  # on the outermost frame
+    flat = m.ravel().copy()
+    pts = np.flatnonzero(flat)
+    for call in (lambda: K.label8(flat, pts, 8), lambda: K.euler8(flat, pts, 8),
+                 lambda: K.zhang_suen(flat, pts, 8, _fast._ZS_LUT), lambda: K.fill_small_holes(flat, pts, 8, 5),
+                 lambda: K.skeleton_segments(flat, pts, 8), lambda: K.label8(flat, np.array([99]), 8),
+                 lambda: K.label8(flat, pts, 7)):
+        with pytest.raises(ValueError):
+            call()
+    with pytest.raises(ValueError):
+        K.component_links(np.array([9, 10]), np.ones(2, np.uint8), np.array([1, 0]), 2, 8, 5.0)

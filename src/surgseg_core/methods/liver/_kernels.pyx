@@ -38,6 +38,25 @@ cdef inline void _union(int32_t* parent, int32_t a, int32_t b) noexcept nogil:
         parent[a] = b
 
 
+cdef int _check(Py_ssize_t size, const int64_t[::1] pts, Py_ssize_t w) except -1:
+    """Refuse inputs that would make the loops read outside the image (a
+    crash would take napari and the user's unsaved work with it): every pixel
+    must lie inside the image, off its outermost frame."""
+    cdef Py_ssize_t i, h
+    cdef int64_t r, c
+    if w < 3 or size % w:
+        raise ValueError(f"row length {w} does not divide the image size {size}")
+    h = size // w
+    for i in range(pts.shape[0]):
+        if pts[i] < 0 or pts[i] >= size:
+            raise ValueError(f"pixel index {pts[i]} outside the image")
+        r = pts[i] // w
+        c = pts[i] - r * w
+        if r == 0 or r == h - 1 or c == 0 or c == w - 1:
+            raise ValueError("a foreground pixel lies on the image's outermost frame: pad the image by 1 px")
+    return 0
+
+
 def zhang_suen(uint8_t[::1] flat, const int64_t[::1] pts, Py_ssize_t w, const uint8_t[::1] lut):
     """Zhang-Suen thinning in place on ``flat`` (0/1 values). ``lut``: the
     256-entry table of ``_fast._ZS_LUT`` (bit 0: removable in the first
@@ -46,6 +65,9 @@ def zhang_suen(uint8_t[::1] flat, const int64_t[::1] pts, Py_ssize_t w, const ui
     as it was when the sub-pass began, as skimage does. Returns the flat
     indices of the skeleton, sorted."""
     cdef Py_ssize_t n = pts.shape[0], i, k, m
+    _check(flat.shape[0], pts, w)
+    if lut.shape[0] < 256:
+        raise ValueError("the lookup table needs 256 entries")
     out = np.array(pts, dtype=np.int64, copy=True)
     if n == 0:
         return out
@@ -88,6 +110,7 @@ def label8(const uint8_t[::1] flat, const int64_t[::1] pts, Py_ssize_t w):
     pixel, numbered 0.. in raster order of each component's first pixel,
     number of components)."""
     cdef Py_ssize_t n = pts.shape[0], i, k, size = flat.shape[0]
+    _check(size, pts, w)
     labels = np.zeros(n, dtype=np.int64)
     if n == 0:
         return labels, 0
@@ -137,6 +160,7 @@ def euler8(const uint8_t[::1] flat, const int64_t[::1] pts, Py_ssize_t w):
     weight[7] = weight[11] = weight[13] = weight[14] = -1
     weight[6] = weight[9] = -3
     cdef Py_ssize_t corner[4]
+    _check(flat.shape[0], pts, w)
     corner[0] = 0; corner[1] = -1; corner[2] = -w; corner[3] = -w - 1
     with nogil:
         for i in range(n):
@@ -165,6 +189,7 @@ def skeleton_segments(const uint8_t[::1] flat, const int64_t[::1] pts, Py_ssize_
     - ``cluster``: a label shared by touching junction pixels.
     """
     cdef Py_ssize_t n = pts.shape[0], size = flat.shape[0], i, k, s, pos, nseg = 0
+    _check(size, pts, w)
     order_a = np.empty(n, dtype=np.int64)
     bounds_a = np.zeros(n + 1, dtype=np.int64)
     is_end_a = np.zeros(n, dtype=np.uint8)
@@ -290,6 +315,7 @@ def fill_small_holes(uint8_t[::1] flat, const int64_t[::1] pts, Py_ssize_t w, Py
     labelling of the background visits the whole image). Returns the number
     of pixels filled."""
     cdef Py_ssize_t n = pts.shape[0], size = flat.shape[0], h, i, k, top, count, filled = 0
+    _check(size, pts, w)
     if n == 0 or max_area <= 0:
         return 0
     h = size // w
@@ -369,6 +395,11 @@ def component_links(const int64_t[::1] pts, const uint8_t[::1] outline, const in
     closest pair (i's pixels in order, then j's) is kept. Returns rows
     (distance, i, j, pixel of i, pixel of j) as five arrays."""
     cdef Py_ssize_t n = pts.shape[0], i, j, a, b, k, n_links = 0
+    if outline.shape[0] != n or comp.shape[0] != n or w < 1:
+        raise ValueError("pts, outline and comp must have one entry per pixel")
+    for k in range(n):
+        if comp[k] < 0 or comp[k] >= n_comp or (k > 0 and comp[k] < comp[k - 1]):
+            raise ValueError("comp must be ascending component numbers below n_comp")
     cdef int64_t* start = <int64_t*>calloc(n_comp + 1, sizeof(int64_t))
     cdef int64_t* box = <int64_t*>malloc(4 * n_comp * sizeof(int64_t))  # r0, r1, c0, c1
     if start == NULL or box == NULL:
