@@ -345,3 +345,25 @@ def test_join_fragments_touching_the_image_border():
     joined = join_fragments(m, 6)
     assert joined[0].all() and joined[19, 0] and joined.sum() == 41
     assert ndi.label(joined, np.ones((3, 3)))[1] == 2
+
+
+def test_chain_keeps_a_real_p2ilf_ground_truth():
+    """Post-processing the (downscaled) ground truth of a real P2ILF frame with
+    the real frame for the FOV: curves come back at 1920 x 1080 on the truth."""
+    import imageio.v3 as iio
+    from conftest import realdata_file
+
+    from surgseg_core.methods.liver import LANDMARK_CLASSES
+    from surgseg_core.methods.liver.data import resize_mask
+    from surgseg_core.methods.liver.metrics import dice
+    from surgseg_core.methods.liver.readers import colour_labels_to_mask
+
+    folder = "p2ilf_liver_landmarks/2D_imageLabel_metrics/image_labels_GT"
+    truth = colour_labels_to_mask(iio.imread(realdata_file(f"{folder}/P2ILF22_patient1_12_GT.jpg")))
+    image = iio.imread(realdata_file(f"{folder}/P2ILF22_patient1_12.jpg"))
+    small = resize_mask(truth, (416, 320))
+    res = postprocess(small, image, out_shape=truth.shape, options=PostprocessOptions(out_thickness=12))
+    assert res.dilated.shape == truth.shape
+    for cls in LANDMARK_CLASSES:
+        assert dice(res.dilated == cls, truth == cls) > 0.8
+        assert 1 <= len(res.polylines[cls]) <= 3  # clean curves, not fragments
