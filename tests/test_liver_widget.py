@@ -190,3 +190,37 @@ def test_single_image_and_export_dialogs(make_napari_viewer, qtbot, tmp_path, mo
     monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: ("", "")))
     widget.csv_btn.clicked.emit()
     assert len(infos) == 2 and not errors and not list(tmp_path.glob("*.csv"))
+
+
+def test_hand_drawn_curves_get_the_chosen_class_and_their_frame(liver_widget, qtbot):
+    """A user draws a new path on frame 3 with napari's path tool: it takes
+    the class chosen in the widget (not background) and the frame it was drawn
+    on, so "Use as correction" and exports include it; selected curves can be
+    re-classed."""
+    from surgseg_core.methods.liver import LIGAMENT, RIDGE
+
+    viewer, widget, frames, _ = liver_widget
+    widget.mode_combo.value = "current frame"
+    viewer.dims.set_current_step(0, 1)
+    _run(widget, qtbot)
+    sl = widget.shapes_layer
+    widget.class_combo.value = LIGAMENT
+    n_before = len(sl.data)
+    sl.add_paths([np.array([[3, 30.0, 20.0], [3, 90.0, 25.0]])])  # what drawing does: no features given
+    assert int(sl.features["class_id"].iloc[-1]) == LIGAMENT
+    assert np.allclose(sl.edge_color[-1][:3], (0.0, 0.0, 1.0))
+    per_frame = widget.frame_polylines()
+    assert [p.tolist() for p in per_frame[3][LIGAMENT]] == [[[20.0, 30.0], [25.0, 90.0]]]
+    viewer.dims.set_current_step(0, 3)
+    assert widget.use_as_correction() == 3
+    assert (widget.labels_layer.data[3, 30:91, 22] == LIGAMENT).any()
+    # re-class the drawn curve as ridge
+    widget.class_combo.value = RIDGE
+    sl.selected_data = {n_before}
+    assert widget.set_selected_class() == 1
+    assert int(sl.features["class_id"].iloc[n_before]) == RIDGE
+    assert RIDGE in widget.frame_polylines()[3] and widget.frame_polylines()[3][RIDGE]
+    # a new run on frame 1 keeps the hand-drawn curve of frame 3
+    viewer.dims.set_current_step(0, 1)
+    _run(widget, qtbot)
+    assert widget.frame_polylines()[3][RIDGE]

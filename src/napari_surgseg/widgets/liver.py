@@ -17,7 +17,7 @@ from napari.utils.notifications import show_error, show_info
 
 from surgseg_core.errors import Cancelled, SurgsegError
 from surgseg_core.io.label_stack import new_label_stack
-from surgseg_core.methods.liver import CLASS_COLOURS, LANDMARK_CLASSES
+from surgseg_core.methods.liver import CLASS_COLOURS, CLASS_NAMES, LANDMARK_CLASSES
 from surgseg_core.methods.liver.export import write_landmarks_csv, write_landmarks_json, write_p2ilf_xml_frames
 from surgseg_core.methods.liver.rasterize import draw_polyline
 
@@ -80,6 +80,9 @@ class LiverLandmarksWidget(Container):
         self.cull_box = CheckBox(label="Camera + ligament culling", value=True)
         self.run_btn = PushButton(text="Run")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.class_combo = ComboBox(label="Class of drawn curves",
+                                    choices=[(CLASS_NAMES[c], c) for c in LANDMARK_CLASSES], value=LANDMARK_CLASSES[0])
+        self.reclass_btn = PushButton(text="Set class of selected curves")
         self.correct_btn = PushButton(text="Use as correction (current frame)")
         self.json_btn = PushButton(text="Export JSON...")
         self.csv_btn = PushButton(text="Export CSV...")
@@ -87,10 +90,13 @@ class LiverLandmarksWidget(Container):
         self.status = Label(value="")
         self.extend([self.image_combo, self.weights_combo, self.checkpoint_edit, self.mode_combo, self.start_spin,
                      self.stop_spin, self.join_spin, self.rdp_spin, self.thick_spin, self.cull_box, self.run_btn,
-                     self.cancel_btn, self.correct_btn, self.json_btn, self.csv_btn, self.xml_btn, self.status])
+                     self.cancel_btn, self.class_combo, self.reclass_btn, self.correct_btn, self.json_btn,
+                     self.csv_btn, self.xml_btn, self.status])
         self.weights_combo.changed.connect(self._on_registered)
         self.run_btn.clicked.connect(self.run)
         self.cancel_btn.clicked.connect(self.cancel)
+        self.class_combo.changed.connect(self._apply_class_defaults)
+        self.reclass_btn.clicked.connect(self.set_selected_class)
         self.correct_btn.clicked.connect(self.use_as_correction)
         self.json_btn.clicked.connect(lambda: self._export_dialog("json"))
         self.csv_btn.clicked.connect(lambda: self._export_dialog("csv"))
@@ -187,6 +193,7 @@ class LiverLandmarksWidget(Container):
             self.shapes_layer = self.viewer.add_shapes(name=f"{layer.name} liver curves", ndim=2 if single else 3,
                                                        edge_width=3, face_color="transparent")
             self.shapes_layer.features = {"class_id": np.zeros(0, int), "frame": np.zeros(0, int)}
+            self._apply_class_defaults()
             watch_layer(self.shapes_layer, source_video_of(layer))
 
     def _finish(self, target, provenance: dict, preds: Dict, cancelled: bool = False) -> None:
@@ -218,10 +225,12 @@ class LiverLandmarksWidget(Container):
         sl = self.shapes_layer
         frames_done = set(preds)
         feats = sl.features
-        keep = [k for k in range(len(sl.data)) if single is False and int(feats["frame"].iloc[k]) not in frames_done]
+        # the frame of a path is its first coordinate (hand-drawn paths included)
+        frame_of = [0 if single else int(round(float(np.asarray(d)[0, 0]))) for d in sl.data]
+        keep = [k for k in range(len(sl.data)) if not single and frame_of[k] not in frames_done]
         data = [sl.data[k] for k in keep]
         cls_ids = [int(feats["class_id"].iloc[k]) for k in keep]
-        fr_ids = [int(feats["frame"].iloc[k]) for k in keep]
+        fr_ids = [frame_of[k] for k in keep]
         for i, p in sorted(preds.items()):
             for c in LANDMARK_CLASSES:
                 for line in p.result.polylines.get(c, ()):
@@ -234,21 +243,51 @@ class LiverLandmarksWidget(Container):
             colours = [tuple(v / 255 for v in CLASS_COLOURS[c]) + (1.0,) for c in cls_ids]
             sl.add_paths(data, edge_color=colours, edge_width=3)
         sl.features = {"class_id": np.asarray(cls_ids, int), "frame": np.asarray(fr_ids, int)}
+        self._apply_class_defaults()
 
     # ---------------------------------------------------------- edit / export
+    def _apply_class_defaults(self, *_) -> None:
+        """Curves the user draws next get the chosen class (feature) and its colour."""
+        sl = self.shapes_layer
+        if sl is None or sl not in self.viewer.layers:
+            return
+        cls = int(self.class_combo.value)
+        sl.feature_defaults = {"class_id": cls, "frame": 0}
+        sl.current_edge_color = tuple(v / 255 for v in CLASS_COLOURS[cls]) + (1.0,)
+
+    def set_selected_class(self, _=None) -> int:
+        """Give the selected curves the chosen class (and its colour)."""
+        sl = self.shapes_layer
+        if sl is None or not sl.selected_data:
+            show_error("Liver landmarks: select curves in the curves layer first")
+            return 0
+        cls = int(self.class_combo.value)
+        picked = sorted(sl.selected_data)
+        feats = sl.features.copy()
+        feats.loc[picked, "class_id"] = cls
+        sl.features = feats
+        colours = np.asarray(sl.edge_color).copy()
+        colours[picked] = tuple(v / 255 for v in CLASS_COLOURS[cls]) + (1.0,)
+        sl.edge_color = colours
+        return len(picked)
+
     def frame_polylines(self) -> Dict[int, Dict[int, List[np.ndarray]]]:
-        """Current (possibly edited) paths of the Shapes layer: {frame: {class: [(N, 2) x, y]}}."""
+        """Current (possibly edited or drawn) paths of the Shapes layer:
+        {frame: {class: [(N, 2) x, y]}}. The frame of a path in a video is its
+        first coordinate (a curve drawn by hand has no "frame" feature of its
+        own); paths of a class that is not a landmark are skipped."""
         out: Dict[int, Dict[int, List[np.ndarray]]] = {}
         sl = self.shapes_layer
         if sl is None:
             return out
         feats = sl.features
         for k, d in enumerate(sl.data):
-            c, f = int(feats["class_id"].iloc[k]), int(feats["frame"].iloc[k])
+            d = np.asarray(d)
+            c = int(feats["class_id"].iloc[k])
+            f = int(round(float(d[0, 0]))) if d.shape[1] == 3 else 0
             if c not in LANDMARK_CLASSES:
                 continue
-            xy = np.asarray(d)[:, -2:][:, ::-1]
-            out.setdefault(f, {cc: [] for cc in LANDMARK_CLASSES})[c].append(xy)
+            out.setdefault(f, {cc: [] for cc in LANDMARK_CLASSES})[c].append(d[:, -2:][:, ::-1])
         return out
 
     def use_as_correction(self, _=None) -> Optional[int]:
