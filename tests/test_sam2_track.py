@@ -255,6 +255,45 @@ def test_widget_tracks_into_a_labels_layer(widget_and_video, qtbot, frames):
         np.testing.assert_array_equal(labels.data[t], ref[t])
 
 
+def test_widget_preview_segments_only_the_current_frame(widget_and_video, qtbot, frames, monkeypatch):
+    """Preview: the frame shown, from its own clicks, into a reused preview
+    layer; equal to that frame of a full tracking run with those clicks."""
+    import napari_surgseg.widgets.sam2_track as mod
+
+    viewer, widget, video = widget_and_video
+    layer = widget.new_prompt_layer()
+    _click(widget, layer, 1, True, [2, 30, 20])
+    _click(widget, layer, 2, True, [2, 40, 60])
+    _click(widget, layer, 1, True, [4, 20, 20])  # another frame: not used by the preview of frame 2
+    errors = []
+    monkeypatch.setattr(mod, "show_error", errors.append)
+    viewer.dims.set_current_step(0, 3)
+    widget.preview()
+    assert "no clicks on frame 3" in errors.pop() and widget.preview_layer is None
+    viewer.dims.set_current_step(0, 2)
+    widget.preview()
+    preview = widget.preview_layer
+    assert preview.name == "clip SAM2 preview" and not widget.track_button.enabled
+    _wait_done(qtbot, widget)
+    assert not errors
+    assert widget.last_summary["frames_written"] == 1
+    ref = _engine_labels(frames, [{"frame": 2, "obj_id": 1, "points": [[20, 30]], "labels": [1]},
+                                  {"frame": 2, "obj_id": 2, "points": [[60, 40]], "labels": [1]}],
+                         direction="forward")
+    np.testing.assert_array_equal(preview.data[2], ref[2])
+    assert set(np.unique(preview.data[2])) == {0, 1, 2}
+    others = [t for t in range(T) if t != 2]
+    assert not preview.data[others].any()
+    assert "frame 2" in widget.status.value and "RANDOM" in widget.status.value
+    assert preview.metadata["sam2_provenance"]["random_weights"] is True
+    # a second preview on frame 4 reuses the layer and keeps frame 2
+    viewer.dims.set_current_step(0, 4)
+    widget.preview()
+    _wait_done(qtbot, widget)
+    assert widget.preview_layer is preview and preview.data[4].any() and preview.data[2].any()
+    assert sum(isinstance(lay, type(preview)) for lay in viewer.layers) == 1
+
+
 def test_widget_refuses_without_prompts_or_video(make_napari_viewer, frames, monkeypatch):
     import napari_surgseg.widgets.sam2_track as mod
 

@@ -94,6 +94,7 @@ class Sam2TrackWidget(Container):
         self.worker = None
         self.cancel_token = None
         self.result_layer: Optional[Labels] = None
+        self.preview_layer: Optional[Labels] = None
         self.last_summary: Optional[dict] = None
         v = napari_viewer
 
@@ -110,18 +111,21 @@ class Sam2TrackWidget(Container):
         self.end_spin = SpinBox(label="Last frame", min=-1, max=10**7, value=-1)
         self.end_spin.tooltip = "-1: to the end of the video"
         self.device_combo = ComboBox(label="Device", choices=device_choices(), value="auto")
+        self.preview_button = PushButton(text="Preview current frame")
+        self.preview_button.tooltip = "segment only the frame shown, from its own clicks (no tracking): check the clicks first"
         self.track_button = PushButton(text="Track")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.extend([
             self.video_combo, self.prompts_combo, self.new_prompts_button, self.obj_spin, self.positive_check,
             self.model_combo, self.direction_combo, self.start_spin, self.end_spin, self.device_combo,
-            self.track_button, self.cancel_button, self.status,
+            self.preview_button, self.track_button, self.cancel_button, self.status,
         ])
         self.new_prompts_button.changed.connect(self.new_prompt_layer)
         self.obj_spin.changed.connect(self._apply_defaults)
         self.positive_check.changed.connect(self._apply_defaults)
         self.prompts_combo.changed.connect(self._apply_defaults)
+        self.preview_button.changed.connect(self.preview)
         self.track_button.changed.connect(self.track)
         self.cancel_button.changed.connect(self.cancel)
         connect_layer_refresh(v, self)
@@ -166,39 +170,38 @@ class Sam2TrackWidget(Container):
             layer.feature_defaults = defaults
 
     # ------------------------------------------------------------------ tracking
-    def track(self, *_: Any) -> None:
+    def _inputs(self):
+        """(video layer, prompts, (T, H, W)) or None after telling the user what is missing."""
         video, points = self.video_combo.value, self.prompts_combo.value
         if video is None:
             show_error(f"{TITLE}: no video layer: open a video first (File > Open or 'Load surgical video')")
-            return
+            return None
         if points is None or len(points.data) == 0:
             show_error(f"{TITLE}: no prompts: click on the object in a prompt layer ('New prompt layer') first")
-            return
+            return None
         try:
-            n, h, w = video_shape(video)
-            prompts = prompts_from_layer(points, video)
-            end = n - 1 if self.end_spin.value < 0 else int(self.end_spin.value)
-            frame_range = (int(self.start_spin.value), end)
-            if not 0 <= frame_range[0] <= frame_range[1] < n:
-                raise SurgsegError(f"frame range {frame_range[0]}..{frame_range[1]} is outside the video (0..{n - 1})")
+            return video, prompts_from_layer(points, video), video_shape(video)
         except SurgsegError as exc:
             show_error(f"{TITLE}: {exc}")
-            return
-        model, checkpoint = self.model_combo.value
+            return None
+
+    def _new_labels(self, video: Image, shape, name: str, status: str, prompts: list) -> Labels:
         labels = Labels(
-            new_label_stack((n, h, w), name=f"{video.name} SAM2 masks"),
-            name=f"{video.name} SAM2 masks",
-            scale=video.scale[:3],
-            translate=video.translate[:3],
-            axis_labels=("t", "y", "x"),
-            metadata={"sam2_tracking": {"status": "running", "prompts": prompts}},
+            new_label_stack(shape, name=name), name=name,
+            scale=video.scale[:3], translate=video.translate[:3], axis_labels=("t", "y", "x"),
+            metadata={"sam2_tracking": {"status": status, "prompts": prompts}},
         )
-        self.result_layer = self.viewer.add_layer(labels)
+        self.viewer.add_layer(labels)
         watch_layer(labels, source_video_of(video))
+        return labels
+
+    def _start(self, video: Image, prompts: list, labels: Labels, frame_range, direction: str,
+               on_done, description: str) -> None:
+        """Run ``track_video`` in a worker, writing into ``labels``' array (one code path for both buttons)."""
+        model, checkpoint = self.model_combo.value
         self.last_summary = None
-        self.track_button.enabled = False
+        self.track_button.enabled = self.preview_button.enabled = False
         self.cancel_button.enabled = True
-        self.status.value = "tracking…"
         # the worker writes into the numpy array; napari only reads it on
         # refresh(), which happens here on the GUI thread
         self.worker, self.cancel_token = run_in_worker(
@@ -207,16 +210,61 @@ class Sam2TrackWidget(Container):
             prompts,
             model=model,
             checkpoint=checkpoint,
-            direction=self.direction_combo.value,
+            direction=direction,
             frame_range=frame_range,
             sink=ArrayWriter(labels.data),
             device=None if self.device_combo.value == "auto" else self.device_combo.value,
-            on_done=self._on_done,
-            description="Tracking with SAM2",
+            on_done=on_done,
+            description=description,
         )
         self.worker.yielded.connect(lambda _update: labels.refresh())
         self.worker.errored.connect(lambda exc: self._on_stopped(labels, exc))
         self.worker.finished.connect(self._on_finished)
+
+    def track(self, *_: Any) -> None:
+        inputs = self._inputs()
+        if inputs is None:
+            return
+        video, prompts, (n, h, w) = inputs
+        end = n - 1 if self.end_spin.value < 0 else int(self.end_spin.value)
+        frame_range = (int(self.start_spin.value), end)
+        if not 0 <= frame_range[0] <= frame_range[1] < n:
+            show_error(f"{TITLE}: frame range {frame_range[0]}..{frame_range[1]} is outside the video (0..{n - 1})")
+            return
+        self.result_layer = self._new_labels(video, (n, h, w), f"{video.name} SAM2 masks", "running", prompts)
+        self.status.value = "tracking…"
+        self._start(video, prompts, self.result_layer, frame_range, self.direction_combo.value,
+                    self._on_done, "Tracking with SAM2")
+
+    def preview(self, *_: Any) -> None:
+        """Segment the frame shown from the clicks on that frame only, into a
+        "SAM2 preview" layer (reused): a quick check before tracking."""
+        inputs = self._inputs()
+        if inputs is None:
+            return
+        video, prompts, (n, h, w) = inputs
+        t = int(self.viewer.dims.current_step[0])
+        here = [p for p in prompts if int(p["frame"]) == t]
+        if not here:
+            frames = sorted({int(p["frame"]) for p in prompts})
+            show_error(f"{TITLE}: no clicks on frame {t} (clicks are on frame(s) {frames}): go to one of them")
+            return
+        layer = self.preview_layer
+        if layer is None or layer not in self.viewer.layers or layer.data.shape != (n, h, w):
+            layer = self.preview_layer = self._new_labels(video, (n, h, w), f"{video.name} SAM2 preview",
+                                                          "preview", here)
+        layer.data[t] = 0
+        layer.metadata["sam2_tracking"] = {"status": "preview", "prompts": here}
+        self.status.value = f"segmenting frame {t}…"
+
+        def done(summary: dict) -> None:
+            self.last_summary = summary
+            layer.metadata["sam2_provenance"] = summary["provenance"]
+            layer.refresh()
+            note = " (RANDOM weights: not a segmentation)" if summary["random_weights"] else ""
+            self.status.value = f"preview of frame {t}: object(s) {summary['obj_ids']}{note}"
+
+        self._start(video, here, layer, (t, t), "forward", done, "SAM2 preview")
 
     def cancel(self, *_: Any) -> None:
         if self.cancel_token is not None:
@@ -246,6 +294,6 @@ class Sam2TrackWidget(Container):
         self.status.value = f"{status}: frames shown are complete" if status == "cancelled" else f"failed: {exc}"
 
     def _on_finished(self) -> None:
-        self.track_button.enabled = True
+        self.track_button.enabled = self.preview_button.enabled = True
         self.cancel_button.enabled = False
         self.cancel_token = None
