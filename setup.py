@@ -11,6 +11,11 @@ try:
 except ImportError:  # pragma: no cover - Cython is a build requirement
     cythonize = None
 
-extensions = [Extension("surgseg_core.methods.liver._kernels",
-                        ["src/surgseg_core/methods/liver/_kernels.pyx"], optional=True)]
-setup(ext_modules=cythonize(extensions, quiet=True) if cythonize else [])
+extensions = [Extension("surgseg_core.methods.liver._kernels", ["src/surgseg_core/methods/liver/_kernels.pyx"])]
+if cythonize is not None:
+    extensions = cythonize(extensions, quiet=True)
+else:
+    extensions = []
+for ext in extensions:
+    ext.optional = True  # a failed compile skips the extension (cythonize drops the flag, so set it after)
+setup(ext_modules=extensions)
