@@ -36,7 +36,7 @@ Ctrl-C aborts. The run folder holds config.yaml, metrics.jsonl and checkpoints/.
 EVAL_EXAMPLES = """examples:
   surgseg evaluate liver --checkpoint runs/liver1/checkpoints/best.pt --data data/liver/test
   surgseg evaluate liver --checkpoint best.pt --data data/test --out metrics.json --device cpu
-  surgseg evaluate liver --checkpoint runs/liver/stage2/checkpoints/best.pt --data data/test \
+  surgseg evaluate liver --checkpoint runs/liver/stage2/checkpoints/best.pt --data data/test \\
       --set stage1_checkpoint=runs/liver/stage1/checkpoints/best.pt
     (all three rows of the paper's table: initial training, fine-tuning, post-processing)
 """
