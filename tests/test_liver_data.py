@@ -210,3 +210,14 @@ def test_draw_polyline_on_views_and_other_dtypes():
     mask = np.zeros((10, 30), bool)
     draw_polyline(mask, pts, 1, 3)
     assert np.array_equal(mask, ref > 0)
+
+
+def test_draw_polyline_survives_odd_coordinates():
+    from surgseg_core.methods.liver.rasterize import draw_polyline
+
+    m = np.zeros((20, 30), np.uint8)
+    draw_polyline(m, np.array([[2.0, 5.0], [np.nan, 7.0], [25.0, 5.0]]), 1, 3)  # the NaN vertex is skipped
+    assert (m[5, 3:25] == 1).all()
+    far = np.zeros((20, 30), np.uint8)
+    draw_polyline(far, np.array([[-1e12, 10.0], [1e12, 10.0]]), 2, 1)  # clamped, clipped to the image
+    assert (far[10] == 2).all() and far.sum() == 2 * 30

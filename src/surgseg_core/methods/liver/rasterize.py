@@ -28,6 +28,7 @@ Curves = Mapping[int, Sequence[Polyline]]
 
 _SHIFT = 8                 # OpenCV's fixed-point fraction bits: coordinates in 1/256 px
 _ONE = 1 << _SHIFT
+_FAR = float(1 << 20)      # px; * _ONE stays below 2**31
 _EDGE_BIAS = 0.5           # px OpenCV's polygon fill adds beyond the exact boundary
 _CV_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32, np.float64)
 
@@ -40,6 +41,9 @@ def draw_polyline(mask: np.ndarray, points_xy: np.ndarray, value: int, thickness
     """Draw an open polyline in place. ``thickness`` <= 1 draws an 8-connected
     1-px line through the rounded vertices."""
     pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    # non-finite vertices are skipped; far-away ones are clamped so that the
+    # fixed-point coordinates fit OpenCV's int32 (lines are clipped to the image)
+    pts = np.clip(pts[np.isfinite(pts).all(axis=1)], -_FAR, _FAR)
     if len(pts) == 0:
         return
     if not _drawable(mask):
