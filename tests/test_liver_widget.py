@@ -224,3 +224,61 @@ def test_hand_drawn_curves_get_the_chosen_class_and_their_frame(liver_widget, qt
     viewer.dims.set_current_step(0, 1)
     _run(widget, qtbot)
     assert widget.frame_polylines()[3][RIDGE]
+
+
+def test_curves_shown_in_chunks_and_results_follow_their_video(liver_widget, qtbot):
+    """Many curves go into the Shapes layer a chunk per event-loop turn (the
+    window stays live); a second video of the same size gets its own layers."""
+    from qtpy.QtCore import QTimer
+
+    viewer, widget, frames, _ = liver_widget
+    widget.PATH_CHUNK = 2
+    widget.mode_combo.value = "whole video"
+    worker = widget.run()
+    sl = widget.shapes_layer  # made before the worker starts; the worker fills the labels
+    real_add = sl.add_paths
+    chunks, ticks_seen = [], []
+    ticks = []
+
+    def add_paths(data, **kw):
+        ticks_seen.append(len(ticks))
+        QTimer.singleShot(0, lambda: ticks.append(1))  # runs only if the loop turns before the next chunk
+        chunks.append(len(data))
+        return real_add(data, **kw)
+
+    sl.add_paths = add_paths
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.status.value.startswith("landmarks on"), timeout=30_000)
+    assert len(chunks) >= 3 and max(chunks) == 2
+    assert ticks_seen == list(range(len(chunks)))  # the event loop turned before every further chunk
+    assert len(sl.data) == sum(chunks) == len(sl.features)
+    assert set(sl.features["frame"]) == {0, 1, 2, 3} and widget.run_btn.enabled
+    first_labels = widget.labels_layer
+    before = np.asarray(first_labels.data).copy()
+    # another video of the same size: new layers, the first video's untouched
+    other = viewer.add_image(np.stack([f.image[::-1] for f in frames]), rgb=True, name="other clip")
+    widget.reset_choices()
+    widget.image_combo.value = other
+    widget.mode_combo.value = "current frame"
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.status.value.startswith("landmarks on"), timeout=30_000)
+    assert widget.labels_layer is not first_labels and widget.labels_layer.name == "other clip liver labels"
+    assert np.array_equal(np.asarray(first_labels.data), before)
+
+
+def test_predict_frames_with_a_sink_keeps_nothing():
+    from surgseg_core.methods.liver.predict import LiverPredictor, predict_frames
+    from surgseg_core.synth import generate_liver_scene
+
+    result, _, _ = trained_liver_model()
+    predictor = LiverPredictor.from_checkpoint(result.best_checkpoint)
+    scene = generate_liver_scene(seed=43, n_frames=5, height=H, width=W)
+    frames = [scene.frame(i).image for i in range(5)]
+    seen = {}
+    kept = predict_frames(predictor, frames, [0, 2, 4], batch_size=2, sink=lambda i, p: seen.__setitem__(i, p))
+    assert kept == {} and sorted(seen) == [0, 2, 4]
+    plain = predict_frames(predictor, frames, [0, 2, 4], batch_size=2)
+    assert all(np.array_equal(plain[i].result.dilated, seen[i].result.dilated) for i in seen)

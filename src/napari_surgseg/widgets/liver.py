@@ -45,8 +45,13 @@ def _registered_weights() -> List[tuple]:
         return []
 
 
-def _predict_job(checkpoint: str, frames, indices, options, cache: dict, *, progress=None, cancel=None):
-    """Worker body: load (or reuse) the model, predict the frames."""
+def _predict_job(checkpoint: str, frames, indices, options, cache: dict, labels, single: bool, *,
+                 progress=None, cancel=None):
+    """Worker body: load (or reuse) the model, predict the frames. Each
+    frame's label map goes straight into ``labels`` (the Labels layer's array,
+    a memory map for long videos) and only its polylines are kept, so a
+    whole video's results never sit in memory; a cancel keeps what is done.
+    Returns (provenance, {frame: polylines}, cancelled)."""
     from surgseg_core.methods.liver.predict import LiverPredictor, predict_frames
 
     predictor = cache.get(checkpoint)
@@ -55,12 +60,22 @@ def _predict_job(checkpoint: str, frames, indices, options, cache: dict, *, prog
         cache.clear()
         cache[checkpoint] = predictor
     predictor.options = options
-    preds: dict = {}
+    polylines: dict = {}
+
+    def store(i, pred) -> None:
+        res = pred.result
+        out = res.dilated if res.dilated is not None else res.thin
+        if single:
+            labels[...] = out
+        else:
+            labels[i] = out
+        polylines[i] = res.polylines
+
     try:
-        predict_frames(predictor, frames, indices, progress=progress, cancel=cancel, postprocess_on=True, into=preds)
+        predict_frames(predictor, frames, indices, progress=progress, cancel=cancel, postprocess_on=True, sink=store)
     except Cancelled:
-        return predictor.provenance(options), preds, True  # keep the frames done before the cancel
-    return predictor.provenance(options), preds, False
+        return predictor.provenance(options), polylines, True
+    return predictor.provenance(options), polylines, False
 
 
 class LiverLandmarksWidget(Container):
@@ -107,6 +122,8 @@ class LiverLandmarksWidget(Container):
         self.worker = None
         self._token = None
         self._model_cache: dict = {}
+        self._adding_paths = False
+        self._source = None  # the image layer the result layers belong to
 
     # ------------------------------------------------------------- helpers
     def _on_registered(self, value) -> None:
@@ -161,16 +178,25 @@ class LiverLandmarksWidget(Container):
         except SurgsegError as exc:
             show_error(f"Liver landmarks: {exc}")
             return None
+        frame_hw = tuple(np.shape(frames[0])[:2]) if single else tuple(layer.data.shape[1:3])
+        self._ensure_layers(layer, single, len(frames), frame_hw)
+        labels = self.labels_layer
+        for i in indices:  # frames about to be redone start empty (a cancel leaves them so)
+            if single:
+                labels.data[...] = 0
+            else:
+                labels.data[i] = 0
         self.run_btn.enabled, self.cancel_btn.enabled = False, True
         self.status.value = f"running on {len(indices)} frame(s)..."
-        target = (layer, single, len(frames))
+        target = (layer, single)
 
         def done(result):
             self._finish(target, *result)
 
         self.worker, self._token = run_in_worker(
-            _predict_job, ckpt, frames, indices, self.options(), self._model_cache, on_done=done,
-            description="liver landmarks")
+            _predict_job, ckpt, frames, indices, self.options(), self._model_cache, labels.data, single,
+            on_done=done, description="liver landmarks")
+        self.worker.yielded.connect(lambda _update: labels.refresh())
         self.worker.finished.connect(self._reset_buttons)
         return self.worker
 
@@ -179,10 +205,15 @@ class LiverLandmarksWidget(Container):
             self._token.cancel()
 
     def _reset_buttons(self, *_):
-        self.run_btn.enabled, self.cancel_btn.enabled = True, False
+        self.cancel_btn.enabled = False
+        if not self._adding_paths:  # else the last chunk re-enables Run
+            self.run_btn.enabled = True
 
     def _ensure_layers(self, layer: Image, single: bool, n_frames: int, shape_hw) -> None:
         shape = tuple(shape_hw) if single else (n_frames, *shape_hw)
+        if self._source is not layer:  # another video: never write into the previous one's layers
+            self.labels_layer = self.shapes_layer = None
+            self._source = layer
         if self.labels_layer is None or self.labels_layer not in self.viewer.layers \
                 or self.labels_layer.data.shape != shape:
             name = f"{layer.name} liver labels"
@@ -196,54 +227,76 @@ class LiverLandmarksWidget(Container):
             self._apply_class_defaults()
             watch_layer(self.shapes_layer, source_video_of(layer))
 
-    def _finish(self, target, provenance: dict, preds: Dict, cancelled: bool = False) -> None:
-        layer, single, n_frames = target
-        if not preds:
+    def _finish(self, target, provenance: dict, polylines: Dict, cancelled: bool = False) -> None:
+        layer, single = target
+        self.labels_layer.refresh()
+        if not polylines:
             self.status.value = "cancelled before the first frame" if cancelled else "no frames"
             if cancelled:
                 show_info("Liver landmarks: cancelled")
             return
-        first = next(iter(preds.values()))
-        self._ensure_layers(layer, single, n_frames, first.raw_full.shape)
-        labels = self.labels_layer.data
-        for i, p in preds.items():
-            out = p.result.dilated if p.result.dilated is not None else p.result.thin
-            if single:
-                labels[...] = out
-            else:
-                labels[i] = out
-        self.labels_layer.refresh()
-        self._replace_paths(preds, single)
         meta = {**provenance, "source_layer": layer.name}
         self.labels_layer.metadata.update({"liver": meta})
         self.shapes_layer.metadata.update({"liver": meta})
         how = "cancelled; kept landmarks of" if cancelled else "landmarks on"
-        self.status.value = f"{how} {len(preds)} frame(s)"
-        show_info(f"Liver landmarks: {how} {len(preds)} frame(s)")
+        message = f"{how} {len(polylines)} frame(s)"
 
-    def _replace_paths(self, preds: Dict, single: bool) -> None:
+        def shown() -> None:
+            self.status.value = message
+            show_info(f"Liver landmarks: {message}")
+
+        self._replace_paths(polylines, single, then=shown)
+
+    #: paths added to the Shapes layer per turn of the GUI event loop (napari
+    #: takes ~0.25 ms per path: a 10-minute video's ~75 000 curves in one call
+    #: would freeze the window for ~20 s)
+    PATH_CHUNK = 2000
+
+    def _replace_paths(self, polylines: Dict, single: bool, then=None) -> None:
+        """Put the frames' new paths in the Shapes layer, keeping the paths of
+        other frames (hand-drawn ones included), in chunks with the event loop
+        running between them; ``then()`` runs when all are shown."""
+        from qtpy.QtCore import QTimer
+
         sl = self.shapes_layer
-        frames_done = set(preds)
         feats = sl.features
         # the frame of a path is its first coordinate (hand-drawn paths included)
         frame_of = [0 if single else int(round(float(np.asarray(d)[0, 0]))) for d in sl.data]
-        keep = [k for k in range(len(sl.data)) if not single and frame_of[k] not in frames_done]
+        keep = [k for k in range(len(sl.data)) if not single and frame_of[k] not in polylines]
         data = [sl.data[k] for k in keep]
         cls_ids = [int(feats["class_id"].iloc[k]) for k in keep]
         fr_ids = [frame_of[k] for k in keep]
-        for i, p in sorted(preds.items()):
+        for i, per_class in sorted(polylines.items()):
             for c in LANDMARK_CLASSES:
-                for line in p.result.polylines.get(c, ()):
+                for line in per_class.get(c, ()):
                     yx = np.asarray(line)[:, ::-1]
                     data.append(yx if single else np.column_stack([np.full(len(yx), i), yx]))
                     cls_ids.append(c)
                     fr_ids.append(0 if single else i)
+        colours = [tuple(v / 255 for v in CLASS_COLOURS[c]) + (1.0,) for c in cls_ids]
         sl.data = []
-        if data:
-            colours = [tuple(v / 255 for v in CLASS_COLOURS[c]) + (1.0,) for c in cls_ids]
-            sl.add_paths(data, edge_color=colours, edge_width=3)
-        sl.features = {"class_id": np.asarray(cls_ids, int), "frame": np.asarray(fr_ids, int)}
-        self._apply_class_defaults()
+        state = {"next": 0}
+        self._adding_paths, self.run_btn.enabled = True, False  # a new run must not interleave with the chunks
+
+        def add_chunk() -> None:
+            if sl not in self.viewer.layers:  # deleted meanwhile: nothing to fill
+                self._adding_paths, self.run_btn.enabled = False, True
+                return
+            k = state["next"]
+            if k < len(data):
+                sl.add_paths(data[k:k + self.PATH_CHUNK], edge_color=colours[k:k + self.PATH_CHUNK], edge_width=3)
+                state["next"] = k + self.PATH_CHUNK
+                if state["next"] < len(data):
+                    self.status.value = f"showing curves {state['next']}/{len(data)}..."
+                    QTimer.singleShot(0, add_chunk)
+                    return
+            sl.features = {"class_id": np.asarray(cls_ids, int), "frame": np.asarray(fr_ids, int)}
+            self._apply_class_defaults()
+            self._adding_paths, self.run_btn.enabled = False, True
+            if then is not None:
+                then()
+
+        add_chunk()
 
     # ---------------------------------------------------------- edit / export
     def _apply_class_defaults(self, *_) -> None:

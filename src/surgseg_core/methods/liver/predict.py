@@ -10,7 +10,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -176,18 +176,24 @@ def predict_inputs(model, inputs: Iterable, out_dir, config: Mapping[str, Any], 
 def predict_frames(predictor: "LiverPredictor", frames, indices: Sequence[int], *,
                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
                    batch_size: int = 4, postprocess_on: Optional[bool] = None,
-                   into: Optional[Dict[int, FramePrediction]] = None) -> Dict[int, FramePrediction]:
+                   sink: Optional[Callable[[int, FramePrediction], None]] = None) -> Dict[int, FramePrediction]:
     """Predictions for ``frames[i]`` for each i in ``indices`` (frames: any
-    (T, H, W, 3) array-like, read a batch at a time). ``into``: a dict filled
-    as batches finish, so a caller keeps the frames done before a cancel."""
-    out: Dict[int, FramePrediction] = {} if into is None else into
+    (T, H, W, 3) array-like, read a batch at a time), as {i: prediction}.
+
+    ``sink(i, prediction)``: called as each frame finishes, and then nothing
+    is kept (the returned dict is empty): a whole video's label maps never sit
+    in memory, and whatever the sink stored before a cancel stays."""
+    out: Dict[int, FramePrediction] = {}
     indices = list(indices)
     for start in range(0, len(indices), batch_size):
         check_cancel(cancel)
         idx = indices[start:start + batch_size]
         batch = [_as_rgb(frames[i]) for i in idx]
         for i, pred in zip(idx, predictor.predict(batch, postprocess_on=postprocess_on)):
-            out[i] = pred
+            if sink is not None:
+                sink(i, pred)
+            else:
+                out[i] = pred
         report(progress, min(start + batch_size, len(indices)), len(indices), f"frame {idx[-1]}")
     return out
 
