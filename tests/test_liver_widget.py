@@ -282,3 +282,19 @@ def test_predict_frames_with_a_sink_keeps_nothing():
     assert kept == {} and sorted(seen) == [0, 2, 4]
     plain = predict_frames(predictor, frames, [0, 2, 4], batch_size=2)
     assert all(np.array_equal(plain[i].result.dilated, seen[i].result.dilated) for i in seen)
+
+
+def test_predictor_takes_grey_and_16_bit_frames():
+    """A napari layer may hold grey or 16-bit frames: they are converted, not
+    clipped (the same picture in 12 bits gives the same result as in 8 bits)."""
+    from surgseg_core.methods.liver.predict import LiverPredictor
+    from surgseg_core.synth import generate_liver_scene
+
+    result, _, _ = trained_liver_model()
+    predictor = LiverPredictor.from_checkpoint(result.best_checkpoint)
+    rgb = generate_liver_scene(seed=44, n_frames=1, height=H, width=W).frame(0).image
+    twelve_bit = np.rint(rgb * (4095 / 255)).astype(np.uint16)  # the same picture in 0..4095
+    a, b = predictor.predict([rgb, twelve_bit])
+    assert np.array_equal(a.raw_full, b.raw_full)
+    (grey,) = predictor.predict([rgb[..., 1]])
+    assert grey.raw_full.shape == (H, W) and grey.result.dilated.shape == (H, W)

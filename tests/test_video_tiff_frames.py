@@ -106,3 +106,17 @@ def test_real_cholecseg8k_frames():
         np.testing.assert_array_equal(src[-1], np.asarray(Image.open(folder / "frame_633_endo.png").convert("RGB")))
         np.testing.assert_array_equal(src[0], np.asarray(Image.open(files[0]).convert("RGB")))
         assert src.metadata.duration == pytest.approx(73 / 25)
+
+
+def test_frame_to_rgb8_in_memory_frames():
+    from surgseg_core.errors import VideoError
+    from surgseg_core.io.pixels import frame_to_rgb8
+
+    grey12 = np.full((4, 5), 4095, np.uint16)  # 12-bit data in a 16-bit array: full scale, not clipped
+    assert frame_to_rgb8(grey12).shape == (4, 5, 3) and (frame_to_rgb8(grey12) == 255).all()
+    half = frame_to_rgb8(np.full((2, 2, 4), 0.5, np.float32))  # RGBA float in 0..1
+    assert half.shape == (2, 2, 3) and (half == 128).all()
+    rgb = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    assert np.array_equal(frame_to_rgb8(rgb), rgb)
+    with pytest.raises(VideoError, match="0..1"):
+        frame_to_rgb8(np.full((2, 2), 3.0))

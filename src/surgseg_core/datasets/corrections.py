@@ -42,17 +42,13 @@ def _frame_count(frames: Any) -> int:
 
 
 def _to_rgb_uint8(frame: Any, index: int) -> np.ndarray:
-    arr = np.asarray(frame)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise DatasetError(f"frame {index} has shape {arr.shape}; expected (H, W, 3) RGB")
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.max(initial=0) <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
-    return arr
+    from ..errors import VideoError
+    from ..io.pixels import frame_to_rgb8
+
+    try:
+        return frame_to_rgb8(frame, f"frame {index}")
+    except VideoError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _label_at(labels: Any, index: int) -> Optional[np.ndarray]:

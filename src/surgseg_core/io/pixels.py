@@ -12,7 +12,7 @@ from ..errors import VideoError
 log = logging.getLogger(__name__)
 
 
-def intensity_scale(path, dtype: np.dtype, samples: Sequence[np.ndarray]) -> Optional[float]:
+def intensity_scale(path, dtype: np.dtype, samples: Sequence[np.ndarray], warn: bool = True) -> Optional[float]:
     """Factor mapping non-8-bit samples to 0..255, or None for uint8.
 
     Integer data wider than 8 bits is scaled by the smallest full bit depth
@@ -33,14 +33,15 @@ def intensity_scale(path, dtype: np.dtype, samples: Sequence[np.ndarray]) -> Opt
                              "convert the stack to unsigned 8-bit first")
         bits = max(8, int(math.ceil(math.log2(vmax + 1))) if vmax > 0 else 8)
         scale = 255.0 / (2**bits - 1)
-        log.warning("%s: %s pixels rescaled to 8 bits (0..%d -> 0..255, bit depth estimated from sampled frames)",
-                    path, dtype, 2**bits - 1)
+        (log.warning if warn else log.debug)(
+            "%s: %s pixels rescaled to 8 bits (0..%d -> 0..255, bit depth estimated from sampled frames)",
+            path, dtype, 2**bits - 1)
         return scale
     if np.issubdtype(dtype, np.floating):
         if vmin < 0 or vmax > 1.0:
             raise VideoError(f"{path}: floating-point pixels must lie in 0..1 (found {vmin:g}..{vmax:g}); "
                              "convert the stack to 8-bit first")
-        log.warning("%s: floating-point pixels in 0..1 rescaled to 0..255", path)
+        (log.warning if warn else log.debug)("%s: floating-point pixels in 0..1 rescaled to 0..255", path)
         return 255.0
     raise VideoError(f"{path}: unsupported pixel type {dtype}")
 
@@ -63,6 +64,15 @@ def to_rgb8(a: np.ndarray, scale: Optional[float], where: str) -> np.ndarray:
     if c in (3, 4):
         return np.ascontiguousarray(a[:, :, :3])  # RGBA: alpha dropped
     raise VideoError(f"{where}: frames with {c} channels are not supported (need 1, 3 or 4)")
+
+
+def frame_to_rgb8(frame, where: str = "frame") -> np.ndarray:
+    """One in-memory frame (e.g. a napari layer's) of any supported shape and
+    dtype -> (H, W, 3) uint8, with :func:`intensity_scale` estimated from the
+    frame itself (a 12-bit frame in uint16 is scaled from 0..4095, not clipped
+    at 255)."""
+    a = np.asarray(frame)
+    return to_rgb8(a, intensity_scale(where, a.dtype, [a], warn=False), where)
 
 
 def output_size(width: int, height: int, downscale: float) -> tuple:

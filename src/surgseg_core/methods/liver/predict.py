@@ -17,6 +17,7 @@ import torch
 
 from ... import __version__
 from ...errors import ConfigError, VideoError
+from ...io.pixels import frame_to_rgb8
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
 from .data import IMAGE_SUFFIXES, resize_image, resize_mask
 from .model import input_size
@@ -94,9 +95,10 @@ class LiverPredictor:
                 postprocess_on: Optional[bool] = None) -> List[FramePrediction]:
         options = options or self.options
         do_pp = self.config.get("postprocess", True) if postprocess_on is None else postprocess_on
+        # grey, RGBA, 16-bit or float frames (a napari layer can hold any) -> RGB uint8
+        frames = [frame_to_rgb8(f, "liver prediction input") for f in frames]
         out = []
         for frame, lab in zip(frames, self.label_maps(frames)):
-            frame = np.asarray(frame)
             h, w = frame.shape[:2]
             res = None
             if do_pp:
@@ -188,7 +190,7 @@ def predict_frames(predictor: "LiverPredictor", frames, indices: Sequence[int], 
     for start in range(0, len(indices), batch_size):
         check_cancel(cancel)
         idx = indices[start:start + batch_size]
-        batch = [_as_rgb(frames[i]) for i in idx]
+        batch = [frames[i] for i in idx]
         for i, pred in zip(idx, predictor.predict(batch, postprocess_on=postprocess_on)):
             if sink is not None:
                 sink(i, pred)
@@ -196,12 +198,3 @@ def predict_frames(predictor: "LiverPredictor", frames, indices: Sequence[int], 
                 out[i] = pred
         report(progress, min(start + batch_size, len(indices)), len(indices), f"frame {idx[-1]}")
     return out
-
-
-def _as_rgb(frame) -> np.ndarray:
-    f = np.asarray(frame)
-    if f.ndim == 2:
-        f = np.repeat(f[..., None], 3, axis=2)
-    if f.dtype != np.uint8:
-        f = np.clip(f, 0, 255).astype(np.uint8)
-    return f[..., :3]
