@@ -327,5 +327,7 @@ def test_errors_name_the_problem(model, frames):
         StreamingSAM2(model, frames, image_size=512)
     with pytest.raises(ConfigError, match=">= 2"):
         StreamingSAM2(model, frames, max_cond_frames_in_attn=1)
-    with pytest.raises(VideoError, match="uint8"):
-        StreamingSAM2(model, np.full((2, 8, 8, 3), 300, np.int32)).add_points(0, 1, [[1, 1]], [1])
+    with pytest.raises(VideoError, match="0..1"):  # float pixels must be in 0..1 (wider integers are scaled)
+        StreamingSAM2(model, np.full((2, 8, 8, 3), 3.0, np.float32)).add_points(0, 1, [[1, 1]], [1])
+    with pytest.raises(VideoError, match="negative"):
+        StreamingSAM2(model, np.full((2, 8, 8, 3), -5, np.int32)).add_points(0, 1, [[1, 1]], [1])

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, VideoError
+from ..io.pixels import frame_to_rgb8
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .device import autocast as _autocast
 from .device import enable_fast_math
@@ -60,17 +61,8 @@ def preprocess_frame(frame: np.ndarray, image_size: int) -> torch.Tensor:
     (PIL resize, /255, ImageNet mean/std) minus its JPEG round trip."""
     from PIL import Image
 
-    arr = np.asarray(frame)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise VideoError(f"a frame must be (H, W, 3) RGB, got shape {arr.shape}")
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.size and 0.0 <= float(arr.min()) and float(arr.max()) <= 1.0:
-            arr = np.round(arr * 255).astype(np.uint8)
-        else:
-            raise VideoError(f"a frame must be uint8 (or float in [0, 1]), got {arr.dtype}")
+    # grey / RGBA / 16-bit / float-in-0..1 frames -> RGB uint8 (clear VideoError otherwise)
+    arr = frame_to_rgb8(frame, "SAM2 input frame")
     img = np.array(Image.fromarray(np.ascontiguousarray(arr)).resize((image_size, image_size)))
     t = torch.from_numpy(img).permute(2, 0, 1).float()
     # in place, same operations and order as SAM2's loader: (x / 255 - mean) / std
