@@ -191,11 +191,14 @@ def step_liver(out: Path, summary: dict, *, epochs: int, frames_per_scene: int, 
     table = metrics.pop("table")
     predictor = LiverPredictor(model, cfg, checkpoint=checkpoint)
     figure = _liver_figure(predictor, sample, out / "liver_prediction.png")
+    pp_ms, kernels = _postprocess_timing(predictor, sample)
     summary["liver"] = {
         "checkpoint": checkpoint,
         "train_seconds": round(train_s, 1),
         "metrics": metrics,
         "figure": figure.name,
+        "postprocess_ms_per_frame": round(pp_ms, 2),
+        "postprocess_kernels": kernels,
     }
     return [
         "## 3. Liver landmarks",
@@ -209,8 +212,29 @@ def step_liver(out: Path, summary: dict, *, epochs: int, frames_per_scene: int, 
         "```",
         "",
         f"Prediction after post-processing (curves) on the first sample frame: `{figure.name}`.",
+        f"The curve post-processing took {pp_ms:.1f} ms per frame here (median over the sample, "
+        f"{kernels} kernels; `benchmarks/liver_postprocess.py` measures it properly).",
         "",
     ]
+
+
+def _postprocess_timing(predictor, sample: Path):
+    """Median ms per frame of the post-processing alone on the sample frames,
+    and which kernels ran ("compiled" or "numpy": the extension was not built)."""
+    from PIL import Image
+
+    from .methods.liver import _fast
+    from .methods.liver.data import resize_image
+    from .methods.liver.postprocess import postprocess
+
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((sample / "images").iterdir())]
+    times = []
+    for image, lab in zip(images, predictor.label_maps(images)):
+        small = resize_image(image, predictor.size)
+        t0 = time.perf_counter()
+        postprocess(lab, small, out_shape=image.shape[:2], options=predictor.options)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times)) if times else float("nan"), "compiled" if _fast.kernels is not None else "numpy"
 
 
 def _liver_figure(predictor, sample: Path, target: Path) -> Path:
