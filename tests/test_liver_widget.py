@@ -254,6 +254,23 @@ def test_curves_shown_in_chunks_and_results_follow_their_video(liver_widget, qtb
     assert ticks_seen == list(range(len(chunks)))  # the event loop turned before every further chunk
     assert len(sl.data) == sum(chunks) == len(sl.features)
     assert set(sl.features["frame"]) == {0, 1, 2, 3} and widget.run_btn.enabled
+    # redoing one frame replaces only that frame's paths
+    others = {k: np.asarray(d).copy() for k, d in enumerate(sl.data) if int(np.asarray(d)[0, 0]) != 2}
+    widget.mode_combo.value = "current frame"
+    viewer.dims.set_current_step(0, 2)
+    n_chunks = len(chunks)
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget.status.value.startswith("landmarks on 1"), timeout=30_000)
+    added = sum(chunks[n_chunks:])
+    assert len(sl.data) == len(others) + added
+    kept = [np.asarray(d) for d in sl.data if int(np.asarray(d)[0, 0]) != 2]
+    assert len(kept) == len(others) and all(np.array_equal(a, b) for a, b in zip(kept, others.values()))
+    colour_of = {1: (1.0, 1.0, 0.0), 2: (1.0, 0.0, 0.0), 3: (0.0, 0.0, 1.0)}
+    for cls, frame, edge in zip(sl.features["class_id"], sl.features["frame"], sl.edge_color):
+        assert tuple(np.round(edge[:3], 2)) == colour_of[int(cls)]
+    assert (sl.features["frame"] == 2).sum() == added
     first_labels = widget.labels_layer
     before = np.asarray(first_labels.data).copy()
     # another video of the same size: new layers, the first video's untouched

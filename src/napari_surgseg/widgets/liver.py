@@ -253,19 +253,21 @@ class LiverLandmarksWidget(Container):
     PATH_CHUNK = 2000
 
     def _replace_paths(self, polylines: Dict, single: bool, then=None) -> None:
-        """Put the frames' new paths in the Shapes layer, keeping the paths of
-        other frames (hand-drawn ones included), in chunks with the event loop
-        running between them; ``then()`` runs when all are shown."""
+        """Replace the paths of the redone frames by their new ones; paths of
+        other frames (hand-drawn ones included) stay untouched, so redoing one
+        frame of a long video costs one frame's paths. New paths are added in
+        chunks with the event loop running between them; ``then()`` runs when
+        all are shown."""
         from qtpy.QtCore import QTimer
 
         sl = self.shapes_layer
-        feats = sl.features
         # the frame of a path is its first coordinate (hand-drawn paths included)
         frame_of = [0 if single else int(round(float(np.asarray(d)[0, 0]))) for d in sl.data]
-        keep = [k for k in range(len(sl.data)) if not single and frame_of[k] not in polylines]
-        data = [sl.data[k] for k in keep]
-        cls_ids = [int(feats["class_id"].iloc[k]) for k in keep]
-        fr_ids = [frame_of[k] for k in keep]
+        drop = [k for k, f in enumerate(frame_of) if single or f in polylines]
+        if drop:
+            sl.selected_data = set(drop)
+            sl.remove_selected()
+        data, cls_ids, fr_ids = [], [], []
         for i, per_class in sorted(polylines.items()):
             for c in LANDMARK_CLASSES:
                 for line in per_class.get(c, ()):
@@ -274,7 +276,7 @@ class LiverLandmarksWidget(Container):
                     cls_ids.append(c)
                     fr_ids.append(0 if single else i)
         colours = [tuple(v / 255 for v in CLASS_COLOURS[c]) + (1.0,) for c in cls_ids]
-        sl.data = []
+        rows: List[int] = []  # layer rows of the added paths (a hand-drawn path may land between chunks)
         state = {"next": 0}
         self._adding_paths, self.run_btn.enabled = True, False  # a new run must not interleave with the chunks
 
@@ -284,13 +286,20 @@ class LiverLandmarksWidget(Container):
                 return
             k = state["next"]
             if k < len(data):
-                sl.add_paths(data[k:k + self.PATH_CHUNK], edge_color=colours[k:k + self.PATH_CHUNK], edge_width=3)
+                chunk = data[k:k + self.PATH_CHUNK]
+                start = len(sl.data)
+                sl.add_paths(chunk, edge_color=colours[k:k + self.PATH_CHUNK], edge_width=3)
+                rows.extend(range(start, start + len(chunk)))
                 state["next"] = k + self.PATH_CHUNK
                 if state["next"] < len(data):
                     self.status.value = f"showing curves {state['next']}/{len(data)}..."
                     QTimer.singleShot(0, add_chunk)
                     return
-            sl.features = {"class_id": np.asarray(cls_ids, int), "frame": np.asarray(fr_ids, int)}
+            if rows:
+                feats = sl.features.copy()
+                feats.iloc[rows, feats.columns.get_loc("class_id")] = cls_ids
+                feats.iloc[rows, feats.columns.get_loc("frame")] = fr_ids
+                sl.features = feats
             self._apply_class_defaults()
             self._adding_paths, self.run_btn.enabled = False, True
             if then is not None:
