@@ -180,12 +180,9 @@ class LiverLandmarksWidget(Container):
             return None
         frame_hw = tuple(np.shape(frames[0])[:2]) if single else tuple(layer.data.shape[1:3])
         self._ensure_layers(layer, single, len(frames), frame_hw)
+        # each frame is overwritten when its new result is ready; frames a cancel
+        # never reaches keep what they had (no multi-GB zeroing of a long video's stack)
         labels = self.labels_layer
-        for i in indices:  # frames about to be redone start empty (a cancel leaves them so)
-            if single:
-                labels.data[...] = 0
-            else:
-                labels.data[i] = 0
         self.run_btn.enabled, self.cancel_btn.enabled = False, True
         self.status.value = f"running on {len(indices)} frame(s)..."
         target = (layer, single)
