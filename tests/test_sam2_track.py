@@ -267,6 +267,9 @@ def test_widget_preview_segments_only_the_current_frame(widget_and_video, qtbot,
     _click(widget, layer, 1, True, [4, 20, 20])  # another frame: not used by the preview of frame 2
     errors = []
     monkeypatch.setattr(mod, "show_error", errors.append)
+    builds = []
+    biased = build_module.build_model
+    monkeypatch.setattr(build_module, "build_model", lambda *a, **k: builds.append(a) or biased(*a, **k))
     viewer.dims.set_current_step(0, 3)
     widget.preview()
     assert "no clicks on frame 3" in errors.pop() and widget.preview_layer is None
@@ -292,6 +295,10 @@ def test_widget_preview_segments_only_the_current_frame(widget_and_video, qtbot,
     _wait_done(qtbot, widget)
     assert widget.preview_layer is preview and preview.data[4].any() and preview.data[2].any()
     assert sum(isinstance(lay, type(preview)) for lay in viewer.layers) == 1
+    # tracking after the previews reuses the model built for the first preview
+    widget.track()
+    _wait_done(qtbot, widget)
+    assert widget.last_summary["frames_written"] == T and len(builds) == 1
 
 
 def test_widget_refuses_without_prompts_or_video(make_napari_viewer, frames, monkeypatch):

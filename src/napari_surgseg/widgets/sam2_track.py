@@ -20,7 +20,7 @@ from surgseg_core.errors import SurgsegError
 from surgseg_core.io.label_stack import new_label_stack
 from surgseg_core.sam2_engine.build import TINY_CONFIG
 from surgseg_core.sam2_engine.outputs import ArrayWriter
-from surgseg_core.sam2_engine.track import prompts_from_points_table, track_video
+from surgseg_core.sam2_engine.track import load_tracking_model, prompts_from_points_table, track_video
 
 from .._autosave import watch_layer
 from .._workers import run_in_worker
@@ -87,6 +87,20 @@ def prompts_from_layer(points: Points, video: Image) -> list:
     return prompts_from_points_table(coords, features=points.features)
 
 
+def _track_job(cache: dict, model: str, checkpoint: Optional[str], device: Optional[str], frames, prompts, *,
+               progress=None, cancel=None, **kwargs):
+    """Worker body: ``track_video`` with the model built once per (model,
+    checkpoint, device) and kept in ``cache`` (previews and tracking runs
+    then skip rebuilding and reloading the weights)."""
+    key = (model, checkpoint, device)
+    net = cache.get(key)
+    if net is None:
+        net = load_tracking_model(model, checkpoint, device=device)
+        cache.clear()  # one model in memory at a time
+        cache[key] = net
+    return track_video(frames, prompts, model=net, progress=progress, cancel=cancel, **kwargs)
+
+
 class Sam2TrackWidget(Container):
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
@@ -95,6 +109,7 @@ class Sam2TrackWidget(Container):
         self.cancel_token = None
         self.result_layer: Optional[Labels] = None
         self.preview_layer: Optional[Labels] = None
+        self._model_cache: dict = {}
         self.last_summary: Optional[dict] = None
         v = napari_viewer
 
@@ -205,15 +220,16 @@ class Sam2TrackWidget(Container):
         # the worker writes into the numpy array; napari only reads it on
         # refresh(), which happens here on the GUI thread
         self.worker, self.cancel_token = run_in_worker(
-            track_video,
+            _track_job,
+            self._model_cache,
+            model,
+            checkpoint,
+            None if self.device_combo.value == "auto" else self.device_combo.value,
             video.data,
             prompts,
-            model=model,
-            checkpoint=checkpoint,
             direction=direction,
             frame_range=frame_range,
             sink=ArrayWriter(labels.data),
-            device=None if self.device_combo.value == "auto" else self.device_combo.value,
             on_done=on_done,
             description=description,
         )

@@ -168,6 +168,17 @@ def resolve_model_choice(model: str, checkpoint: Optional[Union[str, os.PathLike
     return config, str(checkpoint) if checkpoint is not None else entry.name
 
 
+def load_tracking_model(model: str, checkpoint: Optional[Union[str, os.PathLike]] = None, *,
+                        device: Optional[str] = None, image_size: Optional[int] = None, seed: int = 0):
+    """The SAM2 model ``track_video`` builds for a model name (see there):
+    callers that track several times (the widget's preview, then tracking)
+    build it once and pass it in."""
+    from .build import build_model
+
+    config, ckpt = resolve_model_choice(str(model), checkpoint)
+    return build_model(config, ckpt, device=device, image_size=image_size, seed=seed)
+
+
 def _open_frames(frames: Any):
     """A path is opened lazily (and closed by the caller); anything indexable is used as is."""
     if isinstance(frames, (str, os.PathLike)):
@@ -214,7 +225,6 @@ def track_video(
     Returns ``{"frames_written", "obj_ids", "direction", "frame_range",
     "out_dir", "random_weights", "provenance"}``.
     """
-    from .build import build_model
     from .engine import StreamingSAM2
 
     check_cancel(cancel)
@@ -236,8 +246,7 @@ def track_video(
             raise ConfigError(f"direction must be 'forward', 'backward' or 'both', got {direction!r}")
 
         if isinstance(model, (str, os.PathLike)):
-            config, ckpt = resolve_model_choice(str(model), checkpoint)
-            net = build_model(config, ckpt, device=device, image_size=image_size, seed=seed)
+            net = load_tracking_model(str(model), checkpoint, device=device, image_size=image_size, seed=seed)
         else:  # an already built model (e.g. the widget's or a test's)
             if checkpoint is not None:
                 raise ConfigError("give either a built model or a checkpoint to load, not both")
