@@ -75,3 +75,28 @@ def test_predict_video_writes_landmarks(tmp_path):
     assert prov["model"]["arch"] == "unet" and prov["postprocess"]["join_distance"] == 15.0
     assert (folder / "landmarks.csv").read_text().startswith("frame,class_id")
     assert len(list((folder / "xml").glob("*.xml"))) == 3
+
+
+def test_cli_two_stage_training(tmp_path, capsys):
+    import yaml
+
+    from surgseg_core.cli.main import main
+
+    splits = synthetic_liver_splits()
+    s1 = {**SMALL_MODEL, "train_root": str(splits["val"]), "epochs": 1, "batch_size": 6, "device": "cpu", "lr": 1e-3}
+    (tmp_path / "stage1.yaml").write_text(yaml.safe_dump(s1))
+    run = tmp_path / "run"
+    rc = main(["train", "liver", "--config", str(tmp_path / "stage1.yaml"), "--run-dir", str(run),
+               "--fine-tune-set", f"train_root={splits['test']}", "--fine-tune-set", f"val_root={splits['val']}",
+               "--fine-tune-set", "epochs=1", "--fine-tune-set", "batch_size=6", "--fine-tune-set", "device=cpu"])
+    assert rc == 0
+    best1 = run / "stage1" / "checkpoints" / "best.pt"
+    cfg2 = yaml.safe_load((run / "stage2" / "config.yaml").read_text())
+    assert cfg2["init_weights"] == str(best1) and cfg2["train_root"] == str(splits["test"])
+    assert (cfg2["lr"], cfg2["loss_alpha"], cfg2["loss_delta"]) == (1e-4, 0.75, 0.25)
+    assert (run / "stage2" / "checkpoints" / "best.pt").is_file()
+    out = capsys.readouterr().out
+    assert f"stage1_checkpoint={best1}" in out
+    # two stages are a liver recipe
+    assert main(["train", "mypkg.mod:method", "--run-dir", str(tmp_path / "x"), "--fine-tune-set", "lr=1"]) == 1
+    assert "for 'liver' only" in capsys.readouterr().err

@@ -21,6 +21,9 @@ TRAIN_EXAMPLES = """examples:
   surgseg train liver --config liver.yaml --run-dir runs/liver1
   surgseg train liver --config liver.yaml --set lr=1e-4 --set epochs=3 --run-dir runs/liver2
   surgseg train liver --run-dir runs/liver1 --resume          # continue after a crash / Ctrl-C
+  surgseg train liver --config l3d.yaml --fine-tune-set train_root=data/p2ilf --run-dir runs/liver
+    (the paper's two stages: RUN_DIR/stage1 on l3d.yaml's data, then RUN_DIR/stage2 fine-tuned
+     from stage 1's best checkpoint with lr 1e-4, batch 8, 0.75 wCE + 0.25 Focal-Tversky)
   torchrun --nproc_per_node 2 -m surgseg_core train liver --config liver.yaml --run-dir runs/ddp
   surgseg train mypkg.methods:mymethod --set data_root=data/train --run-dir runs/mine
 
@@ -75,6 +78,10 @@ def register(subparsers) -> None:
     _common(p, methods)
     p.add_argument("--run-dir", type=Path, required=True, help="run folder (logs, config.yaml, checkpoints/)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
+    p.add_argument("--fine-tune-config", type=Path, metavar="YAML",
+                   help="liver: then fine-tune (stage 2) with this config on top of the paper's fine-tuning defaults")
+    p.add_argument("--fine-tune-set", dest="fine_tune_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="liver: a stage-2 config key (repeatable; e.g. train_root=data/p2ilf)")
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser("evaluate", help="metrics of a checkpoint on a dataset folder",
@@ -114,13 +121,32 @@ def run_train(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     main_rank = env_world().is_main
+    two_stage = bool(args.fine_tune_config or args.fine_tune_overrides)
+    if two_stage and args.method != "liver":
+        from ..errors import ConfigError
+
+        raise ConfigError("--fine-tune-config / --fine-tune-set: two-stage training is defined for 'liver' only")
     token = CancelToken()
     previous = _install_sigint(token)
     try:
-        result = train(
-            args.method, _user_config(args), run_dir=args.run_dir, resume=args.resume,
-            progress=TextProgress("train") if main_rank else None, cancel=token,
-        )
+        progress = TextProgress("train") if main_rank else None
+        if two_stage:
+            from ..methods.liver.train import train_two_stage
+
+            stage2 = merge_config(load_config(args.fine_tune_config), parse_overrides(args.fine_tune_overrides))
+            if args.device:
+                stage2.setdefault("device", args.device)
+            first, result = train_two_stage(_user_config(args), stage2, args.run_dir, resume=args.resume,
+                                            progress=progress, cancel=token)
+            if result is None:  # cancelled in stage 1
+                result = first
+            elif main_rank:
+                print(f"stage 1 best checkpoint: {first.best_checkpoint}")
+                print(f"evaluate all three table rows: surgseg evaluate liver --checkpoint {result.best_checkpoint} "
+                      f"--set stage1_checkpoint={first.best_checkpoint} --data TEST_DATA")
+        else:
+            result = train(args.method, _user_config(args), run_dir=args.run_dir, resume=args.resume,
+                           progress=progress, cancel=token)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
