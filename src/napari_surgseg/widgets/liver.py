@@ -33,6 +33,13 @@ LABEL_COLORS = {0: (0, 0, 0, 0), None: (0, 0, 0, 0),
                 **{c: tuple(v / 255 for v in CLASS_COLOURS[c]) + (1.0,) for c in LANDMARK_CLASSES}}
 
 
+def _path_frame(path) -> int:
+    """Frame of a Shapes path: its first coordinate in a video (hand-drawn
+    paths included), 0 in a single image (2-D paths)."""
+    d = np.asarray(path)
+    return int(round(float(d[0, 0]))) if d.shape[1] == 3 else 0
+
+
 def _registered_weights() -> List[tuple]:
     try:
         from surgseg_core.weights import list_weights
@@ -258,8 +265,7 @@ class LiverLandmarksWidget(Container):
         from qtpy.QtCore import QTimer
 
         sl = self.shapes_layer
-        # the frame of a path is its first coordinate (hand-drawn paths included)
-        frame_of = [0 if single else int(round(float(np.asarray(d)[0, 0]))) for d in sl.data]
+        frame_of = [_path_frame(d) for d in sl.data]
         drop = [k for k, f in enumerate(frame_of) if single or f in polylines]
         if drop:
             sl.selected_data = set(drop)
@@ -272,7 +278,7 @@ class LiverLandmarksWidget(Container):
                     data.append(yx if single else np.column_stack([np.full(len(yx), i), yx]))
                     cls_ids.append(c)
                     fr_ids.append(0 if single else i)
-        colours = [tuple(v / 255 for v in CLASS_COLOURS[c]) + (1.0,) for c in cls_ids]
+        colours = [LABEL_COLORS[c] for c in cls_ids]
         rows: List[int] = []  # layer rows of the added paths (a hand-drawn path may land between chunks)
         state = {"next": 0}
         self._adding_paths, self.run_btn.enabled = True, False  # a new run must not interleave with the chunks
@@ -312,7 +318,7 @@ class LiverLandmarksWidget(Container):
             return
         cls = int(self.class_combo.value)
         sl.feature_defaults = {"class_id": cls, "frame": 0}
-        sl.current_edge_color = tuple(v / 255 for v in CLASS_COLOURS[cls]) + (1.0,)
+        sl.current_edge_color = LABEL_COLORS[cls]
 
     def set_selected_class(self, _=None) -> int:
         """Give the selected curves the chosen class (and its colour)."""
@@ -326,7 +332,7 @@ class LiverLandmarksWidget(Container):
         feats.loc[picked, "class_id"] = cls
         sl.features = feats
         colours = np.asarray(sl.edge_color).copy()
-        colours[picked] = tuple(v / 255 for v in CLASS_COLOURS[cls]) + (1.0,)
+        colours[picked] = LABEL_COLORS[cls]
         sl.edge_color = colours
         return len(picked)
 
@@ -341,12 +347,10 @@ class LiverLandmarksWidget(Container):
             return out
         feats = sl.features
         for k, d in enumerate(sl.data):
-            d = np.asarray(d)
             c = int(feats["class_id"].iloc[k])
-            f = int(round(float(d[0, 0]))) if d.shape[1] == 3 else 0
             if c not in LANDMARK_CLASSES:
                 continue
-            out.setdefault(f, {cc: [] for cc in LANDMARK_CLASSES})[c].append(d[:, -2:][:, ::-1])
+            out.setdefault(_path_frame(d), {cc: [] for cc in LANDMARK_CLASSES})[c].append(np.asarray(d)[:, -2:][:, ::-1])
         return out
 
     def use_as_correction(self, _=None) -> Optional[int]:

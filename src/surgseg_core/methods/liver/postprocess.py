@@ -409,16 +409,19 @@ def fill_small_holes(mask: np.ndarray, max_area: int = 64, n_components: Optiona
     the whole box) runs only when there may be a hole."""
     if max_area <= 0:
         return mask
-    if n_components is not None and n_components - euler_number8(mask) <= 0:
-        return mask
-    if _fast.kernels is not None:
+    kernels = _fast.kernels
+    if kernels is not None:  # one scan for the pixels serves the Euler check and the fill
         flat, w, pad = flat_view(mask)
+        pts = np.flatnonzero(flat)
+        if n_components is not None and n_components - kernels.euler8(flat.view(np.uint8), pts, w) <= 0:
+            return mask
         if pad == 0:
             flat = flat.copy()
-        if not _fast.kernels.fill_small_holes(flat.view(np.uint8), np.flatnonzero(flat), w, int(max_area)):
+        if not kernels.fill_small_holes(flat.view(np.uint8), pts, w, int(max_area)):
             return mask
-        out = flat.reshape(mask.shape[0] + 2 * pad, -1)
-        return out[pad:out.shape[0] - pad, pad:out.shape[1] - pad] if pad else out
+        return flat.reshape(-1, w)[pad:pad + mask.shape[0], pad:pad + mask.shape[1]]
+    if n_components is not None and n_components - euler_number8(mask) <= 0:
+        return mask
     bg, n = ndi.label(~mask)
     if n < 2:
         return mask

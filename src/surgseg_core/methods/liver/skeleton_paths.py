@@ -77,8 +77,7 @@ def trace_label_skeleton(lab: np.ndarray, min_pixels: int = 2, min_branch: int =
     classes are never connected. Returns ``[(class, path), ...]`` (one graph
     for all classes keeps the fixed cost of the sparse routines to one call)."""
     lab = np.asarray(lab)
-    small_labels = lab.dtype in (np.uint8, np.bool_) or (lab.dtype.kind in "iu" and (lab.size == 0 or lab.max() < 256))
-    if _fast.kernels is not None and small_labels:
+    if _fast.kernels is not None and lab.dtype in (np.uint8, np.bool_):  # other dtypes: numpy (same result)
         flat, w, pad = flat_view(lab, labels=True)
         pts = np.flatnonzero(flat)
         if len(pts) == 0:
