@@ -166,3 +166,20 @@ def test_kernels_refuse_inputs_that_would_read_outside_the_image():
             call()
     with pytest.raises(ValueError):
         K.component_links(np.array([9, 10]), np.ones(2, np.uint8), np.array([1, 0]), 2, 8, 5.0)
+
+
+@needs_kernels
+def test_rdp_same_as_numpy(monkeypatch):
+    from surgseg_core.methods.liver.postprocess import rdp
+
+    rng = np.random.default_rng(6)
+    for _ in range(40):
+        pts = np.cumsum(rng.normal(size=(int(rng.integers(1, 200)), 2)), axis=0)
+        if rng.random() < 0.2:
+            pts[-1] = pts[0]  # closed: distances to the point
+        for eps in (0.0, 0.3, 1.0, 4.0):
+            fast = rdp(pts, eps)
+            monkeypatch.setattr(_fast, "kernels", None)
+            slow = rdp(pts, eps)
+            monkeypatch.setattr(_fast, "kernels", K)
+            assert np.array_equal(fast, slow)

@@ -166,6 +166,19 @@ def test_rdp_by_hand_and_tolerance():
         assert _max_deviation(path.astype(float), s) <= eps + 1e-9
 
 
+def test_simplify_path_is_the_papers_rdp_on_open_pixel_paths():
+    """simplify_path (OpenCV's approxPolyDP for open paths) keeps exactly the
+    points rdp keeps; epsilons avoid exact ties with integer geometry."""
+    rng = np.random.default_rng(3)
+    steps = np.array([[0, 1], [1, 1], [1, 0], [-1, 1], [1, -1], [0, -1]])
+    for _ in range(30):
+        path = np.cumsum(steps[rng.integers(0, 6, int(rng.integers(3, 300)))], axis=0)
+        if np.array_equal(path[0], path[-1]):
+            continue
+        for eps in (0.77, 1.234567, 2.9):
+            assert np.array_equal(simplify_path(path, eps), rdp(path.astype(float), eps))
+
+
 def _curves():
     x = np.linspace(30, 380, 80)
     return {

@@ -17,7 +17,7 @@ so that ``p + offset`` of a foreground pixel never leaves the row or the array.
 import numpy as np
 
 from libc.stdint cimport int32_t, int64_t, uint8_t
-from libc.math cimport sqrt
+from libc.math cimport fabs, hypot, sqrt
 from libc.stdlib cimport calloc, free, malloc
 
 
@@ -465,3 +465,59 @@ def component_links(const int64_t[::1] pts, const uint8_t[::1] outline, const in
                 out_b.append(best_b)
     free(start); free(box)
     return out_d, out_i, out_j, out_a, out_b
+
+
+def rdp_keep(const double[:, ::1] pts, double epsilon):
+    """Ramer-Douglas-Peucker as ``postprocess.rdp`` (same arithmetic, same
+    result): which of the (N, 2) points to keep. A segment's farthest point
+    (the first of equals) from the straight line through its two ends is kept
+    when more than ``epsilon`` away, and both halves are searched again; when
+    the two ends coincide, the distance to that point is used."""
+    cdef Py_ssize_t n = pts.shape[0], a, b, k, best_k, top = 0
+    keep_a = np.zeros(n, dtype=np.uint8)
+    if n == 0:
+        return keep_a.view(bool)
+    if pts.shape[1] != 2:
+        raise ValueError("points must be (N, 2)")
+    cdef uint8_t[::1] keep = keep_a
+    keep[0] = keep[n - 1] = 1
+    if n < 3:
+        return keep_a.view(bool)
+    cdef Py_ssize_t* stack = <Py_ssize_t*>malloc(2 * n * sizeof(Py_ssize_t))
+    if stack == NULL:
+        raise MemoryError()
+    cdef double dx, dy, length, r0, r1, dist, best
+    with nogil:
+        stack[0] = 0
+        stack[1] = n - 1
+        top = 1
+        while top > 0:
+            top -= 1
+            a = stack[2 * top]
+            b = stack[2 * top + 1]
+            if b - a < 2:
+                continue
+            dy = pts[b, 0] - pts[a, 0]
+            dx = pts[b, 1] - pts[a, 1]
+            length = hypot(dx, dy)
+            best = -1.0
+            best_k = a + 1
+            for k in range(a + 1, b):
+                r0 = pts[k, 0] - pts[a, 0]
+                r1 = pts[k, 1] - pts[a, 1]
+                if length == 0:
+                    dist = hypot(r0, r1)
+                else:
+                    dist = fabs(r0 * dx - r1 * dy) / length
+                if dist > best:
+                    best = dist
+                    best_k = k
+            if best > epsilon:
+                keep[best_k] = 1
+                stack[2 * top] = a
+                stack[2 * top + 1] = best_k
+                stack[2 * top + 2] = best_k
+                stack[2 * top + 3] = b
+                top += 2
+    free(stack)
+    return keep_a.view(bool)
