@@ -179,6 +179,23 @@ def load_tracking_model(model: str, checkpoint: Optional[Union[str, os.PathLike]
     return build_model(config, ckpt, device=device, image_size=image_size, seed=seed)
 
 
+def resolve_net(model: Any, checkpoint: Optional[Union[str, os.PathLike]] = None, *, device: Optional[str] = None,
+                image_size: Optional[int] = None, seed: int = 0):
+    """(model, random_weights) from a model name (built here) or an already
+    built model (e.g. the widget's cached one, moved to ``device``)."""
+    if isinstance(model, (str, os.PathLike)):
+        net = load_tracking_model(str(model), checkpoint, device=device, image_size=image_size, seed=seed)
+    else:
+        if checkpoint is not None:
+            raise ConfigError("give either a built model or a checkpoint to load, not both")
+        net = model
+        if device is not None:
+            from .device import pick_device
+
+            net.to(pick_device(device))
+    return net, getattr(net, "surgseg_checkpoint", None) is None
+
+
 def _open_frames(frames: Any):
     """A path is opened lazily (and closed by the caller); anything indexable is used as is."""
     if isinstance(frames, (str, os.PathLike)):
@@ -245,17 +262,7 @@ def track_video(
         if direction not in ("forward", "backward", "both"):
             raise ConfigError(f"direction must be 'forward', 'backward' or 'both', got {direction!r}")
 
-        if isinstance(model, (str, os.PathLike)):
-            net = load_tracking_model(str(model), checkpoint, device=device, image_size=image_size, seed=seed)
-        else:  # an already built model (e.g. the widget's or a test's)
-            if checkpoint is not None:
-                raise ConfigError("give either a built model or a checkpoint to load, not both")
-            net = model
-            if device is not None:
-                from .device import pick_device
-
-                net.to(pick_device(device))
-        random_weights = getattr(net, "surgseg_checkpoint", None) is None
+        net, random_weights = resolve_net(model, checkpoint, device=device, image_size=image_size, seed=seed)
         if random_weights:
             log.warning(RANDOM_WEIGHTS_WARNING)
 

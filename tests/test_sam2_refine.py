@@ -1,0 +1,217 @@
+"""Corrections that propagate: a corrected frame's masks become SAM2 mask
+prompts and tracking continues from it into the same label stack
+(``surgseg_core.sam2_engine.refine.repropagate``), checked frames are kept and
+used as prompts, and a whole run can be undone.
+
+Random-init surgseg_tiny models with the object-present bias (as in
+test_sam2_track.py): masks are meaningless but non-trivial, and every
+comparison is against the engine driven directly with the same prompts.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from surgseg_core.errors import Cancelled, ConfigError
+from surgseg_core.progress import CancelToken
+from surgseg_core.sam2_engine import StreamingSAM2, build_model
+from surgseg_core.sam2_engine.build import TINY_CONFIG
+from surgseg_core.sam2_engine.refine import (
+    FrameUndo, StackWriter, frames_of, mark_validated, repropagate, spans_of,
+)
+from surgseg_core.sam2_engine.track import track_video
+
+T, H, W = 7, 64, 80
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    from surgseg_core.synth import generate_endoscopy_clip
+
+    clip = generate_endoscopy_clip(7, n_frames=T, height=H, width=W)
+    return np.stack([clip.frame(i).image for i in range(T)])
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    net = build_model(TINY_CONFIG, seed=0)
+    with torch.no_grad():  # the random decoder says "object present"
+        net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
+    return net
+
+
+@pytest.fixture
+def tracked(frames, model):
+    """A stack tracked from clicks on frame 0 (objects 1 and 2)."""
+    labels = np.zeros((T, H, W), np.uint8)
+    prompts = [{"frame": 0, "obj_id": 1, "points": [[20, 30]], "labels": [1]},
+               {"frame": 0, "obj_id": 2, "points": [[60, 40]], "labels": [1]}]
+    track_video(frames, prompts, model=model, direction="forward", sink=StackWriter(labels))
+    assert set(np.unique(labels)) == {0, 1, 2}
+    return labels
+
+
+def _edit(labels, t):
+    """A brush correction on frame t: object 1 becomes a rectangle, object 2 stays."""
+    labels[t][labels[t] == 1] = 0
+    labels[t, 8:30, 10:45] = 1
+
+
+def _reference(frames, model, prompt_frames, labels, ids, direction, frame_range, start):
+    engine = StreamingSAM2(model, frames)
+    for t in prompt_frames:
+        for obj in ids:
+            engine.add_mask(t, obj, labels[t] == obj)
+    out = {}
+    engine.propagate(lambda r: out.__setitem__(r.frame_idx, r.label_map()), direction=direction,
+                     start=start, frame_range=frame_range)
+    return out
+
+
+def test_engine_uses_a_mask_prompt(frames, model):
+    """add_mask at frame k: frame k's output is that mask (SAM2 uses a mask
+    input as the output) and later frames follow it: another mask gives
+    other masks downstream."""
+    a = np.zeros((H, W), bool)
+    a[10:40, 10:50] = True
+    b = np.zeros((H, W), bool)
+    b[30:60, 40:78] = True
+    outs = []
+    for mask in (a, b):
+        engine = StreamingSAM2(model, frames)
+        engine.add_mask(2, 1, mask)
+        got = {}
+        engine.propagate(lambda r: got.__setitem__(r.frame_idx, r.object_mask(1).astype(bool)), start=2)
+        assert sorted(got) == list(range(2, T))
+        inter, union = (got[2] & mask).sum(), (got[2] | mask).sum()
+        assert inter / union > 0.9, "the prompted frame's output is not the mask prompt"
+        outs.append(got)
+    assert any(outs[0][t].any() for t in range(3, T))
+    assert any(not np.array_equal(outs[0][t], outs[1][t]) for t in range(3, T)), "later frames ignore the mask"
+
+
+def test_repropagate_forward_changes_only_later_frames_and_undo_restores(frames, model, tracked):
+    k, v = 2, 4
+    labels = tracked
+    _edit(labels, k)
+    before = labels.copy()
+    undo = FrameUndo()
+    summary = repropagate(frames, labels, k, direction="forward", validated=[[v, v]], model=model, undo=undo)
+    assert summary["obj_ids"] == [1, 2] and summary["prompt_frames"] == [k, v]
+    assert summary["frame_range"] == [k, T - 1] and summary["frames_protected"] == [v]
+    np.testing.assert_array_equal(labels[: k + 1], before[: k + 1])  # the other side and the corrected frame
+    np.testing.assert_array_equal(labels[v], before[v])  # the validated frame
+    changed = summary["frames_changed"]
+    assert changed and all(t > k and t != v for t in changed)
+    assert undo.frames == changed
+    # what was written is the engine's output from mask prompts on k and v
+    ref = _reference(frames, model, [k, v], before, [1, 2], "forward", (k, T - 1), k)
+    for t in range(k + 1, T):
+        if t != v:
+            np.testing.assert_array_equal(labels[t], ref[t])
+    assert summary["random_weights"] is True and summary["provenance"]["repropagation"]["status"] == "completed"
+    # undo: the stack exactly as before the run
+    assert undo.restore(labels) == changed
+    np.testing.assert_array_equal(labels, before)
+
+
+def test_repropagate_backward_leaves_later_frames(frames, model, tracked):
+    k = 4
+    labels = tracked
+    _edit(labels, k)
+    before = labels.copy()
+    summary = repropagate(frames, labels, k, direction="backward", model=model)
+    np.testing.assert_array_equal(labels[k:], before[k:])
+    assert summary["frames_changed"] and max(summary["frames_changed"]) < k
+    ref = _reference(frames, model, [k], before, [1, 2], "backward", (0, k), k)
+    for t in range(k):
+        np.testing.assert_array_equal(labels[t], ref[t])
+
+
+def test_untracked_objects_keep_their_pixels_and_erased_objects_are_absent(frames, model, tracked):
+    k = 2
+    labels = tracked
+    labels[k][labels[k] == 2] = 0  # the user erased object 2 on frame k
+    before = labels.copy()
+    # only object 1 tracked: object 2's pixels stay where object 1 does not cover them
+    repropagate(frames, labels, k, direction="forward", model=model)
+    for t in range(k + 1, T):
+        was2 = before[t] == 2
+        assert np.all(np.isin(labels[t][was2], (1, 2)))
+        assert np.all(labels[t][was2 & (labels[t] != 1)] == 2)
+    # object 2 named: an empty mask prompt on frame k says "absent" -> removed downstream
+    labels[:] = before
+    summary = repropagate(frames, labels, k, direction="forward", obj_ids=[1, 2], model=model)
+    assert summary["obj_ids"] == [1, 2]
+    ref = _reference(frames, model, [k], before, [1, 2], "forward", (k, T - 1), k)
+    for t in range(k + 1, T):
+        np.testing.assert_array_equal(labels[t], ref[t])
+
+
+def test_cancel_leaves_whole_frames_and_undo_restores(frames, model, tracked):
+    k = 1
+    labels = tracked
+    _edit(labels, k)
+    before = labels.copy()
+    ref = _reference(frames, model, [k], before, [1, 2], "forward", (k, T - 1), k)
+    token = CancelToken()
+    undo = FrameUndo()
+
+    def progress(done, total, message=""):
+        if total and done >= 3:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        repropagate(frames, labels, k, direction="forward", model=model, undo=undo, progress=progress, cancel=token)
+    written = [t for t in range(T) if not np.array_equal(labels[t], before[t])]
+    assert written and max(written) < T - 1, "cancel came too late to test"
+    for t in range(T):  # every frame is either as before or the complete new map
+        assert np.array_equal(labels[t], before[t]) or np.array_equal(labels[t], ref[t])
+    undo.restore(labels)
+    np.testing.assert_array_equal(labels, before)
+
+
+def test_repropagate_refuses_bad_input(frames, model, tracked):
+    with pytest.raises(ConfigError, match="no masks to propagate"):
+        repropagate(frames, np.zeros((T, H, W), np.uint8), 1, model=model)
+    with pytest.raises(ConfigError, match="one map per video frame"):
+        repropagate(frames, np.zeros((T - 1, H, W), np.uint8), 1, model=model)
+    with pytest.raises(ConfigError, match="width x height"):
+        repropagate(frames, np.ones((T, H, W - 1), np.uint8), 1, model=model)
+    with pytest.raises(ConfigError, match="outside the video"):
+        repropagate(frames, tracked, T, model=model)
+    with pytest.raises(ConfigError, match="direction"):
+        repropagate(frames, tracked, 1, direction="sideways", model=model)
+
+
+def test_undo_spills_to_disk_and_is_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 3, (5, 32, 40)).astype(np.uint8)
+    original = stack.copy()
+    undo = FrameUndo(max_ram_mb=0.0005, folder=tmp_path)  # one frame in RAM (~400 B), the rest on disk
+    for t in (1, 3, 4):
+        undo.record(t, stack[t])
+        stack[t] = 0
+    undo.record(3, stack[3])  # a later state of a recorded frame does not replace the old one
+    assert undo.frames == [1, 3, 4] and undo.disk_frames == [3, 4]
+    assert undo.restore(stack) == [1, 3, 4]
+    np.testing.assert_array_equal(stack, original)
+    undo.discard()
+    assert not any(tmp_path.iterdir())
+
+
+def test_validated_spans():
+    spans = mark_validated([], 3, 5)
+    assert spans == [[3, 5]]
+    spans = mark_validated(spans, 6)
+    assert spans == [[3, 6]]
+    spans = mark_validated(spans, 10, 8)
+    assert spans == [[3, 6], [8, 10]]
+    spans = mark_validated(spans, 4, checked=False)
+    assert spans == [[3, 3], [5, 6], [8, 10]]
+    assert frames_of(spans) == {3, 5, 6, 8, 9, 10} and frames_of([7]) == {7}
+    assert spans_of([2, 1, 5]) == [[1, 2], [5, 5]]
+    with pytest.raises(ConfigError):
+        mark_validated([], -1)
