@@ -53,5 +53,7 @@ def _autosave_in_tmp(tmp_path_factory):
     # of the real user data folder.
     patch = pytest.MonkeyPatch()
     patch.setenv("SURGSEG_AUTOSAVE_DIR", str(tmp_path_factory.mktemp("autosave")))
+    # result layers are sparse on-disk stacks: not in the user's cache either
+    patch.setenv("SURGSEG_LABEL_STACK_DIR", str(tmp_path_factory.mktemp("label_stacks")))
     yield
     patch.undo()

@@ -215,3 +215,149 @@ def test_validated_spans():
     assert spans_of([2, 1, 5]) == [[1, 2], [5, 5]]
     with pytest.raises(ConfigError):
         mark_validated([], -1)
+
+
+# ------------------------------------------------------------------ widget
+@pytest.fixture
+def widget_and_video(make_napari_viewer, frames, monkeypatch, tmp_path):
+    from surgseg_core.sam2_engine import build as build_module
+    from napari_surgseg.widgets.sam2_track import Sam2TrackWidget
+
+    monkeypatch.setenv("SURGSEG_WEIGHTS_DIR", str(tmp_path / "weights"))
+    real = build_module.build_model
+
+    def biased(*args, **kwargs):
+        net = real(*args, **kwargs)
+        with torch.no_grad():
+            net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
+        return net
+
+    monkeypatch.setattr(build_module, "build_model", biased)
+    viewer = make_napari_viewer()
+    video = viewer.add_image(frames, rgb=True, name="clip")
+    widget = Sam2TrackWidget(viewer)
+    widget.model_combo.value = (TINY_CONFIG, None)
+    return viewer, widget, video
+
+
+def _wait_done(qtbot, widget, timeout=120000):
+    qtbot.waitUntil(lambda: widget.track_button.enabled, timeout=timeout)
+
+
+def _track(widget, qtbot):
+    layer = widget.prompts_combo.value or widget.new_prompt_layer()
+    if not len(layer.data):
+        widget.obj_spin.value = 1
+        layer.add([[0, 30, 20]])
+        widget.obj_spin.value = 2
+        layer.add([[0, 40, 60]])
+    widget.direction_combo.value = "forward"
+    widget.track()
+    _wait_done(qtbot, widget)
+    return widget.result_layer
+
+
+def test_widget_result_layer_is_lazy_and_reused(widget_and_video, qtbot):
+    """The result layer is a sparse on-disk stack (creating it writes no
+    frame), and tracking the same video again reuses it."""
+    import os
+
+    from napari.layers import Labels
+
+    viewer, widget, video = widget_and_video
+    big = widget._new_labels(video, (250, 720, 1280), "big SAM2 masks", "running", [])
+    qtbot.wait(50)  # let napari slice and draw it
+    assert isinstance(big.data, np.memmap)
+    on_disk = os.stat(big.data.filename).st_blocks * 512
+    assert on_disk < big.data.nbytes / 100, f"creating the layer wrote {on_disk} bytes: not sparse"
+    viewer.layers.remove(big)
+
+    labels = _track(widget, qtbot)
+    assert isinstance(labels.data, np.memmap) and set(np.unique(labels.data)) == {0, 1, 2}
+    assert labels.metadata["sam2_tracking"]["video"] == "clip"
+    widget.result_combo.value = None  # "(new layer)": still the video's existing result layer
+    again = _track(widget, qtbot)
+    assert again is labels
+    assert sum(isinstance(lay, Labels) for lay in viewer.layers) == 1
+
+
+def test_widget_repropagate_checked_frames_and_undo(widget_and_video, qtbot, frames, model):
+    from surgseg_core.sam2_engine.refine import VALIDATED_KEY
+
+    viewer, widget, video = widget_and_video
+    labels = _track(widget, qtbot)
+    assert widget.result_combo.value is labels and labels.metadata["sam2_tracking"]["obj_ids"] == [1, 2]
+    k, v = 2, 4
+    # the user checks frame 4, then frames 4..5 via First..Last, then unchecks 5
+    viewer.dims.set_current_step(0, v)
+    assert widget.mark_checked() == [[v, v]]
+    widget.start_spin.value, widget.end_spin.value = 5, 5
+    assert widget.mark_checked(span=True) == [[v, 5]]
+    viewer.dims.set_current_step(0, 5)
+    assert widget.mark_checked(checked=False) == [[v, v]]
+    assert labels.metadata[VALIDATED_KEY] == [[v, v]] and "1 checked" in widget.checked_label.value
+    widget.start_spin.value, widget.end_spin.value = 0, -1
+    # a brush correction on frame k, then re-propagate forward from it
+    data = labels.data
+    data[k][data[k] == 1] = 0
+    data[k, 8:30, 10:45] = 1
+    labels.refresh()
+    before = np.array(data)
+    viewer.dims.set_current_step(0, k)
+    widget.direction_combo.value = "forward"
+    widget.repropagate()
+    assert not widget.track_button.enabled and not widget.undo_button.enabled
+    _wait_done(qtbot, widget)
+    summary = widget.last_summary
+    assert summary["frame"] == k and summary["prompt_frames"] == [k, v] and summary["frames_protected"] == [v]
+    after = np.array(labels.data)
+    np.testing.assert_array_equal(after[: k + 1], before[: k + 1])  # earlier frames and the corrected one
+    np.testing.assert_array_equal(after[v], before[v])  # the checked frame
+    changed = summary["frames_changed"]
+    assert changed and all(t > k and t != v for t in changed)
+    ref = _reference(frames, model, [k, v], before, [1, 2], "forward", (k, T - 1), k)
+    for t in range(k + 1, T):
+        if t != v:
+            np.testing.assert_array_equal(after[t], ref[t])
+    assert "re-propagated" in widget.status.value
+    assert sum(type(lay).__name__ == "Labels" for lay in viewer.layers) == 1
+    # one click undoes the whole run, exactly; the Track run before it is next
+    assert widget.undo_button.enabled
+    assert widget.undo_last_run() == changed
+    np.testing.assert_array_equal(np.array(labels.data), before)
+    assert widget.undo_button.enabled
+    widget.undo_last_run()
+    assert not np.array(labels.data).any() and not widget.undo_button.enabled
+
+
+def test_widget_repropagate_cancel_leaves_whole_frames(widget_and_video, qtbot, frames, model, monkeypatch):
+    import time
+
+    viewer, widget, video = widget_and_video
+    labels = _track(widget, qtbot)
+    k = 1
+    labels.data[k, 8:30, 10:45] = 1
+    before = np.array(labels.data)
+    ref = _reference(frames, model, [k], before, [1, 2], "forward", (k, T - 1), k)
+    emitted = []
+    real_step = StreamingSAM2._step
+
+    def slow_step(self, frame_idx, reverse):
+        time.sleep(0.4)  # long enough to cancel mid-video
+        emitted.append(frame_idx)
+        return real_step(self, frame_idx, reverse)
+
+    monkeypatch.setattr(StreamingSAM2, "_step", slow_step)
+    viewer.dims.set_current_step(0, k)
+    widget.repropagate()
+    qtbot.waitUntil(lambda: len(emitted) >= 2, timeout=60000)
+    widget.cancel()
+    _wait_done(qtbot, widget)
+    assert labels.metadata["sam2_tracking"]["status"] == "cancelled" and widget.last_summary is None
+    after = np.array(labels.data)
+    assert any(not np.array_equal(after[t], before[t]) for t in range(T)), "cancel came too early to test"
+    assert np.array_equal(after[T - 1], before[T - 1]), "cancel came too late to test"
+    for t in range(T):  # every frame is either as before or complete
+        assert np.array_equal(after[t], before[t]) or np.array_equal(after[t], ref[t])
+    widget.undo_last_run()
+    np.testing.assert_array_equal(np.array(labels.data), before)

@@ -143,7 +143,8 @@ class _LayerAutosave(QObject):
         kwargs: dict = {"metadata": core.to_jsonable(meta), "source": self.source, "layer_kwargs": layer_kwargs}
         if self.kind == "labels":
             data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-            if getattr(data, "nbytes", COPY_LIMIT_BYTES + 1) <= COPY_LIMIT_BYTES:
+            # a memory-mapped stack is read from disk: copying it here would stall the GUI
+            if not isinstance(data, np.memmap) and getattr(data, "nbytes", COPY_LIMIT_BYTES + 1) <= COPY_LIMIT_BYTES:
                 data = np.array(data, copy=True)
             # a refresh alone is checked against the digest; a paint always writes
             kwargs["skip_unchanged"] = not self._sure_changed
@@ -197,6 +198,14 @@ def watch_layer(layer, source: Optional[Any] = None, *, interval_ms: int = 2000)
     _WATCHERS[layer] = watcher
     layer.metadata["autosave_path"] = str(core.snapshot_path(watcher.folder, layer.name, watcher.kind))
     return watcher.folder
+
+
+def request_save(layer) -> None:
+    """Save ``layer`` soon although no paint event fired (e.g. only its
+    metadata changed, or a model wrote into its array); no-op if unwatched."""
+    watcher = _WATCHERS.get(layer)
+    if watcher is not None:
+        watcher._changed()
 
 
 def unwatch_layer(layer) -> None:
