@@ -105,8 +105,10 @@ def test_export_corrections_round_trip_and_trains(tmp_path):
     np.testing.assert_allclose(ds[2]["image"].permute(1, 2, 0).numpy() * 255, frames[5], atol=0.5)
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["format"] == "image_mask"
-    assert prov["items"]["case_01_f000005"] == {"frame": 5, "source_video": "/videos/case 01.mp4",
-                                                "who": "tester", "when": "2026-01-01T00:00:00"}
+    assert prov["items"]["case_01_f000005"] == {
+        "frame": 5, "source_video": "/videos/case 01.mp4", "who": "tester", "when": "2026-01-01T00:00:00",
+        "included_because": "labels differ from the model output; has points (no edit record of the points "
+                            "layer); has curves"}
     rows = list(csv.DictReader(open(out / "points.csv")))
     assert [(r["stem"], r["y"], r["x"], r["class"]) for r in rows] == [
         ("case_01_f000000", "2.000", "3.000", "a"), ("case_01_f000005", "4.500", "1.250", "b"),

@@ -1,6 +1,7 @@
 """The README's first command: ``surgseg demo`` on the bundled sample
 (quick mode, with the session's small liver checkpoint instead of training)."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +32,29 @@ def test_demo_quick_writes_report_summary_and_outputs(tmp_path, monkeypatch):
     assert 0 < liver["postprocess_ms_per_frame"] < 1000
     for name in (summary["video"]["overlay"], liver["figure"]):
         assert (out / name).stat().st_size > 0
+
+
+def test_demo_registers_its_liver_model_for_the_liver_widget(tmp_path, monkeypatch, make_napari_viewer):
+    """The liver model the demo trains is offered in the liver widget's
+    "Registered" list, like one trained from the Train widget."""
+    from napari_surgseg.widgets.liver import LiverLandmarksWidget
+    from surgseg_core.demo import DEMO_LIVER_WEIGHTS, run_demo
+    from surgseg_core.weights import list_weights
+
+    monkeypatch.setenv("SURGSEG_WEIGHTS_DIR", str(tmp_path / "weights"))
+    widget = LiverLandmarksWidget(make_napari_viewer())  # opened before the demo ran
+    native = widget.weights_combo.native
+
+    def offered():
+        return [native.itemText(i) for i in range(native.count())]
+
+    assert DEMO_LIVER_WEIGHTS not in offered()
+    run_demo(tmp_path / "demo", quick=True, device="cpu", steps=["liver"])
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["liver"]["registered_as"] == DEMO_LIVER_WEIGHTS
+    entries = {e.name: e for e in list_weights(method="liver")}
+    assert entries[DEMO_LIVER_WEIGHTS].path == str(Path(summary["liver"]["checkpoint"]).resolve())
+    widget.reset_choices()
+    assert DEMO_LIVER_WEIGHTS in offered()
+    widget.weights_combo.value = entries[DEMO_LIVER_WEIGHTS].path
+    assert widget.weights_combo.value == entries[DEMO_LIVER_WEIGHTS].path

@@ -49,6 +49,9 @@ DEMO_LIVER_CONFIG: Dict[str, Any] = {
     "seed": 0,
     "num_workers": 0,
 }
+#: Name under which the liver model the demo trains is registered (offered by
+#: the liver widget's "Registered" list like a model trained from the Train widget).
+DEMO_LIVER_WEIGHTS = "surgseg-demo-liver"
 DEMO_LIVER_TRAIN_SEEDS = tuple(range(101, 107))
 DEMO_LIVER_VAL_SEEDS = (201, 202)
 
@@ -172,6 +175,7 @@ def step_liver(out: Path, summary: dict, *, epochs: int, frames_per_scene: int, 
     sample = sample_folder(LIVER_DIR)
     config = dict(DEMO_LIVER_CONFIG, epochs=epochs, device=device)
     t0 = time.perf_counter()
+    registered = None
     if checkpoint is None:
         data = out / "liver_data"
         train_root = write_liver_training_folder(data / "train", DEMO_LIVER_TRAIN_SEEDS, frames_per_scene)
@@ -179,9 +183,16 @@ def step_liver(out: Path, summary: dict, *, epochs: int, frames_per_scene: int, 
         config.update(train_root=str(train_root), val_root=str(val_root))
         result = train("liver", config, run_dir=out / "liver_run", progress=progress, cancel=cancel)
         checkpoint = str(result.best_checkpoint)
+        from .weights import register_checkpoint
+
+        # a later demo run re-registers the name with its own model
+        register_checkpoint(checkpoint, name=DEMO_LIVER_WEIGHTS, method="liver",
+                            metrics={"best_val_dice": float(result.best_metric)})
+        registered = DEMO_LIVER_WEIGHTS
         n_train = len(DEMO_LIVER_TRAIN_SEEDS) * frames_per_scene
         trained_note = (f"trained here for {len(result.history)} epochs on {n_train} synthetic frames of "
-                        f"{len(DEMO_LIVER_TRAIN_SEEDS)} scenes, best validation dice {result.best_metric:.3f}")
+                        f"{len(DEMO_LIVER_TRAIN_SEEDS)} scenes, best validation dice {result.best_metric:.3f}, "
+                        f"registered as `{DEMO_LIVER_WEIGHTS}` (the liver widget's \"Registered\" list)")
     else:
         trained_note = f"loaded from `{checkpoint}`"
     train_s = time.perf_counter() - t0
@@ -194,6 +205,7 @@ def step_liver(out: Path, summary: dict, *, epochs: int, frames_per_scene: int, 
     pp_ms, kernels = _postprocess_timing(predictor, sample)
     summary["liver"] = {
         "checkpoint": checkpoint,
+        "registered_as": registered,
         "train_seconds": round(train_s, 1),
         "metrics": metrics,
         "figure": figure.name,

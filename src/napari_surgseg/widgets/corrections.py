@@ -17,8 +17,9 @@ from napari.layers import Image, Labels, Points
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
-from surgseg_core.datasets import export_corrections, rank_frames_by_uncertainty
+from surgseg_core.datasets import corrected_frame_reasons, export_corrections, rank_frames_by_uncertainty
 
+from .._edits import edited_frames, record_viewer_edits
 from .._workers import run_in_worker
 
 
@@ -61,8 +62,12 @@ def corrections_kwargs(image, labels=None, points=None, model_labels=None, who: 
     kwargs: dict = {"frames": image.data}
     if labels is not None:
         kwargs["labels"] = labels.data
+        # the frames painted on (when recorded): exported instead of every frame with labels
+        kwargs["edited_frames"] = edited_frames(labels)
     if model_labels is not None:
         kwargs["model_labels"] = model_labels.data
+    if points is not None:
+        kwargs["edited_point_frames"] = edited_frames(points)
     if points is not None and len(points.data):
         data = np.asarray(points.data)
         if data.shape[1] == 2:  # points on a single image: frame 0
@@ -73,18 +78,41 @@ def corrections_kwargs(image, labels=None, points=None, model_labels=None, who: 
     return kwargs
 
 
+def export_edited(out, *, progress=None, cancel=None, **kwargs):
+    """Worker body: the frames to export and why (edited frames where the
+    layers have an edit record), then ``export_corrections``; returns
+    ``(dataset folder, {frame: [why, ...]})``."""
+    reasons = corrected_frame_reasons(
+        kwargs.get("labels"), len(kwargs["frames"]), kwargs.get("model_labels"), kwargs.get("points"),
+        kwargs.get("curves"), edited_frames=kwargs.pop("edited_frames", None),
+        edited_point_frames=kwargs.pop("edited_point_frames", None),
+    )
+    path = export_corrections(out, frame_indices=reasons, progress=progress, cancel=cancel, **kwargs)
+    return path, reasons
+
+
+def describe_reasons(reasons: dict) -> str:
+    """'3 frame(s): 2 labels edited on this frame, 1 has points (...)'."""
+    counts: dict = {}
+    for whys in reasons.values():
+        for why in whys:
+            counts[why] = counts.get(why, 0) + 1
+    return f"{len(reasons)} frame(s): " + ", ".join(f"{n} {why}" for why, n in counts.items())
+
+
 class CorrectionsWidget(Container):
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.worker = None
+        self.last_export: Optional[dict] = None
         v = napari_viewer
         self.image_combo = ComboBox(label="Video", choices=layer_choices(v, Image))
         self.labels_combo = ComboBox(label="Corrected labels", choices=layer_choices(v, Labels, optional=True))
         self.model_combo = ComboBox(
             label="Model output", choices=layer_choices(v, Labels, optional=True),
             tooltip="the model's labels before correction: only frames that differ are exported "
-                    "(none: every frame with labels)",
+                    "(none: the frames painted on when recorded, else every frame with labels)",
         )
         self.points_combo = ComboBox(label="Points", choices=layer_choices(v, Points, optional=True))
         self.method_combo = ComboBox(label="For method", choices=["generic", "liver"], value="generic")
@@ -114,6 +142,7 @@ class CorrectionsWidget(Container):
         ])
         self.native.layout().addWidget(self.frame_list)
         connect_layer_refresh(v, self)
+        record_viewer_edits(v)  # "export what was edited"
         # autosaved snapshots of the chosen video, restorable as layers
         from .autosave_restore import AutosaveRestoreSection
 
@@ -139,12 +168,15 @@ class CorrectionsWidget(Container):
         self.status.value = "exporting..."
         self.export_button.enabled = False
 
-        def done(path):
+        def done(result):
+            path, reasons = result
             self.export_button.enabled = True
-            self.status.value = f"exported to {path}"
-            show_info(f"Corrections exported as a training dataset: {path}")
+            self.last_export = reasons
+            what = describe_reasons(reasons)
+            self.status.value = f"exported {what} to {path}"
+            show_info(f"Corrections exported as a training dataset: {path} ({what})")
 
-        self.worker, _ = run_in_worker(export_corrections, out, method=self.method_combo.value, on_done=done,
+        self.worker, _ = run_in_worker(export_edited, out, method=self.method_combo.value, on_done=done,
                                        description="Export corrections", **kwargs)
         self.worker.errored.connect(lambda *_: setattr(self.export_button, "enabled", True))
         return self.worker

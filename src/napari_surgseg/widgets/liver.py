@@ -91,7 +91,9 @@ class LiverLandmarksWidget(Container):
         self.viewer = napari_viewer
         v = napari_viewer
         self.image_combo = ComboBox(label="Image", choices=layer_choices(v, Image))
-        self.weights_combo = ComboBox(label="Registered", choices=[("(file below)", None)] + _registered_weights())
+        # a callable: the list is re-read on reset_choices (models trained or registered meanwhile)
+        self.weights_combo = ComboBox(label="Registered", choices=lambda _w=None: [("(file below)", None)]
+                                      + _registered_weights())
         self.checkpoint_edit = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth *.safetensors")
         self.mode_combo = ComboBox(label="Run on", choices=list(MODES), value=MODES[0])
         self.start_spin = SpinBox(label="From frame", min=0, max=10**7, value=0)

@@ -36,6 +36,7 @@ from surgseg_core.sam2_engine.refine import (
 from surgseg_core.sam2_engine.track import load_tracking_model, prompts_from_points_table, track_video
 
 from .._autosave import request_save, watch_layer
+from .._edits import record_edits
 from .._workers import run_in_worker
 from .corrections import connect_layer_refresh, layer_choices, source_video_of
 
@@ -243,6 +244,7 @@ class Sam2TrackWidget(Container):
             layer.translate = video.translate[:3]
         self.viewer.add_layer(layer)
         watch_layer(layer, source_video_of(video) if video is not None else None)
+        record_edits(layer, fresh=True)
         self.reset_choices()
         self.prompts_combo.value = layer
         self._apply_defaults()
@@ -287,6 +289,7 @@ class Sam2TrackWidget(Container):
         )
         self.viewer.add_layer(labels)
         watch_layer(labels, source_video_of(video))
+        record_edits(labels, fresh=True)  # brush corrections, not model output, are what gets exported
         return labels
 
     def _existing_result(self, video: Image, shape) -> Optional[Labels]:

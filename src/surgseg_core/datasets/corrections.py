@@ -85,27 +85,64 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def default_corrected_frames(labels: Any, n_frames: int, model_labels: Any = None,
-                             points: Any = None, curves: Optional[Mapping] = None) -> List[int]:
-    """Frames worth exporting: labels differing from the model's output
-    (``model_labels``) or, without it, frames with any non-zero label; plus
-    frames that have points or curves."""
-    chosen = set()
+#: Why a frame is exported (``provenance.json`` items, the widget's status).
+REASON_MODEL_DIFF = "labels differ from the model output"
+REASON_LABELS_EDITED = "labels edited on this frame"
+REASON_HAS_LABELS = "has labels (no model output or edit record to compare with)"
+REASON_POINTS_EDITED = "points edited on this frame"
+REASON_HAS_POINTS = "has points (no edit record of the points layer)"
+REASON_CURVES = "has curves"
+
+
+def corrected_frame_reasons(labels: Any, n_frames: int, model_labels: Any = None, points: Any = None,
+                            curves: Optional[Mapping] = None, *, edited_frames: Optional[Iterable[int]] = None,
+                            edited_point_frames: Optional[Iterable[int]] = None) -> Dict[int, List[str]]:
+    """Frames worth exporting, each with why.
+
+    Labels: frames differing from the model's output (``model_labels``); else,
+    with an edit record (``edited_frames``: frames painted on), the edited
+    frames; else frames with any non-zero label. Points: with an edit record
+    (``edited_point_frames``), frames where points were added, moved or
+    removed; else every frame with points. Plus frames with curves."""
+    reasons: Dict[int, List[str]] = {}
+
+    def add(t: int, why: str) -> None:
+        if 0 <= t < n_frames:
+            reasons.setdefault(int(t), []).append(why)
+
+    edited = None if edited_frames is None else {int(t) for t in edited_frames}
     for t in _label_frames(labels, n_frames):
+        if model_labels is None and edited is not None:
+            break
         lab = _label_at(labels, t)
         if lab is None:
             continue
         ref = _label_at(model_labels, t) if model_labels is not None else None
         if ref is not None:
             if ref.shape != lab.shape or not np.array_equal(ref, lab):
-                chosen.add(t)
-        elif np.any(lab):
-            chosen.add(t)
-    if points is not None:
-        chosen.update(int(round(f)) for f in _points_array(points)[:, 0])
-    if curves:
-        chosen.update(int(k) for k, v in curves.items() if v)
-    return sorted(t for t in chosen if 0 <= t < n_frames)
+                add(t, REASON_MODEL_DIFF)
+        elif model_labels is None and np.any(lab):
+            add(t, REASON_HAS_LABELS)
+    if labels is not None and model_labels is None and edited is not None:
+        for t in sorted(edited):
+            if _label_at(labels, t) is not None:
+                add(t, REASON_LABELS_EDITED)
+    if edited_point_frames is not None:
+        for t in sorted({int(t) for t in edited_point_frames}):
+            add(t, REASON_POINTS_EDITED)
+    elif points is not None:
+        for t in sorted({int(round(f)) for f in _points_array(points)[:, 0]}):
+            add(t, REASON_HAS_POINTS)
+    for k, v in (curves or {}).items():
+        if v:
+            add(int(k), REASON_CURVES)
+    return dict(sorted(reasons.items()))
+
+
+def default_corrected_frames(labels: Any, n_frames: int, model_labels: Any = None,
+                             points: Any = None, curves: Optional[Mapping] = None, **edits: Any) -> List[int]:
+    """The frames of :func:`corrected_frame_reasons`, sorted."""
+    return list(corrected_frame_reasons(labels, n_frames, model_labels, points, curves, **edits))
 
 
 def export_corrections(
@@ -115,8 +152,10 @@ def export_corrections(
     labels: Any = None,
     points: Any = None,
     curves: Optional[Mapping[int, Mapping[Any, Sequence[Any]]]] = None,
-    frame_indices: Optional[Sequence[int]] = None,
+    frame_indices: Optional[Union[Sequence[int], Mapping[int, Sequence[str]]]] = None,
     model_labels: Any = None,
+    edited_frames: Optional[Iterable[int]] = None,
+    edited_point_frames: Optional[Iterable[int]] = None,
     point_classes: Optional[Sequence[Any]] = None,
     method: str = "generic",
     provenance: Optional[Mapping[str, Any]] = None,
@@ -133,7 +172,10 @@ def export_corrections(
         ``method="liver"`` frames without a label mask get the curves drawn
         into their mask (``line_thickness`` px), as the liver trainer expects.
     frame_indices: which frames to export; default
-        :func:`default_corrected_frames`.
+        :func:`corrected_frame_reasons` (with ``edited_frames`` /
+        ``edited_point_frames``, the edit records of the labels / points:
+        only edited frames), or ``{frame: [why, ...]}``; each item's
+        provenance says why it is included (``included_because``).
     provenance: ``source_video``, ``who``, ``when`` (filled in if missing).
     """
     if method not in METHODS:
@@ -144,7 +186,13 @@ def export_corrections(
     if point_classes is not None and len(point_classes) != len(pts):
         raise DatasetError(f"point_classes has {len(point_classes)} entries for {len(pts)} points")
     if frame_indices is None:
-        frame_indices = default_corrected_frames(labels, n_frames, model_labels, points, curves)
+        reasons = corrected_frame_reasons(labels, n_frames, model_labels, points, curves,
+                                          edited_frames=edited_frames, edited_point_frames=edited_point_frames)
+        frame_indices = list(reasons)
+    elif isinstance(frame_indices, Mapping):  # {frame: [why, ...]} (corrected_frame_reasons)
+        reasons = {int(t): list(v) if isinstance(v, (list, tuple)) else [str(v)] for t, v in frame_indices.items()}
+    else:
+        reasons = {int(t): ["chosen frame"] for t in frame_indices}
     frame_indices = sorted({int(t) for t in frame_indices})
     bad = [t for t in frame_indices if not 0 <= t < n_frames]
     if bad:
@@ -186,7 +234,8 @@ def export_corrections(
             tmp.write_bytes(_png_bytes(image))
         with atomic_path(out / "masks" / f"{stem}.png") as tmp:
             tmp.write_bytes(_png_bytes(mask.astype(np.uint8)))
-        items[stem] = {"frame": t, **{k: v for k, v in prov.items() if isinstance(v, (str, int, float))}}
+        items[stem] = {"frame": t, **{k: v for k, v in prov.items() if isinstance(v, (str, int, float))},
+                       "included_because": "; ".join(reasons.get(t, []))}
         report(progress, done + 1, len(frame_indices), f"frame {t}")
 
     if len(pts):
