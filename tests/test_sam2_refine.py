@@ -361,3 +361,55 @@ def test_widget_repropagate_cancel_leaves_whole_frames(widget_and_video, qtbot, 
         assert np.array_equal(after[t], before[t]) or np.array_equal(after[t], ref[t])
     widget.undo_last_run()
     np.testing.assert_array_equal(np.array(labels.data), before)
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_repropagate_updates_the_png_folder(frames, tmp_path, monkeypatch, capsys):
+    """surgseg track -> correct one PNG by hand -> surgseg repropagate: later
+    frames change, earlier frames, the corrected and the validated frame do not."""
+    import json
+
+    import tifffile
+    from PIL import Image
+
+    from surgseg_core.cli.main import main
+    from surgseg_core.sam2_engine import build as build_module
+
+    monkeypatch.setenv("SURGSEG_WEIGHTS_DIR", str(tmp_path / "weights"))
+    real = build_module.build_model
+
+    def biased(*args, **kwargs):
+        net = real(*args, **kwargs)
+        with torch.no_grad():
+            net.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
+        return net
+
+    monkeypatch.setattr(build_module, "build_model", biased)
+    video = tmp_path / "clip.tif"
+    tifffile.imwrite(video, frames, photometric="rgb")
+    out = tmp_path / "masks"
+    assert main(["track", str(video), "--box", "0", "10", "8", "50", "40", "--out", str(out),
+                 "--direction", "forward"]) == 0
+    k, v = 2, 4
+    corrected = np.zeros((H, W), np.uint8)
+    corrected[20:50, 30:70] = 1
+    Image.fromarray(corrected).save(out / f"{k:06d}.png")
+    before = {t: np.array(Image.open(out / f"{t:06d}.png")) for t in range(T)}
+    capsys.readouterr()
+    assert main(["repropagate", str(video), str(out), "--frame", str(k), "--validated", str(v), str(v),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["obj_ids"] == [1] and summary["prompt_frames"] == [k, v]
+    after = {t: np.array(Image.open(out / f"{t:06d}.png")) for t in range(T)}
+    for t in list(range(k + 1)) + [v]:
+        np.testing.assert_array_equal(after[t], before[t])
+    assert summary["frames_changed"] and all(t > k and t != v for t in summary["frames_changed"])
+    for t in summary["frames_changed"]:
+        assert not np.array_equal(after[t], before[t])
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["repropagations"][0]["repropagation"]["frame"] == k and "tracking" in prov
+    capsys.readouterr()
+    assert main(["repropagate", str(video), str(out), "--frame", str(T)]) == 1
+    assert "outside the video" in capsys.readouterr().err
+    assert main(["repropagate", str(video), str(tmp_path / "nope"), "--frame", "1"]) == 1
+    assert "label folder not found" in capsys.readouterr().err

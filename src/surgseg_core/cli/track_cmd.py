@@ -69,6 +69,46 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_track)
 
+    r = subparsers.add_parser(
+        "repropagate",
+        help="track on with SAM2 from a corrected frame of a PNG mask folder",
+        description="Make the masks of a corrected frame SAM2 mask prompts and propagate them through the "
+        "video into the same PNG folder (the 'Re-propagate from this frame' button of the napari widget).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_REPROPAGATE_EXAMPLES,
+    )
+    r.add_argument("video", help="video file, TIFF stack or folder of numbered frames")
+    r.add_argument("masks", help="folder of PNG label maps (000000.png, ...), updated in place")
+    r.add_argument("--frame", type=int, required=True, help="the corrected frame to propagate from (0-based)")
+    r.add_argument("--direction", choices=["forward", "backward", "both"], default="forward",
+                   help="frames after (forward), before (backward) or both (default forward)")
+    r.add_argument("--validated", nargs=2, type=int, action="append", metavar=("A", "B"), default=[],
+                   help="checked frames A..B (inclusive): never rewritten, used as prompts (repeatable)")
+    r.add_argument("--obj-id", type=int, action="append", dest="obj_ids", metavar="N",
+                   help="object(s) to propagate (default: those on --frame; one absent there is removed)")
+    r.add_argument("--range", nargs=2, type=int, metavar=("A", "B"), dest="frame_range",
+                   help="limit to frames A..B (inclusive)")
+    r.add_argument("--model", default="surgseg_tiny", help="as for 'surgseg track'")
+    r.add_argument("--checkpoint", help="weights file or registered/official weights name (default: none = random)")
+    r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.set_defaults(func=_repropagate)
+
+
+_REPROPAGATE_EXAMPLES = """\
+examples:
+  # after correcting masks/000120.png by hand, track on from it to the end:
+  surgseg repropagate clip.mp4 masks/ --frame 120 --checkpoint sam2.1_hiera_tiny
+  # backwards to frame 0, keeping the checked frames 40..60 (used as prompts):
+  surgseg repropagate clip.mp4 masks/ --frame 120 --direction backward --validated 40 60 \\
+      --checkpoint sam2.1_hiera_tiny
+
+MASKS is a folder of PNG label maps as 'surgseg track --out' writes (000123.png, value =
+object id; a missing frame is empty). The masks of --frame become SAM2 mask prompts for
+their objects; frames on the other side, --frame itself and --validated frames are not
+rewritten. The run's provenance is appended to MASKS/provenance.json ("repropagations").
+"""
+
 
 def _box_prompts(boxes, obj_ids):
     boxes = boxes or []
@@ -130,6 +170,42 @@ def _track(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(f"wrote {summary['frames_written']} label map(s) for object(s) {summary['obj_ids']} to {summary['out_dir']}")
+        if summary["random_weights"]:
+            print("WARNING: random SAM2 weights (no --checkpoint): the masks are not segmentations", file=sys.stderr)
+    return 0
+
+
+def _repropagate(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_write_text
+    from ..io import open_video
+    from ..sam2_engine.refine import PngLabelStack, repropagate
+
+    if not Path(args.video).exists():
+        raise VideoError(f"video not found: {args.video}")
+    video = open_video(args.video)
+    try:
+        height, width = video[0].shape[:2]
+        masks = PngLabelStack(args.masks, len(video), height, width)
+        summary = repropagate(
+            video, masks, args.frame, direction=args.direction, validated=args.validated, obj_ids=args.obj_ids,
+            frame_range=tuple(args.frame_range) if args.frame_range else None, model=args.model,
+            checkpoint=args.checkpoint, device=args.device, progress=TextProgress("re-propagating"),
+        )
+    finally:
+        video.close()
+    prov_path = Path(args.masks) / "provenance.json"
+    try:
+        prov = json.loads(prov_path.read_text(encoding="utf-8")) if prov_path.is_file() else {}
+    except json.JSONDecodeError:
+        prov = {}
+    prov.setdefault("repropagations", []).append(summary["provenance"])
+    atomic_write_text(prov_path, json.dumps(prov, indent=2, default=str))
+    if args.json:
+        json.dump({k: v for k, v in summary.items() if k != "provenance"}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(f"re-propagated object(s) {summary['obj_ids']} from frame {summary['frame']}: "
+              f"{len(summary['frames_changed'])} label map(s) changed in {args.masks}")
         if summary["random_weights"]:
             print("WARNING: random SAM2 weights (no --checkpoint): the masks are not segmentations", file=sys.stderr)
     return 0

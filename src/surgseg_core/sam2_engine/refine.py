@@ -204,6 +204,46 @@ class StackWriter:
         self.changed.add(t)
 
 
+class PngLabelStack:
+    """A folder of per-frame PNG label maps (what ``surgseg track --out``
+    writes: ``000123.png``) as a (T, H, W) stack: a missing frame reads as
+    zeros; writing a frame replaces its PNG atomically."""
+
+    def __init__(self, folder: Union[str, os.PathLike], num_frames: int, height: int, width: int,
+                 digits: int = 6) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ConfigError(f"label folder not found: {self.folder}")
+        self.shape = (int(num_frames), int(height), int(width))
+        self.dtype = np.dtype(np.uint8)
+        self.digits = digits
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def path(self, t: int) -> Path:
+        return self.folder / f"{int(t):0{self.digits}d}.png"
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        from ..io.labels_io import _read_png_mask
+
+        path = self.path(t)
+        if not path.is_file():
+            return np.zeros(self.shape[1:], self.dtype)
+        arr = _read_png_mask(path)
+        if arr.shape != self.shape[1:] or arr.max(initial=0) > 255:
+            raise ConfigError(f"{path}: a {arr.shape[-1]}x{arr.shape[0]} mask with values up to {arr.max()}, "
+                              f"expected a {self.shape[2]}x{self.shape[1]} label map of object ids 0..255")
+        return arr.astype(self.dtype, copy=False)
+
+    def __setitem__(self, t: int, labels: np.ndarray) -> None:
+        from PIL import Image
+
+        from .outputs import _write_png
+
+        _write_png(self.path(t), np.asarray(labels, self.dtype), Image)
+
+
 # ------------------------------------------------------------------ re-propagation
 def _span(direction: str, frame: int, first: int, last: int) -> Tuple[int, int]:
     if direction == "forward":
