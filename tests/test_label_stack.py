@@ -20,3 +20,19 @@ def test_large_stack_is_a_sparse_memory_map_that_keeps_writes(tmp_path):
     assert path.stat().st_blocks * 512 < 50e6  # sparse: only touched pages use disk
     back = np.load(path, mmap_mode="r")
     assert back[1234, 15, 35] == 7 and back[0].max() == 0
+
+
+
+def test_memory_map_file_goes_with_the_array(tmp_path):
+    import gc
+
+    a = new_label_stack((3, 8, 8), folder=tmp_path, max_ram_mb=0)
+    view = a[1]
+    (path,) = tmp_path.glob("*.npy")
+    del a
+    gc.collect()
+    assert path.exists(), "deleted while a view of the stack is alive"
+    view[0, 0] = 1
+    del view
+    gc.collect()
+    assert not path.exists()

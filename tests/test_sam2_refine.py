@@ -296,6 +296,13 @@ def test_widget_repropagate_checked_frames_and_undo(widget_and_video, qtbot, fra
     viewer.dims.set_current_step(0, 5)
     assert widget.mark_checked(checked=False) == [[v, v]]
     assert labels.metadata[VALIDATED_KEY] == [[v, v]] and "1 checked" in widget.checked_label.value
+    # checked frames are saved with the layer's autosave although no pixel changed
+    from napari_surgseg._autosave import watcher_of
+    from surgseg_core.io.autosave import list_snapshots
+
+    folder = watcher_of(labels).folder
+    qtbot.waitUntil(lambda: any((e.get("metadata") or {}).get(VALIDATED_KEY) == [[v, v]]
+                                for e in list_snapshots(folder) if e["name"] == labels.name), timeout=30000)
     widget.start_spin.value, widget.end_spin.value = 0, -1
     # a brush correction on frame k, then re-propagate forward from it
     data = labels.data

@@ -4,13 +4,14 @@ A widget that writes one label map per frame of a long video needs an array of
 the video's shape: 15,000 frames at 1080p are 31 GB of uint8. Small stacks are
 plain numpy arrays; larger ones are ``.npy`` memory maps on disk (a sparse file:
 untouched frames cost neither RAM nor disk), which napari's Labels layer paints
-into like any array.
+into like any array; the file is deleted when the array is garbage collected.
 """
 from __future__ import annotations
 
 import logging
 import os
 import uuid
+import weakref
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -51,4 +52,14 @@ def new_label_stack(
     path = folder / f"{safe}-{uuid.uuid4().hex[:8]}.npy"
     log.info("label stack %s (%.1f GB) is memory-mapped from %s", shape, nbytes / 1e9, path)
     # open_memmap writes only the header and sets the file size: the OS keeps it sparse
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    # scratch space: the file goes when the array does (autosave keeps its own copy)
+    weakref.finalize(arr, _remove, str(path))
+    return arr
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
