@@ -46,10 +46,11 @@ def video_placement(md: dict) -> dict:
     return {"scale": (step, sy, sx), "translate": (start, (sy - 1) / 2, (sx - 1) / 2)}
 
 
-def placement_of(layer: Any) -> dict:
-    """``scale``/``translate`` of a (t, y, x) layer, for result layers that must lie on it."""
-    return {"scale": tuple(np.asarray(layer.scale, float)[-3:]),
-            "translate": tuple(np.asarray(layer.translate, float)[-3:])}
+def placement_of(layer: Any, ndim: int = 3) -> dict:
+    """``scale``/``translate`` of a layer's last ``ndim`` axes ((t, y, x) or
+    (y, x)), for result layers that must lie on it."""
+    return {"scale": tuple(np.asarray(layer.scale, float)[-ndim:]),
+            "translate": tuple(np.asarray(layer.translate, float)[-ndim:])}
 
 
 def frame_of(viewer: Any, layer: Any) -> int:
