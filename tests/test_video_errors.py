@@ -207,3 +207,16 @@ def test_bad_tiffs(tmp_path):
     tifffile.imwrite(tmp_path / "fivech.tif", np.zeros((2, 8, 8, 5), np.uint8), photometric="minisblack",
                      planarconfig="contig")
     _expect(tmp_path / "fivech.tif", "channels|axes")
+
+
+@pytest.mark.realdata
+def test_truncated_real_recording_matches_the_intact_one(tmp_path):
+    from conftest import realdata_file
+
+    path = realdata_file("lapchole_clip_rvimlab/endo.mp4")
+    cut = _cut(path, tmp_path, 0.6)
+    with open_video(cut) as part, open_video(path) as full:
+        n = len(part)
+        assert 100 < n < len(full) and part.metadata.damaged_from == n
+        for i in (0, n // 2, n - 2, n - 1):  # the readable part is the recording itself, to the last frame
+            np.testing.assert_array_equal(part[i], full[i])

@@ -48,6 +48,7 @@ class TimeDisplay:
     def __init__(self, viewer: Any) -> None:
         self._viewer = weakref.ref(viewer)
         self._shown = False
+        self._times: tuple = (None, None, None)  # (timestamps list, source indices, seconds) of the last layer
         viewer.dims.events.point.connect(self.update)
         viewer.layers.events.inserted.connect(self.update)
         viewer.layers.events.removed.connect(self.update)
@@ -77,8 +78,16 @@ class TimeDisplay:
         t_data = float(np.asarray(layer.world_to_data(point))[0])
         t_data = min(max(t_data, 0.0), len(md["source_indices"]) - 1.0)
         source_frame = float(md.get("start") or 0) + float(md.get("step") or 1) * t_data
-        seconds = source_time(source_frame, md["source_indices"], md["timestamps"], md.get("fps"))
+        seconds = source_time(source_frame, *self._arrays(md), md.get("fps"))
         return f"{format_time(seconds)}  (frame {int(round(source_frame))} of {layer.name})"
+
+    def _arrays(self, md: dict) -> tuple:
+        """The layer's source indices and timestamps as arrays, converted once
+        per layer (an hour of video has ~90 000; the slider moves often)."""
+        if self._times[0] is not md["timestamps"]:
+            times = np.array([np.nan if t is None else t for t in md["timestamps"]], float)
+            self._times = (md["timestamps"], np.asarray(md["source_indices"], float), times)
+        return self._times[1], self._times[2]
 
     def update(self, event: Any = None) -> None:
         viewer = self._viewer()
