@@ -224,6 +224,6 @@ class VideoLoaderWidget(QWidget):
         data, kwargs, layer_type = video_layer_data(source)
         layer = self.viewer.add_layer(Layer.create(data, kwargs, layer_type))
         m = source.metadata
-        span = f"source frames {m.start}-{m.stop - 1}" + (f" every {m.step}" if m.step > 1 else "")
+        span = f"source frames {m.start}-{int(m.source_indices[-1])}" + (f" every {m.step}" if m.step > 1 else "")
         show_info(f"opened {layer.name}: {len(source)} frames ({span} of {m.source_n_frames}), {m.width}x{m.height}")
         announce_video(source, self.viewer)

@@ -196,8 +196,8 @@ def build_index(path: Path) -> VideoIndex:
         if problem is None:
             problem = _incomplete(container, stream, n_packets, pts) or _matroska_cut(path, container)
         if problem is not None and (not pts or not keys):
-            raise VideoError(f"{path}: the file is truncated or corrupt ({problem}) before its first complete "
-                             "frame")
+            raise VideoError(f"{path}: the file is truncated or corrupt ({problem}): not one complete "
+                             "frame could be read")
         index = _make_index(path, stream, pts, keys)
         if problem is not None:
             index = _readable_part(path, index, problem, last_dts)
@@ -319,6 +319,8 @@ def _matroska_cut(path: Path, container) -> Optional[str]:
 
 #: A gap in the frame timestamps bigger than this many frame durations marks a missing frame.
 _GAP = 1.5
+#: The most frames B-frame reordering can move (H.264/HEVC allow 16).
+_REORDER_DEPTH = 16
 
 
 def _readable_part(path: Path, index: "VideoIndex", problem: str, last_dts: Optional[int]) -> "VideoIndex":
@@ -332,13 +334,17 @@ def _readable_part(path: Path, index: "VideoIndex", problem: str, last_dts: Opti
     at a frame that is not in the file."""
     pts = index.pts
     n = len(pts)
-    safe = n if last_dts is None else max(1, int(np.searchsorted(pts, last_dts, side="right")))
+    if last_dts is None:  # no decode times: assume the deepest reordering
+        safe = max(1, n - _REORDER_DEPTH)
+    else:
+        safe = max(1, int(np.searchsorted(pts, last_dts, side="right")))
     good = safe
     while good < n and pts[good] - pts[good - 1] <= _GAP * index.frame_ticks:
         good += 1
     keys = index.key_pts[index.key_pts <= pts[good - 1]]
     if not len(keys):
-        raise VideoError(f"{path}: the file is truncated or corrupt ({problem}) before its first complete frame")
+        raise VideoError(f"{path}: the file is truncated or corrupt ({problem}): not one complete frame "
+                         "could be read")
     readable = VideoIndex(pts=pts[:good].copy(), key_pts=keys, time_base=index.time_base, codec=index.codec,
                           width=index.width, height=index.height, header_frames=index.header_frames,
                           average_rate=index.average_rate, damaged_from=good, damage=problem)
