@@ -62,7 +62,7 @@ def test_result_layers_and_prompts_follow_a_ranged_video(make_napari_viewer, qtb
     from qtpy.QtWidgets import QListWidgetItem
 
     from napari_surgseg._layers import frame_of, placement_of
-    from napari_surgseg.widgets.corrections import CorrectionsWidget
+    from napari_surgseg.widgets.corrections import CorrectionsWidget, corrections_kwargs
     from napari_surgseg.widgets.liver import LiverLandmarksWidget
     from napari_surgseg.widgets.sam2_track import prompts_from_layer
 
@@ -79,6 +79,8 @@ def test_result_layers_and_prompts_follow_a_ranged_video(make_napari_viewer, qtb
     (prompt,) = prompts_from_layer(prompts, ranged)
     assert prompt["frame"] == 2  # source frame 10 = 4 + 3 * 2
     np.testing.assert_allclose(prompt["points"][0], (30, 20))  # (x, y) at half size
+    # and corrections export the points on the ranged layer's frames and pixels too
+    np.testing.assert_allclose(corrections_kwargs(ranged, points=prompts)["points"], [[2, 20, 30]])
 
     # liver: the result layers take the video's placement; "current frame" is the video's own frame
     liver = LiverLandmarksWidget(viewer)

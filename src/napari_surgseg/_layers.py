@@ -64,6 +64,16 @@ def frame_of(viewer: Any, layer: Any) -> int:
     return int(min(max(round(t), 0), max(n - 1, 0)))
 
 
+def points_on(points: Any, layer: Any) -> np.ndarray:
+    """(N, 3) (t, y, x) coordinates of a Points layer's points in ``layer``'s
+    frames and pixels, through world coordinates (either may be ranged,
+    strided, downscaled or shifted)."""
+    data = np.asarray(points.data, float)
+    if not len(data):
+        return data.reshape(0, 3)
+    return np.array([np.asarray(layer.world_to_data(points.data_to_world(p)))[-3:] for p in data])
+
+
 def show_frame(viewer: Any, layer: Any, frame: int) -> None:
     """Move the time slider to ``layer``'s frame ``frame`` (world coordinates)."""
     data_point = np.zeros(layer.ndim)

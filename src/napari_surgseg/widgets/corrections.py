@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from surgseg_core.datasets import export_corrections, rank_frames_by_uncertainty
 
-from .._layers import show_frame
+from .._layers import points_on, show_frame
 from .._workers import run_in_worker
 
 
@@ -66,6 +66,8 @@ def corrections_kwargs(image, labels=None, points=None, model_labels=None, who: 
         kwargs["model_labels"] = model_labels.data
     if points is not None and len(points.data):
         data = np.asarray(points.data)
+        if data.shape[1] == 3 and image.ndim == 3:  # via world coordinates: either layer may be ranged
+            data = points_on(points, image)
         if data.shape[1] == 2:  # points on a single image: frame 0
             data = np.column_stack([np.zeros(len(data)), data])
         kwargs["points"] = data[:, -3:]

@@ -285,7 +285,7 @@ def _matroska_cut(path: Path, container) -> Optional[str]:
         return None
     try:
         with open(path, "rb") as fh:
-            head = fh.read(64)
+            head = fh.read(256)  # EBML header + Segment size
             file_size = fh.seek(0, 2)
     except OSError:
         return None
