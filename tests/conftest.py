@@ -15,6 +15,13 @@ try:
 except Exception:  # not installed (CPU-only torch) or broken: nothing to order
     pass
 
+# napari's settings (the plugin sets reader preferences on first use) go to a
+# throwaway file, never the developer's own; before anything imports napari.
+if "NAPARI_CONFIG" not in os.environ:
+    import tempfile
+
+    os.environ["NAPARI_CONFIG"] = str(Path(tempfile.mkdtemp(prefix="surgseg-napari-")) / "settings.yaml")
+
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("SURGSEG_REALDATA", REPO.parent / "shared" / "realdata"))
 SAMPLE_DATA = REPO / "sample_data"

@@ -8,6 +8,7 @@ import pytest
 from _video_factory import frame_number, pattern_frame, write_packets_video, write_video
 from surgseg_core.errors import VideoError
 from surgseg_core.io import open_video
+from surgseg_core.io.metadata import format_time
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +40,66 @@ def test_empty_and_not_a_video(tmp_path):
     assert err.__cause__ is not None  # chained, so developers still see the library error
 
 
-@pytest.mark.parametrize("kind", ["mp4", "faststart", "mkv", "faststart-sample-tables"])
-def test_truncated_file(good, tmp_path, monkeypatch, kind):
+def test_mp4_cut_before_its_index_says_so(good, tmp_path):
+    data = good["mp4"].read_bytes()  # the moov box (frame index) is written last
+    cut = tmp_path / "cut_good.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    _expect(cut, "truncated: its frame index .*moov.* is missing")
+
+
+def _cut(src, folder, fraction):
+    data = src.read_bytes()
+    cut = folder / f"cut_{src.name}"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    return cut
+
+
+@pytest.mark.parametrize("kind", ["faststart", "mkv", "faststart-sample-tables"])
+def test_truncated_file_opens_up_to_the_damage(good, tmp_path, monkeypatch, kind):
+    """A cut-off recording opens as the frames before the cut; the damage is named
+    (last good frame and time), and nothing past it reads as a frame."""
     if kind.endswith("sample-tables"):  # the big-file index path must notice the cut too
         from surgseg_core.io import video_pyav
 
         monkeypatch.setattr(video_pyav, "SAMPLE_TABLE_MIN_BYTES", 0)
         kind = "faststart"
-    data = good[kind].read_bytes()
-    cut = tmp_path / f"cut_{good[kind].name}"
-    cut.write_bytes(data[: len(data) // 2])
-    _expect(cut, "truncated|not a readable video")
+    cut = _cut(good[kind], tmp_path, 0.5)
+    with open_video(cut) as src:
+        n = len(src)
+        assert 5 < n < 50  # B-frames: some frames just before the cut can be gone too
+        m = src.metadata
+        assert m.damaged_from == n == m.source_n_frames
+        assert f"frames 0-{n - 1} are readable" in m.damage
+        assert f"after frame {n - 1} ({format_time(m.timestamps[-1])}, the last good frame)" in m.damage
+        assert [frame_number(f) for f in src] == list(range(n))  # each frame is the right one
+        assert frame_number(src[n - 1]) == n - 1  # random access to the last good frame too
+        with pytest.raises(VideoError, match=rf"frame index {n} is out of range.*truncated"):
+            src[n]
+        with pytest.raises(IndexError):  # still an IndexError for numpy-style code
+            src[n + 3]
+    # a range inside the readable part opens as usual; one reaching past it names the damage
+    with open_video(cut, start=2, stop=n - 1, step=2) as part:
+        assert [frame_number(f) for f in part] == list(range(2, n - 1, 2))
+        assert part.metadata.damaged_from == n
+    _expect(cut, rf"past the last readable frame \({n - 1}\).*truncated", stop=50)
+    _expect(cut, "past the last readable frame.*truncated", start=n)
+    _expect(cut, "past the end of the readable part.*truncated", start_time=1.99)
+
+
+@pytest.mark.parametrize("kind", ["faststart", "mkv"])
+def test_cut_anywhere_every_frame_opened_is_the_right_one(good, tmp_path, kind):
+    """B-frames make the frames missing at a cut lie before frames still present:
+    wherever the file is cut, no frame number may point at another frame."""
+    seen = set()
+    for fraction in np.linspace(0.15, 0.97, 12):
+        with open_video(_cut(good[kind], tmp_path, fraction)) as src:
+            assert [frame_number(f) for f in src] == list(range(len(src))), fraction
+            seen.add(len(src))
+    assert len(seen) >= 8
+
+
+def test_file_cut_before_the_first_frame(good, tmp_path):
+    _expect(_cut(good["mkv"], tmp_path, 0.02), "truncated or corrupt|no video frames|no video stream")
 
 
 def test_zero_frames(tmp_path):
@@ -157,3 +207,16 @@ def test_bad_tiffs(tmp_path):
     tifffile.imwrite(tmp_path / "fivech.tif", np.zeros((2, 8, 8, 5), np.uint8), photometric="minisblack",
                      planarconfig="contig")
     _expect(tmp_path / "fivech.tif", "channels|axes")
+
+
+@pytest.mark.realdata
+def test_truncated_real_recording_matches_the_intact_one(tmp_path):
+    from conftest import realdata_file
+
+    path = realdata_file("lapchole_clip_rvimlab/endo.mp4")
+    cut = _cut(path, tmp_path, 0.6)
+    with open_video(cut) as part, open_video(path) as full:
+        n = len(part)
+        assert 100 < n < len(full) and part.metadata.damaged_from == n
+        for i in (0, n // 2, n - 2, n - 1):  # the readable part is the recording itself, to the last frame
+            np.testing.assert_array_equal(part[i], full[i])

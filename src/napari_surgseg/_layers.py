@@ -31,6 +31,58 @@ def video_metadata(source: Any) -> dict:
     return md
 
 
+def video_placement(md: dict) -> dict:
+    """``scale``/``translate`` that put a frame range / stride / downscale
+    selection where it belongs in the full video: time in source frames
+    (frame i of the layer is source frame ``start + i * step``), space in
+    source pixels (a downscaled pixel covers ``downscale`` source pixels; its
+    centre is half a cell in). A full-size, full-length layer gets the
+    identity, so layers of the same video line up however they were opened."""
+    start, step = float(md.get("start") or 0), float(md.get("step") or 1)
+    sy = sx = 1.0
+    if md.get("height") and md.get("source_height"):
+        sy = md["source_height"] / md["height"]
+        sx = md["source_width"] / md["width"]
+    return {"scale": (step, sy, sx), "translate": (start, (sy - 1) / 2, (sx - 1) / 2)}
+
+
+def placement_of(layer: Any, ndim: int = 3) -> dict:
+    """``scale``/``translate`` of a layer's last ``ndim`` axes ((t, y, x) or
+    (y, x)), for result layers that must lie on it."""
+    return {"scale": tuple(np.asarray(layer.scale, float)[-ndim:]),
+            "translate": tuple(np.asarray(layer.translate, float)[-ndim:])}
+
+
+def frame_of(viewer: Any, layer: Any) -> int:
+    """The frame of ``layer`` (its own index along t) shown at the time
+    slider's position, through world coordinates (layers may be ranged,
+    strided or shifted)."""
+    n_dims = layer.ndim
+    point = np.asarray(viewer.dims.point, float)[-n_dims:]
+    t = float(np.asarray(layer.world_to_data(point))[0])
+    n = int(layer.data.shape[0]) if hasattr(layer.data, "shape") else 1
+    return int(min(max(round(t), 0), max(n - 1, 0)))
+
+
+def points_on(points: Any, layer: Any) -> np.ndarray:
+    """(N, 3) (t, y, x) coordinates of a Points layer's points in ``layer``'s
+    frames and pixels, through world coordinates (either may be ranged,
+    strided, downscaled or shifted)."""
+    data = np.asarray(points.data, float)
+    if not len(data):
+        return data.reshape(0, 3)
+    return np.array([np.asarray(layer.world_to_data(points.data_to_world(p)))[-3:] for p in data])
+
+
+def show_frame(viewer: Any, layer: Any, frame: int) -> None:
+    """Move the time slider to ``layer``'s frame ``frame`` (world coordinates)."""
+    data_point = np.zeros(layer.ndim)
+    data_point[0] = frame
+    world_t = float(np.asarray(layer.data_to_world(data_point))[0])
+    axis = viewer.dims.ndim - layer.ndim
+    viewer.dims.set_point(axis, world_t)
+
+
 def video_layer_data(source: Any, name: Optional[str] = None) -> tuple:
     """``(source, kwargs, "image")`` for a lazy (T, H, W, 3) FrameSource.
 
@@ -48,8 +100,27 @@ def video_layer_data(source: Any, name: Optional[str] = None) -> tuple:
         "axis_labels": VIDEO_AXES,
         "contrast_limits": (0, 255),
         "metadata": md,
+        **video_placement(md),
     }
     return (source, kwargs, "image")
+
+
+def announce_video(source: Any, viewer: Any = None) -> None:
+    """What opening a video does besides the layer, however it was opened
+    (reader, widget, sample): warn when the file is damaged (where the
+    readable part ends) and show the video time beside the time slider."""
+    from napari.utils.notifications import show_warning
+
+    from ._time_display import attach_time_display
+
+    meta = getattr(source, "metadata", None)
+    if getattr(meta, "damage", None):
+        show_warning(f"{Path(meta.path).name}: {meta.damage}")
+    if viewer is None:
+        from napari import current_viewer
+
+        viewer = current_viewer()
+    attach_time_display(viewer)
 
 
 def labels_layer_data(labels: Any, name: str, metadata: Optional[dict] = None) -> tuple:

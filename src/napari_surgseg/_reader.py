@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
-from ._layers import labels_layer_data, points_layer_data, video_layer_data
+from ._layers import announce_video, labels_layer_data, points_layer_data, video_layer_data
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -112,6 +112,7 @@ def _read_video(path: PathOrPaths) -> list:
     from surgseg_core.io import open_video
 
     source = open_video(_single(path))  # lazy: reads metadata, not frames
+    announce_video(source)
     return [video_layer_data(source)]
 
 

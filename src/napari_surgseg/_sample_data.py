@@ -14,7 +14,7 @@ import json
 import numpy as np
 from surgseg_core.synth.sample import CLIP_DIR, LIVER_DIR, sample_folder
 
-from ._layers import labels_layer_data, points_layer_data, video_layer_data
+from ._layers import announce_video, labels_layer_data, points_layer_data, video_layer_data
 
 # Curve colours of the liver scene (silhouette, ridge, ligament), P2ILF-like.
 _CURVE_COLORS = {"silhouette": "yellow", "ridge": "red", "ligament": "blue"}
@@ -34,7 +34,9 @@ def sample_clip() -> list:
 
     folder = sample_folder(CLIP_DIR)
     meta = json.loads((folder / "meta.json").read_text())
-    video = video_layer_data(open_video(folder / "video.mp4"), name="synthetic clip")
+    source = open_video(folder / "video.mp4")
+    announce_video(source)
+    video = video_layer_data(source, name="synthetic clip")
 
     instruments = labels_layer_data(read_png_masks(folder / "instruments"), "instruments (ground truth)", meta)
     anatomy = labels_layer_data(read_png_masks(folder / "anatomy"), "anatomy (ground truth)", meta)
@@ -67,7 +69,9 @@ def sample_liver() -> list:
 
     folder = sample_folder(LIVER_DIR)
     meta = json.loads((folder / "meta.json").read_text())
-    video = video_layer_data(open_video(folder / "video.mp4"), name="synthetic liver")
+    source = open_video(folder / "video.mp4")
+    announce_video(source)
+    video = video_layer_data(source, name="synthetic liver")
     masks = labels_layer_data(read_png_masks(folder / "masks"), "liver curves mask (ground truth)", meta)
     masks[1]["features"] = _class_features(meta.get("classes", {}))
 

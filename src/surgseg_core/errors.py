@@ -11,6 +11,11 @@ class VideoError(SurgsegError):
     """A video, TIFF stack or frame folder cannot be opened or read."""
 
 
+class FrameIndexError(VideoError, IndexError):
+    """A frame number outside the frames a source has (also an IndexError, as
+    numpy code expects); for a truncated file it says where the damage is."""
+
+
 class DatasetError(SurgsegError):
     """A dataset folder is in the wrong layout, empty or inconsistent."""
 

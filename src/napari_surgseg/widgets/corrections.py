@@ -20,6 +20,7 @@ from qtpy.QtWidgets import QListWidget, QListWidgetItem
 from surgseg_core.datasets import corrected_frame_reasons, export_corrections, rank_frames_by_uncertainty
 
 from .._edits import edited_frames, record_viewer_edits
+from .._layers import points_on, show_frame
 from .._workers import run_in_worker
 
 
@@ -70,6 +71,8 @@ def corrections_kwargs(image, labels=None, points=None, model_labels=None, who: 
         kwargs["edited_point_frames"] = edited_frames(points)
     if points is not None and len(points.data):
         data = np.asarray(points.data)
+        if data.shape[1] == 3 and image.ndim == 3:  # via world coordinates: either layer may be ranged
+            data = points_on(points, image)
         if data.shape[1] == 2:  # points on a single image: frame 0
             data = np.column_stack([np.zeros(len(data)), data])
         kwargs["points"] = data[:, -3:]
@@ -106,6 +109,7 @@ class CorrectionsWidget(Container):
         self.viewer = napari_viewer
         self.worker = None
         self.last_export: Optional[dict] = None
+        self._ranked_layer = None  # the layer whose frames the ranking lists
         v = napari_viewer
         self.image_combo = ComboBox(label="Video", choices=layer_choices(v, Image))
         self.labels_combo = ComboBox(label="Corrected labels", choices=layer_choices(v, Labels, optional=True))
@@ -187,8 +191,10 @@ class CorrectionsWidget(Container):
         labels, other, probs = self.labels_combo.value, self.compare_combo.value, self.uncertainty_combo.value
         if labels is not None and other is not None:
             args, kwargs = (labels.data, k), {"other_masks": other.data}
+            self._ranked_layer = labels
         elif probs is not None:
             args, kwargs = (probs.data, k), {}
+            self._ranked_layer = probs
         else:
             show_error("Frames to correct next: choose a probability layer, or corrected labels and a second "
                        "mask set to compare with")
@@ -210,5 +216,8 @@ class CorrectionsWidget(Container):
 
     def _jump_to(self, item: Any) -> None:
         frame = item.data(256)
-        if frame is not None:
+        layer = self._ranked_layer
+        if frame is not None and layer is not None and layer in self.viewer.layers:
+            show_frame(self.viewer, layer, int(frame))  # the layer's frame, wherever it sits in time
+        elif frame is not None:
             self.viewer.dims.set_current_step(0, int(frame))

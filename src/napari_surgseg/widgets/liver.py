@@ -22,6 +22,7 @@ from surgseg_core.methods.liver.export import write_landmarks_csv, write_landmar
 from surgseg_core.methods.liver.rasterize import draw_polyline
 
 from .._autosave import watch_layer
+from .._layers import frame_of, placement_of
 from .._workers import run_in_worker
 from .corrections import connect_layer_refresh, layer_choices, source_video_of
 
@@ -154,7 +155,7 @@ class LiverLandmarksWidget(Container):
         return ([data] if single else data), single
 
     def _current_frame(self, single: bool) -> int:
-        return 0 if single else int(self.viewer.dims.current_step[0])
+        return 0 if single else frame_of(self.viewer, self._image())  # via world coordinates: ranged layers
 
     def options(self):
         from surgseg_core.methods.liver.postprocess import PostprocessOptions
@@ -223,12 +224,14 @@ class LiverLandmarksWidget(Container):
         if self.labels_layer is None or self.labels_layer not in self.viewer.layers \
                 or self.labels_layer.data.shape != shape:
             name = f"{layer.name} liver labels"
-            self.labels_layer = self.viewer.add_labels(new_label_stack(shape, name=name), name=name)
+            self.labels_layer = self.viewer.add_labels(new_label_stack(shape, name=name), name=name,
+                                                       **placement_of(layer, len(shape)))
             self.labels_layer.colormap = _label_colormap()
             watch_layer(self.labels_layer, source_video_of(layer))
         if self.shapes_layer is None or self.shapes_layer not in self.viewer.layers:
             self.shapes_layer = self.viewer.add_shapes(name=f"{layer.name} liver curves", ndim=2 if single else 3,
-                                                       edge_width=3, face_color="transparent")
+                                                       edge_width=3, face_color="transparent",
+                                                       **placement_of(layer, 2 if single else 3))
             self.shapes_layer.features = {"class_id": np.zeros(0, int), "frame": np.zeros(0, int)}
             self._apply_class_defaults()
             watch_layer(self.shapes_layer, source_video_of(layer))

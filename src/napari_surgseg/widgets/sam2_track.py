@@ -37,6 +37,8 @@ from surgseg_core.sam2_engine.track import load_tracking_model, prompts_from_poi
 
 from .._autosave import request_save, watch_layer
 from .._edits import record_edits
+from .._autosave import watch_layer
+from .._layers import frame_of
 from .._workers import run_in_worker
 from .corrections import connect_layer_refresh, layer_choices, source_video_of
 
@@ -475,7 +477,7 @@ class Sam2TrackWidget(Container):
         if inputs is None:
             return
         video, prompts, (n, h, w) = inputs
-        t = int(self.viewer.dims.current_step[0])
+        t = frame_of(self.viewer, video)  # the video's own frame, via world coordinates (ranged layers)
         here = [p for p in prompts if int(p["frame"]) == t]
         if not here:
             frames = sorted({int(p["frame"]) for p in prompts})

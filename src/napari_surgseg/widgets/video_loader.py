@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 
 from surgseg_core.io import open_video
 
-from .._layers import video_layer_data
+from .._layers import announce_video, video_layer_data
 from .._workers import run_in_worker
 
 _VIDEO_FILTER = "Videos and TIFF stacks (*.mp4 *.avi *.mov *.mkv *.m4v *.webm *.tif *.tiff);;All files (*)"
@@ -172,9 +172,10 @@ class VideoLoaderWidget(QWidget):
         fps = f"{meta.fps:.3g} fps" if meta.fps else "no frame rate (set one below to use seconds)"
         duration = f"{meta.duration:.2f} s" if meta.duration else "unknown duration"
         vfr = ", variable frame rate" if meta.variable_frame_rate else ""
+        damage = f"\nDamaged: {meta.damage}" if meta.damage else ""
         self.info_label.setText(
             f"{Path(meta.path).name}: {meta.source_width}x{meta.source_height}, {fps}{vfr}, "
-            f"{duration}, {meta.source_n_frames} frames, codec {meta.codec or 'n/a'}"
+            f"{duration}, {meta.source_n_frames} frames, codec {meta.codec or 'n/a'}{damage}"
         )
         self._on_unit_changed(self.unit_combo.currentText())
 
@@ -223,4 +224,6 @@ class VideoLoaderWidget(QWidget):
         data, kwargs, layer_type = video_layer_data(source)
         layer = self.viewer.add_layer(Layer.create(data, kwargs, layer_type))
         m = source.metadata
-        show_info(f"opened {layer.name}: {len(source)} frames (of {m.source_n_frames}), {m.width}x{m.height}")
+        span = f"source frames {m.start}-{int(m.source_indices[-1])}" + (f" every {m.step}" if m.step > 1 else "")
+        show_info(f"opened {layer.name}: {len(source)} frames ({span} of {m.source_n_frames}), {m.width}x{m.height}")
+        announce_video(source, self.viewer)

@@ -71,6 +71,31 @@ def _read_moov(fh: BinaryIO) -> Optional[bytes]:
     return moov
 
 
+def lacks_moov(path: Path) -> bool:
+    """An MP4/MOV file with media data but no ``moov`` box: a recording cut
+    off before its index (written last by most recorders) was saved."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            file_size = fh.tell()
+            pos, kinds = 0, set()
+            while pos + 8 <= file_size:
+                fh.seek(pos)
+                head = fh.read(16)
+                size, kind = struct.unpack(">I4s", head[:8])
+                if size == 1:
+                    size = struct.unpack(">Q", head[8:16])[0]
+                elif size == 0:
+                    size = file_size - pos
+                if size < 8:
+                    break
+                kinds.add(kind)
+                pos += size
+    except (OSError, struct.error):
+        return False
+    return b"ftyp" in kinds and b"mdat" in kinds and b"moov" not in kinds
+
+
 def _full_box(data: bytes, start: int) -> Tuple[int, int]:
     return data[start], start + 4  # version, payload after version+flags
 

@@ -11,7 +11,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from ..errors import VideoError
-from .metadata import VideoMetadata
+from .metadata import VideoMetadata, format_time
 from .pixels import output_size
 from .source import FrameSource
 
@@ -39,9 +39,12 @@ def _check_seconds(path, name, value) -> Optional[float]:
     return float(value)
 
 
-def select_frames(path, n: int, timestamps: Optional[np.ndarray], start, stop, step, start_time, end_time
-                  ) -> Tuple[int, int, int]:
-    """Validate the frame-range options; returns (start, stop, step) in source frames."""
+def select_frames(path, n: int, timestamps: Optional[np.ndarray], start, stop, step, start_time, end_time,
+                  damage: Optional[str] = None) -> Tuple[int, int, int]:
+    """Validate the frame-range options; returns (start, stop, step) in source frames.
+
+    ``damage``: why a truncated file has only ``n`` readable frames; a range
+    reaching past them names it."""
     step = _check_int(path, "step", step, 1)
     start = _check_int(path, "start", start, 0)
     stop = _check_int(path, "stop", stop, 0, allow_none=True)
@@ -60,13 +63,20 @@ def select_frames(path, n: int, timestamps: Optional[np.ndarray], start, stop, s
         start = int(np.searchsorted(timestamps, (start_time or 0.0) - eps, side="left"))
         stop = None if end_time is None else int(np.searchsorted(timestamps, end_time - eps, side="left"))
         if start >= n:
-            raise VideoError(f"{path}: start_time {start_time} s is past the end of the video "
-                             f"(last frame at {timestamps[-1]:.3f} s)")
+            raise VideoError(f"{path}: start_time {start_time} s is past the end of the "
+                             f"{'readable part' if damage else 'video'} (last frame at {timestamps[-1]:.3f} s)"
+                             + (f"; {damage}" if damage else ""))
+        if damage and end_time is not None and stop > n - 1 and end_time > timestamps[-1] + 1e-6:
+            stop = n + 1  # reaches into the damage: say so below
     if start >= n:
+        if damage:
+            raise VideoError(f"{path}: start={start} is past the last readable frame; {damage}")
         raise VideoError(f"{path}: start={start} is past the last frame (the source has {n} frames)")
     if stop is None:
         stop = n
     elif stop > n:
+        if damage:
+            raise VideoError(f"{path}: the range reaches past the last readable frame ({n - 1}); {damage}")
         raise VideoError(f"{path}: stop={stop} is past the end (the source has {n} frames)")
     if stop <= start:
         raise VideoError(f"{path}: the range start={start}, stop={stop} selects no frames")
@@ -149,7 +159,7 @@ def open_video(
 
 
 def _metadata(path, fmt, codec, size, src_size, fps, duration, n_src, sel, downscale, src_times,
-              vfr=False, time_offset=0.0) -> VideoMetadata:
+              vfr=False, time_offset=0.0, damaged_from=None, damage=None) -> VideoMetadata:
     start, stop, step = sel
     indices = np.arange(start, stop, step, dtype=np.int64)
     return VideoMetadata(
@@ -157,7 +167,7 @@ def _metadata(path, fmt, codec, size, src_size, fps, duration, n_src, sel, downs
         source_width=src_size[0], source_height=src_size[1], fps=fps, duration=duration,
         n_frames=len(indices), source_n_frames=n_src, start=start, stop=stop, step=step,
         downscale=downscale, timestamps=src_times[indices], source_indices=indices,
-        variable_frame_rate=vfr, time_offset=time_offset,
+        variable_frame_rate=vfr, time_offset=time_offset, damaged_from=damaged_from, damage=damage,
     )
 
 
@@ -172,15 +182,26 @@ def _open_av(path: Path, downscale: float, opts, fps=None, pattern=None):
         raise VideoError(f"{path}: pattern= only applies to folders of frames")
     index = build_index(path)
     times = index.timestamps()
-    sel = select_frames(path, index.n_frames, times, **opts)
+    damage = _damage_message(index, times)
+    sel = select_frames(path, index.n_frames, times, **opts, damage=damage)
     src_size = (index.width, index.height)
     size = output_size(*src_size, downscale)
     if fps is not None:
         log.info("%s: fps=%s ignored; videos use their own timestamps", path, fps)
     meta = _metadata(path, "video", index.codec, size, src_size, index.fps, index.duration, index.n_frames,
-                     sel, downscale, times, vfr=index.variable_frame_rate, time_offset=index.time_offset)
+                     sel, downscale, times, vfr=index.variable_frame_rate, time_offset=index.time_offset,
+                     damaged_from=index.damaged_from, damage=damage)
     out = size if size != src_size else None
     return meta, lambda: PyAVReaderPool(path, index, out)
+
+
+def _damage_message(index, times: np.ndarray) -> Optional[str]:
+    """What a user needs to know about a truncated file: where the readable part ends."""
+    if index.damaged_from is None:
+        return None
+    last = index.damaged_from - 1
+    return (f"the file is truncated or damaged ({index.damage}): frames 0-{last} are readable, the damage "
+            f"starts after frame {last} ({format_time(times[last])}, the last good frame)")
 
 
 def _open_tiff(path: Path, downscale: float, opts, fps=None, pattern=None):

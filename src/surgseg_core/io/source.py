@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional, Protocol, Tuple
 
 import numpy as np
 
-from ..errors import VideoError
+from ..errors import FrameIndexError, VideoError
 from .cache import FrameCache
 from .metadata import VideoMetadata
 
@@ -240,7 +240,7 @@ class FrameSource:
         if _is_int(tkey):
             i = operator.index(tkey)
             if not -n <= i < n:
-                raise IndexError(f"frame index {i} is out of range for {n} frames")
+                raise self._out_of_range(f"frame index {i}")
             return np.int64(i % n), True
         if isinstance(tkey, slice):
             return np.arange(*tkey.indices(n), dtype=np.int64), False
@@ -253,8 +253,13 @@ class FrameSource:
             raise IndexError(f"frame indices must be integers, slices or boolean masks, got {arr.dtype}")
         arr = arr.astype(np.int64)
         if arr.size and (arr.min() < -n or arr.max() >= n):
-            raise IndexError(f"frame index out of range for {n} frames")
+            raise self._out_of_range("a frame index")
         return arr % n if n else arr, False
+
+    def _out_of_range(self, what: str) -> FrameIndexError:
+        m = self.metadata
+        damage = f"; {m.damage}" if getattr(m, "damage", None) else ""
+        return FrameIndexError(f"{m.path}: {what} is out of range for {len(self)} frames{damage}")
 
     def _get(self, i: int) -> np.ndarray:
         frame = self._cache.get(i)

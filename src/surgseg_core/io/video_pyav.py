@@ -48,6 +48,10 @@ class VideoIndex:
     height: int
     header_frames: int
     average_rate: Optional[Fraction]
+    #: Truncated/damaged files: the first frame that is missing (= the number
+    #: of readable frames, all indexed) and why; None for intact files.
+    damaged_from: Optional[int] = None
+    damage: Optional[str] = None
 
     def __post_init__(self) -> None:
         self._lookup: Dict[int, int] = {int(p): i for i, p in enumerate(self.pts.tolist())}
@@ -129,6 +133,13 @@ def _open_container(path: Path):
         raise VideoError(f"{path}: the file holds no video frames (it ends before any video data: "
                          "empty or truncated)") from exc
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
+        from .mp4_index import lacks_moov
+
+        if lacks_moov(path):
+            raise VideoError(f"{path}: the file is truncated: its frame index (the MP4 'moov' box, which "
+                             "recorders write when they stop) is missing, so no frame can be located; a repair "
+                             "tool such as untrunc can rebuild it using an intact file from the same "
+                             "recorder") from exc
         raise VideoError(f"{path}: not a readable video file ({exc.__class__.__name__}: {exc})") from exc
     if not container.streams.video:
         container.close()
@@ -154,32 +165,43 @@ def build_index(path: Path) -> VideoIndex:
         if fast is not None:
             pts, keys = fast
             return _make_index(path, stream, pts, keys)
-        pts, keys = [], []
-        n_packets, last_corrupt = 0, False
-        broken: Optional[Exception] = None
+        pts, keys, last_dts = [], [], None
+        n_packets, corrupt_tail = 0, 0  # corrupt_tail: trailing packets (decode order) with damaged data
+        problem: Optional[str] = None
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:  # end-of-stream flush packet
                     continue
                 n_packets += 1
-                last_corrupt = packet.is_corrupt
                 ts = packet.pts if packet.pts is not None else packet.dts
                 if ts is None:
                     raise VideoError(f"{path}: video packets have no timestamps; cannot index frames")
+                # damage in the middle stays indexed (reading that frame names it); a damaged end is cut below
+                corrupt_tail = corrupt_tail + 1 if packet.is_corrupt else 0
                 if packet.is_keyframe:
                     keys.append(ts)
+                if packet.dts is not None and not packet.is_corrupt:
+                    last_dts = packet.dts if last_dts is None else max(last_dts, packet.dts)
                 if packet.is_discard:  # decoded for reference only (edit lists), never shown
+                    corrupt_tail = 0
                     continue
                 pts.append(ts)
         except av.error.FFmpegError as exc:
-            broken = exc
-        if broken is not None:
-            raise VideoError(
-                f"{path}: the file is truncated or corrupt: reading stopped after {len(pts)} frames "
-                f"({broken.__class__.__name__}: {broken})"
-            ) from broken
-        _check_complete(path, container, stream, n_packets, pts, last_corrupt)
-        return _make_index(path, stream, pts, keys)
+            problem = f"reading stopped after {n_packets} packets ({exc.__class__.__name__}: {exc})"
+        if corrupt_tail:  # e.g. the last packet of a cut-off file: its data is incomplete
+            dropped = set(pts[-corrupt_tail:])
+            pts, keys = pts[:-corrupt_tail], [k for k in keys if k not in dropped]
+            problem = problem or ("its last frame is incomplete" if corrupt_tail == 1
+                                  else f"its last {corrupt_tail} frames are incomplete")
+        if problem is None:
+            problem = _incomplete(container, stream, n_packets, pts) or _matroska_cut(path, container)
+        if problem is not None and (not pts or not keys):
+            raise VideoError(f"{path}: the file is truncated or corrupt ({problem}): not one complete "
+                             "frame could be read")
+        index = _make_index(path, stream, pts, keys)
+        if problem is not None:
+            index = _readable_part(path, index, problem, last_dts)
+        return index
     finally:
         container.close()
 
@@ -238,26 +260,96 @@ def _make_index(path: Path, stream, pts: list, keys: list) -> VideoIndex:
     )
 
 
-def _check_complete(path, container, stream, n_packets: int, pts: list, last_corrupt: bool) -> None:
-    """Raise if the file ends before its header says it should (cut-off copy or recording).
+def _incomplete(container, stream, n_packets: int, pts: list) -> Optional[str]:
+    """Why the file ends before its header says it should (cut-off copy or recording), or None.
 
     A header that promises *fewer* frames than the stream holds is simply
     wrong (common in AVI) and the index wins; one that promises more means
     data is missing."""
-    problem = None
     header = int(stream.frames or 0)
-    if last_corrupt:
-        problem = "its last frame is incomplete"
-    elif header and n_packets < header:
-        problem = f"the header lists {header} frames but only {n_packets} are present"
-    elif pts and len(container.streams) == 1:
+    if header and n_packets < header:
+        return f"the header lists {header} frames but only {n_packets} are present"
+    if pts and len(container.streams) == 1:
         tb = float(stream.time_base or 0)
         expected = stream.duration * tb if stream.duration and tb else (container.duration or 0) / 1e6
         span = (max(pts) - min(pts)) * tb
         if expected and tb and span + 1 / 25 < expected - max(1.0, 0.05 * expected):
-            problem = f"the header says {expected:.2f} s but frames stop at {span:.2f} s"
-    if problem:
-        raise VideoError(f"{path}: the file is truncated or corrupt: {problem}")
+            return f"the header says {expected:.2f} s but frames stop at {span:.2f} s"
+    return None
+
+
+def _matroska_cut(path: Path, container) -> Optional[str]:
+    """A Matroska/WebM file shorter than its Segment says (its size is
+    written when recording ends); None when intact or of unknown size."""
+    if "matroska" not in (container.format.name or ""):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)  # EBML header + Segment size
+            file_size = fh.seek(0, 2)
+    except OSError:
+        return None
+
+    def vint(pos: int, strip: bool):
+        first = head[pos]
+        length = 9 - first.bit_length() if first else 9
+        if length > 8 or pos + length > len(head):
+            raise ValueError("bad EBML number")
+        value = int.from_bytes(head[pos:pos + length], "big")
+        if strip:
+            value &= (1 << (7 * length)) - 1
+            if value == (1 << (7 * length)) - 1:
+                value = -1  # unknown size (live recording)
+        return value, pos + length
+
+    try:
+        ebml_id, pos = vint(0, strip=False)
+        size, pos = vint(pos, strip=True)
+        if ebml_id != 0x1A45DFA3 or size < 0:
+            return None
+        pos += size
+        seg_id, pos = vint(pos, strip=False)
+        seg_size, pos = vint(pos, strip=True)
+    except (ValueError, IndexError):
+        return None
+    if seg_id != 0x18538067 or seg_size < 0 or pos + seg_size <= file_size:
+        return None
+    return f"it ends after {file_size} bytes, its header says {pos + seg_size}"
+
+
+#: A gap in the frame timestamps bigger than this many frame durations marks a missing frame.
+_GAP = 1.5
+#: The most frames B-frame reordering can move (H.264/HEVC allow 16).
+_REORDER_DEPTH = 16
+
+
+def _readable_part(path: Path, index: "VideoIndex", problem: str, last_dts: Optional[int]) -> "VideoIndex":
+    """The frames of a truncated file up to the first one that is missing.
+
+    B-frames are stored after the later frames they refer to, so frames cut
+    off with the end of the file can lie just before frames still present.
+    Every frame shown no later than the last packet's decode time is present
+    (a frame cannot be shown before it is decoded); after that, the frames
+    are kept while their timestamps have no gap. So no frame number points
+    at a frame that is not in the file."""
+    pts = index.pts
+    n = len(pts)
+    if last_dts is None:  # no decode times: assume the deepest reordering
+        safe = max(1, n - _REORDER_DEPTH)
+    else:
+        safe = max(1, int(np.searchsorted(pts, last_dts, side="right")))
+    good = safe
+    while good < n and pts[good] - pts[good - 1] <= _GAP * index.frame_ticks:
+        good += 1
+    keys = index.key_pts[index.key_pts <= pts[good - 1]]
+    if not len(keys):
+        raise VideoError(f"{path}: the file is truncated or corrupt ({problem}): not one complete frame "
+                         "could be read")
+    readable = VideoIndex(pts=pts[:good].copy(), key_pts=keys, time_base=index.time_base, codec=index.codec,
+                          width=index.width, height=index.height, header_frames=index.header_frames,
+                          average_rate=index.average_rate, damaged_from=good, damage=problem)
+    log.warning("%s: the file is truncated or corrupt (%s); frames 0-%d are readable", path, problem, good - 1)
+    return readable
 
 
 class _FrameMissing(Exception):
@@ -304,19 +396,41 @@ class PyAVReader:
 
     def _decoded(self) -> Iterator:
         av = _av()
-        for packet in self._container.demux(self._stream):
-            ts = packet.pts if packet.pts is not None else packet.dts
+        for packet in self._packets():
+            end = packet is None or packet.size == 0
+            ts = None if packet is None else (packet.pts if packet.pts is not None else packet.dts)
             if self._skip_until is not None:
-                if packet.size == 0 or ts == self._skip_until:  # the target itself is decoded
+                if end or ts == self._skip_until:  # the target itself is decoded
                     self._skip_until = None
                 self._set_skipping(self._skip_until is not None)
             try:
-                frames = packet.decode()
+                frames = self._ctx.decode(None) if packet is None else packet.decode()
             except av.error.FFmpegError as exc:
                 self._bad = self.index.index_of(ts)
                 log.warning("%s: frame %s could not be decoded: %s", self.path, self._bad, exc)
                 continue
             yield from frames
+
+    def _packets(self) -> Iterator:
+        """Demuxed packets; where the file is cut off, an empty packet that
+        flushes the frames still inside the decoder (the last readable ones)."""
+        av = _av()
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as exc:
+                log.debug("%s: demuxing stopped (%s); flushing the decoder", self.path, exc)
+                yield None
+                return
+            if packet.is_corrupt and self.index.damaged_from is not None and packet.size \
+                    and self.index.index_of(packet.pts) is None:
+                # the cut-off end: sending it to a frame-threaded decoder loses the frames still inside
+                yield None
+                return
+            yield packet
 
     def _seek(self, key_pos: int) -> None:
         av = _av()
