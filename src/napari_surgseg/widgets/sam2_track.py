@@ -309,8 +309,7 @@ class Sam2TrackWidget(Container):
 
     def current_frame(self, layer) -> int:
         """The frame shown, in ``layer``'s frame index (layers may be scaled in time)."""
-        t = int(round(float(layer.world_to_data(self.viewer.dims.point)[0])))
-        return min(max(t, 0), layer.data.shape[0] - 1)
+        return frame_of(self.viewer, layer)
 
     def _busy(self, busy: bool) -> None:
         for button in (self.track_button, self.preview_button, self.repropagate_button, self.check_button,
