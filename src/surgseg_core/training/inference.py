@@ -16,7 +16,9 @@ from ..progress import CancelToken, ProgressCallback
 from .checkpoint import load_checkpoint, load_model_weights
 from .distributed import DistInfo, env_world
 from .method import MethodSpec, get_method
-from .trainer import _safe_len, _validate, resolve_config, resolve_device, resolve_dtype
+from ..device import resolve_device
+from ..device import resolve_precision as resolve_dtype
+from .trainer import _safe_len, _validate, resolve_config
 
 PathLike = Union[str, os.PathLike]
 
