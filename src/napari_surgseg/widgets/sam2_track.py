@@ -9,6 +9,7 @@ layer; the widget refreshes the layer on the GUI thread as progress arrives.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
@@ -20,7 +21,8 @@ from surgseg_core.errors import SurgsegError
 from surgseg_core.io.label_stack import new_label_stack
 from surgseg_core.sam2_engine.build import TINY_CONFIG
 from surgseg_core.sam2_engine.outputs import ArrayWriter
-from surgseg_core.sam2_engine.track import load_tracking_model, prompts_from_points_table, track_video
+from surgseg_core.sam2_engine.session import ClickSession
+from surgseg_core.sam2_engine.track import load_tracking_model, preview_frame, prompts_from_points_table, track_video
 
 from .._autosave import watch_layer
 from .._workers import run_in_worker
@@ -92,13 +94,26 @@ def _track_job(cache: dict, model: str, checkpoint: Optional[str], device: Optio
     """Worker body: ``track_video`` with the model built once per (model,
     checkpoint, device) and kept in ``cache`` (previews and tracking runs
     then skip rebuilding and reloading the weights)."""
+    return track_video(frames, prompts, model=_cached_model(cache, model, checkpoint, device), progress=progress,
+                       cancel=cancel, **kwargs)
+
+
+def _cached_model(cache: dict, model: str, checkpoint: Optional[str], device: Optional[str]):
     key = (model, checkpoint, device)
     net = cache.get(key)
     if net is None:
         net = load_tracking_model(model, checkpoint, device=device)
         cache.clear()  # one model in memory at a time
         cache[key] = net
-    return track_video(frames, prompts, model=net, progress=progress, cancel=cancel, **kwargs)
+    return net
+
+
+def _preview_job(session: ClickSession, cache: dict, model: str, checkpoint: Optional[str], device: Optional[str],
+                 frames, prompts, *, frame_range, sink, progress=None, cancel=None, **_):
+    """Worker body of a preview: the session keeps the engine (and the frames
+    it encoded) across previews, so a second click on a frame only decodes."""
+    return preview_frame(frames, prompts, frame_range[0], model=_cached_model(cache, model, checkpoint, device),
+                         session=session, sink=sink, cancel=cancel)
 
 
 class Sam2TrackWidget(Container):
@@ -110,6 +125,7 @@ class Sam2TrackWidget(Container):
         self.result_layer: Optional[Labels] = None
         self.preview_layer: Optional[Labels] = None
         self._model_cache: dict = {}
+        self._click_session = ClickSession()
         self.last_summary: Optional[dict] = None
         v = napari_viewer
 
@@ -211,7 +227,7 @@ class Sam2TrackWidget(Container):
         return labels
 
     def _start(self, video: Image, prompts: list, labels: Labels, frame_range, direction: str,
-               on_done, description: str) -> None:
+               on_done, description: str, job=_track_job) -> None:
         """Run ``track_video`` in a worker, writing into ``labels``' array (one code path for both buttons)."""
         model, checkpoint = self.model_combo.value
         self.last_summary = None
@@ -220,7 +236,7 @@ class Sam2TrackWidget(Container):
         # the worker writes into the numpy array; napari only reads it on
         # refresh(), which happens here on the GUI thread
         self.worker, self.cancel_token = run_in_worker(
-            _track_job,
+            job,
             self._model_cache,
             model,
             checkpoint,
@@ -280,7 +296,8 @@ class Sam2TrackWidget(Container):
             note = " (RANDOM weights: not a segmentation)" if summary["random_weights"] else ""
             self.status.value = f"preview of frame {t}: object(s) {summary['obj_ids']}{note}"
 
-        self._start(video, here, layer, (t, t), "forward", done, "SAM2 preview")
+        self._start(video, here, layer, (t, t), "forward", done, "SAM2 preview",
+                    job=functools.partial(_preview_job, self._click_session))
 
     def cancel(self, *_: Any) -> None:
         if self.cancel_token is not None:

@@ -142,16 +142,16 @@ def decode_masks(
     coords, labels = point_coords, point_labels
     if (coords is None) != (labels is None):
         raise ConfigError("point_coords and point_labels go together")
-    if boxes is not None:
-        bc, bl = box_points(boxes)
-        coords = bc if coords is None else torch.cat([bc, coords], 1)
-        labels = bl if labels is None else torch.cat([bl, labels.to(torch.int32)], 1)
-    sizes = {t.shape[0] for t in (coords, mask_inputs) if t is not None}
+    sizes = {t.shape[0] for t in (coords, boxes, mask_inputs) if t is not None}
     if not sizes:
         raise ConfigError("give points, boxes or mask inputs")
     if len(sizes) > 1:
         raise ConfigError(f"prompts of different batch sizes: {sorted(sizes)}")
     (n,) = sizes
+    if boxes is not None:
+        bc, bl = box_points(boxes)
+        coords = bc if coords is None else torch.cat([bc, coords], 1)
+        labels = bl if labels is None else torch.cat([bl, labels.to(torch.int32)], 1)
     if coords is not None and (coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]):
         raise ConfigError(f"points must be (N, P, 2) with labels (N, P), got {tuple(coords.shape)} / {tuple(labels.shape)}")
     if image_embed is None:
