@@ -356,3 +356,22 @@ def test_training_loader_is_exact_too(tiny_ckpt, variants):
     load_model_weights(tiny_ckpt, model, missing_ok=["sam_mask_decoder.extra.*"])
     ref = load_state_dict_file(tiny_ckpt)
     assert torch.equal(model.state_dict()["no_mem_embed"], ref["no_mem_embed"])
+
+
+def test_trained_model_loads_from_its_registered_name(wdir, tmp_path):
+    """``surgseg predict/evaluate`` take a registered name as well as a path;
+    the registry's method must match."""
+    import _toy_method
+    from surgseg_core.errors import ConfigError
+    from surgseg_core.training.checkpoint import save_checkpoint
+    from surgseg_core.training.inference import load_trained_model
+
+    net = _toy_method.build_model({"width": 4})
+    path = save_checkpoint(tmp_path / "toy.pt", {"model": net.state_dict(), "method": "toy", "config": {"width": 4}})
+    register_checkpoint(path, name="toy-best", method="toy")
+    spec, model, cfg, dev = load_trained_model("toy", "toy-best", {"device": "cpu"})
+    assert cfg["checkpoint"] == str(path.resolve()) and dev.type == "cpu"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), net.state_dict().values()))
+    register_checkpoint(path, name="not-toy", method="liver")
+    with pytest.raises(ConfigError, match="for method 'liver', not 'toy'"):
+        load_trained_model("toy", "not-toy")

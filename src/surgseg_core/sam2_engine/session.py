@@ -69,8 +69,9 @@ class ClickSession:
                 check_cancel(cancel)
                 points = p.get("points") or None
                 labels = p.get("labels") or None
-                engine.add_points(int(frame), int(p.get("obj_id", 1)), points, labels, box=p.get("box"))
-            return engine.frame_result(int(frame))
+                # each call returns all objects' masks on the frame: the last one is the result
+                result = engine.add_points(int(frame), int(p.get("obj_id", 1)), points, labels, box=p.get("box"))
+            return result
 
     def close(self) -> None:
         """Drop all engines (and their cached features)."""
