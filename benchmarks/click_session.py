@@ -21,6 +21,7 @@ Writes its table into BENCHMARKS.md between <!-- bench:click_session --> markers
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -89,7 +90,9 @@ def table(rows, args, threads: int) -> str:
         f"Machine: {cpu_name()}, {threads} torch thread(s), no GPU, torch {torch.__version__}. Models randomly "
         f"initialised (speed does not depend on the weights); frames {args.height}x{args.width} synthetic endoscopy. "
         f"Medians: first click over {args.first_reps} new frames, second click over {args.second_reps} clicks, "
-        f"after one warm-up. Run: `python benchmarks/click_session.py --first-reps {args.first_reps} "
+        f"after one warm-up; load average {args.load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end "
+        f"(other jobs share this machine: absolute times are inflated, the ratios measured side by side less so). "
+        f"Run: `python benchmarks/click_session.py --first-reps {args.first_reps} "
         f"--second-reps {args.second_reps}` ({time.strftime('%Y-%m-%d')}).",
         "",
         "| model | px | session 1st click (ms) | session 2nd click (ms) | predict_frame 1st (ms) | predict_frame 2nd (ms) "
@@ -132,6 +135,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--no-write", action="store_true", help="print the table only")
     args = p.parse_args()
+    args.load = os.getloadavg()
     torch.set_num_threads(args.threads)
     from surgseg_core.synth import generate_endoscopy_clip
 
