@@ -55,7 +55,22 @@ def fake_official(tiny_ckpt, monkeypatch):
     """Make 'sam2.1_hiera_tiny' point at the tiny architecture and size so
     the official-checkpoint code paths run on a small real file."""
     ck = dataclasses.replace(
-        OFFICIAL["sam2.1_hiera_tiny"], config="surgseg_tiny", approx_mb=tiny_ckpt.stat().st_size / 1e6
+        OFFICIAL["sam2.1_hiera_tiny"], config="surgseg_tiny", approx_mb=tiny_ckpt.stat().st_size / 1e6,
+        arch=TINY_ARCH, sha256=None,  # no published hash: trust on first use
+    )
+    monkeypatch.setitem(official_mod.OFFICIAL, ck.name, ck)
+    return ck
+
+
+TINY_ARCH = (16, 5, True)  # surgseg_tiny: Hiera width 16, stages [1, 1, 2, 1], SAM 2.1 keys
+
+
+@pytest.fixture
+def pinned_official(tiny_ckpt, monkeypatch):
+    """'sam2.1_hiera_tiny' with a published hash: that of the tiny file."""
+    ck = dataclasses.replace(
+        OFFICIAL["sam2.1_hiera_tiny"], config="surgseg_tiny", approx_mb=tiny_ckpt.stat().st_size / 1e6,
+        arch=TINY_ARCH, sha256=_sha(tiny_ckpt),
     )
     monkeypatch.setitem(official_mod.OFFICIAL, ck.name, ck)
     return ck
@@ -191,3 +206,172 @@ def test_cli_list_import_json(wdir, tiny_ckpt, capsys):
     with pytest.raises(SystemExit):
         cli(["weights", "--help"])
     assert "surgseg weights import" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ pinned hashes
+def test_sam21_hashes_are_pinned():
+    assert OFFICIAL["sam2.1_hiera_tiny"].sha256 == "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69"
+    assert OFFICIAL["sam2.1_hiera_large"].sha256 == "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318"
+    assert all(OFFICIAL[n].sha256 for n in OFFICIAL if n.startswith("sam2.1_"))
+    assert not any(OFFICIAL[n].sha256 for n in OFFICIAL if n.startswith("sam2_"))
+
+
+def test_arch_of_the_tiny_state(tiny_ckpt):
+    assert official_mod.state_arch(load_state_dict_file(tiny_ckpt)) == TINY_ARCH
+    assert official_mod.official_with_arch((96, 12, True)) == ["sam2.1_hiera_tiny"]
+
+
+def test_pinned_hash_accepts_right_bytes_and_refuses_a_changed_byte(wdir, tiny_ckpt, pinned_official, tmp_path):
+    entry = import_checkpoint(tiny_ckpt, name="sam2.1_hiera_tiny")
+    assert entry.present and entry.sha256 == _sha(tiny_ckpt)
+    data = bytearray(tiny_ckpt.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit in the middle of the weights
+    changed = tmp_path / "sam2.1_hiera_tiny.pt"
+    changed.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="is not the official sam2.1_hiera_tiny checkpoint: sha256 .* != published"):
+        import_checkpoint(changed)
+    # the pinned hash wins over whatever was recorded before
+    registry = json.loads((wdir / "registry.json").read_text())
+    registry["entries"]["sam2.1_hiera_tiny"]["sha256"] = _sha(changed)
+    (wdir / "registry.json").write_text(json.dumps(registry))
+    with pytest.raises(WeightsError, match="published"):
+        import_checkpoint(changed)
+    (result,) = verify_weights("sam2.1_hiera_tiny")
+    assert result.ok  # the good copy in the cache
+
+
+def test_mismatch_tells_wrong_file_from_damaged_copy(wdir, tiny_ckpt, pinned_official, tmp_path):
+    def refused(state_or_bytes) -> str:
+        path = tmp_path / "sam2.1_hiera_tiny.pt"
+        if isinstance(state_or_bytes, bytes):
+            path.write_bytes(state_or_bytes)
+        else:
+            torch.save({"model": state_or_bytes}, path)
+        with pytest.raises(WeightsError) as err:
+            import_checkpoint(path)
+        return str(err.value)
+
+    # same architecture and keys, other values: a modified (e.g. fine-tuned) copy
+    other = build_model("surgseg_tiny", device="cpu", seed=2).state_dict()
+    assert "damaged or modified copy" in refused(other)
+    # cut short: damaged
+    assert "damaged or incomplete" in refused(tiny_ckpt.read_bytes()[: tiny_ckpt.stat().st_size // 2])
+    # not SAM2 at all: wrong file
+    msg = refused({"encoder.conv.weight": torch.zeros(2, 3), "head.bias": torch.zeros(2)})
+    assert "wrong file: it is not a SAM2 checkpoint" in msg and "encoder" in msg
+    # SAM2, but another model (a wider Hiera; 96 wide, 12 blocks = the official tiny)
+    state = load_state_dict_file(tiny_ckpt)
+    state["image_encoder.trunk.patch_embed.proj.weight"] = torch.zeros(96, 3, 7, 7)
+    state = {k: v for k, v in state.items() if not k.startswith("image_encoder.trunk.blocks.")}
+    state.update({f"image_encoder.trunk.blocks.{i}.norm1.weight": torch.zeros(96) for i in range(12)})
+    msg = refused(state)
+    assert "wrong file: a SAM2 checkpoint of another model" in msg and "sam2.1_hiera_tiny" in msg
+
+
+def test_download_verifies_the_pinned_hash(wdir, tiny_ckpt, pinned_official, http_server, monkeypatch):
+    entry = download_weights("sam2.1_hiera_tiny", url=f"{http_server}/{tiny_ckpt.name}")
+    assert entry.present and entry.sha256 == _sha(tiny_ckpt)
+    (wdir / "sam2.1_hiera_tiny.pt").unlink()
+    monkeypatch.setitem(official_mod.OFFICIAL, "sam2.1_hiera_tiny",
+                        dataclasses.replace(pinned_official, sha256="0" * 64))
+    with pytest.raises(WeightsError, match="!= published 0000"):
+        download_weights("sam2.1_hiera_tiny", url=f"{http_server}/{tiny_ckpt.name}")
+    assert not (wdir / "sam2.1_hiera_tiny.pt").exists()
+    assert not [p for p in wdir.iterdir() if p.name.startswith(".download")]
+
+
+# ------------------------------------------------------------------ variants
+class _Extra(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(width, width)
+
+
+def _add_extra(model, width: int = 4):
+    model.sam_mask_decoder.extra = _Extra(width)
+
+
+def _widen_no_mem(model):
+    model.no_mem_embed = torch.nn.Parameter(torch.zeros(1, 1, model.hidden_dim + 1))
+
+
+@pytest.fixture
+def variants(monkeypatch):
+    from surgseg_core.sam2_engine import variants as vmod
+
+    monkeypatch.setattr(vmod, "_REGISTRY", dict(vmod._REGISTRY))
+    vmod.register_variant(vmod.Variant("extra", _add_extra, new_keys=("sam_mask_decoder.extra",)))
+    vmod.register_variant(vmod.Variant("widened", _widen_no_mem, new_keys=("sam_mask_decoder.extra",)))
+    return vmod
+
+
+def test_variant_loads_official_weights_and_reports_exactly_the_new_keys(wdir, tiny_ckpt, variants, tmp_path):
+    model = build_model("surgseg_tiny", checkpoint=tiny_ckpt, variant="extra", device="cpu")
+    assert model.surgseg_load_report.new_keys == ["sam_mask_decoder.extra.proj.weight", "sam_mask_decoder.extra.proj.bias"]
+    ref = load_state_dict_file(tiny_ckpt)
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in ref.items())
+    from surgseg_core.sam2_engine.provenance import model_identity
+
+    ident = model_identity(model)
+    assert ident["variant"].endswith("extra") and ident["new_parameters"] == model.surgseg_load_report.new_keys
+    # anything else is refused: a missing key outside the variant's new modules ...
+    lacking = tmp_path / "lacking.pt"
+    torch.save({"model": {k: v for k, v in ref.items() if k != "no_mem_embed"}}, lacking)
+    with pytest.raises(WeightsError, match=r"with variant 'extra'.*1 missing \(first: no_mem_embed\)"):
+        build_model("surgseg_tiny", checkpoint=lacking, variant="extra", device="cpu")
+    # ... a shape the variant changed ...
+    with pytest.raises(WeightsError, match="shape mismatch.*no_mem_embed"):
+        build_model("surgseg_tiny", checkpoint=tiny_ckpt, variant="widened", device="cpu")
+    # ... and an explicit empty list allows nothing
+    with pytest.raises(WeightsError, match="2 missing"):
+        build_model("surgseg_tiny", checkpoint=tiny_ckpt, variant="extra", missing_ok=[], device="cpu")
+    # the variant's own weights load exactly once registered as that variant; into plain SAM2 they are refused
+    saved = tmp_path / "extra_tuned.pt"
+    torch.save({"model": own}, saved)
+    register_checkpoint(saved, name="tuned-extra", method="sam2", variant="extra", config="surgseg_tiny")
+    again = build_model("surgseg_tiny", checkpoint="tuned-extra", variant="extra", device="cpu")
+    assert again.surgseg_load_report.new_keys == [] and again.surgseg_model_name == "tuned-extra"
+    with pytest.raises(WeightsError, match="2 unexpected"):
+        build_model("surgseg_tiny", checkpoint="tuned-extra", device="cpu")
+    # the registry entry alone builds the right model (what surgseg track and the widget do)
+    from surgseg_core.sam2_engine.track import load_tracking_model, resolve_model_choice
+
+    assert resolve_model_choice("tuned-extra") == ("surgseg_tiny", "tuned-extra", "extra")
+    net = load_tracking_model("tuned-extra")
+    assert isinstance(net.sam_mask_decoder.extra, _Extra)
+    assert [e.name for e in list_weights(variant="extra")] == ["tuned-extra"]
+    from surgseg_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown SAM2 model variant 'nope'"):
+        build_model("surgseg_tiny", variant="nope", device="cpu")
+
+
+def test_training_loader_is_exact_too(tiny_ckpt, variants):
+    from surgseg_core.training.checkpoint import load_model_weights
+
+    model = build_model("surgseg_tiny", variant="extra", device="cpu")
+    with pytest.raises(WeightsError, match="do not fit this model: 2 missing"):
+        load_model_weights(tiny_ckpt, model)
+    load_model_weights(tiny_ckpt, model, missing_ok=["sam_mask_decoder.extra.*"])
+    ref = load_state_dict_file(tiny_ckpt)
+    assert torch.equal(model.state_dict()["no_mem_embed"], ref["no_mem_embed"])
+
+
+def test_trained_model_loads_from_its_registered_name(wdir, tmp_path):
+    """``surgseg predict/evaluate`` take a registered name as well as a path;
+    the registry's method must match."""
+    import _toy_method
+    from surgseg_core.errors import ConfigError
+    from surgseg_core.training.checkpoint import save_checkpoint
+    from surgseg_core.training.inference import load_trained_model
+
+    net = _toy_method.build_model({"width": 4})
+    path = save_checkpoint(tmp_path / "toy.pt", {"model": net.state_dict(), "method": "toy", "config": {"width": 4}})
+    register_checkpoint(path, name="toy-best", method="toy")
+    spec, model, cfg, dev = load_trained_model("toy", "toy-best", {"device": "cpu"})
+    assert cfg["checkpoint"] == str(path.resolve()) and dev.type == "cpu"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), net.state_dict().values()))
+    register_checkpoint(path, name="not-toy", method="liver")
+    with pytest.raises(ConfigError, match="for method 'liver', not 'toy'"):
+        load_trained_model("toy", "not-toy")

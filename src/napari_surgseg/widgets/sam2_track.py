@@ -18,6 +18,7 @@ prompts. Every model run into a layer can be undone as one step.
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any, List, Optional, Tuple
 
@@ -33,11 +34,11 @@ from surgseg_core.sam2_engine.outputs import ArrayWriter
 from surgseg_core.sam2_engine.refine import (
     VALIDATED_KEY, FrameUndo, StackWriter, frames_of, mark_validated, repropagate,
 )
-from surgseg_core.sam2_engine.track import load_tracking_model, prompts_from_points_table, track_video
+from surgseg_core.sam2_engine.session import ClickSession
+from surgseg_core.sam2_engine.track import load_tracking_model, preview_frame, prompts_from_points_table, track_video
 
 from .._autosave import request_save, watch_layer
 from .._edits import record_edits
-from .._autosave import watch_layer
 from .._layers import frame_of
 from .._workers import run_in_worker
 from .corrections import connect_layer_refresh, layer_choices, source_video_of
@@ -124,6 +125,14 @@ def _track_job(cache: dict, model: str, checkpoint: Optional[str], device: Optio
     return track_video(frames, prompts, model=net, progress=progress, cancel=cancel, **kwargs)
 
 
+def _preview_job(session: ClickSession, cache: dict, model: str, checkpoint: Optional[str], device: Optional[str],
+                 frames, prompts, *, frame_range, sink, progress=None, cancel=None, **_):
+    """Worker body of a preview: the session keeps the engine (and the frames
+    it encoded) across previews, so a second click on a frame only decodes."""
+    return preview_frame(frames, prompts, frame_range[0], model=_cached_model(cache, model, checkpoint, device),
+                         session=session, sink=sink, cancel=cancel)
+
+
 def _refine_job(cache: dict, model: str, checkpoint: Optional[str], device: Optional[str], frames, labels,
                 frame: int, *, progress=None, cancel=None, **kwargs):
     """Worker body: ``repropagate`` with the cached model."""
@@ -166,6 +175,7 @@ class Sam2TrackWidget(Container):
         self.result_layer: Optional[Labels] = None
         self.preview_layer: Optional[Labels] = None
         self._model_cache: dict = {}
+        self._click_session = ClickSession()
         self.last_summary: Optional[dict] = None
         v = napari_viewer
 
@@ -497,8 +507,8 @@ class Sam2TrackWidget(Container):
             note = " (RANDOM weights: not a segmentation)" if summary["random_weights"] else ""
             self.status.value = f"preview of frame {t}: object(s) {summary['obj_ids']}{note}"
 
-        self._start(_track_job, (video.data, here),
-                    {"direction": "forward", "frame_range": (t, t), "sink": ArrayWriter(layer.data)},
+        self._start(functools.partial(_preview_job, self._click_session), (video.data, here),
+                    {"frame_range": (t, t), "sink": ArrayWriter(layer.data)},
                     layer, done, "SAM2 preview")
 
     def cancel(self, *_: Any) -> None:

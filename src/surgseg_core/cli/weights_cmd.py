@@ -60,6 +60,7 @@ def register(subparsers) -> None:
     im.add_argument("--name", default=None, help="registry name (default: file name; official names are hash-checked)")
     im.add_argument("--method", default=None, help="method that loads it (default: sam2)")
     im.add_argument("--base", default=None, help="weights it was fine-tuned from")
+    im.add_argument("--variant", default=None, help="SAM2 model variant the weights belong to (default: plain SAM2)")
     im.set_defaults(func=_import)
 
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -74,7 +75,8 @@ def _list(args) -> int:
     for e in entries:
         state = "present" if e.present else "missing"
         sha = (e.sha256[:12] + "...") if e.sha256 else "unknown"
-        print(f"  {e.name:28s} {e.method:10s} {e.source:8s} {state:8s} sha256 {sha}")
+        variant = f" variant {e.variant}" if e.variant else ""
+        print(f"  {e.name:28s} {e.method:10s} {e.source:8s} {state:8s} sha256 {sha}{variant}")
     return 0
 
 
@@ -97,7 +99,8 @@ def _verify(args) -> int:
 
 def _import(args) -> int:
     entry = import_checkpoint(
-        args.path, name=args.name, method=args.method, base=args.base, weights_dir_override=args.weights_dir
+        args.path, name=args.name, method=args.method, base=args.base, variant=args.variant,
+        weights_dir_override=args.weights_dir,
     )
     print(f"imported {entry.name} ({entry.source}) -> {entry.path} (sha256 {entry.sha256})")
     return 0

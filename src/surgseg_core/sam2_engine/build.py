@@ -10,14 +10,13 @@ the result is the same.
 """
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Tuple, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -101,71 +100,13 @@ def instantiate_model(cfg, device: Union[str, torch.device] = "cpu"):
         return instantiate(cfg.model, _recursive_=True)
 
 
-@functools.lru_cache(maxsize=4)
-def model_state_keys(config: str) -> Dict[str, Tuple[int, ...]]:
-    """Parameter names and shapes of an architecture (SAM2's Hiera cannot be
-    built on the meta device, so this builds it once on the CPU)."""
-    from ..weights.official import OFFICIAL
-
-    if config in OFFICIAL:
-        config = OFFICIAL[config].config
-    model = instantiate_model(compose_config(config), device="cpu")
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def load_state_dict_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """Read a checkpoint safely: safetensors or ``torch.load(weights_only=True)``.
-    SAM2 checkpoints keep the weights under the ``"model"`` key."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            "(is it a complete .pt/.safetensors file? re-download or re-import it)"
-        ) from exc
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"checkpoint {path} holds no state dict of tensors (expected a dict or a dict under 'model')")
-    return state
-
-
-def check_state_keys(
-    state: Dict[str, torch.Tensor], expected: Dict[str, Tuple[int, ...]], *, config: str, source: str
-) -> None:
-    """Raise WeightsError naming the config and the first mismatched keys."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} != {expected[k]}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != expected[k]
-    ]
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
-        if wrong_shape:
-            parts.append(f"{len(wrong_shape)} with wrong shape (first: {'; '.join(wrong_shape[:3])})")
-        raise WeightsError(
-            f"checkpoint {source} does not match SAM2 config {config_name(config)!r}: " + "; ".join(parts)
-        )
-
-
 def build_model(
     config: str = "sam2.1_hiera_tiny",
     checkpoint: Optional[Union[str, Path]] = None,
     *,
+    variant: Optional[str] = None,
+    variant_options: Optional[Mapping[str, Any]] = None,
+    missing_ok: Optional[Sequence[str]] = None,
     device: Optional[Union[str, torch.device]] = None,
     image_size: Optional[int] = None,
     overrides: Sequence[str] = (),
@@ -178,9 +119,17 @@ def build_model(
     (``sam2.1_hiera_tiny``: its config). ``checkpoint``: a path or registered
     weights name; None gives a randomly initialised model (say so in results).
     ``image_size`` overrides the processing resolution (multiple of 32).
+    ``variant``: a registered model variant (``variants.register_variant``)
+    applied after instantiation, with ``variant_options``.
+    ``missing_ok``: parameter names (globs / module prefixes) the checkpoint
+    may lack; default: the variant's new modules when the checkpoint is not
+    registered as weights of that variant, else none. The parameters left
+    at their initialisation are in ``model.surgseg_load_report.new_keys``
+    (and the provenance); any other mismatch raises WeightsError.
     """
-    from ..weights.official import OFFICIAL
-    from .device import pick_device
+    from ..device import resolve_device
+    from ..weights import OFFICIAL, list_weights, resolve_weights
+    from ..weights.state_dict import LoadReport, load_state_into, read_state_dict
 
     if config in OFFICIAL:
         config = OFFICIAL[config].config
@@ -188,30 +137,41 @@ def build_model(
     if seed is not None:
         torch.manual_seed(seed)
     model = instantiate_model(cfg, device="cpu")
-    if checkpoint is not None:
-        from ..weights import resolve_weights
+    variant_ref = None
+    if variant is not None:
+        from .variants import apply_variant, get_variant, variant_reference
 
+        spec = get_variant(variant)
+        model = apply_variant(model, variant, variant_options)
+        variant_ref = variant_reference(spec.name)
+    entry = None
+    report = None
+    if checkpoint is not None:
         path = resolve_weights(checkpoint)
-        state = load_state_dict_file(path)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        check_state_keys(state, expected, config=config, source=str(path))
-        model.load_state_dict(state)
-        log.info("loaded SAM2 weights %s into %s", path, config_name(config))
-    model = model.to(pick_device(device))
+        entry = next((e for e in list_weights() if e.present and e.file.resolve() == path.resolve()), None)
+        if missing_ok is None:
+            own_variant = entry is not None and entry.variant is not None and variant is not None and (
+                entry.variant in (variant, variant_ref))
+            missing_ok = spec.new_keys if variant is not None and not own_variant else ()
+        target = f"SAM2 config {config_name(config)!r}" + (f" with variant {variant!r}" if variant else "")
+        report = load_state_into(model, read_state_dict(path), missing_ok=missing_ok, target=target, source=path)
+        if report.new_keys:
+            log.warning("%s into %s", report, target)
+        else:
+            log.info("loaded SAM2 weights %s into %s", path, target)
+    model = model.to(resolve_device(device))
     model.eval()
     # provenance, read by provenance.model_identity
     model.surgseg_config_name = config_name(config)
+    model.surgseg_variant = variant_ref
     model.surgseg_checkpoint = None
     model.surgseg_checkpoint_sha256 = None
-    model.surgseg_model_name = f"random-init {config_name(config)}"
+    model.surgseg_load_report = report or LoadReport(source="random init")
+    model.surgseg_model_name = f"random-init {config_name(config)}" + (f" ({variant})" if variant else "")
     if checkpoint is not None:
-        from ..weights import list_weights
-
         model.surgseg_checkpoint = str(path)
         model.surgseg_model_name = path.stem
-        for entry in list_weights():
-            if entry.present and entry.file.resolve() == path.resolve():
-                model.surgseg_model_name = entry.name
-                model.surgseg_checkpoint_sha256 = entry.sha256
-                break
+        if entry is not None:
+            model.surgseg_model_name = entry.name
+            model.surgseg_checkpoint_sha256 = entry.sha256
     return model

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from ..errors import ConfigError, VideoError
 from ..io.pixels import frame_to_rgb8
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
-from .device import autocast as _autocast
-from .device import enable_fast_math
+from ..device import autocast as _autocast
+from ..device import enable_fast_math, resolve_precision
 from .embedding_cache import EmbeddingCache
+from .heads import FrameFeatures, decode_masks, encode_frames, flat_features, parse_prompt
 from .memory import BACKWARD, FORWARD, UNTRACKED, MemoryPolicy, ObjectMemory
 from .outputs import FrameResult
 from .provenance import build_provenance
@@ -42,6 +43,9 @@ _MEAN = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
 _STD = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
 
 Sink = Callable[[FrameResult], None]
+# prompt_hook(frame_idx, point_coords (B, P, 2) in model pixels, point_labels
+# (B, P), that frame's FrameFeatures) -> (point_coords, point_labels)
+PromptHook = Callable[[int, torch.Tensor, torch.Tensor, FrameFeatures], Tuple[torch.Tensor, torch.Tensor]]
 
 
 def _locked(method):
@@ -132,6 +136,12 @@ class StreamingSAM2:
         (on by default: without them a correction does not steer later frames).
       ``embed_cache_mb``: image-feature cache size (frames the user prompts or
         clicks on; propagation itself keeps only the frame it is on).
+      ``prompt_hook``: a callable that may replace a frame's click/box points
+        before SAM2 encodes them: ``hook(frame_idx, point_coords (B, P, 2)
+        in model pixels, point_labels (B, P), frame_features) -> (coords,
+        labels)`` (RP-SAM2's point refinement plugs in here). Runs for
+        ``add_points`` (on all points of that frame and object) and
+        ``predict_frame``; changed points are recorded in the provenance.
     Points and boxes are in video pixel coordinates (x, y).
 
     Exactly SAM2 (tested against ``SAM2VideoPredictor``) except where bounded
@@ -155,6 +165,7 @@ class StreamingSAM2:
         use_autocast: Optional[bool] = None,
         correct_as_cond: bool = True,
         clear_memory_around_corrections: bool = True,
+        prompt_hook: Optional[PromptHook] = None,
     ) -> None:
         self.model = model
         if device is not None:
@@ -176,6 +187,8 @@ class StreamingSAM2:
         self.correct_as_cond = correct_as_cond
         self.clear_memory_around_corrections = clear_memory_around_corrections
         self.use_autocast = use_autocast
+        self._amp_dtype = resolve_precision(use_autocast, self.device)
+        self.prompt_hook = prompt_hook
         self.cache = EmbeddingCache(embed_cache_mb)
         self._fill_holes = int(getattr(model, "fill_hole_area", 0) or 0) > 0 and _has_hole_filling()
         self._pos_enc: Optional[List[torch.Tensor]] = None  # same for every frame
@@ -268,10 +281,10 @@ class StreamingSAM2:
         if feats is None and self._current is not None and self._current[0] == frame_idx:
             feats = self._current[1]
         if feats is None:
-            out = self.model.forward_image(self._read_frame(frame_idx))
-            feats = list(out["backbone_fpn"])
+            encoded = encode_frames(self.model, self._read_frame(frame_idx))
+            feats = encoded.backbone_fpn
             if self._pos_enc is None:
-                self._pos_enc = list(out["vision_pos_enc"])
+                self._pos_enc = encoded.vision_pos_enc
             if self._streaming:
                 # propagation visits each frame once: keep only the current
                 # frame instead of flushing the frames the user clicks on
@@ -280,22 +293,48 @@ class StreamingSAM2:
                 self.cache.put(frame_idx, feats)
         return feats
 
+    def _features(self, frame_idx: int) -> FrameFeatures:
+        feats = self._backbone(frame_idx)
+        return FrameFeatures(feats, self._pos_enc)
+
     def _vision(self, frame_idx: int, batch: int):
         """Flattened features for ``batch`` objects, as SAM2's ``_get_image_feature``."""
-        feats = self._backbone(frame_idx)
-        backbone_out = {
-            "backbone_fpn": [f.expand(batch, -1, -1, -1) for f in feats],
-            "vision_pos_enc": [p.expand(batch, -1, -1, -1) for p in self._pos_enc],
-        }
-        _, vision_feats, vision_pos, feat_sizes = self.model._prepare_backbone_features(backbone_out)
-        return vision_feats, vision_pos, feat_sizes
+        return flat_features(self.model, self._features(frame_idx), batch)
+
+    @_locked
+    def frame_features(self, frame_idx: int) -> FrameFeatures:
+        """A frame's image features (batch 1), encoded once and cached: the
+        input of ``heads.decode_masks`` and of prompt hooks. Computed in
+        inference mode (not for training; see ``heads.encode_frames``)."""
+        frame_idx = self._check_frame(frame_idx)
+        with self._ctx():
+            return self._features(frame_idx)
 
     @_locked
     def encode_frame(self, frame_idx: int) -> None:
         """Compute and cache a frame's image features (e.g. ahead of clicks)."""
-        frame_idx = self._check_frame(frame_idx)
+        self.frame_features(frame_idx)
+
+    def _apply_prompt_hook(self, frame_idx: int, point_inputs: Optional[dict]) -> Optional[dict]:
+        """``point_inputs`` after the prompt hook (unchanged without one)."""
+        if self.prompt_hook is None or point_inputs is None:
+            return point_inputs
+        coords, labels = point_inputs["point_coords"], point_inputs["point_labels"]
         with self._ctx():
-            self._backbone(frame_idx)
+            new_coords, new_labels = self.prompt_hook(frame_idx, coords, labels, self._features(frame_idx))
+        new_coords = torch.as_tensor(new_coords, dtype=torch.float32, device=self.device)
+        new_labels = torch.as_tensor(new_labels, dtype=torch.int32, device=self.device)
+        if new_coords.ndim != 3 or new_coords.shape[0] != coords.shape[0] or new_coords.shape[-1] != 2 \
+                or new_labels.shape != new_coords.shape[:2]:
+            raise ConfigError(
+                f"prompt hook returned points {tuple(new_coords.shape)} / labels {tuple(new_labels.shape)}; "
+                f"expected ({coords.shape[0]}, P, 2) / ({coords.shape[0]}, P)"
+            )
+        return {"point_coords": new_coords, "point_labels": new_labels}
+
+    def _video_points(self, coords: torch.Tensor) -> List[List[float]]:
+        scale = np.array([self.video_width / self.image_size, self.video_height / self.image_size], np.float32)
+        return (coords[0].float().cpu().numpy() * scale).tolist()
 
     @contextlib.contextmanager
     def _ctx(self) -> Iterator[None]:
@@ -304,7 +343,7 @@ class StreamingSAM2:
             if self.max_cond_frames_in_attn is not None:
                 self.model.max_cond_frames_in_attn = self.max_cond_frames_in_attn
             try:
-                with torch.inference_mode(), _autocast(self.device, self.use_autocast):
+                with torch.inference_mode(), _autocast(self.device, self._amp_dtype):
                     yield
             finally:
                 self.model.max_cond_frames_in_attn = old
@@ -431,23 +470,14 @@ class StreamingSAM2:
         a frame. Returns all objects' masks on that frame. On a frame already
         propagated this is a correction (see class doc)."""
         frame_idx = self._check_frame(frame_idx)
-        mem = self._object(obj_id)
-        pts = np.zeros((0, 2), np.float32) if points is None else np.asarray(points, np.float32).reshape(-1, 2)
-        lbl = np.zeros((0,), np.int32) if labels is None else np.asarray(labels, np.int32).reshape(-1)
-        if (points is None) != (labels is None) or len(pts) != len(lbl):
-            raise ConfigError(f"points and labels must be given together, one label per point ({len(pts)} vs {len(lbl)})")
-        if len(pts) == 0 and box is None:
+        if points is None and box is None:
             raise ConfigError("give at least one point or a box")
-        if len(lbl) and not np.isin(lbl, (0, 1)).all():
-            raise ConfigError(f"point labels must be 1 (object) or 0 (background), got {sorted(set(lbl.tolist()))}")
-        if box is not None:
-            b = np.asarray(box, np.float32).reshape(-1)
-            if b.size != 4 or not (b[2] > b[0] and b[3] > b[1]):
-                raise ConfigError(f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {list(b)}")
-            if not clear_old:
-                raise ConfigError("a box must come before any click: use clear_old=True")
-            pts = np.concatenate([b.reshape(2, 2), pts], 0)
-            lbl = np.concatenate([np.array([2, 3], np.int32), lbl], 0)
+        pts, lbl = parse_prompt(points, labels, box)
+        if len(pts) == 0:
+            raise ConfigError("give at least one point or a box")
+        if box is not None and not clear_old:
+            raise ConfigError("a box must come before any click: use clear_old=True")
+        mem = self._object(obj_id)
         scale = np.array([self.image_size / self.video_width, self.image_size / self.video_height], np.float32)
         new = {
             "point_coords": torch.from_numpy(pts * scale)[None].to(self.device),
@@ -458,10 +488,14 @@ class StreamingSAM2:
             new = {k: torch.cat([old[k], new[k]], dim=1) for k in new}
         mem.point_inputs[frame_idx] = new
         mem.mask_inputs.pop(frame_idx, None)
-        self.prompt_log.append(
-            {"frame": frame_idx, "object": int(obj_id), "points": pts.tolist(), "labels": lbl.tolist(), "clear_old": clear_old}
-        )
-        return self._run_prompt(frame_idx, mem, point_inputs=new)
+        entry = {"frame": frame_idx, "object": int(obj_id), "points": pts.tolist(), "labels": lbl.tolist(),
+                 "clear_old": clear_old}
+        self.prompt_log.append(entry)
+        hooked = self._apply_prompt_hook(frame_idx, new)
+        if hooked is not new:
+            entry["points_after_hook"] = self._video_points(hooked["point_coords"])
+            entry["labels_after_hook"] = hooked["point_labels"][0].cpu().tolist()
+        return self._run_prompt(frame_idx, mem, point_inputs=hooked)
 
     def add_box(self, frame_idx: int, obj_id: int, box: Sequence[float]) -> FrameResult:
         return self.add_points(frame_idx, obj_id, box=box)
@@ -565,14 +599,7 @@ class StreamingSAM2:
         (interactive use: the image encoder runs once per frame, cached).
         Returns (masks (M, H, W) bool, predicted IoUs (M,), logits (M, H, W))."""
         frame_idx = self._check_frame(frame_idx)
-        pts = np.zeros((0, 2), np.float32) if points is None else np.asarray(points, np.float32).reshape(-1, 2)
-        lbl = np.zeros((0,), np.int32) if labels is None else np.asarray(labels, np.int32).reshape(-1)
-        if len(pts) != len(lbl):
-            raise ConfigError(f"one label per point: {len(pts)} points, {len(lbl)} labels")
-        if box is not None:
-            b = np.asarray(box, np.float32).reshape(2, 2)
-            pts = np.concatenate([b, pts], 0)
-            lbl = np.concatenate([np.array([2, 3], np.int32), lbl], 0)
+        pts, lbl = parse_prompt(points, labels, box)
         if len(pts) == 0 and mask is None:
             raise ConfigError("give points, a box or a mask")
         scale = np.array([self.image_size / self.video_width, self.image_size / self.video_height], np.float32)
@@ -582,36 +609,29 @@ class StreamingSAM2:
                 "point_coords": torch.from_numpy(pts * scale)[None].to(self.device),
                 "point_labels": torch.from_numpy(lbl)[None].to(self.device),
             }
+        point_inputs = self._apply_prompt_hook(frame_idx, point_inputs)
         with self._ctx():
-            vision_feats, vision_pos, feat_sizes = self._vision(frame_idx, 1)
-            high_res = [
-                x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(vision_feats[:-1], feat_sizes[:-1])
-            ]
-            pix = self.model._prepare_memory_conditioned_features(  # a frame without memory, as SAM
-                frame_idx=frame_idx,
-                is_init_cond_frame=True,
-                current_vision_feats=vision_feats[-1:],
-                current_vision_pos_embeds=vision_pos[-1:],
-                feat_sizes=feat_sizes[-1:],
-                output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
-                num_frames=self.num_frames,
-            )
             mask_in = None
             if mask is not None:
-                mask_in = torch.from_numpy(np.asarray(mask, np.float32))[None, None].to(self.device)
+                m = np.asarray(mask, np.float32)
+                if m.shape != (self.video_height, self.video_width):
+                    raise ConfigError(f"mask shape {m.shape} does not match the video frames "
+                                      f"{(self.video_height, self.video_width)}")
+                mask_in = torch.from_numpy(m)[None, None].to(self.device)
                 mask_in = F.interpolate(mask_in, size=self.model.sam_prompt_encoder.mask_input_size, mode="bilinear")
                 mask_in = mask_in * 20.0 - 10.0  # binary mask as logits
-            low_multi, _, ious, low_best, _, _, _ = self.model._forward_sam_heads(
-                backbone_features=pix,
-                point_inputs=point_inputs,
+            out = decode_masks(
+                self.model,
+                self._features(frame_idx),
+                point_coords=None if point_inputs is None else point_inputs["point_coords"],
+                point_labels=None if point_inputs is None else point_inputs["point_labels"],
                 mask_inputs=mask_in,
-                high_res_features=high_res,
                 multimask_output=multimask_output,
             )
-            low = low_multi if multimask_output else low_best
+            low = out.masks if multimask_output else out.best_masks
             logits = F.interpolate(low.float(), size=(self.video_height, self.video_width), mode="bilinear", align_corners=False)
         logits = logits[0].cpu()
-        return (logits > 0).numpy(), ious[0].float().cpu().numpy(), logits
+        return (logits > 0).numpy(), out.ious[0].float().cpu().numpy(), logits
 
     # ------------------------------------------------------------ propagation
     def _preflight(self) -> None:

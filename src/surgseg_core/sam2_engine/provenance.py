@@ -32,6 +32,9 @@ def model_identity(model) -> Dict[str, Any]:
         "checkpoint": ckpt,
         "checkpoint_sha256": sha,
         "image_size": int(getattr(model, "image_size", 0)),
+        "variant": getattr(model, "surgseg_variant", None),
+        # parameters the weights did not hold (a variant's new modules, at their init)
+        "new_parameters": list(getattr(getattr(model, "surgseg_load_report", None), "new_keys", None) or []),
     }
 
 

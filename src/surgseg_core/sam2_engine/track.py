@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import Cancelled, ConfigError, WeightsError
 from ..progress import CancelToken, ProgressCallback, check_cancel
 from .outputs import FrameResult, PngLabelWriter, Tee
+
+if TYPE_CHECKING:
+    from .session import ClickSession
 
 log = logging.getLogger(__name__)
 
@@ -137,19 +140,30 @@ def _truthy(value: Any) -> bool:
 
 
 # ------------------------------------------------------------------ models
-def resolve_model_choice(model: str, checkpoint: Optional[Union[str, os.PathLike]] = None) -> Tuple[str, Optional[str]]:
-    """(config, checkpoint) from a config name/path, an official checkpoint
-    name (its architecture; weights only with ``checkpoint``) or the name of
-    registered fine-tuned weights (its config, and those weights)."""
+class ModelChoice(NamedTuple):
+    """What a model name stands for: the SAM2 config, the weights (None:
+    random init) and the registered model variant (None: plain SAM2)."""
+
+    config: str
+    checkpoint: Optional[str]
+    variant: Optional[str] = None
+
+
+def resolve_model_choice(model: str, checkpoint: Optional[Union[str, os.PathLike]] = None) -> ModelChoice:
+    """(config, checkpoint, variant) from a config name/path, an official
+    checkpoint name (its architecture; weights only with ``checkpoint``) or
+    the name of registered fine-tuned weights (its config, variant and
+    those weights: the registry records them, so the name alone builds the
+    right model)."""
     from ..weights import OFFICIAL, get_entry
     from .build import config_path
 
     name = str(model)
     if name in OFFICIAL:
-        return name, None if checkpoint is None else str(checkpoint)
+        return ModelChoice(name, None if checkpoint is None else str(checkpoint))
     try:
         config_path(name)
-        return name, None if checkpoint is None else str(checkpoint)
+        return ModelChoice(name, None if checkpoint is None else str(checkpoint))
     except ConfigError:
         pass
     entry = get_entry(name)
@@ -160,12 +174,12 @@ def resolve_model_choice(model: str, checkpoint: Optional[Union[str, os.PathLike
             f"unknown SAM2 model {name!r}: give a config ({', '.join(available_configs())}), an official "
             f"checkpoint name ({', '.join(OFFICIAL)}) or registered weights (see 'surgseg weights list')"
         )
-    if entry.method != "sam2":
+    if entry.method != "sam2" and entry.variant is None:
         raise WeightsError(f"registered weights {name!r} are for method {entry.method!r}, not SAM2 tracking")
     config = entry.config or (OFFICIAL[entry.base].config if entry.base in OFFICIAL else None)
     if config is None:
         raise WeightsError(f"registered weights {name!r} record no SAM2 config (nor an official base); re-register them with one")
-    return config, str(checkpoint) if checkpoint is not None else entry.name
+    return ModelChoice(config, str(checkpoint) if checkpoint is not None else entry.name, entry.variant)
 
 
 def load_tracking_model(model: str, checkpoint: Optional[Union[str, os.PathLike]] = None, *,
@@ -175,8 +189,9 @@ def load_tracking_model(model: str, checkpoint: Optional[Union[str, os.PathLike]
     build it once and pass it in."""
     from .build import build_model
 
-    config, ckpt = resolve_model_choice(str(model), checkpoint)
-    return build_model(config, ckpt, device=device, image_size=image_size, seed=seed)
+    choice = resolve_model_choice(str(model), checkpoint)
+    return build_model(choice.config, choice.checkpoint, variant=choice.variant, device=device,
+                       image_size=image_size, seed=seed)
 
 
 def resolve_net(model: Any, checkpoint: Optional[Union[str, os.PathLike]] = None, *, device: Optional[str] = None,
@@ -190,9 +205,9 @@ def resolve_net(model: Any, checkpoint: Optional[Union[str, os.PathLike]] = None
             raise ConfigError("give either a built model or a checkpoint to load, not both")
         net = model
         if device is not None:
-            from .device import pick_device
+            from ..device import resolve_device
 
-            net.to(pick_device(device))
+            net.to(resolve_device(device))
     return net, getattr(net, "surgseg_checkpoint", None) is None
 
 
@@ -311,3 +326,48 @@ def track_video(
     finally:
         if close is not None:
             close()
+
+
+# ------------------------------------------------------------------ clicks
+def preview_frame(
+    frames: Any,
+    prompts: Sequence[Mapping[str, Any]],
+    frame: int,
+    *,
+    model: Any,
+    session: Optional["ClickSession"] = None,
+    sink: Optional[Callable[[FrameResult], None]] = None,
+    cancel: Optional[CancelToken] = None,
+) -> Dict[str, Any]:
+    """Segment one frame from its own prompts (no tracking): the widget's
+    preview. ``model``: a built model (``load_tracking_model``);
+    ``session``: a ``ClickSession`` kept by the caller, so later previews of
+    an already encoded frame skip the image encoder (a new one is used when
+    None). Returns the same summary as ``track_video`` (one frame)."""
+    from .session import ClickSession
+
+    session = session if session is not None else ClickSession()
+    n = len(frames)
+    norm = [p for p in normalize_prompts(prompts, n) if p["frame"] == int(frame)]
+    if not norm:
+        raise ConfigError(f"no prompts on frame {frame}")
+    result = session.segment_frame(frames, model, int(frame), norm, cancel=cancel)
+    if sink is not None:
+        sink(result)
+    engine = session.engine(frames, model)
+    random_weights = getattr(model, "surgseg_checkpoint", None) is None
+    prov = engine.provenance()
+    prov["random_weights"] = random_weights
+    if random_weights:
+        prov["warning"] = RANDOM_WEIGHTS_WARNING
+    prov["tracking"] = {"direction": "none", "frame_range": [int(frame), int(frame)], "frames_written": 1,
+                        "status": "completed", "preview": True}
+    return {
+        "frames_written": 1,
+        "obj_ids": list(result.obj_ids),
+        "direction": "none",
+        "frame_range": [int(frame), int(frame)],
+        "out_dir": None,
+        "random_weights": random_weights,
+        "provenance": prov,
+    }

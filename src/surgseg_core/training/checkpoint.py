@@ -8,16 +8,19 @@ refuses numpy arrays and arbitrary objects.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from ..atomic import atomic_path
-from ..errors import WeightsError
+from ..weights.state_dict import load_state_into, read_checkpoint, state_dict_of
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
@@ -77,64 +80,46 @@ def save_checkpoint(path: PathLike, checkpoint: Mapping[str, Any]) -> Path:
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; clear WeightsError on a bad file."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle errors, truncated zip, wrong format
-        raise WeightsError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(ckpt, dict):
-        raise WeightsError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+    """Load a checkpoint with ``weights_only=True`` (the shared reader:
+    clear WeightsError on a bad file); tensors are moved to ``map_location``."""
+    ckpt = read_checkpoint(path)
+    if str(map_location) != "cpu":
+        ckpt = _to(ckpt, map_location)
     return ckpt
 
 
-def _state_dict_from(ckpt: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
-    if "model" in ckpt and isinstance(ckpt["model"], Mapping):
-        return ckpt["model"]
-    # Plain state dicts (torch.save(model.state_dict())) are accepted too.
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt
-    raise WeightsError(f"checkpoint {path} has no 'model' state dict (keys: {', '.join(map(str, list(ckpt)[:8]))})")
+def _to(obj: Any, device: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
 
 
 def load_model_weights(
-    path: PathLike, model: torch.nn.Module, *, strict: bool = True, ckpt: Optional[Dict[str, Any]] = None
+    path: PathLike,
+    model: torch.nn.Module,
+    *,
+    missing_ok: Sequence[str] = (),
+    ckpt: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """Load ``ckpt["model"]`` (or a plain state dict) into ``model``.
+    """Load ``ckpt["model"]`` (or a plain state dict) into ``model``, exactly:
+    missing, unexpected and wrongly shaped keys raise WeightsError naming
+    them, except missing keys matching ``missing_ok`` (globs or module
+    prefixes: parameters the model adds), which are logged as new.
 
     ``ckpt``: the already loaded contents of ``path`` (saves reading a large
-    checkpoint twice). Raises WeightsError naming missing/unexpected keys and
-    shape mismatches. Returns the checkpoint dict (for its config/metrics).
+    checkpoint twice). Returns the checkpoint dict (for its config/metrics).
     """
     path = Path(path)
     if ckpt is None:
         ckpt = load_checkpoint(path)
-    state = dict(_state_dict_from(ckpt, path))
-    # Weights saved from a DDP-wrapped model carry a "module." prefix.
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    own = model.state_dict()
-    bad_shapes = [
-        f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    problems = []
-    if bad_shapes:
-        problems.append("shape mismatch: " + "; ".join(bad_shapes[:5]) + (" ..." if len(bad_shapes) > 5 else ""))
-    if strict and missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:5])})")
-    if strict and unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:5])})")
-    if problems:
-        method = ckpt.get("method")
-        hint = f" (checkpoint was saved by method {method!r})" if method else ""
-        raise WeightsError(f"weights in {path} do not fit this model{hint}: " + "; ".join(problems))
-    if not strict:
-        state = {k: v for k, v in state.items() if k in own}
-    model.load_state_dict(state, strict=strict)
+    method = ckpt.get("method")
+    hint = f" (checkpoint was saved by method {method!r})" if isinstance(method, str) else ""
+    report = load_state_into(model, state_dict_of(ckpt, path), missing_ok=missing_ok,
+                             target=f"this model{hint}", source=path)
+    if report.new_keys:
+        log.warning("%s", report)
     return ckpt

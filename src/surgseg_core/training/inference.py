@@ -16,7 +16,9 @@ from ..progress import CancelToken, ProgressCallback
 from .checkpoint import load_checkpoint, load_model_weights
 from .distributed import DistInfo, env_world
 from .method import MethodSpec, get_method
-from .trainer import _safe_len, _validate, resolve_config, resolve_device, resolve_dtype
+from ..device import resolve_device
+from ..device import resolve_precision as resolve_dtype
+from .trainer import _safe_len, _validate, resolve_config
 
 PathLike = Union[str, os.PathLike]
 
@@ -30,17 +32,35 @@ def load_trained_model(
     """``(spec, model in eval mode on device, config, device)``; the config
     is the checkpoint's training config with ``config`` on top."""
     spec = get_method(method) if isinstance(method, str) else method
+    checkpoint, registered = _resolve_checkpoint(checkpoint, spec.name)
     ckpt = load_checkpoint(checkpoint)
     saved_by = ckpt.get("method")
     if saved_by not in (None, spec.name):
         raise ConfigError(f"checkpoint {checkpoint} was trained with method {saved_by!r}, not {spec.name!r}")
-    cfg = resolve_config(spec, merge_config(ckpt.get("config"), config, {"device": device} if device else None))
+    cfg = resolve_config(spec, merge_config(ckpt.get("config"), registered, config,
+                                            {"device": device} if device else None))
     cfg["checkpoint"] = str(checkpoint)  # provenance of everything predicted with it
     model = spec.build_model(cfg)
     load_model_weights(checkpoint, model, ckpt=ckpt)
     dev = resolve_device(cfg["device"], env_world().local_rank)
     model.to(dev).eval()
     return spec, model, cfg, dev
+
+
+def _resolve_checkpoint(checkpoint: PathLike, method: str) -> Tuple[Path, Optional[Dict[str, Any]]]:
+    """A checkpoint path, or weights registered under that name (then their
+    method must be ``method``; their SAM2 variant goes into the config)."""
+    path = Path(checkpoint)
+    if path.is_file():
+        return path, None
+    from ..weights import get_entry, resolve_weights
+
+    entry = get_entry(str(checkpoint))
+    if entry is None:
+        return path, None  # load_checkpoint names the missing file
+    if entry.method != method:
+        raise ConfigError(f"registered weights {entry.name!r} are for method {entry.method!r}, not {method!r}")
+    return resolve_weights(entry.name), ({"variant": entry.variant} if entry.variant else None)
 
 
 def evaluate_checkpoint(

@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import __version__
 from ..config import merge_config, plain_config, save_config
+from ..device import resolve_device
+from ..device import resolve_precision as resolve_dtype
 from ..errors import Cancelled, ConfigError, DatasetError, TrainingError, WeightsError
 from ..progress import CancelToken, ProgressCallback, report
 from .checkpoint import capture_rng_state, load_checkpoint, load_model_weights, restore_rng_state, save_checkpoint
@@ -60,6 +62,7 @@ TRAINER_DEFAULTS: Dict[str, Any] = {
     "monitor_mode": None,  # default: MethodSpec.monitor_mode
     "log_every": 0,  # >0: a metrics.jsonl line every N optimizer steps
     "init_weights": None,  # checkpoint to start from (fine-tuning)
+    "init_missing_ok": [],  # parameters init_weights may lack (new modules): globs / module prefixes
     "ddp_find_unused_parameters": False,
 }
 
@@ -77,41 +80,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------- helpers
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    name = str(name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' requested but no CUDA GPU is available (use --device cpu)")
-        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
-    if name == "mps":
-        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise ConfigError("device 'mps' requested but Apple MPS is not available (use --device cpu)")
-        return torch.device("mps")
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ConfigError(f"device must be auto, cpu, cuda or mps, got {name!r}")
-
-
-def resolve_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype: bf16 on CUDA (when supported), none (fp32) elsewhere."""
-    p = str(precision or "auto").lower()
-    if p == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    if p in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    if p in ("fp32", "float32", "32"):
-        return None
-    raise ConfigError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -300,7 +268,7 @@ def _train_loop(
     # --- model and optimiser
     model = spec.build_model(cfg)
     if cfg.get("init_weights") and resume_ckpt is None:
-        load_model_weights(_resolve_weights(cfg["init_weights"]), model, strict=bool(cfg.get("init_strict", True)))
+        load_model_weights(_resolve_weights(cfg["init_weights"]), model, missing_ok=list(cfg.get("init_missing_ok") or ()))
     model.to(device)
     method_groups = spec.param_groups(model, cfg) if spec.param_groups else None
     groups = build_param_groups(model, cfg, method_groups, layer_id=getattr(spec, "layer_id", None))

@@ -2,9 +2,12 @@
 
 ``register_checkpoint`` (trainers), ``list_weights``, ``resolve_weights``,
 ``import_checkpoint``, ``download_weights``, ``verify_weights``; the
-``surgseg weights`` command uses exactly these.
+``surgseg weights`` command uses exactly these. ``state_dict``: the one
+checkpoint reader and key checker; ``hashing.sha256_file``: the one hash.
 """
+from .hashing import sha256_file
 from .official import OFFICIAL, OfficialCheckpoint
+from .state_dict import LoadReport, check_state_keys, load_state_into, read_checkpoint, read_state_dict
 from .store import (
     ENV_DIR,
     VerifyResult,
@@ -21,6 +24,12 @@ from .store import (
 
 __all__ = [
     "ENV_DIR",
+    "LoadReport",
+    "check_state_keys",
+    "load_state_into",
+    "read_checkpoint",
+    "read_state_dict",
+    "sha256_file",
     "OFFICIAL",
     "OfficialCheckpoint",
     "VerifyResult",

@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Optional, Union
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import WeightsError
 from .hashing import sha256_file
-from .official import OFFICIAL, OfficialCheckpoint
+from .official import OFFICIAL, OfficialCheckpoint, official_with_arch, state_arch
+from .state_dict import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class WeightsEntry:
     path: str  # absolute path of the file
     sha256: Optional[str]
     method: str = "sam2"  # method that can load it (sam2, f2paseg, rpsam2, ...)
+    variant: Optional[str] = None  # registered SAM2 model variant it was saved from (None: plain SAM2)
     config: Optional[str] = None  # SAM2 config for SAM2-family weights
     base: Optional[str] = None  # what it was fine-tuned from
     source: str = "custom"  # "official" or "custom"
@@ -109,17 +111,25 @@ def _official_entry(ck: OfficialCheckpoint, folder: Path, recorded: Optional[dic
     return entry
 
 
-def list_weights(method: Optional[str] = None, *, weights_dir_override: Optional[PathLike] = None) -> List[WeightsEntry]:
-    """Official checkpoints (present or not) and registered custom ones."""
+_ANY = object()
+
+
+def list_weights(method: Optional[str] = None, *, variant: Any = _ANY,
+                 weights_dir_override: Optional[PathLike] = None) -> List[WeightsEntry]:
+    """Official checkpoints (present or not) and registered custom ones;
+    ``method`` / ``variant`` (None: plain SAM2) keep only those."""
     folder = weights_dir(weights_dir_override)
     recorded = _read_registry(folder)
     entries = [_official_entry(ck, folder, recorded.get(ck.name)) for ck in OFFICIAL.values()]
     for name, data in sorted(recorded.items()):
         if name in OFFICIAL:
             continue
-        entries.append(WeightsEntry(**data))
+        known = {f for f in WeightsEntry.__dataclass_fields__}
+        entries.append(WeightsEntry(**{k: v for k, v in data.items() if k in known}))
     if method is not None:
         entries = [e for e in entries if e.method == method]
+    if variant is not _ANY:
+        entries = [e for e in entries if e.variant == variant]
     return entries
 
 
@@ -161,15 +171,39 @@ def resolve_weights(name_or_path: PathLike, *, weights_dir_override: Optional[Pa
     return entry.file
 
 
+def diagnose_official_mismatch(ck: OfficialCheckpoint, path: Path) -> str:
+    """Why a file is not ``ck``: unreadable (damaged), not SAM2 or another
+    SAM2 model (wrong file), or the right model with other bytes (damaged or
+    modified copy, e.g. fine-tuned weights)."""
+    try:
+        state = read_state_dict(path)
+    except WeightsError:
+        return "the file cannot be read as a checkpoint: it is damaged or incomplete (download it again)"
+    arch = state_arch(state)
+    if arch is None:
+        heads = sorted({k.split(".", 1)[0] for k in state})
+        return (f"wrong file: it is not a SAM2 checkpoint (its weights are {', '.join(heads[:5])}"
+                f"{' ...' if len(heads) > 5 else ''})")
+    if ck.arch is not None and arch != ck.arch:
+        others = official_with_arch(arch)
+        what = f"that of {' / '.join(others)}" if others else "none of the official checkpoints'"
+        return (f"wrong file: a SAM2 checkpoint of another model (Hiera width {arch[0]}, {arch[1]} blocks, "
+                f"SAM {'2.1' if arch[2] else '2'}: {what}; {ck.name} has width {ck.arch[0]}, {ck.arch[1]} blocks)")
+    return (f"it has the keys of {ck.name} but other bytes: a damaged or modified copy (download it again; "
+            f"fine-tuned weights go in under their own name: 'surgseg weights import PATH --name NAME')")
+
+
 def _check_official_file(ck: OfficialCheckpoint, path: Path, recorded_sha: Optional[str]) -> str:
-    """Hash (known or recorded) or, when unknown, size + architecture keys."""
+    """The file's sha256 if it is ``ck``: the published hash when there is
+    one, else the one recorded on first import, else (first import of a
+    checkpoint without a published hash) size and architecture."""
     digest = sha256_file(path)
-    expected = ck.sha256 or recorded_sha
+    expected, whose = (ck.sha256, "published") if ck.sha256 else (recorded_sha, "recorded on first import")
     if expected is not None:
         if digest != expected:
             raise WeightsError(
-                f"{path} is not the official {ck.name} checkpoint: sha256 {digest} != expected {expected} "
-                "(corrupt or different file)"
+                f"{path} is not the official {ck.name} checkpoint: sha256 {digest} != {whose} {expected}; "
+                + diagnose_official_mismatch(ck, path)
             )
         return digest
     size_mb = path.stat().st_size / 1e6
@@ -178,9 +212,12 @@ def _check_official_file(ck: OfficialCheckpoint, path: Path, recorded_sha: Optio
             f"{path} is {size_mb:.1f} MB but the official {ck.name} checkpoint is about {ck.approx_mb:.0f} MB "
             "(incomplete download or a different file)"
         )
-    from ..sam2_engine.build import check_state_keys, load_state_dict_file, model_state_keys
-
-    check_state_keys(load_state_dict_file(path), model_state_keys(ck.config), config=ck.config, source=str(path))
+    try:
+        arch = state_arch(read_state_dict(path))
+    except WeightsError as exc:
+        raise WeightsError(f"{path} is not the official {ck.name} checkpoint: {exc}") from exc
+    if arch is None or (ck.arch is not None and arch != ck.arch):
+        raise WeightsError(f"{path} is not the official {ck.name} checkpoint: " + diagnose_official_mismatch(ck, path))
     log.warning("no published sha256 for %s: recorded %s from this copy (trust on first use)", ck.name, digest)
     return digest
 
@@ -196,6 +233,7 @@ def import_checkpoint(
     *,
     name: Optional[str] = None,
     method: Optional[str] = None,
+    variant: Optional[str] = None,
     base: Optional[str] = None,
     metrics: Optional[Dict[str, Any]] = None,
     weights_dir_override: Optional[PathLike] = None,
@@ -227,7 +265,8 @@ def import_checkpoint(
     with atomic_path(target) as tmp:
         shutil.copyfile(src, tmp)
     return register_checkpoint(
-        target, name=name, method=method, base=base, metrics=metrics, weights_dir_override=weights_dir_override
+        target, name=name, method=method, base=base, metrics=metrics, variant=variant,
+        weights_dir_override=weights_dir_override,
     )
 
 
@@ -239,13 +278,17 @@ def register_checkpoint(
     metrics: Optional[Dict[str, Any]] = None,
     *,
     config: Optional[str] = None,
+    variant: Optional[str] = None,
     weights_dir_override: Optional[PathLike] = None,
 ) -> WeightsEntry:
     """Register a (fine-tuned) checkpoint where it is, with its own sha256.
 
-    Called by the trainers after training. ``base``: the weights it was
-    fine-tuned from (an official name gives the SAM2 config). Re-registering
-    a name replaces its entry. Official names are reserved.
+    Called by the trainers after training. ``method``: the method that uses
+    it; ``variant``: the SAM2 model variant its weights belong to (see
+    ``sam2_engine.variants``), so a name alone builds the right model;
+    ``base``: the weights it was fine-tuned from (an official name gives the
+    SAM2 config). Re-registering a name replaces its entry. Official names
+    are reserved.
     """
     file = Path(path)
     if not file.is_file():
@@ -262,6 +305,7 @@ def register_checkpoint(
         path=str(file.resolve()),
         sha256=sha256_file(file),
         method=method or "sam2",
+        variant=variant,
         config=config,
         base=base,
         source="custom",
@@ -322,19 +366,19 @@ def download_weights(
     folder = weights_dir(weights_dir_override)
     folder.mkdir(parents=True, exist_ok=True)
     recorded = _read_registry(folder).get(name, {})
-    known = ck.sha256 or recorded.get("sha256")
+    known = recorded.get("sha256")
     source = url or ck.url
     partial = folder / f".download-{ck.filename}"
     try:
+        # hash checked below by _check_official_file (published or recorded
+        # hash, with the diagnosis of a mismatch), before the file is used
         fetched = pooch.retrieve(
             source,
-            known_hash=f"sha256:{known}" if known else None,
+            known_hash=None,
             fname=partial.name,
             path=folder,
             progressbar=progressbar,
         )
-    except ValueError as exc:  # pooch: hash mismatch
-        raise WeightsError(f"download of {name} from {source} failed its hash check: {exc}") from exc
     except Exception as exc:  # network errors of any kind
         raise WeightsError(
             f"cannot download {ck.filename} from {source} ({type(exc).__name__}: {exc}). "

@@ -1,0 +1,96 @@
+"""Device and precision choice, shared by the SAM2 engine, the trainer and
+every widget: CUDA > MPS > CPU; bf16 autocast on CUDA (when the GPU has
+bf16), plain float32 elsewhere; TF32 matmuls on Ampere+."""
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager, Optional, Union
+
+import torch
+
+from .errors import ConfigError
+
+DeviceLike = Optional[Union[str, torch.device]]
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def available_devices() -> list:
+    """Names a user can choose: "auto", "cpu", then "cuda" / "mps" when present."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names.append("cuda")
+    if _mps_available():
+        names.append("mps")
+    return names
+
+
+def resolve_device(prefer: DeviceLike = None, local_rank: int = 0) -> torch.device:
+    """``prefer`` ("cpu", "cuda", "cuda:1", "mps", a torch.device) or, when
+    None / "auto", the best available; plain "cuda" means this rank's GPU."""
+    if isinstance(prefer, torch.device):
+        prefer = str(prefer)
+    name = str(prefer or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device must be auto, cpu, cuda[:N] or mps, got {prefer!r}") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {prefer!r} requested but no CUDA GPU is available on this machine (use cpu)")
+        return torch.device("cuda", local_rank) if device.index is None else device
+    if device.type == "mps":
+        if not _mps_available():
+            raise ConfigError(f"device {prefer!r} requested but Apple MPS is not available on this machine (use cpu)")
+        return device
+    if device.type == "cpu":
+        return device
+    raise ConfigError(f"device must be auto, cpu, cuda[:N] or mps, got {prefer!r}")
+
+
+def resolve_precision(precision: Optional[Union[str, bool]], device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype for ``precision`` ("auto" | "bf16" | "fp32"; True /
+    False / None as the engine's ``use_autocast``): bf16 on a CUDA GPU that
+    has it, None (float32) elsewhere: CPU bf16 is slow on most CPUs and MPS
+    autocast is incomplete."""
+    if precision is None:
+        precision = "auto"
+    elif precision is True:
+        precision = "bf16"
+    elif precision is False:
+        precision = "fp32"
+    p = str(precision).lower()
+    if p == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    if p in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    if p in ("fp32", "float32", "32"):
+        return None
+    raise ConfigError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+
+
+def autocast(device: torch.device, precision: Union[None, bool, str, torch.dtype] = None) -> ContextManager:
+    """``torch.autocast`` for ``precision`` (a dtype, or what
+    ``resolve_precision`` takes; None = auto) on ``device``; nothing when the
+    result is float32."""
+    dtype = precision if isinstance(precision, torch.dtype) else resolve_precision(precision, device)
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def enable_fast_math(device: torch.device) -> None:
+    """TF32 matmuls on Ampere+ GPUs (what SAM2's own demos enable)."""
+    if device.type == "cuda" and torch.cuda.get_device_properties(device).major >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

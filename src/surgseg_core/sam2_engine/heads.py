@@ -1,0 +1,213 @@
+"""SAM2's image path as two functions, with or without gradients: encode
+images into frame features, and run the prompt encoder + mask decoder on
+given features with points / boxes / masks. Both call SAM2's own modules
+(``forward_image``, ``_prepare_memory_conditioned_features``,
+``_forward_sam_heads``), so masks equal what SAM2 computes on a frame
+without memory; the streaming engine, the click session and training code
+(RP-SAM2's shift block, F2PASeg's decoder) share them.
+
+    feats = encode_frames(model, images)                  # (B, 3, S, S) preprocessed
+    out = decode_masks(model, feats, point_coords=pts, point_labels=lbl, multimask_output=True)
+    out.masks                                             # (N, 3, S/4, S/4) logits
+
+Gradients flow when the caller has them enabled (no ``no_grad`` inside);
+inference callers wrap the calls in ``torch.inference_mode()``.
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+
+class FrameFeatures(NamedTuple):
+    """A batch of encoded frames: SAM2's ``forward_image`` output.
+
+    ``backbone_fpn``: FPN levels, finest first, each (B, C_l, H_l, W_l); the
+    finest two already projected by the mask decoder's ``conv_s0``/``conv_s1``
+    (when the model uses high-resolution features), as SAM2 caches them.
+    ``vision_pos_enc``: their positional encodings (the same for every frame).
+    """
+
+    backbone_fpn: List[torch.Tensor]
+    vision_pos_enc: List[torch.Tensor]
+
+    @property
+    def batch(self) -> int:
+        return int(self.backbone_fpn[-1].shape[0])
+
+    @property
+    def image_embed(self) -> torch.Tensor:
+        """The coarsest level (B, C, S/16, S/16): what the decoder attends to."""
+        return self.backbone_fpn[-1]
+
+    def expand(self, n: int) -> "FrameFeatures":
+        """The same features for ``n`` prompts (a view when the batch is 1)."""
+        if self.batch == n:
+            return self
+        if self.batch != 1:
+            raise ConfigError(f"features of {self.batch} frames cannot serve {n} prompts (give 1 frame or {n})")
+        return FrameFeatures(
+            [f.expand(n, -1, -1, -1) for f in self.backbone_fpn],
+            [p.expand(n, -1, -1, -1) for p in self.vision_pos_enc],
+        )
+
+
+class HeadOutput(NamedTuple):
+    """Prompt encoder + mask decoder outputs for N prompts.
+
+    ``masks``: (N, M, S/4, S/4) low-resolution mask logits (M = 3 with
+    multimask output, else 1), SAM2's NO_OBJ_SCORE where the object score
+    says absent; ``ious``: (N, M) predicted IoUs; ``best_masks``: (N, 1, ...)
+    the mask with the highest predicted IoU; ``object_score_logits``: (N, 1);
+    ``obj_ptr``: (N, C) the object pointer SAM2's memory uses."""
+
+    masks: torch.Tensor
+    ious: torch.Tensor
+    best_masks: torch.Tensor
+    object_score_logits: torch.Tensor
+    obj_ptr: torch.Tensor
+
+
+def encode_frames(model, images: torch.Tensor) -> FrameFeatures:
+    """(B, 3, S, S) preprocessed images (``preprocess_frame``) -> features."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ConfigError(f"images must be (B, 3, S, S), got {tuple(images.shape)}")
+    out = model.forward_image(images)
+    return FrameFeatures(list(out["backbone_fpn"]), list(out["vision_pos_enc"]))
+
+
+def flat_features(model, feats: FrameFeatures, batch: Optional[int] = None):
+    """(vision_feats, vision_pos, feat_sizes) as SAM2's ``track_step`` takes
+    them (``_prepare_backbone_features``), for ``batch`` objects."""
+    if batch is not None:
+        feats = feats.expand(batch)
+    backbone_out = {"backbone_fpn": list(feats.backbone_fpn), "vision_pos_enc": list(feats.vision_pos_enc)}
+    _, vision_feats, vision_pos, feat_sizes = model._prepare_backbone_features(backbone_out)
+    return vision_feats, vision_pos, feat_sizes
+
+
+def _high_res(model, feats: FrameFeatures) -> Optional[List[torch.Tensor]]:
+    # the levels below the coarsest that SAM2 feeds its decoder (as _track_step)
+    levels = feats.backbone_fpn[-model.num_feature_levels:]
+    return list(levels[:-1]) if len(levels) > 1 else None
+
+
+def no_memory_embedding(model, feats: FrameFeatures) -> torch.Tensor:
+    """(B, C, h, w) features of frames seen without memory, exactly as SAM2
+    prepares an initial conditioning frame (adds ``no_mem_embed``)."""
+    vision_feats, vision_pos, feat_sizes = flat_features(model, feats)
+    return model._prepare_memory_conditioned_features(
+        frame_idx=0,
+        is_init_cond_frame=True,
+        current_vision_feats=vision_feats[-1:],
+        current_vision_pos_embeds=vision_pos[-1:],
+        feat_sizes=feat_sizes[-1:],
+        output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+        num_frames=1,
+    )
+
+
+def box_points(boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(N, 4) boxes x0, y0, x1, y1 -> SAM's two corner points (N, 2, 2) with labels 2, 3."""
+    coords = boxes.reshape(-1, 2, 2)
+    labels = torch.tensor([2, 3], dtype=torch.int32, device=boxes.device).expand(coords.shape[0], 2)
+    return coords, labels
+
+
+def decode_masks(
+    model,
+    feats: FrameFeatures,
+    *,
+    point_coords: Optional[torch.Tensor] = None,
+    point_labels: Optional[torch.Tensor] = None,
+    boxes: Optional[torch.Tensor] = None,
+    mask_inputs: Optional[torch.Tensor] = None,
+    multimask_output: bool = False,
+    image_embed: Optional[torch.Tensor] = None,
+) -> HeadOutput:
+    """SAM2's prompt encoder + mask decoder on ``feats`` for N prompts.
+
+    ``point_coords`` (N, P, 2) x, y in model pixels (0..image_size),
+    ``point_labels`` (N, P): 1 object, 0 background, -1 padding (2 / 3 box
+    corners); ``boxes`` (N, 4) in model pixels, placed before the points as
+    SAM does; ``mask_inputs`` (N, 1, H, W) mask logits (e.g. a previous
+    prediction; resized by SAM2). ``feats`` holds 1 frame (shared by all
+    prompts) or N. ``image_embed``: the frame's no-memory embedding if the
+    caller keeps it (else computed, see ``no_memory_embedding``).
+    """
+    coords, labels = point_coords, point_labels
+    if (coords is None) != (labels is None):
+        raise ConfigError("point_coords and point_labels go together")
+    sizes = {t.shape[0] for t in (coords, boxes, mask_inputs) if t is not None}
+    if not sizes:
+        raise ConfigError("give points, boxes or mask inputs")
+    if len(sizes) > 1:
+        raise ConfigError(f"prompts of different batch sizes: {sorted(sizes)}")
+    (n,) = sizes
+    if boxes is not None:
+        bc, bl = box_points(boxes)
+        coords = bc if coords is None else torch.cat([bc, coords], 1)
+        labels = bl if labels is None else torch.cat([bl, labels.to(torch.int32)], 1)
+    if coords is not None and (coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]):
+        raise ConfigError(f"points must be (N, P, 2) with labels (N, P), got {tuple(coords.shape)} / {tuple(labels.shape)}")
+    if image_embed is None:
+        image_embed = no_memory_embedding(model, feats if feats.batch == n else feats.expand(1))
+    if image_embed.shape[0] != n:
+        image_embed = image_embed.expand(n, -1, -1, -1)
+    high_res = _high_res(model, feats.expand(n))
+    point_inputs = None if coords is None else {"point_coords": coords, "point_labels": labels.to(torch.int32)}
+    low_multi, _, ious, low_best, _, obj_ptr, obj_scores = model._forward_sam_heads(
+        backbone_features=image_embed,
+        point_inputs=point_inputs,
+        mask_inputs=mask_inputs,
+        high_res_features=high_res,
+        multimask_output=multimask_output,
+    )
+    return HeadOutput(masks=low_multi, ious=ious, best_masks=low_best, object_score_logits=obj_scores, obj_ptr=obj_ptr)
+
+
+def parse_prompt(
+    points: Optional[Sequence[Sequence[float]]] = None,
+    labels: Optional[Sequence[int]] = None,
+    box: Optional[Sequence[float]] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Clicks and/or a box -> (P, 2) float32 points (box corners first, as
+    SAM) and (P,) int32 labels (1 object, 0 background, 2 / 3 box corners);
+    ConfigError on anything malformed. The one prompt parser of the engine."""
+    pts = np.zeros((0, 2), np.float32) if points is None else np.asarray(points, np.float32).reshape(-1, 2)
+    lbl = np.zeros((0,), np.int32) if labels is None else np.asarray(labels, np.int32).reshape(-1)
+    if (points is None) != (labels is None) or len(pts) != len(lbl):
+        raise ConfigError(f"points and labels must be given together, one label per point ({len(pts)} vs {len(lbl)})")
+    if len(lbl) and not np.isin(lbl, (0, 1)).all():
+        raise ConfigError(f"point labels must be 1 (object) or 0 (background), got {sorted(set(lbl.tolist()))}")
+    if not np.all(np.isfinite(pts)):
+        raise ConfigError("point coordinates contain NaN or infinity")
+    if box is not None:
+        b = np.asarray(box, np.float32).reshape(-1)
+        if b.size != 4 or not np.all(np.isfinite(b)) or not (b[2] > b[0] and b[3] > b[1]):
+            raise ConfigError(f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {b.tolist()}")
+        pts = np.concatenate([b.reshape(2, 2), pts], 0)
+        lbl = np.concatenate([np.array([2, 3], np.int32), lbl], 0)
+    return pts, lbl
+
+
+def prompt_points(
+    points: Optional[Sequence[Sequence[float]]] = None,
+    labels: Optional[Sequence[int]] = None,
+    box: Optional[Sequence[float]] = None,
+    *,
+    scale: Tuple[float, float] = (1.0, 1.0),
+    device: Optional[torch.device] = None,
+) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """``parse_prompt`` then (1, P, 2) model-pixel coordinates (``scale``:
+    model pixels per input pixel in x, y) and (1, P) labels; None without
+    points or box."""
+    pts, lbl = parse_prompt(points, labels, box)
+    if not len(pts):
+        return None
+    coords = torch.from_numpy(pts * np.asarray(scale, np.float32))[None].to(device)
+    return coords, torch.from_numpy(lbl)[None].to(device)

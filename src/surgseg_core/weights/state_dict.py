@@ -1,0 +1,144 @@
+"""Reading checkpoints and fitting their state dicts to models: the one
+reader (safetensors or ``torch.load(weights_only=True)``) and the one key
+checker, used by the SAM2 builder, the trainer and the weights cache.
+
+Loading is exact: every parameter of the model must come from the file,
+with its shape, and the file may hold nothing else; the only exception is a
+list of key patterns the caller declares as new (a model variant's added
+modules), and the keys that were missing because of it are reported.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+
+import torch
+
+from ..errors import WeightsError
+
+PathLike = Union[str, os.PathLike]
+Shape = Tuple[int, ...]
+
+
+def read_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """The contents of a checkpoint file (a dict): safetensors, or
+    ``torch.load(weights_only=True)``, which refuses pickled objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            data = load_file(str(path), device="cpu")
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle refusals, truncated zip, wrong format
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise WeightsError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {first} "
+            "(is it a complete .pt/.safetensors file? re-download or re-import it)"
+        ) from exc
+    if not isinstance(data, dict):
+        raise WeightsError(f"checkpoint {path} holds a {type(data).__name__}, expected a dict")
+    return data
+
+
+def state_dict_of(ckpt: Mapping[str, Any], source: Any = "checkpoint") -> Dict[str, torch.Tensor]:
+    """The model weights of a checkpoint: under ``"model"`` (SAM2's and our
+    trainer's format) or the dict itself; a DDP ``module.`` prefix is removed."""
+    state = ckpt["model"] if isinstance(ckpt.get("model"), Mapping) else ckpt
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = ", ".join(map(str, list(ckpt)[:8]))
+        raise WeightsError(
+            f"checkpoint {source} holds no state dict of tensors (expected a dict of tensors or one under 'model'; "
+            f"keys: {keys})"
+        )
+    state = dict(state)
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
+    """``state_dict_of(read_checkpoint(path))``."""
+    return state_dict_of(read_checkpoint(path), path)
+
+
+def _matches(key: str, patterns: Sequence[str]) -> bool:
+    # a pattern is a glob ("sam_mask_decoder.fusion.*") or a module prefix ("sam_mask_decoder.fusion")
+    return any(fnmatch.fnmatchcase(key, p) or key.startswith(p.rstrip(".") + ".") or key == p for p in patterns)
+
+
+def _first(items: List[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (" ..." if len(items) > n else "")
+
+
+def check_state_keys(
+    state: Mapping[str, Any],
+    expected: Mapping[str, Shape],
+    *,
+    missing_ok: Sequence[str] = (),
+    target: str = "this model",
+    source: Any = "checkpoint",
+) -> List[str]:
+    """Compare a state dict with a model's parameter names and shapes.
+
+    Returns the keys the model has and the file lacks that ``missing_ok``
+    (globs or module prefixes) allows: the new parameters. Any other missing
+    key, any key the model does not have and any shape mismatch raises
+    WeightsError naming ``target``, ``source`` and the first keys."""
+    missing = [k for k in expected if k not in state]
+    new = [k for k in missing if _matches(k, missing_ok)]
+    missing = [k for k in missing if k not in set(new)]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k])}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k])
+    ]
+    parts = []
+    if wrong_shape:
+        parts.append(f"{len(wrong_shape)} with wrong shape (shape mismatch; first: {'; '.join(wrong_shape[:3])})")
+    if missing:
+        parts.append(f"{len(missing)} missing (first: {_first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {_first(unexpected)})")
+    if parts:
+        raise WeightsError(f"weights in {source} do not fit {target}: " + "; ".join(parts))
+    return new
+
+
+@dataclass
+class LoadReport:
+    """What ``load_state_into`` did: the model's parameters that the file
+    did not hold (allowed as new, left at their initialisation)."""
+
+    source: str
+    new_keys: List[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        if not self.new_keys:
+            return f"all weights from {self.source}"
+        return f"weights from {self.source}; {len(self.new_keys)} new parameter(s) initialised: {_first(self.new_keys, 5)}"
+
+
+def load_state_into(
+    model: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    missing_ok: Sequence[str] = (),
+    target: str = "this model",
+    source: Any = "checkpoint",
+) -> LoadReport:
+    """Check (``check_state_keys``) then load ``state`` into ``model``."""
+    own = model.state_dict()
+    new = check_state_keys(state, {k: tuple(v.shape) for k, v in own.items()}, missing_ok=missing_ok,
+                           target=target, source=source)
+    result = model.load_state_dict(state, strict=not new)
+    if sorted(result.missing_keys) != sorted(new) or result.unexpected_keys:  # checked above; torch agrees
+        raise WeightsError(f"loading {source} into {target} left {result.missing_keys[:3]} unset")
+    return LoadReport(source=str(source), new_keys=list(new))

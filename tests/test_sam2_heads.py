@@ -1,0 +1,230 @@
+"""SAM2's image path as a function pair (encode_frames / decode_masks), with
+and without gradients; the engine's cached frame features and prompt hook;
+the click session that keeps an engine across clicks. Random-init tiny
+SAM2 architecture, synthetic frames."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from surgseg_core.errors import ConfigError
+from surgseg_core.sam2_engine import (
+    ClickSession,
+    StreamingSAM2,
+    build_model,
+    decode_masks,
+    encode_frames,
+    preprocess_frame,
+)
+from surgseg_core.sam2_engine.track import preview_frame
+
+T, H, W = 6, 96, 128
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    from surgseg_core.synth import generate_endoscopy_clip
+
+    clip = generate_endoscopy_clip(5, T, H, W)
+    return np.stack([clip.frame(i).image for i in range(T)])
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = build_model("surgseg_tiny", device="cpu", seed=0)
+    with torch.no_grad():  # objects "present" so masks are not all NO_OBJ_SCORE
+        m.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
+    return m
+
+
+class EncoderCalls:
+    """Counts image-encoder runs (a forward hook on SAM2's image encoder)."""
+
+    def __init__(self, model) -> None:
+        self.n = 0
+        self._handle = model.image_encoder.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.n += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+@pytest.fixture
+def encoder_calls(model):
+    calls = EncoderCalls(model)
+    yield calls
+    calls.close()
+
+
+def _image(model, frame) -> torch.Tensor:
+    return preprocess_frame(frame, model.image_size)[None]
+
+
+# ------------------------------------------------------------------ heads
+def test_decode_masks_equals_the_engines_sam2_path(model, frames):
+    """decode_masks on encode_frames' output gives SAM2's own first-frame
+    masks (the engine's add_points runs SAM2's track_step)."""
+    engine = StreamingSAM2(model, frames)
+    engine.add_points(1, 1, [[40, 30], [90, 70]], [1, 0])
+    sam2_low = engine.objects[1].pending[1][0]["pred_masks"]
+    s = model.image_size
+    coords = torch.tensor([[[40 * s / W, 30 * s / H], [90 * s / W, 70 * s / H]]])
+    with torch.inference_mode():
+        feats = encode_frames(model, _image(model, frames[1]))
+        # SAM2 asks for multimask output on an initial frame with one click or fewer
+        out = decode_masks(model, feats, point_coords=coords, point_labels=torch.tensor([[1, 0]]))
+    assert out.best_masks.shape == sam2_low.shape
+    torch.testing.assert_close(out.best_masks, sam2_low, rtol=0, atol=1e-5)
+
+
+def test_heads_batched_over_prompts_equal_one_at_a_time(model, frames):
+    s = model.image_size
+    boxes = torch.tensor([[10.0, 10.0, 60.0, 50.0], [40.0, 30.0, 120.0, 110.0]]) * s / 128
+    pts = torch.tensor([[[30.0, 30.0]], [[80.0, 70.0]]]) * s / 128
+    lbl = torch.ones(2, 1, dtype=torch.int32)
+    with torch.inference_mode():
+        feats = encode_frames(model, _image(model, frames[2]))
+        both = decode_masks(model, feats, point_coords=pts, point_labels=lbl, boxes=boxes, multimask_output=True)
+        assert both.masks.shape == (2, 3, s // 4, s // 4) and both.ious.shape == (2, 3)
+        for i in range(2):
+            one = decode_masks(model, feats, point_coords=pts[i:i + 1], point_labels=lbl[i:i + 1],
+                               boxes=boxes[i:i + 1], multimask_output=True)
+            torch.testing.assert_close(both.masks[i:i + 1], one.masks, rtol=0, atol=1e-5)
+            torch.testing.assert_close(both.ious[i:i + 1], one.ious, rtol=0, atol=1e-5)
+        single = decode_masks(model, feats, boxes=boxes[:1], multimask_output=False)
+        assert single.masks.shape == (1, 1, s // 4, s // 4)
+        with pytest.raises(ConfigError, match="different batch sizes"):
+            decode_masks(model, feats, point_coords=pts, point_labels=lbl, boxes=boxes[:1])
+        with pytest.raises(ConfigError, match="give points"):
+            decode_masks(model, feats)
+
+
+def test_gradients_reach_encoder_and_decoder_through_the_pair(frames):
+    model = build_model("surgseg_tiny", device="cpu", seed=3)
+    with torch.no_grad():  # object present: SAM2 passes the decoder's masks through
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
+    model.train()
+    images = torch.cat([_image(model, frames[0]), _image(model, frames[3])])
+    s = model.image_size
+    pts = torch.tensor([[[20.0, 30.0]], [[60.0, 50.0]]]) * s / 128
+    out = decode_masks(model, encode_frames(model, images), point_coords=pts,
+                       point_labels=torch.ones(2, 1, dtype=torch.int32), multimask_output=True)
+    assert out.masks.requires_grad
+    (out.masks.sigmoid().mean() + out.ious.mean()).backward()
+    for module in (model.image_encoder, model.sam_mask_decoder, model.sam_prompt_encoder):
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), type(module).__name__
+    assert model.sam_mask_decoder.output_upscaling[0].weight.grad.abs().sum() > 0
+    # and without gradients: same values, nothing recorded
+    model.eval()
+    with torch.no_grad():
+        a = decode_masks(model, encode_frames(model, images), point_coords=pts,
+                         point_labels=torch.ones(2, 1, dtype=torch.int32), multimask_output=True)
+    assert not a.masks.requires_grad
+    model.zero_grad()
+    b = decode_masks(model, encode_frames(model, images), point_coords=pts,
+                     point_labels=torch.ones(2, 1, dtype=torch.int32), multimask_output=True)
+    torch.testing.assert_close(a.masks, b.masks.detach())
+
+
+# --------------------------------------------------------- engine features
+def test_frame_features_are_cached(model, frames, encoder_calls):
+    engine = StreamingSAM2(model, frames)
+    f1 = engine.frame_features(3)
+    assert encoder_calls.n == 1
+    f2 = engine.frame_features(3)
+    assert encoder_calls.n == 1 and all(a is b for a, b in zip(f1.backbone_fpn, f2.backbone_fpn))
+    assert f1.batch == 1 and f1.image_embed.shape[-1] == model.image_size // 16
+    engine.predict_frame(3, [[50, 40]], [1])
+    engine.add_points(3, 1, [[50, 40]], [1])
+    assert encoder_calls.n == 1
+    engine.frame_features(4)
+    assert encoder_calls.n == 2
+    with torch.inference_mode():
+        direct = encode_frames(model, _image(model, frames[3]))
+    for a, b in zip(direct.backbone_fpn, f1.backbone_fpn):
+        torch.testing.assert_close(a, b)
+
+
+def test_prompt_hook_replaces_points_before_encoding(model, frames):
+    seen = {}
+
+    def shift(frame_idx, coords, labels, feats):
+        seen.update(frame=frame_idx, coords=coords.clone(), feats=feats)
+        moved = coords.clone()
+        moved[..., 0] += 16.0  # model pixels
+        return moved, labels
+
+    reached = []
+    handle = model.sam_prompt_encoder.register_forward_pre_hook(
+        lambda mod, args, kwargs: reached.append(kwargs["points"][0].clone()), with_kwargs=True
+    )
+    try:
+        hooked = StreamingSAM2(model, frames, prompt_hook=shift)
+        masks, _, logits = hooked.predict_frame(2, [[32, 48]], [1])
+        s = model.image_size
+        assert seen["frame"] == 2
+        torch.testing.assert_close(seen["coords"], torch.tensor([[[32 * s / W, 48 * s / H]]]))
+        assert seen["feats"].backbone_fpn[-1] is hooked.frame_features(2).backbone_fpn[-1]
+        torch.testing.assert_close(reached[-1], torch.tensor([[[32 * s / W + 16, 48 * s / H]]]))
+        # the same as clicking the shifted point without a hook
+        plain = StreamingSAM2(model, frames)
+        _, _, ref = plain.predict_frame(2, [[32 + 16 * W / s, 48]], [1])
+        torch.testing.assert_close(logits, ref, rtol=0, atol=1e-4)
+        # add_points goes through the hook too, and the provenance says so
+        reached.clear()
+        hooked.add_points(2, 1, [[32, 48]], [1])
+        torch.testing.assert_close(reached[-1], torch.tensor([[[32 * s / W + 16, 48 * s / H]]]))
+        entry = hooked.provenance()["prompts"][-1]
+        assert entry["points"] == [[32.0, 48.0]]
+        np.testing.assert_allclose(entry["points_after_hook"], [[32 + 16 * W / s, 48.0]], atol=1e-4)
+        bad = StreamingSAM2(model, frames, prompt_hook=lambda t, c, lab, f: (c[0], lab))
+        with pytest.raises(ConfigError, match="prompt hook returned"):
+            bad.predict_frame(2, [[32, 48]], [1])
+    finally:
+        handle.remove()
+
+
+# ------------------------------------------------------------ click session
+def test_click_session_second_click_does_not_re_encode(model, frames, encoder_calls):
+    session = ClickSession()
+    p1 = [{"frame": 2, "obj_id": 1, "points": [[30, 40]], "labels": [1], "box": None}]
+    r1 = session.segment_frame(frames, model, 2, p1)
+    assert encoder_calls.n == 1 and r1.obj_ids == [1]
+    p2 = p1 + [{"frame": 2, "obj_id": 2, "points": [[90, 60]], "labels": [1], "box": None},
+               {"frame": 4, "obj_id": 1, "points": [[10, 10]], "labels": [1], "box": None}]
+    r2 = session.segment_frame(frames, model, 2, p2)
+    assert encoder_calls.n == 1 and r2.obj_ids == [1, 2] and len(session) == 1
+    # the masks are those of a fresh engine given the same clicks
+    fresh = StreamingSAM2(model, frames)
+    fresh.add_points(2, 1, [[30, 40]], [1])
+    ref = fresh.add_points(2, 2, [[90, 60]], [1])
+    torch.testing.assert_close(r2.logits, ref.logits)
+    base = encoder_calls.n  # the fresh engine encoded frame 2 for itself
+    session.segment_frame(frames, model, 4, p2)
+    assert encoder_calls.n == base + 1
+    session.segment_frame(frames, model, 2, p1)  # frame 2 is still encoded
+    assert encoder_calls.n == base + 1
+    # another video (or model) gets its own engine; the default keeps one
+    other = frames[::-1].copy()
+    session.segment_frame(other, model, 2, p1)
+    assert encoder_calls.n == base + 2 and len(session) == 1
+    with pytest.raises(ConfigError, match="no prompts on frame 5"):
+        session.segment_frame(frames, model, 5, p1)
+
+
+def test_preview_frame_summary_and_sink(model, frames, encoder_calls):
+    from surgseg_core.sam2_engine.outputs import ArrayWriter
+
+    out = np.zeros((T, H, W), np.uint8)
+    session = ClickSession()
+    prompts = [{"frame": 1, "obj_id": 3, "box": [20, 20, 80, 70]}]
+    summary = preview_frame(frames, prompts, 1, model=model, session=session, sink=ArrayWriter(out))
+    assert summary["frames_written"] == 1 and summary["obj_ids"] == [3] and summary["random_weights"] is True
+    assert summary["provenance"]["tracking"]["preview"] is True
+    assert set(np.unique(out[1])) <= {0, 3} and out[1].any() and not out[[0, 2, 3, 4, 5]].any()
+    preview_frame(frames, prompts + [{"frame": 1, "obj_id": 3, "points": [[50, 50]]}], 1, model=model, session=session)
+    assert encoder_calls.n == 1
