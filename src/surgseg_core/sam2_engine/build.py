@@ -117,6 +117,9 @@ def load_state_dict_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """Read a checkpoint safely: safetensors or ``torch.load(weights_only=True)``.
     SAM2 checkpoints keep the weights under the ``"model"`` key."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"checkpoint {path} is a folder, not a file: choose the SAM2 checkpoint (.pt or "
+                           ".safetensors) inside it")
     if not path.is_file():
         raise WeightsError(f"checkpoint file not found: {path}")
     try:
@@ -125,7 +128,11 @@ def load_state_dict_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
 
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            from ..training.checkpoint import read_torch_file
+
+            state = read_torch_file(path, expected="a SAM2 checkpoint (.pt or .safetensors)")
+    except WeightsError:
+        raise
     except Exception as exc:
         raise WeightsError(
             f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -76,15 +77,47 @@ def save_checkpoint(path: PathLike, checkpoint: Mapping[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; clear WeightsError on a bad file."""
+def read_torch_file(path: PathLike, *, map_location: Any = "cpu", expected: Optional[str] = None) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors a user can act on.
+
+    PyTorch's own text for a file that is not a plain weights checkpoint is
+    written for developers and even suggests ``weights_only=False`` (running
+    the file's code); it is replaced by a WeightsError naming the file, what
+    was expected (``expected``) and what to do.
+    """
     path = Path(path)
+    what = expected or "a PyTorch checkpoint (.pt/.pth) of tensors"
+    if path.is_dir():
+        raise WeightsError(f"checkpoint {path} is a folder, not a file: choose {what} inside it")
     if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
+        raise WeightsError(f"checkpoint not found: {path} (expected {what})")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, wrong format
-        raise WeightsError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        raise WeightsError(_load_error_text(path, exc, what)) from None
+
+
+def _load_error_text(path: Path, exc: BaseException, what: str) -> str:
+    text = str(exc)
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsafe:
+        return (f"cannot read checkpoint {path}: it stores Python objects ({unsafe.group(1)}), not only tensors, "
+                f"and surgseg never runs code from a checkpoint; expected {what}. If the file is yours, load it in "
+                "Python and save the weights alone with torch.save(model.state_dict(), 'weights.pt')")
+    if isinstance(exc, OSError) and not isinstance(exc, EOFError):
+        reason = f"the file cannot be read ({exc.strerror or exc})"
+    elif "zip" in text.lower() or isinstance(exc, EOFError):
+        reason = "a damaged or incomplete checkpoint (was it copied or downloaded completely?)"
+    else:  # PyTorch's own text is for developers (and suggests running the file's code): never shown
+        reason = "not a PyTorch checkpoint"
+    return f"cannot read checkpoint {path}: {reason}; expected {what}"
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu", *, expected: Optional[str] = None) -> Dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; clear WeightsError on a
+    bad file (``expected`` says what the file should have been)."""
+    path = Path(path)
+    ckpt = read_torch_file(path, map_location=map_location, expected=expected)
     if not isinstance(ckpt, dict):
         raise WeightsError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
     return ckpt
