@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 from napari.layers import Image, Labels, Points
 from napari.utils.notifications import show_error, show_info, show_warning
 
@@ -24,6 +24,8 @@ from surgseg_core.sam2_engine.track import load_tracking_model, prompts_from_poi
 
 from .._autosave import watch_layer
 from .._workers import run_in_worker
+from ._result_layers import add_result_layer, discard_layers
+from ._status import StatusLabel
 from .corrections import connect_layer_refresh, layer_choices, source_video_of
 
 TITLE = "Track with SAM2"
@@ -130,7 +132,7 @@ class Sam2TrackWidget(Container):
         self.preview_button.tooltip = "segment only the frame shown, from its own clicks (no tracking): check the clicks first"
         self.track_button = PushButton(text="Track")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
+        self.status = StatusLabel()
         self.extend([
             self.video_combo, self.prompts_combo, self.new_prompts_button, self.obj_spin, self.positive_check,
             self.model_combo, self.direction_combo, self.start_spin, self.end_spin, self.device_combo,
@@ -206,13 +208,15 @@ class Sam2TrackWidget(Container):
             scale=video.scale[:3], translate=video.translate[:3], axis_labels=("t", "y", "x"),
             metadata={"sam2_tracking": {"status": status, "prompts": prompts}},
         )
-        self.viewer.add_layer(labels)
+        add_result_layer(self.viewer, labels)  # the prompt layer stays selected: clicks keep landing there
         watch_layer(labels, source_video_of(video))
         return labels
 
     def _start(self, video: Image, prompts: list, labels: Labels, frame_range, direction: str,
-               on_done, description: str) -> None:
-        """Run ``track_video`` in a worker, writing into ``labels``' array (one code path for both buttons)."""
+               on_done, description: str, created: bool = True) -> None:
+        """Run ``track_video`` in a worker, writing into ``labels``' array (one
+        code path for both buttons); ``created``: ``labels`` is new, so a
+        failure removes it."""
         model, checkpoint = self.model_combo.value
         self.last_summary = None
         self.track_button.enabled = self.preview_button.enabled = False
@@ -234,7 +238,7 @@ class Sam2TrackWidget(Container):
             description=description,
         )
         self.worker.yielded.connect(lambda _update: labels.refresh())
-        self.worker.errored.connect(lambda exc: self._on_stopped(labels, exc))
+        self.worker.errored.connect(lambda exc: self._on_stopped(labels, exc, created))
         self.worker.finished.connect(self._on_finished)
 
     def track(self, *_: Any) -> None:
@@ -266,7 +270,8 @@ class Sam2TrackWidget(Container):
             show_error(f"{TITLE}: no clicks on frame {t} (clicks are on frame(s) {frames}): go to one of them")
             return
         layer = self.preview_layer
-        if layer is None or layer not in self.viewer.layers or layer.data.shape != (n, h, w):
+        created = layer is None or layer not in self.viewer.layers or layer.data.shape != (n, h, w)
+        if created:
             layer = self.preview_layer = self._new_labels(video, (n, h, w), f"{video.name} SAM2 preview",
                                                           "preview", here)
         layer.data[t] = 0
@@ -280,7 +285,7 @@ class Sam2TrackWidget(Container):
             note = " (RANDOM weights: not a segmentation)" if summary["random_weights"] else ""
             self.status.value = f"preview of frame {t}: object(s) {summary['obj_ids']}{note}"
 
-        self._start(video, here, layer, (t, t), "forward", done, "SAM2 preview")
+        self._start(video, here, layer, (t, t), "forward", done, "SAM2 preview", created)
 
     def cancel(self, *_: Any) -> None:
         if self.cancel_token is not None:
@@ -301,10 +306,16 @@ class Sam2TrackWidget(Container):
         else:
             show_info(f"{TITLE}: {msg}")
 
-    def _on_stopped(self, layer: Labels, exc: BaseException) -> None:
+    def _on_stopped(self, layer: Labels, exc: BaseException, created: bool = False) -> None:
         from surgseg_core.errors import Cancelled
 
         status = "cancelled" if isinstance(exc, Cancelled) else "failed"
+        if status == "failed" and created:  # nothing was computed: leave no empty layer behind
+            discard_layers(self.viewer, [layer])
+            self.result_layer = None if self.result_layer is layer else self.result_layer
+            self.preview_layer = None if self.preview_layer is layer else self.preview_layer
+            self.status.value = f"failed: {exc}"
+            return
         layer.metadata["sam2_tracking"] = {**layer.metadata.get("sam2_tracking", {}), "status": status, "error": str(exc)}
         layer.refresh()
         self.status.value = f"{status}: frames shown are complete" if status == "cancelled" else f"failed: {exc}"
