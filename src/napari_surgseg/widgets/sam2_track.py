@@ -310,7 +310,7 @@ class Sam2TrackWidget(Container):
         from surgseg_core.errors import Cancelled
 
         status = "cancelled" if isinstance(exc, Cancelled) else "failed"
-        if status == "failed" and created:  # nothing was computed: leave no empty layer behind
+        if status == "failed" and created:  # a failed run is no result: leave no layer behind
             discard_layers(self.viewer, [layer])
             self.result_layer = None if self.result_layer is layer else self.result_layer
             self.preview_layer = None if self.preview_layer is layer else self.preview_layer
