@@ -180,3 +180,43 @@ def test_corrections_widget_export_and_rank(make_napari_viewer, qtbot, tmp_path)
     assert item.text().startswith("frame 3 ")
     widget.frame_list.itemClicked.emit(item)
     assert viewer.dims.current_step[0] == 3
+
+
+def test_training_says_what_it_does_from_the_first_second_with_one_bar_that_moves(
+        make_napari_viewer, qtbot, tmp_path, weights_dir):
+    """Start shows a bar and a status at once (the process needs seconds to
+    load PyTorch, the data and the model), the process's stage messages
+    follow before the first batch, and the same bar then moves to the end."""
+    viewer = make_napari_viewer()
+    frames, labels = _clip()
+    widget = _training_widget(viewer, tmp_path, sleep_per_step=0.05)
+    widget.data_edit.value = str(_write_dataset(tmp_path / "data", frames, labels))
+    widget.epochs_spin.value = 2
+    handled, statuses = [], []
+    handle = widget._handle
+
+    def record(event):
+        handled.append((event.get("type"), event.get("message"), widget._bar))
+        handle(event)
+        statuses.append(widget.status.value)
+
+    widget._handle = record
+    widget.start()
+    bar = widget._bar  # before the process has said anything
+    assert bar is not None and "starting the training process" in bar.desc
+    assert widget.status.value.startswith("starting the training process")
+    values, descriptions = [], []
+    bar.events.value.connect(lambda e: values.append(e.value))
+    bar.events.description.connect(lambda e: descriptions.append(e.value))
+    # generous: on a loaded machine the niced process takes minutes to import torch
+    qtbot.waitUntil(lambda: widget.process is not None and not widget.running, timeout=900_000)
+    qtbot.wait(300)
+    assert widget.process.returncode == 0, widget.process.stderr_tail[-5:]
+    kinds = [kind for kind, _, _ in handled]
+    before_start = [message for kind, message, _ in handled[:kinds.index("start")] if kind == "progress"]
+    assert before_start[0] == "loading PyTorch"
+    assert before_start.index("loading the dataset") < before_start.index("building the toy model")
+    assert "Training: loading the dataset" in descriptions and "loading the dataset..." in statuses
+    assert all(b is bar for _, _, b in handled)  # one bar for the whole run
+    assert values == sorted(values) and len(set(values)) >= 3 and values[-1] == 2 * 4  # 16 frames, batch 4
+    assert any(d.startswith("Training: epoch 2/2") for d in descriptions)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels, Points
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
@@ -22,6 +22,7 @@ from surgseg_core.datasets import corrected_frame_reasons, export_corrections, r
 from .._edits import edited_frames, record_viewer_edits
 from .._layers import points_on, show_frame
 from .._workers import run_in_worker
+from ._status import StatusLabel
 
 
 def layer_choices(viewer, layer_type, optional: bool = False):
@@ -123,7 +124,7 @@ class CorrectionsWidget(Container):
         self.out_edit = FileEdit(label="Dataset folder", mode="d")
         self.who_edit = LineEdit(label="Annotator", value=getpass.getuser())
         self.export_button = PushButton(text="Export corrections")
-        self.status = Label(value="")
+        self.status = StatusLabel()
 
         self.uncertainty_combo = ComboBox(
             label="Probabilities", choices=layer_choices(v, Image, optional=True),
@@ -182,7 +183,12 @@ class CorrectionsWidget(Container):
 
         self.worker, _ = run_in_worker(export_edited, out, method=self.method_combo.value, on_done=done,
                                        description="Export corrections", **kwargs)
-        self.worker.errored.connect(lambda *_: setattr(self.export_button, "enabled", True))
+
+        def failed(exc) -> None:  # run_in_worker showed the notification
+            self.export_button.enabled = True
+            self.status.value = f"export failed: {exc}"
+
+        self.worker.errored.connect(failed)
         return self.worker
 
     # ------------------------------------------------------------------ ranking

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, PushButton
 from napari.layers import Image, Labels, Points
 from napari.utils.notifications import show_error, show_info
 
 from surgseg_core.io.export import export_overlay_video
 
 from .._workers import run_in_worker
+from ._status import StatusLabel
 
 
 class ExportOverlayWidget(Container):
@@ -39,7 +40,7 @@ class ExportOverlayWidget(Container):
         self.radius_spin = FloatSpinBox(label="Point radius", value=4.0, min=1.0, max=50.0, step=1.0)
         self.export_button = PushButton(text="Export")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
+        self.status = StatusLabel()
         self.export_button.changed.connect(self.export)
         self.image_combo.changed.connect(self._suggest_output)
         self.cancel_button.changed.connect(self.cancel)
@@ -118,7 +119,13 @@ class ExportOverlayWidget(Container):
         self.worker, self._token = run_in_worker(
             export_overlay_video, video, out, on_done=self._done, description="exporting overlay", **kwargs
         )
+        self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._finished)
+
+    def _failed(self, exc) -> None:  # run_in_worker showed the notification
+        from surgseg_core.errors import Cancelled
+
+        self.status.value = "export stopped" if isinstance(exc, Cancelled) else f"export failed: {exc}"
 
     def cancel(self, _=None) -> None:
         if self._token is not None:

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
-from napari.layers import Image
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
+from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
-from surgseg_core.errors import Cancelled, SurgsegError
+from surgseg_core.errors import Cancelled, SurgsegError, WeightsError
 from surgseg_core.io.label_stack import new_label_stack
 from surgseg_core.methods.liver import CLASS_COLOURS, CLASS_NAMES, LANDMARK_CLASSES
 from surgseg_core.methods.liver.export import write_landmarks_csv, write_landmarks_json, write_p2ilf_xml_frames
@@ -24,6 +24,8 @@ from surgseg_core.methods.liver.rasterize import draw_polyline
 from .._autosave import watch_layer
 from .._layers import frame_of, placement_of
 from .._workers import run_in_worker
+from ._result_layers import add_result_layer, discard_layers
+from ._status import StatusLabel
 from .corrections import connect_layer_refresh, layer_choices, source_video_of
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,7 @@ class LiverLandmarksWidget(Container):
         self.json_btn = PushButton(text="Export JSON...")
         self.csv_btn = PushButton(text="Export CSV...")
         self.xml_btn = PushButton(text="Export P2ILF XML...")
-        self.status = Label(value="")
+        self.status = StatusLabel()
         self.extend([self.image_combo, self.weights_combo, self.checkpoint_edit, self.mode_combo, self.start_spin,
                      self.stop_spin, self.join_spin, self.rdp_spin, self.thick_spin, self.cull_box, self.run_btn,
                      self.cancel_btn, self.class_combo, self.reclass_btn, self.correct_btn, self.json_btn,
@@ -139,6 +141,27 @@ class LiverLandmarksWidget(Container):
     def _on_registered(self, value) -> None:
         if value:
             self.checkpoint_edit.value = value
+
+    def _checkpoint(self) -> str:
+        """The chosen checkpoint file, or a WeightsError saying what to choose."""
+        # the field's own text: FileEdit turns an empty field into the current directory
+        text = str(self.checkpoint_edit.line_edit.value or "").strip()
+        if not text:
+            raise WeightsError("no checkpoint chosen: choose a registered model or a liver checkpoint file "
+                               "(checkpoints/best.pt of a training run)")
+        path = Path(text).expanduser()
+        if path.is_dir():
+            raise WeightsError(f"checkpoint {path} is a folder, not a file: choose the checkpoint inside it "
+                               "(e.g. checkpoints/best.pt)")
+        if not path.is_file():
+            raise WeightsError(f"checkpoint not found: {path}: choose an existing .pt file or a registered model")
+        return str(path)
+
+    def _failed(self, exc: BaseException, notify: bool = True) -> None:
+        """One notification (unless the worker already showed it) and the status line say what went wrong."""
+        if notify:
+            show_error(f"Liver landmarks: {exc}")
+        self.status.value = "cancelled" if isinstance(exc, Cancelled) else f"failed: {exc}"
 
     def _image(self) -> Image:
         layer = self.image_combo.value
@@ -180,16 +203,14 @@ class LiverLandmarksWidget(Container):
     def run(self, _=None):
         try:
             layer = self._image()
-            ckpt = str(self.checkpoint_edit.value or "")
-            if not ckpt or ckpt == "." or not Path(ckpt).is_file():
-                raise SurgsegError(f"checkpoint not found: {ckpt or '(none chosen)'}")
+            ckpt = self._checkpoint()
             frames, single = self._frames(layer)
             indices = self.frame_indices(len(frames), single)
         except SurgsegError as exc:
-            show_error(f"Liver landmarks: {exc}")
+            self._failed(exc)
             return None
         frame_hw = tuple(np.shape(frames[0])[:2]) if single else tuple(layer.data.shape[1:3])
-        self._ensure_layers(layer, single, len(frames), frame_hw)
+        created = self._ensure_layers(layer, single, len(frames), frame_hw)
         # each frame is overwritten when its new result is ready; frames a cancel
         # never reaches keep what they had (no multi-GB zeroing of a long video's stack)
         labels = self.labels_layer
@@ -198,11 +219,18 @@ class LiverLandmarksWidget(Container):
         target = (layer, single)
 
         def done(result):
+            if created and result[1] and self.shapes_layer in self.viewer.layers:
+                self.viewer.layers.selection.active = self.shapes_layer  # the curves to edit next
             self._finish(target, *result)
+
+        def failed(exc):  # run_in_worker showed the notification
+            discard_layers(self.viewer, created)  # a failed run leaves no empty layers behind
+            self._failed(exc, notify=False)
 
         self.worker, self._token = run_in_worker(
             _predict_job, ckpt, frames, indices, self.options(), self._model_cache, labels.data, single,
-            on_done=done, description="liver landmarks")
+            on_done=done, description="Liver landmarks")
+        self.worker.errored.connect(failed)
         self.worker.yielded.connect(lambda _update: labels.refresh())
         self.worker.finished.connect(self._reset_buttons)
         return self.worker
@@ -216,7 +244,9 @@ class LiverLandmarksWidget(Container):
         if not self._adding_paths:  # else the last chunk re-enables Run
             self.run_btn.enabled = True
 
-    def _ensure_layers(self, layer: Image, single: bool, n_frames: int, shape_hw) -> None:
+    def _ensure_layers(self, layer: Image, single: bool, n_frames: int, shape_hw) -> list:
+        """Result layers for ``layer`` (reused when they fit); returns those created now."""
+        created = []
         shape = tuple(shape_hw) if single else (n_frames, *shape_hw)
         if self._source is not layer:  # another video: never write into the previous one's layers
             self.labels_layer = self.shapes_layer = None
@@ -224,17 +254,20 @@ class LiverLandmarksWidget(Container):
         if self.labels_layer is None or self.labels_layer not in self.viewer.layers \
                 or self.labels_layer.data.shape != shape:
             name = f"{layer.name} liver labels"
-            self.labels_layer = self.viewer.add_labels(new_label_stack(shape, name=name), name=name,
-                                                       **placement_of(layer, len(shape)))
-            self.labels_layer.colormap = _label_colormap()
+            self.labels_layer = add_result_layer(
+                self.viewer, Labels(new_label_stack(shape, name=name), name=name, colormap=_label_colormap(),
+                                    **placement_of(layer, len(shape))))
+            created.append(self.labels_layer)
             watch_layer(self.labels_layer, source_video_of(layer))
         if self.shapes_layer is None or self.shapes_layer not in self.viewer.layers:
-            self.shapes_layer = self.viewer.add_shapes(name=f"{layer.name} liver curves", ndim=2 if single else 3,
-                                                       edge_width=3, face_color="transparent",
-                                                       **placement_of(layer, 2 if single else 3))
+            self.shapes_layer = add_result_layer(
+                self.viewer, Shapes(name=f"{layer.name} liver curves", ndim=2 if single else 3, edge_width=3,
+                                    face_color="transparent", **placement_of(layer, 2 if single else 3)))
+            created.append(self.shapes_layer)
             self.shapes_layer.features = {"class_id": np.zeros(0, int), "frame": np.zeros(0, int)}
             self._apply_class_defaults()
             watch_layer(self.shapes_layer, source_video_of(layer))
+        return created
 
     def _finish(self, target, provenance: dict, polylines: Dict, cancelled: bool = False) -> None:
         layer, single = target

@@ -23,7 +23,7 @@ import weakref
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 from napari.layers import Image, Labels, Points
 from napari.utils.notifications import show_error, show_info, show_warning
 
@@ -41,6 +41,8 @@ from .._autosave import request_save, watch_layer
 from .._edits import record_edits
 from .._layers import frame_of
 from .._workers import run_in_worker
+from ._result_layers import add_result_layer, discard_layers
+from ._status import StatusLabel
 from .corrections import connect_layer_refresh, layer_choices, source_video_of
 
 TITLE = "Track with SAM2"
@@ -209,8 +211,8 @@ class Sam2TrackWidget(Container):
         self.undo_button = PushButton(text="Undo last model run", enabled=False)
         self.undo_button.tooltip = "put back the frames the last Track / Re-propagate into this layer changed"
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.checked_label = Label(value="")
-        self.status = Label(value="")
+        self.checked_label = StatusLabel()
+        self.status = StatusLabel()
         self.extend([
             self.video_combo, self.prompts_combo, self.new_prompts_button, self.obj_spin, self.positive_check,
             self.model_combo, self.direction_combo, self.start_spin, self.end_spin, self.device_combo,
@@ -299,7 +301,7 @@ class Sam2TrackWidget(Container):
             metadata={"sam2_tracking": {"status": status, "prompts": prompts, "video": video_key(video)},
                       VALIDATED_KEY: []},
         )
-        self.viewer.add_layer(labels)
+        add_result_layer(self.viewer, labels)  # the prompt layer stays selected: clicks keep landing there
         watch_layer(labels, source_video_of(video))
         record_edits(labels, fresh=True)  # brush corrections, not model output, are what gets exported
         return labels
@@ -328,8 +330,11 @@ class Sam2TrackWidget(Container):
         self.cancel_button.enabled = busy
         self.undo_button.enabled = not busy and bool(self._runs(self.result_combo.value))
 
-    def _start(self, job, args: tuple, kwargs: dict, labels: Labels, on_done, description: str) -> None:
-        """Run a core job in a worker that writes into ``labels``' array (one code path for every button)."""
+    def _start(self, job, args: tuple, kwargs: dict, labels: Labels, on_done, description: str,
+               created: bool = False) -> None:
+        """Run a core job in a worker that writes into ``labels``' array (one
+        code path for every button); ``created``: ``labels`` is new, so a
+        failure removes it."""
         model, checkpoint = self.model_combo.value
         self.last_summary = None
         self._busy(True)
@@ -347,7 +352,7 @@ class Sam2TrackWidget(Container):
             **kwargs,
         )
         self.worker.yielded.connect(lambda _update: labels.refresh())
-        self.worker.errored.connect(lambda exc: self._on_stopped(labels, exc))
+        self.worker.errored.connect(lambda exc: self._on_stopped(labels, exc, created))
         self.worker.finished.connect(self._on_finished)
 
     def _new_undo(self, layer: Labels) -> FrameUndo:
@@ -378,7 +383,8 @@ class Sam2TrackWidget(Container):
             show_error(f"{TITLE}: frame range {frame_range[0]}..{frame_range[1]} is outside the video (0..{n - 1})")
             return
         layer = self._existing_result(video, (n, h, w))
-        if layer is None:
+        created = layer is None
+        if created:
             layer = self._new_labels(video, (n, h, w), f"{video.name} SAM2 masks", "running", prompts)
         else:
             layer.metadata["sam2_tracking"] = {**(layer.metadata.get("sam2_tracking") or {}), "status": "running",
@@ -392,7 +398,7 @@ class Sam2TrackWidget(Container):
         self._start(_track_job, (video.data, prompts),
                     {"direction": self.direction_combo.value, "frame_range": frame_range,
                      "sink": StackWriter(layer.data, protect=protect, undo=undo)},
-                    layer, self._on_done, "Tracking with SAM2")
+                    layer, self._on_done, "Tracking with SAM2", created)
 
     def repropagate(self, *_: Any) -> None:
         """Propagate the masks of the frame shown (after a correction) in the
@@ -493,7 +499,8 @@ class Sam2TrackWidget(Container):
             show_error(f"{TITLE}: no clicks on frame {t} (clicks are on frame(s) {frames}): go to one of them")
             return
         layer = self.preview_layer
-        if layer is None or layer not in self.viewer.layers or layer.data.shape != (n, h, w):
+        created = layer is None or layer not in self.viewer.layers or layer.data.shape != (n, h, w)
+        if created:
             layer = self.preview_layer = self._new_labels(video, (n, h, w), f"{video.name} SAM2 preview",
                                                           "preview", here)
         layer.data[t] = 0
@@ -509,7 +516,7 @@ class Sam2TrackWidget(Container):
 
         self._start(functools.partial(_preview_job, self._click_session), (video.data, here),
                     {"frame_range": (t, t), "sink": ArrayWriter(layer.data)},
-                    layer, done, "SAM2 preview")
+                    layer, done, "SAM2 preview", created)
 
     def cancel(self, *_: Any) -> None:
         if self.cancel_token is not None:
@@ -553,10 +560,16 @@ class Sam2TrackWidget(Container):
         else:
             show_info(f"{TITLE}: {msg}")
 
-    def _on_stopped(self, layer: Labels, exc: BaseException) -> None:
+    def _on_stopped(self, layer: Labels, exc: BaseException, created: bool = False) -> None:
         from surgseg_core.errors import Cancelled
 
         status = "cancelled" if isinstance(exc, Cancelled) else "failed"
+        if status == "failed" and created:  # a failed run is no result: leave no layer behind
+            discard_layers(self.viewer, [layer])
+            self.result_layer = None if self.result_layer is layer else self.result_layer
+            self.preview_layer = None if self.preview_layer is layer else self.preview_layer
+            self.status.value = f"failed: {exc}"
+            return
         layer.metadata["sam2_tracking"] = {**layer.metadata.get("sam2_tracking", {}), "status": status, "error": str(exc)}
         self._drop_empty_undo(layer)  # frames written before the stop stay undoable
         layer.refresh()

@@ -16,19 +16,20 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels, Points
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QPixmap
-from qtpy.QtWidgets import QLabel
+from qtpy.QtWidgets import QLabel, QSizePolicy
 
 from surgseg_core.datasets import export_corrections
 from surgseg_core.training.method import available_methods, method_reference
 from surgseg_core.training.process import TrainingProcess
 
 from .._workers import run_in_worker
+from ._status import StatusLabel
 from .corrections import connect_layer_refresh, corrections_kwargs, layer_choices
 
 SOURCE_FOLDER = "dataset folder"
@@ -58,6 +59,10 @@ class LossPlot(QLabel):
     def __init__(self) -> None:
         super().__init__()
         self.setMinimumSize(200, 140)
+        # the PNG is scaled to the width the dock gives: its pixel size must not widen the dock
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self._pixmap: Optional[QPixmap] = None
         self.setText("loss curve appears here during training")
         self.steps: List[float] = []
         self.losses: List[float] = []
@@ -82,8 +87,27 @@ class LossPlot(QLabel):
     def show_png(self, path: str) -> None:
         pixmap = QPixmap(str(path))
         if not pixmap.isNull():
-            self.setPixmap(pixmap)
+            self._pixmap = pixmap
+            self._fit()
             self.shown += 1
+
+    def _fit(self) -> None:
+        if self._pixmap is not None:
+            width = max(self.width(), self.minimumWidth())
+            self.setPixmap(self._pixmap.scaledToWidth(min(width, self._pixmap.width()),
+                                                      Qt.TransformationMode.SmoothTransformation))
+
+    def heightForWidth(self, width: int) -> int:  # keep the plot's aspect ratio
+        if self._pixmap is None or self._pixmap.width() == 0:
+            return super().heightForWidth(width)
+        return int(min(width, self._pixmap.width()) * self._pixmap.height() / self._pixmap.width())
+
+    def hasHeightForWidth(self) -> bool:
+        return self._pixmap is not None
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit()
 
 
 class TrainingWidget(Container):
@@ -117,7 +141,7 @@ class TrainingWidget(Container):
         self.name_edit = LineEdit(label="Register as", value="", tooltip="weights name (empty: run folder name)")
         self.start_button = PushButton(text="Start")
         self.stop_button = PushButton(text="Stop", enabled=False)
-        self.status = Label(value="")
+        self.status = StatusLabel()
         self.start_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
         self.source_combo.changed.connect(self._update_source)
@@ -233,7 +257,11 @@ class TrainingWidget(Container):
             return
         self._got_final = False
         self.plot.clear_data()
-        self.status.value = f"starting {method} in {self.run_dir} ..."
+        # feedback from the first second: the process needs seconds to start and
+        # load PyTorch, then the data and the model; its stage messages follow
+        self._close_bar()
+        self._bar = napari_progress(total=0, desc="Training: starting the training process")
+        self.status.value = f"starting the training process for {method} (run folder {self.run_dir})..."
         self._set_running(True)
         self.timer.start()
 
@@ -279,15 +307,20 @@ class TrainingWidget(Container):
         kind = ev.get("type")
         if kind == "start":
             self.plot.clear_data(ev.get("monitor", "metric"))
-            self._close_bar()
-            self._bar = napari_progress(total=ev["epochs"] * ev["batches_per_epoch"], desc="Training")
+            bar = self._progress_bar()
+            bar.total = ev["epochs"] * ev["batches_per_epoch"]
+            self._set_bar(ev.get("start_epoch", 0) * ev["batches_per_epoch"])
             self.status.value = f"training {ev.get('method')} ({ev['epochs']} epochs)"
         elif kind == "progress":
-            if self._bar is not None:
-                self._bar.n = int(ev["done"])
-                if ev.get("message"):
-                    self._bar.set_description(f"Training: {ev['message']}")
-                self._bar.refresh()
+            message = ev.get("message") or ""
+            bar = self._progress_bar()
+            if message:
+                bar.set_description(f"Training: {message}")
+            if ev.get("total") is None:  # a stage before the first batch: say it in the status too
+                if message:
+                    self.status.value = f"{message}..."
+            else:
+                self._set_bar(int(ev["done"]))
         elif kind == "step":
             loss = ev.get("loss")
             if isinstance(loss, (int, float)):
@@ -314,6 +347,17 @@ class TrainingWidget(Container):
             self.status.value = f"{how}: best checkpoint {ev.get('best_checkpoint')}"
             show_info(f"Training {how}. Best checkpoint: {ev.get('best_checkpoint')}")
             self.trained.emit(str(ev.get("best_checkpoint")))
+
+    def _progress_bar(self):
+        if self._bar is None:
+            self._bar = napari_progress(total=0, desc="Training")
+        return self._bar
+
+    def _set_bar(self, done: int) -> None:
+        # napari's bar follows update() (its value event), not an assignment to n
+        bar = self._progress_bar()
+        if done != bar.n:
+            bar.update(done - bar.n)
 
     def _close_bar(self) -> None:
         if self._bar is not None:

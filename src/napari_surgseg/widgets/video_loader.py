@@ -17,7 +17,6 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
@@ -29,6 +28,7 @@ from surgseg_core.io import open_video
 
 from .._layers import announce_video, video_layer_data
 from .._workers import run_in_worker
+from ._status import StatusLabel
 
 _VIDEO_FILTER = "Videos and TIFF stacks (*.mp4 *.avi *.mov *.mkv *.m4v *.webm *.tif *.tiff);;All files (*)"
 
@@ -87,8 +87,8 @@ class VideoLoaderWidget(QWidget):
         path_row.addWidget(file_btn)
         path_row.addWidget(dir_btn)
 
-        self.info_label = QLabel("No video chosen.")
-        self.info_label.setWordWrap(True)
+        self.status = StatusLabel("No video chosen.")
+        self.info_label = self.status.native
 
         self.unit_combo = QComboBox()
         self.unit_combo.addItems(["frames", "seconds"])
@@ -150,7 +150,7 @@ class VideoLoaderWidget(QWidget):
         """Choose a video and read its metadata in the background."""
         self.path_edit.setText(str(path))
         self.metadata = None
-        self.info_label.setText("Reading metadata…")
+        self.status.value = "Reading metadata…"
         self._probe_id += 1
         probe_id = self._probe_id
 
@@ -160,7 +160,7 @@ class VideoLoaderWidget(QWidget):
 
         def failed(exc) -> None:
             if probe_id == self._probe_id:
-                self.info_label.setText(f"Cannot open: {exc}")
+                self.status.value = f"Cannot open: {exc}"
 
         self.probe_worker, _ = run_in_worker(
             probe_video, str(path), on_done=done, description="reading video metadata"
@@ -173,7 +173,7 @@ class VideoLoaderWidget(QWidget):
         duration = f"{meta.duration:.2f} s" if meta.duration else "unknown duration"
         vfr = ", variable frame rate" if meta.variable_frame_rate else ""
         damage = f"\nDamaged: {meta.damage}" if meta.damage else ""
-        self.info_label.setText(
+        self.status.value = (
             f"{Path(meta.path).name}: {meta.source_width}x{meta.source_height}, {fps}{vfr}, "
             f"{duration}, {meta.source_n_frames} frames, codec {meta.codec or 'n/a'}{damage}"
         )

@@ -79,10 +79,11 @@ def save_checkpoint(path: PathLike, checkpoint: Mapping[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (the shared reader:
-    clear WeightsError on a bad file); tensors are moved to ``map_location``."""
-    ckpt = read_checkpoint(path)
+def load_checkpoint(path: PathLike, map_location: Any = "cpu", *, expected: Optional[str] = None) -> Dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (the shared reader: clear
+    WeightsError on a bad file; ``expected`` says what the file should have
+    been); tensors are moved to ``map_location``."""
+    ckpt = read_checkpoint(path, expected=expected)
     if str(map_location) != "cpu":
         ckpt = _to(ckpt, map_location)
     return ckpt

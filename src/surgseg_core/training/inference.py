@@ -33,7 +33,8 @@ def load_trained_model(
     is the checkpoint's training config with ``config`` on top."""
     spec = get_method(method) if isinstance(method, str) else method
     checkpoint, registered = _resolve_checkpoint(checkpoint, spec.name)
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, expected=f"a {spec.name} model checkpoint from training "
+                                                f"(checkpoints/best.pt of a 'surgseg train {spec.name}' run)")
     saved_by = ckpt.get("method")
     if saved_by not in (None, spec.name):
         raise ConfigError(f"checkpoint {checkpoint} was trained with method {saved_by!r}, not {spec.name!r}")

@@ -248,7 +248,8 @@ def _train_loop(
     seed = int(cfg["seed"])
     seed_everything(seed)
 
-    # --- data
+    # --- data (stage messages: the first batch can be a minute away)
+    report(progress, 0, None, "loading the dataset")
     train_ds, val_ds = spec.build_datasets(cfg)
     if train_ds is None or _safe_len(train_ds, "training") == 0:
         where = cfg.get("data_root") or cfg.get("data") or "the configured data"
@@ -266,8 +267,10 @@ def _train_loop(
     batches_per_epoch = math.ceil(len(train_sampler) / bs)
 
     # --- model and optimiser
+    report(progress, 0, None, f"building the {spec.name} model")
     model = spec.build_model(cfg)
     if cfg.get("init_weights") and resume_ckpt is None:
+        report(progress, 0, None, f"loading the weights {cfg['init_weights']}")
         load_model_weights(_resolve_weights(cfg["init_weights"]), model, missing_ok=list(cfg.get("init_missing_ok") or ()))
     model.to(device)
     method_groups = spec.param_groups(model, cfg) if spec.param_groups else None
@@ -356,6 +359,7 @@ def _train_loop(
 
     for epoch in range(start_epoch, epochs):
         t0 = time.monotonic()
+        report(progress, epoch * batches_per_epoch + skip_batches, total_batches, f"epoch {epoch + 1}/{epochs}")
         seed_everything(_epoch_seed(seed, epoch))
         train_sampler.set_epoch(epoch)
         indices = list(train_sampler)[skip_batches * bs:]

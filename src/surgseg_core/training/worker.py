@@ -81,6 +81,7 @@ def run_job(job: Dict[str, Any], emit: _Emitter) -> int:
             os.nice(int(job["nice"]))  # training yields the CPU to the GUI
         except (AttributeError, OSError):
             pass
+    emit.progress(0, None, "loading PyTorch")
     import torch
 
     if job.get("num_threads"):
@@ -102,6 +103,7 @@ def run_job(job: Dict[str, Any], emit: _Emitter) -> int:
             emit(event)
             curves(event)
 
+    emit.progress(0, None, "preparing the run")
     try:
         result = train(job["method"], job.get("config") or {}, run_dir=job["run_dir"], resume=bool(job.get("resume")),
                        progress=emit.progress, cancel=token, on_event=on_event)

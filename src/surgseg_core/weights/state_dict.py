@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -23,12 +24,21 @@ PathLike = Union[str, os.PathLike]
 Shape = Tuple[int, ...]
 
 
-def read_checkpoint(path: PathLike) -> Dict[str, Any]:
+def read_checkpoint(path: PathLike, *, expected: Optional[str] = None) -> Dict[str, Any]:
     """The contents of a checkpoint file (a dict): safetensors, or
-    ``torch.load(weights_only=True)``, which refuses pickled objects."""
+    ``torch.load(weights_only=True)``, which refuses pickled objects.
+
+    PyTorch's own text for a file that is not a plain weights checkpoint is
+    written for developers and even suggests ``weights_only=False`` (running
+    the file's code); it is replaced by a WeightsError naming the file, what
+    was expected (``expected``) and what to do.
+    """
     path = Path(path)
+    what = expected or "a checkpoint of tensors (.pt/.pth/.safetensors)"
+    if path.is_dir():
+        raise WeightsError(f"checkpoint {path} is a folder, not a file: choose {what} inside it")
     if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
+        raise WeightsError(f"checkpoint not found: {path} (expected {what})")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -37,14 +47,26 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle refusals, truncated zip, wrong format
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise WeightsError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {first} "
-            "(is it a complete .pt/.safetensors file? re-download or re-import it)"
-        ) from exc
+        raise WeightsError(_load_error_text(path, exc, what)) from None
     if not isinstance(data, dict):
-        raise WeightsError(f"checkpoint {path} holds a {type(data).__name__}, expected a dict")
+        raise WeightsError(f"checkpoint {path} holds a {type(data).__name__}, expected {what}")
     return data
+
+
+def _load_error_text(path: Path, exc: BaseException, what: str) -> str:
+    text = str(exc)
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsafe:
+        return (f"cannot read checkpoint {path}: it stores Python objects ({unsafe.group(1)}), not only tensors, "
+                f"and surgseg never runs code from a checkpoint; expected {what}. If the file is yours, load it in "
+                "Python and save the weights alone with torch.save(model.state_dict(), 'weights.pt')")
+    if isinstance(exc, OSError) and not isinstance(exc, EOFError):
+        reason = f"the file cannot be read ({exc.strerror or exc})"
+    elif "zip" in text.lower() or isinstance(exc, EOFError) or "header" in text.lower():
+        reason = "a damaged or incomplete checkpoint (was it copied or downloaded completely? re-download or re-import it)"
+    else:  # PyTorch's own text is for developers (and suggests running the file's code): never shown
+        reason = "not a PyTorch checkpoint"
+    return f"cannot read checkpoint {path}: {reason}; expected {what}"
 
 
 def state_dict_of(ckpt: Mapping[str, Any], source: Any = "checkpoint") -> Dict[str, torch.Tensor]:

@@ -1,0 +1,82 @@
+"""Checkpoint files that are not what they should be: every reader (training
+checkpoints, trained models, SAM2 state dicts) answers with one WeightsError
+naming the file and what was expected, never PyTorch's own text (which
+suggests ``weights_only=False``, i.e. running the file's code)."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from surgseg_core.errors import WeightsError
+from surgseg_core.sam2_engine import load_state_dict_file
+from surgseg_core.training.checkpoint import load_checkpoint
+from surgseg_core.weights.state_dict import read_checkpoint
+from surgseg_core.training.inference import load_trained_model
+
+
+@pytest.fixture
+def files(tmp_path):
+    out = {}
+    out["text"] = tmp_path / "notes.pt"
+    out["text"].write_text("not a checkpoint at all\n" * 20)
+    out["png"] = tmp_path / "frame.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(out["png"])
+    out["objects"] = tmp_path / "objects.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=1.0)}, out["objects"])
+    good = tmp_path / "good.pt"
+    torch.save({"model": {"w": torch.zeros(1000)}}, good)
+    out["truncated"] = tmp_path / "truncated.pt"
+    out["truncated"].write_bytes(good.read_bytes()[:600])
+    out["folder"] = tmp_path / "run"
+    out["folder"].mkdir()
+    return out
+
+
+def _no_raw_torch_text(message: str) -> None:
+    assert "weights_only" not in message and "Weights only load failed" not in message
+    assert "WeightsUnpickler" not in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("text", "not a PyTorch checkpoint"),
+    ("png", "not a PyTorch checkpoint"),
+    ("objects", "argparse.Namespace"),
+    ("truncated", "damaged or incomplete"),
+    ("folder", "is a folder"),
+])
+def test_every_reader_names_the_file_and_what_was_expected(files, kind, says):
+    path = files[kind]
+    readers = [
+        lambda: read_checkpoint(path, expected="a liver model checkpoint"),
+        lambda: load_checkpoint(path, expected="a liver model checkpoint"),
+        lambda: load_state_dict_file(path),
+    ]
+    for read in readers:
+        with pytest.raises(WeightsError) as err:
+            read()
+        message = str(err.value)
+        assert str(path) in message and says in message, message
+        _no_raw_torch_text(message)
+    with pytest.raises(WeightsError) as err:
+        read_checkpoint(path, expected="a liver model checkpoint")
+    assert "a liver model checkpoint" in str(err.value)
+
+
+def test_trained_model_loader_says_which_method_and_run_file(files):
+    with pytest.raises(WeightsError) as err:
+        load_trained_model("liver", files["text"])
+    message = str(err.value)
+    assert str(files["text"]) in message and "liver model checkpoint" in message and "best.pt" in message
+    _no_raw_torch_text(message)
+
+
+def test_missing_file_and_good_file(tmp_path):
+    with pytest.raises(WeightsError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"model": {"w": torch.ones(3)}}, tmp_path / "ok.pt")
+    assert torch.equal(read_checkpoint(tmp_path / "ok.pt")["model"]["w"], torch.ones(3))
