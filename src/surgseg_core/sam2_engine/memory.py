@@ -93,7 +93,7 @@ class MemoryPolicy:
         non_cond = {t: out for t, out in mem.non_cond.items() if near(t)}
         cond = dict(mem.cond)
         n = self.keep_recent_prompt_frames
-        if n is not None and len(cond) > n:
+        if n is not None:  # also with <= n prompts: never one beyond the current frame
             if reverse:
                 eligible = sorted((t for t in cond if t >= frame_idx))[:n]
             else:
