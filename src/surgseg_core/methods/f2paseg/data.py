@@ -90,14 +90,16 @@ class AnnotatedClip:
 
     def __init__(self, name: str, num_frames: int, read_frame: Callable[[int], np.ndarray],
                  mask_files: Mapping[int, Path], class_set: ClassSet, size: Tuple[int, int],
-                 decode_mask: Optional[Callable[[np.ndarray, Path], np.ndarray]] = None) -> None:
+                 decode_mask: Optional[Callable[[np.ndarray, Path], np.ndarray]] = None,
+                 read_mask: Optional[Callable[[int], np.ndarray]] = None) -> None:
         self.name = name
         self.num_frames = int(num_frames)
         self._read_frame = read_frame
-        self.mask_files = dict(sorted(mask_files.items()))
+        self.mask_files: Dict[int, Optional[Path]] = dict(sorted(mask_files.items()))
         self.class_set = class_set
         self.size = (int(size[0]), int(size[1]))  # (H, W)
         self._decode = decode_mask or _decode_index_mask
+        self._read_mask = read_mask  # masks made in memory (synthetic clips): mask_files values are None
 
     def __len__(self) -> int:
         return self.num_frames
@@ -135,14 +137,17 @@ class AnnotatedClip:
     def mask(self, i: int) -> Optional[np.ndarray]:
         """(H, W) uint8 index mask of frame ``i``; None if it is not annotated."""
         i = self._check_index(int(i))
-        path = self.mask_files.get(i)
-        if path is None:
+        if i not in self.mask_files:
             return None
-        mask = self._decode(_read_image(path), path)
+        path = self.mask_files[i]
+        if self._read_mask is not None:
+            mask, where = np.asarray(self._read_mask(i)), f"clip {self.name!r} frame {i} mask"
+        else:
+            mask, where = self._decode(_read_image(path), path), str(path)
         if mask.shape != self.size:
-            raise DatasetError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but frame {i} of clip "
+            raise DatasetError(f"{where}: mask is {mask.shape[1]}x{mask.shape[0]} but frame {i} of clip "
                                f"{self.name!r} is {self.size[1]}x{self.size[0]}")
-        self.class_set.check_mask(mask, str(path))
+        self.class_set.check_mask(mask, where)
         return mask
 
     def masks(self) -> Iterator[Tuple[int, np.ndarray]]:
