@@ -133,3 +133,30 @@ def test_overlay_on_synthetic_endonasal_clips():
         clip, _ = synthetic_anatomy_clip(seed=seed, n_frames=4)
         seen |= {int(v) for _, m in clip.masks() for v in np.unique(m)}
     assert {3, 5} & seen
+
+
+def test_synthetic_dataset_has_rare_classes_and_augmentation_raises_their_share():
+    from surgseg_core.methods.f2paseg.augment import synthetic_anatomy_dataset
+
+    clips, donors = synthetic_anatomy_dataset(4, rare_every=2, n_frames=3, height=64, width=80, seed=5)
+    before = class_distribution(clips)
+    assert 0 < before["share"][3] <= 0.5 and before["share"][5] <= 0.5  # rare: half the clips at most
+    assert before["share"][1] == 1.0
+    extra = augment_rare_clips(clips, donors[1:], rng=np.random.default_rng(0))
+    assert len(extra) == 2 and {c.target.name for c in extra} == {"synth5", "synth7"}
+    after = class_distribution(clips + extra)
+    assert after["share"][3] > before["share"][3]
+    assert after["frames"] == before["frames"] + 2 * 3
+    print(format_distribution(before, after, PAS))
+
+
+def test_absent_classes_leave_the_rest_of_the_synthetic_clip_unchanged():
+    from surgseg_core.synth import generate_endoscopy_clip
+
+    full = generate_endoscopy_clip(2, 2, 64, 80).frame(1)
+    lacking = generate_endoscopy_clip(2, 2, 64, 80, absent_classes=(3, 5)).frame(1)
+    assert not np.isin(lacking.anatomy, (3, 5)).any() and np.isin(full.anatomy, (3, 5)).any()
+    keep = ~np.isin(full.anatomy, (3, 5))
+    np.testing.assert_array_equal(full.anatomy[keep], lacking.anatomy[keep])
+    with pytest.raises(ConfigError, match="absent_classes"):
+        generate_endoscopy_clip(2, 2, 64, 80, absent_classes=(7,))

@@ -203,14 +203,15 @@ def format_distribution(before: Dict[str, object], after: Dict[str, object], cla
 
 
 def synthetic_anatomy_clip(seed: int = 0, n_frames: int = 20, height: int = 96, width: int = 128,
-                           class_set: Optional[ClassSet] = None) -> Tuple[AnnotatedClip, InstrumentDonor]:
+                           class_set: Optional[ClassSet] = None, absent_classes: Tuple[int, ...] = (),
+                           ) -> Tuple[AnnotatedClip, InstrumentDonor]:
     """A synthetic endonasal clip (``surgseg_core.synth``: the six PAS
-    classes incl. the rare IP / OCR, instruments with masks) as an annotated
+    classes but ``absent_classes``, instruments with masks) as an annotated
     clip (anatomy labels) and as an instrument donor, both lazy."""
     from ...synth import generate_endoscopy_clip
     from .classes import PAS
 
-    synth = generate_endoscopy_clip(seed, n_frames, height, width)
+    synth = generate_endoscopy_clip(seed, n_frames, height, width, absent_classes=absent_classes)
     clip = AnnotatedClip(f"synth{seed}", n_frames, lambda i: synth.frame(i).image,
                          {i: None for i in range(n_frames)}, class_set or PAS, (height, width),
                          read_mask=lambda i: synth.frame(i).anatomy)
@@ -220,3 +221,22 @@ def synthetic_anatomy_clip(seed: int = 0, n_frames: int = 20, height: int = 96, 
         return f.image, f.instruments > 0
 
     return clip, InstrumentDonor(f"synth{seed}-instruments", n_frames, instruments)
+
+
+def synthetic_anatomy_dataset(n_clips: int = 10, *, rare_every: int = 4, n_frames: int = 20, height: int = 96,
+                              width: int = 128, seed: int = 0) -> Tuple[List[AnnotatedClip], List[InstrumentDonor]]:
+    """Synthetic PAS-like training clips in which the rare classes are rare,
+    as in the paper's Fig. 4: only every ``rare_every``-th clip (patient)
+    shows IP and OCR, the others lack them. Returns (clips, instrument donors
+    made from the same clips' instruments)."""
+    if n_clips < 1 or rare_every < 1:
+        raise ConfigError(f"n_clips and rare_every must be >= 1, got {n_clips}, {rare_every}")
+    from .classes import PAS
+
+    clips, donors = [], []
+    for k in range(n_clips):
+        absent = () if k % rare_every == 0 else PAS.rare_ids
+        clip, donor = synthetic_anatomy_clip(seed + k, n_frames, height, width, absent_classes=absent)
+        clips.append(clip)
+        donors.append(donor)
+    return clips, donors
