@@ -281,3 +281,16 @@ def test_trainable_parameters_by_module_with_the_papers_freezing():
     assert counts["all"]["trainable"] == total - (decoder - fusion)
     table = format_parameter_table(counts)
     assert "fusion" in table and "sam_mask_decoder" in table
+
+
+def test_config_builds_the_model_with_its_options():
+    from surgseg_core.methods.f2paseg.spec import DEFAULT_CONFIG, build_from_config, class_set_of
+
+    model = build_from_config({"sam2_config": "surgseg_tiny", "checkpoint": None, "image_size": 128,
+                               "lora_rank": 2, "lora_alpha": 0.5, "keep_recent_prompt_frames": 0})
+    fus = model.sam_mask_decoder.fusion["s8"]
+    assert (fus.rank, fus.alpha) == (2, 0.5) and model.surgseg_keep_recent_prompt_frames is None
+    assert not model.sam_mask_decoder.iou_token.weight.requires_grad and fus.f.weight.requires_grad
+    assert class_set_of(DEFAULT_CONFIG).name == "pas" and DEFAULT_CONFIG["box_every"] == 10
+    with pytest.raises(ConfigError, match="unknown config key"):
+        build_from_config({"lora_rnak": 2})
