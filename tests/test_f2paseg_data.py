@@ -212,3 +212,24 @@ def test_cholecseg8k_real_clip(read_count):
     endo = read_cholecseg8k(CS8K, mask_kind="endo", require_masks=False)
     with pytest.raises(DatasetError, match=r"unknown CholecSeg8k mask value\(s\) \[0\]"):
         endo.mask(0)
+
+
+def test_synthetic_clip_boxes_through_the_f2paseg_engine_give_class_maps():
+    from surgseg_core.methods.f2paseg.augment import synthetic_anatomy_clip
+    from surgseg_core.methods.f2paseg.data import add_box_prompts
+    from surgseg_core.methods.f2paseg.model import build_f2paseg
+    from surgseg_core.sam2_engine import StreamingSAM2
+
+    clip, _ = synthetic_anatomy_clip(seed=1, n_frames=12, height=96, width=128)
+    model = build_f2paseg("surgseg_tiny", device="cpu", seed=0)  # random init: shapes and ids, not quality
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
+    engine = StreamingSAM2(model, clip.frames)
+    prompts = box_prompts(clip)
+    assert sorted(prompts) == [0, 10]
+    assert add_box_prompts(engine, prompts) == sum(len(b) for b in prompts.values())
+    assert sorted(engine.obj_ids) == sorted({c for b in prompts.values() for c in b})
+    maps = [r.label_map() for r in engine.iter_propagate()]
+    assert len(maps) == 12 and maps[0].shape == (96, 128)
+    values = set(np.unique(np.stack(maps)).tolist())
+    assert values <= {0, *engine.obj_ids} and len(values) > 2

@@ -294,3 +294,15 @@ def test_config_builds_the_model_with_its_options():
     assert class_set_of(DEFAULT_CONFIG).name == "pas" and DEFAULT_CONFIG["box_every"] == 10
     with pytest.raises(ConfigError, match="unknown config key"):
         build_from_config({"lora_rnak": 2})
+
+
+def test_parameter_counts_on_hiera_tiny_match_the_paper():
+    # paper sec. 3.3: 39.0 M trainable without LoRA, 34.8 M "with LoRA" on SAM2-t;
+    # the real architecture (random init) reproduces both: all parameters incl.
+    # the fusion module, and with the mask decoder frozen except the fusion module
+    model = build_f2paseg("sam2.1_hiera_tiny", device="cpu", image_size=256)
+    counts = trainable_parameters(model)
+    assert round(counts["all"]["trainable"] / 1e6, 1) == 39.0
+    assert 0.05e6 < counts["fusion"]["total"] < 0.15e6
+    freeze_for_finetuning(model)
+    assert round(trainable_parameters(model)["all"]["trainable"] / 1e6, 1) == 34.8

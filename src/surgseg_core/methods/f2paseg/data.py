@@ -423,3 +423,15 @@ def class_pixel_counts(clips: Sequence[AnnotatedClip], class_set: Optional[Class
                 if v in counts:
                     counts[v] += k
     return counts
+
+
+def add_box_prompts(engine, prompts: Mapping[int, Mapping[int, Sequence[float]]]) -> int:
+    """Give ``box_prompts`` to a ``StreamingSAM2`` engine: each class is one
+    object whose id is the class id, so the engine's label maps are class
+    maps. Returns the number of boxes added."""
+    n = 0
+    for t in sorted(prompts):
+        for class_id, box in sorted(prompts[t].items()):
+            engine.add_box(int(t), int(class_id), list(box))
+            n += 1
+    return n
