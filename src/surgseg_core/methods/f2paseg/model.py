@@ -25,11 +25,11 @@ Choices the paper leaves open (config keys of the variant):
     alpha/r); with B = 0 at start alpha only scales the LoRA branch's
     effective step size, 1 treats it like the conv path f.
   * ``kernel_size`` = 3 for H's conv and f (residual-block convention); the
-    module then has about 0.1 M parameters, which matches the paper's
-    "39.0 M" trainable for SAM2-t (38.9 M) plus the fusion module.
-    The paper's 34.8 M "with LoRA" matches freezing the mask decoder
-    (4.2 M) except the fusion module, as its sec. 3.2 says (see
-    ``trainable_parameters`` / ``freeze_for_finetuning``).
+    module then has 0.09 M parameters. On SAM2.1 hiera-tiny everything
+    trainable is 39.06 M (SAM2-t 38.96 M + fusion; the paper: "39.0 M"),
+    and freezing the mask decoder (4.2 M) except the fusion module, as the
+    paper's sec. 3.2 says, leaves 34.84 M (the paper's 34.8 M "with LoRA")
+    (see ``trainable_parameters`` / ``freeze_for_finetuning``).
   * BN (inside H) behaves as any BatchNorm: batch statistics in
     ``train()``, running statistics in ``eval()`` (the engine and
     ``build_model`` use eval). Either way the untrained module is the
