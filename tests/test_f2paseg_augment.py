@@ -160,3 +160,25 @@ def test_absent_classes_leave_the_rest_of_the_synthetic_clip_unchanged():
     np.testing.assert_array_equal(full.anatomy[keep], lacking.anatomy[keep])
     with pytest.raises(ConfigError, match="absent_classes"):
         generate_endoscopy_clip(2, 2, 64, 80, absent_classes=(7,))
+
+
+def test_synthetic_and_augmented_clips_written_in_the_pas_layout_read_back(tmp_path):
+    from surgseg_core.methods.f2paseg.augment import synthetic_anatomy_dataset
+    from surgseg_core.methods.f2paseg.data import read_pas, write_pas
+
+    clips, donors = synthetic_anatomy_dataset(2, rare_every=2, n_frames=3, height=64, width=80, seed=1)
+    extra = augment_rare_clips(clips, donors[1:], rng=np.random.default_rng(0))
+    progress = []
+    write_pas(clips + extra, tmp_path, "train", progress=lambda d, t, m="": progress.append((d, t)))
+    assert progress[-1] == (9, 9)
+    back = read_pas(tmp_path, "train")
+    assert [c.name for c in back] == ["case_0000", "case_0001", "case_0002"]
+    for src, got in zip(clips + extra, back):
+        for i in range(3):
+            np.testing.assert_array_equal(got.mask(i), src.mask(i))  # lossless masks
+            assert np.abs(got.frame(i).astype(int) - src.frame(i)).mean() < 8  # JPEG frames
+    assert class_distribution(back)["share"] == class_distribution(clips + extra)["share"]
+    sparse = AnnotatedClip("s", 2, lambda i: np.zeros((4, 4, 3), np.uint8), {0: None}, PAS, (4, 4),
+                           read_mask=lambda i: np.zeros((4, 4), np.uint8))
+    with pytest.raises(DatasetError, match=r"needs a mask for every frame; none for frame\(s\) \[1\]"):
+        write_pas([sparse], tmp_path / "x")

@@ -435,3 +435,36 @@ def add_box_prompts(engine, prompts: Mapping[int, Mapping[int, Sequence[float]]]
             engine.add_box(int(t), int(class_id), list(box))
             n += 1
     return n
+
+
+def write_pas(clips: Sequence[AnnotatedClip], root: PathLike, split: str = "train", *, jpeg_quality: int = 95,
+              case_names: Optional[Sequence[str]] = None, progress=None, cancel=None) -> List[Path]:
+    """Write clips (e.g. synthetic or augmented ones) in the PAS layout:
+    frames as ``{split}/image/case_XXXX/{i}.jpg``, index masks as
+    ``{split}/mask/case_XXXX/{i}.png``; every frame needs a mask. One frame
+    at a time, each file written atomically. Returns the case folders."""
+    from PIL import Image
+
+    from ...atomic import atomic_path
+    from ...progress import check_cancel, report
+
+    root = Path(root)
+    names = list(case_names) if case_names is not None else [f"case_{k:04d}" for k in range(len(clips))]
+    if len(names) != len(clips) or len(set(names)) != len(names):
+        raise DatasetError(f"give one distinct case name per clip ({len(clips)} clips, names {names[:5]})")
+    total, done, out = sum(len(c) for c in clips), 0, []
+    for clip, name in zip(clips, names):
+        missing = [i for i in range(len(clip)) if i not in clip.mask_files]
+        if missing:
+            raise DatasetError(f"clip {clip.name!r}: the PAS layout needs a mask for every frame; "
+                               f"none for frame(s) {missing[:5]}")
+        for i in range(len(clip)):
+            check_cancel(cancel)
+            with atomic_path(root / split / "image" / name / f"{i}.jpg") as tmp:
+                Image.fromarray(clip.frame(i)).save(tmp, format="JPEG", quality=jpeg_quality)
+            with atomic_path(root / split / "mask" / name / f"{i}.png") as tmp:
+                Image.fromarray(clip.mask(i)).save(tmp, format="PNG")
+            done += 1
+            report(progress, done, total, f"{name} frame {i}")
+        out.append(root / split / "image" / name)
+    return out
