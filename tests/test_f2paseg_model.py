@@ -166,6 +166,23 @@ def test_plain_weights_load_with_exactly_the_fusion_keys_new(plain_ckpt):
     assert f2.surgseg_variant.endswith("f2paseg")
 
 
+def test_f2paseg_weights_load_exactly_and_are_refused_by_plain_sam2(plain_ckpt, tmp_path):
+    from surgseg_core.errors import WeightsError
+
+    f2 = build_f2paseg("surgseg_tiny", plain_ckpt, device="cpu")
+    with torch.no_grad():
+        f2.sam_mask_decoder.fusion["s8"].lora_b.weight.fill_(0.5)  # "fine-tuned"
+        f2.sam_mask_decoder.fusion["s8"].h_bn.running_mean.fill_(0.25)
+    path = tmp_path / "tuned.pt"
+    torch.save({"model": f2.state_dict()}, path)
+    again = build_f2paseg("surgseg_tiny", path, device="cpu", missing_ok=[])
+    assert again.surgseg_load_report.new_keys == []
+    assert (again.sam_mask_decoder.fusion["s8"].lora_b.weight == 0.5).all()
+    assert (again.sam_mask_decoder.fusion["s8"].h_bn.running_mean == 0.25).all()
+    with pytest.raises(WeightsError, match="unexpected.*sam_mask_decoder.fusion"):
+        build_model("surgseg_tiny", path, device="cpu")
+
+
 def test_untrained_f2paseg_masks_equal_plain_sam2_through_the_engine(plain_ckpt, frames):
     plain = build_model("surgseg_tiny", plain_ckpt, device="cpu")
     f2 = build_f2paseg("surgseg_tiny", plain_ckpt, device="cpu")
