@@ -326,3 +326,15 @@ def test_parameter_counts_on_hiera_tiny_match_the_paper():
     assert 0.05e6 < counts["fusion"]["total"] < 0.15e6
     freeze_for_finetuning(model)
     assert round(trainable_parameters(model)["all"]["trainable"] / 1e6, 1) == 34.8
+
+
+def test_recent_prompt_frames_rule():
+    from surgseg_core.sam2_engine.memory import recent_prompt_frames
+
+    assert recent_prompt_frames([0, 3, 6], 8, False, 2) == [3, 6]
+    assert recent_prompt_frames([0, 3, 6], 5, False, 2) == [0, 3]
+    assert recent_prompt_frames([0, 3, 6], 6, False, 2) == [3, 6]  # "at or before"
+    assert recent_prompt_frames([0, 6], 3, False, 2) == [0]  # never a future prompt, even with <= 2
+    assert recent_prompt_frames([0, 3, 6], 2, True, 2) == [3, 6]
+    assert recent_prompt_frames([4, 9], 2, False, 2) == [4, 9]  # none on the allowed side: the closest
+    assert recent_prompt_frames([4, 9, 12], 2, False, 1) == [4]
