@@ -131,6 +131,8 @@ class StreamingSAM2:
         model's value.
       ``keep_recent_prompt_frames``: F2PASeg prompt partitioning: only the N
         latest prompted frames at or before the current frame (forward).
+        None: the model's default (``model.surgseg_keep_recent_prompt_frames``,
+        set by variants such as "f2paseg"; else off); 0: off.
       ``correct_as_cond`` / ``clear_memory_around_corrections``: SAM2's
         ``add_all_frames_to_correct_as_cond`` / ``clear_non_cond_mem_around_input``
         (on by default: without them a correction does not steer later frames).
@@ -179,8 +181,11 @@ class StreamingSAM2:
             )
         if max_cond_frames_in_attn is not None and max_cond_frames_in_attn != -1 and max_cond_frames_in_attn < 2:
             raise ConfigError(f"max_cond_frames_in_attn must be -1 (no limit) or >= 2, got {max_cond_frames_in_attn}")
-        if keep_recent_prompt_frames is not None and keep_recent_prompt_frames < 1:
-            raise ConfigError(f"keep_recent_prompt_frames must be >= 1, got {keep_recent_prompt_frames}")
+        if keep_recent_prompt_frames is None:
+            keep_recent_prompt_frames = getattr(model, "surgseg_keep_recent_prompt_frames", None)
+        if keep_recent_prompt_frames is not None and keep_recent_prompt_frames < 0:
+            raise ConfigError(f"keep_recent_prompt_frames must be >= 0 (0: off), got {keep_recent_prompt_frames}")
+        keep_recent_prompt_frames = keep_recent_prompt_frames or None  # 0: off
         self.image_size = int(model.image_size)
         self.max_cond_frames_in_attn = max_cond_frames_in_attn
         self.keep_recent_prompt_frames = keep_recent_prompt_frames

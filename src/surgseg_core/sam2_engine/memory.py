@@ -49,6 +49,21 @@ class ObjectMemory:
         return sorted(set(self.cond) | set(self.pending))
 
 
+def recent_prompt_frames(prompted: Iterable[int], frame_idx: int, reverse: bool, n: int) -> List[int]:
+    """F2PASeg's prompt partitioning: the ``n`` latest prompted frames at or
+    before ``frame_idx`` in the direction of travel (at or after it when
+    tracking backward); when there is none on that side, the ``n``
+    temporally closest. Shared by the streaming engine and training code."""
+    prompted = sorted(set(int(t) for t in prompted))
+    if reverse:
+        eligible = [t for t in prompted if t >= frame_idx][:n]
+    else:
+        eligible = [t for t in prompted if t <= frame_idx][-n:]
+    if not eligible:
+        eligible = sorted(sorted(prompted, key=lambda t: abs(t - frame_idx))[:n])
+    return eligible
+
+
 class MemoryPolicy:
     """Which non-conditioning outputs to keep, and which prompted frames
     memory attention sees."""
@@ -93,13 +108,8 @@ class MemoryPolicy:
         non_cond = {t: out for t, out in mem.non_cond.items() if near(t)}
         cond = dict(mem.cond)
         n = self.keep_recent_prompt_frames
-        if n is not None and len(cond) > n:
-            if reverse:
-                eligible = sorted((t for t in cond if t >= frame_idx))[:n]
-            else:
-                eligible = sorted((t for t in cond if t <= frame_idx))[-n:]
-            if not eligible:  # nothing on the allowed side: the temporally closest
-                eligible = sorted(cond, key=lambda t: abs(t - frame_idx))[:n]
+        if n is not None:  # also with <= n prompts: never one beyond the current frame
+            eligible = recent_prompt_frames(cond, frame_idx, reverse, n)
             for t in list(cond):
                 if t not in eligible:
                     out = cond.pop(t)

@@ -30,16 +30,27 @@ class FrameResult:
         """uint8 0/1 label map of one object."""
         return (self.logits[self.obj_ids.index(obj_id)] > 0).numpy().astype(np.uint8)
 
-    def label_map(self) -> np.ndarray:
+    def label_map(self, threshold: float = 0.0) -> np.ndarray:
         """Merged multi-class map: each pixel gets the id of the object with
-        the highest logit among those with logit > 0, else 0."""
-        dtype = np.uint8 if max(self.obj_ids, default=0) < 256 else np.uint16
-        if not self.obj_ids:
-            return np.zeros(self.logits.shape[-2:], dtype)
-        best, arg = self.logits.max(dim=0)
-        ids = torch.as_tensor(self.obj_ids, dtype=torch.int64)
-        labels = torch.where(best > 0, ids[arg], torch.zeros_like(arg))
-        return labels.numpy().astype(dtype)
+        the highest logit among those with logit > ``threshold``, else 0."""
+        return merge_object_logits(self.logits, self.obj_ids, threshold)
+
+
+def merge_object_logits(logits: Any, obj_ids: Sequence[int], threshold: float = 0.0) -> np.ndarray:
+    """One label map from per-object logits (n_obj, ..., H, W) (numpy or
+    torch): the id of the object with the highest logit among those above
+    ``threshold``, 0 (background) where none is."""
+    ids = [int(i) for i in obj_ids]
+    t = torch.as_tensor(logits)
+    if t.shape[0] != len(ids):
+        raise ValueError(f"{t.shape[0]} logit maps for {len(ids)} object ids")
+    dtype = np.uint8 if max(ids, default=0) < 256 else np.uint16
+    if not ids:
+        return np.zeros(tuple(t.shape[1:]), dtype)
+    best, arg = t.float().max(dim=0)
+    lut = torch.as_tensor(ids, dtype=torch.int64, device=t.device)
+    labels = torch.where(best > threshold, lut[arg], torch.zeros_like(arg))
+    return labels.cpu().numpy().astype(dtype)
 
 
 class ArrayWriter:

@@ -38,9 +38,8 @@ class Variant:
 
 _REGISTRY: Dict[str, Variant] = {}
 _ORIGIN: Dict[str, str] = {}
-# variants that ship with the package, imported on first lookup (none yet:
-# the SAM2 methods add theirs, e.g. "f2paseg": "surgseg_core.methods.f2paseg.model")
-_BUILTIN_MODULES: Dict[str, str] = {}
+# variants that ship with the package, imported on first lookup
+_BUILTIN_MODULES: Dict[str, str] = {"f2paseg": "surgseg_core.methods.f2paseg.model"}
 
 
 def register_variant(variant: Variant, module: Optional[str] = None) -> Variant:

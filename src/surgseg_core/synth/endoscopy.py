@@ -121,8 +121,13 @@ def _check_size(n_frames: int, height: int, width: int, fps: Optional[float] = N
 class EndoscopyClip:
     """Lazy synthetic endoscopy clip; see :func:`generate_endoscopy_clip`."""
 
-    def __init__(self, seed: int, n_frames: int, height: int, width: int, fps: float) -> None:
+    def __init__(self, seed: int, n_frames: int, height: int, width: int, fps: float,
+                 absent_classes: Tuple[int, ...] = ()) -> None:
         _check_size(n_frames, height, width, fps)
+        bad = [c for c in absent_classes if c not in range(1, len(ANATOMY_CLASSES))]
+        if bad:
+            raise ConfigError(f"synthetic clip: absent_classes must be anatomy classes 1..6, got {bad}")
+        self.absent_classes = tuple(sorted(set(int(c) for c in absent_classes)))
         self.seed = int(seed)
         self.n_frames = int(n_frames)
         self.height = int(height)
@@ -156,6 +161,8 @@ class EndoscopyClip:
         dome = np.zeros((ch, cw))  # 1 at a region's centre, 0 at its edge
         for cls, cu, cv, au, av, rot in _LAYOUT:
             cu, cv = cu + rng.uniform(-0.02, 0.02), cv + rng.uniform(-0.02, 0.02)
+            if cls in self.absent_classes:  # after the draws: the other regions stay where they were
+                continue
             cr, sr = np.cos(rot), np.sin(rot)
             du, dv = uw - cu, vw - cv
             f = ((cr * du + sr * dv) / au) ** 2 + ((-sr * du + cr * dv) / av) ** 2
@@ -389,12 +396,15 @@ class EndoscopyClip:
 
 
 def generate_endoscopy_clip(
-    seed: int = 0, n_frames: int = 48, height: int = 240, width: int = 320, fps: float = 25.0
+    seed: int = 0, n_frames: int = 48, height: int = 240, width: int = 320, fps: float = 25.0,
+    absent_classes: Tuple[int, ...] = (),
 ) -> EndoscopyClip:
     """A deterministic synthetic endoscopy clip (lazy: ``clip.frame(i)``
     renders frame ``i``). Same arguments give bit-identical frames.
 
     Raises :class:`~surgseg_core.errors.ConfigError` for sizes below 32 px,
-    ``n_frames < 1`` or ``fps <= 0``.
+    ``n_frames < 1`` or ``fps <= 0``. ``absent_classes``: anatomy classes
+    this patient lacks (their regions are mucosa), e.g. (3, 5) for a clip
+    without the rare ICA prominence and optic-carotid recess.
     """
-    return EndoscopyClip(seed, n_frames, height, width, fps)
+    return EndoscopyClip(seed, n_frames, height, width, fps, absent_classes)

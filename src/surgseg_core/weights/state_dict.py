@@ -161,6 +161,7 @@ def load_state_into(
     new = check_state_keys(state, {k: tuple(v.shape) for k, v in own.items()}, missing_ok=missing_ok,
                            target=target, source=source)
     result = model.load_state_dict(state, strict=not new)
-    if sorted(result.missing_keys) != sorted(new) or result.unexpected_keys:  # checked above; torch agrees
+    # checked above; torch agrees (it may fill some new keys itself: BatchNorm's num_batches_tracked)
+    if set(result.missing_keys) - set(new) or result.unexpected_keys:
         raise WeightsError(f"loading {source} into {target} left {result.missing_keys[:3]} unset")
     return LoadReport(source=str(source), new_keys=list(new))
