@@ -145,7 +145,7 @@ class CorrectionsWidget(Container):
             show_info(f"Corrections exported as a training dataset: {path}")
 
         self.worker, _ = run_in_worker(export_corrections, out, method=self.method_combo.value, on_done=done,
-                                       description="Export corrections", **kwargs)
+                                       description="Export corrections", owner=self, **kwargs)
         self.worker.errored.connect(lambda *_: setattr(self.export_button, "enabled", True))
         return self.worker
 
@@ -165,7 +165,7 @@ class CorrectionsWidget(Container):
         def ranking(*a, progress=None, cancel=None, **kw):
             return rank_frames_by_uncertainty(*a, **kw)
 
-        self.worker, _ = run_in_worker(ranking, *args, on_done=self.show_ranking, description="Rank frames",
+        self.worker, _ = run_in_worker(ranking, *args, on_done=self.show_ranking, description="Rank frames", owner=self,
                                        **kwargs)
         return self.worker
 

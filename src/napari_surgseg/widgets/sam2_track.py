@@ -232,6 +232,8 @@ class Sam2TrackWidget(Container):
             sink=ArrayWriter(labels.data),
             on_done=on_done,
             description=description,
+            owner=self,
+            unit="frames",
         )
         self.worker.yielded.connect(lambda _update: labels.refresh())
         self.worker.errored.connect(lambda exc: self._on_stopped(labels, exc))

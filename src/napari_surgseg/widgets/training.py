@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels, Points
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtGui import QPixmap
@@ -28,7 +27,7 @@ from surgseg_core.datasets import export_corrections
 from surgseg_core.training.method import available_methods, method_reference
 from surgseg_core.training.process import TrainingProcess
 
-from .._workers import run_in_worker
+from .._workers import RunProgress, run_in_worker
 from .corrections import connect_layer_refresh, corrections_kwargs, layer_choices
 
 SOURCE_FOLDER = "dataset folder"
@@ -209,7 +208,8 @@ class TrainingWidget(Container):
                 self._set_running(False)
 
             self._export_worker, _ = run_in_worker(export_corrections, dataset, method=export_method,
-                                                   on_done=exported, description="Export corrections", **kwargs)
+                                                   on_done=exported, description="Export corrections", owner=self,
+                                                   **kwargs)
             self._export_worker.errored.connect(failed)
             return
         data = str(self.data_edit.value)
@@ -280,14 +280,12 @@ class TrainingWidget(Container):
         if kind == "start":
             self.plot.clear_data(ev.get("monitor", "metric"))
             self._close_bar()
-            self._bar = napari_progress(total=ev["epochs"] * ev["batches_per_epoch"], desc="Training")
+            self._bar = RunProgress("Training", unit="steps")
+            self._bar.update(0, ev["epochs"] * ev["batches_per_epoch"], f"{ev['epochs']} epoch(s)")
             self.status.value = f"training {ev.get('method')} ({ev['epochs']} epochs)"
         elif kind == "progress":
             if self._bar is not None:
-                self._bar.n = int(ev["done"])
-                if ev.get("message"):
-                    self._bar.set_description(f"Training: {ev['message']}")
-                self._bar.refresh()
+                self._bar.update(int(ev["done"]), ev.get("total", self._bar.total), ev.get("message") or "")
         elif kind == "step":
             loss = ev.get("loss")
             if isinstance(loss, (int, float)):
@@ -311,6 +309,9 @@ class TrainingWidget(Container):
         elif kind == "finished":
             self._got_final = True
             how = "stopped" if ev.get("stopped") == "cancelled" else "finished"
+            if how == "stopped" and self._bar is not None:  # the bar's last words: how far it got
+                self._bar.close(f"stopped after {self._bar.count()}")
+                self._bar = None
             self.status.value = f"{how}: best checkpoint {ev.get('best_checkpoint')}"
             show_info(f"Training {how}. Best checkpoint: {ev.get('best_checkpoint')}")
             self.trained.emit(str(ev.get("best_checkpoint")))
