@@ -214,14 +214,18 @@ class Session:
 
     def step_close_mid_track(self):
         w = self._tracker(-1)  # the whole clip: still running when the viewer closes
-        yield lambda: any(max(b["values"], default=0) >= 2 for b in self.bars_of("Tracking with SAM2"))
+        updates = []
+        w.worker.yielded.connect(updates.append)
+        yield lambda: len(updates) >= 3
         self.check(w.worker is not None, "still tracking")
         self.close_viewer()
 
     def step_close_after_track(self):
+        from qtpy import sip
         from qtpy.QtCore import QCoreApplication, QEvent, QThreadPool
 
         w = self._tracker(1)
+        yield lambda: True  # (closing ends the event loop: the step must end in the tick that closes)
         # wait, without serving the event loop, until the run has ended in
         # its thread: its returned/finished signals are queued, undelivered
         deadline = time.monotonic() + WAIT_S
@@ -230,8 +234,13 @@ class Session:
         # then close the viewer and delete its widgets before they arrive
         self.viewer.close()
         QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
+        self.check(sip.isdeleted(w.track_button.native), "the widget was deleted with the viewer")
+        # the event loop goes on (IPython's %gui qt, another viewer): the
+        # run's queued signals arrive now
+        for _ in range(20):
+            QCoreApplication.processEvents()
+            time.sleep(0.01)
         self.closed = True
-        yield lambda: True
 
     def close_viewer(self) -> None:
         self.closed = True
