@@ -98,6 +98,11 @@ class Session:
         # being updated: the run is over once its bar is closed
         return all(b["closed"] for b in self.bars_of(name))
 
+    def moved(self, name: str) -> bool:
+        """One bar for the run, and the dock was sent two or more values."""
+        bars = self.bars_of(name)
+        return len(bars) == 1 and len(set(bars[0]["values"])) >= 2
+
     def advanced(self, name: str) -> bool:
         """The run had one bar, and it went up in steps to its total."""
         bars = self.bars_of(name)
@@ -205,8 +210,10 @@ class Session:
         w.run_edit.value = str(self.tmp / "train-run")
         w.extra_config = dict(self.spec.get("train_config", {}))
         w.start()
-        yield lambda: w._bar is not None and w._bar.done >= 2  # the bar moves with the steps
-        self.check(self.advanced("Training"), f"one training bar, moved: {self.bars_of('Training')}")
+        # the bar moves with the steps (or the process ended: the check says why)
+        yield lambda: self.moved("Training") or (w.process is not None and not w.running)
+        self.check(self.moved("Training"),
+                   f"one training bar, moved: {self.bars_of('Training')}; status {w.status.value!r}")
         w.stop()
         yield lambda: w.process is not None and w.process.finished() and not w.running
         yield lambda: not w.timer.isActive()

@@ -127,7 +127,8 @@ class TrainingWidget(Container):
         ])
         self.plot = LossPlot()
         self.native.layout().addWidget(self.plot)
-        self.timer = QTimer()
+        # a child of the widget: it dies with it, so no poll runs on a closed (deleted) widget
+        self.timer = QTimer(self.native)
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.poll)
         connect_layer_refresh(napari_viewer, self)
