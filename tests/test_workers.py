@@ -63,7 +63,7 @@ def _steps(n: int, go: threading.Semaphore):
 def test_one_bar_moves_to_its_total(make_napari_viewer, qtbot, bars):
     make_napari_viewer()  # the activity dock, with its processEvents() inside every update
     go = threading.Semaphore(0)
-    run_in_worker(_steps(6, go), description="Tracking", unit="frames")
+    run_in_worker(_steps(6, go), description="Tracking", progress_unit="frames")
     for i in range(1, 7):  # the bar follows the work, unit by unit
         go.release()
         qtbot.waitUntil(lambda: bool(bars and bars[0]["values"]) and bars[0]["values"][-1] == i, timeout=20_000)
@@ -77,7 +77,7 @@ def test_cancel_says_how_many_frames_were_finished(make_napari_viewer, qtbot, ba
     infos = []
     monkeypatch.setattr(_workers, "show_info", infos.append)
     go = threading.Semaphore(3)
-    worker, token = run_in_worker(_steps(10, go), description="Tracking", unit="frames")
+    worker, token = run_in_worker(_steps(10, go), description="Tracking", progress_unit="frames")
     qtbot.waitUntil(lambda: bool(bars and bars[0]["values"]) and bars[0]["values"][-1] == 3, timeout=20_000)
     token.cancel()
     qtbot.waitUntil(lambda: bool(infos), timeout=20_000)

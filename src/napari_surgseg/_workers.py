@@ -105,13 +105,14 @@ def run_in_worker(
     on_done: Optional[Callable[[Any], None]] = None,
     description: str = "working",
     owner: Any = None,
-    unit: str = "",
+    progress_unit: str = "",
     **kwargs: Any,
 ):
     """Start ``fn(*args, progress=..., cancel=..., **kwargs)`` in a thread.
 
     Returns ``(worker, cancel_token)``. Progress goes to a napari progress bar
-    (``unit`` names what ``done``/``total`` count, for the cancel message);
+    (``progress_unit`` names what ``done``/``total`` count, for the cancel
+    message; not ``unit``, which the video loader passes on to its function);
     ``SurgsegError`` arrives as a napari error notification with its message;
     cancellation is a short info notification saying how far the run got.
     ``owner`` (the widget that starts the run, magicgui or Qt) ties the run to
@@ -153,7 +154,7 @@ def run_in_worker(
         return result.get("value")
 
     worker = _work()
-    bar = RunProgress(description, unit)
+    bar = RunProgress(description, progress_unit)
 
     def _on_error(exc):
         if isinstance(exc, Cancelled):

@@ -117,7 +117,7 @@ class ExportOverlayWidget(Container):
         self.status.value = f"exporting {out.name}…"
         self.worker, self._token = run_in_worker(
             export_overlay_video, video, out, on_done=self._done, description="exporting overlay", owner=self,
-            unit="frames", **kwargs
+            progress_unit="frames", **kwargs
         )
         self.worker.finished.connect(self._finished)
 

@@ -199,7 +199,7 @@ class LiverLandmarksWidget(Container):
 
         self.worker, self._token = run_in_worker(
             _predict_job, ckpt, frames, indices, self.options(), self._model_cache, labels.data, single,
-            on_done=done, description="liver landmarks", owner=self, unit="frames")
+            on_done=done, description="liver landmarks", owner=self, progress_unit="frames")
         self.worker.yielded.connect(lambda _update: labels.refresh())
         self.worker.finished.connect(self._reset_buttons)
         return self.worker

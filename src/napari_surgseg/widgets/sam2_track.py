@@ -233,7 +233,7 @@ class Sam2TrackWidget(Container):
             on_done=on_done,
             description=description,
             owner=self,
-            unit="frames",
+            progress_unit="frames",
         )
         self.worker.yielded.connect(lambda _update: labels.refresh())
         self.worker.errored.connect(lambda exc: self._on_stopped(labels, exc))
