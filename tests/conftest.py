@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
-# Load triton (pulled in lazily by torch.optim / torch._dynamo) before Qt
-# creates an OpenGL context: under Xvfb, Mesa's llvmpipe loads its own LLVM,
-# and loading triton's LLVM after it segfaults the process.
-try:
-    import triton  # noqa: F401
-except Exception:  # not installed (CPU-only torch) or broken: nothing to order
-    pass
+# No triton pre-import here: it hid a napari segfault (triton's LLVM loaded
+# after Mesa's). The plugin keeps triton out itself (napari_surgseg/_triton_guard.py)
+# and tests/test_fresh_napari.py checks that in processes nothing was imported into.
 
 # napari's settings (the plugin sets reader preferences on first use) go to a
 # throwaway file, never the developer's own; before anything imports napari.

@@ -202,8 +202,10 @@ def test_training_says_what_it_does_from_the_first_second_with_one_bar_that_move
 
     widget._handle = record
     widget.start()
-    bar = widget._bar  # before the process has said anything
-    assert bar is not None and "starting the training process" in bar.desc
+    run_bar = widget._bar  # before the process has said anything
+    assert run_bar is not None and run_bar.bar is not None
+    bar = run_bar.bar  # the napari progress object the activity dock shows
+    assert "starting the training process" in bar.desc
     assert widget.status.value.startswith("starting the training process")
     values, descriptions = [], []
     bar.events.value.connect(lambda e: values.append(e.value))
@@ -217,6 +219,6 @@ def test_training_says_what_it_does_from_the_first_second_with_one_bar_that_move
     assert before_start[0] == "loading PyTorch"
     assert before_start.index("loading the dataset") < before_start.index("building the toy model")
     assert "Training: loading the dataset" in descriptions and "loading the dataset..." in statuses
-    assert all(b is bar for _, _, b in handled)  # one bar for the whole run
+    assert all(b is run_bar for _, _, b in handled)  # one bar for the whole run
     assert values == sorted(values) and len(set(values)) >= 3 and values[-1] == 2 * 4  # 16 frames, batch 4
     assert any(d.startswith("Training: epoch 2/2") for d in descriptions)

@@ -8,4 +8,9 @@ try:
 except ImportError:  # pragma: no cover
     __version__ = "0.0.0"
 
+from ._triton_guard import install as _install_triton_guard
+
+# before any of the plugin's code can reach torch: see _triton_guard
+_install_triton_guard()
+
 __all__ = ["__version__"]

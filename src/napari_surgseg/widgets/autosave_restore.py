@@ -100,6 +100,6 @@ class AutosaveRestoreSection(Container):
                 watch_layer(layer, source)
             show_info(f"Restored {len(layer_data)} autosaved layer(s)")
 
-        self.worker, _ = run_in_worker(_load_all, entries, on_done=done, description="Restore autosave")
+        self.worker, _ = run_in_worker(_load_all, entries, on_done=done, description="Restore autosave", owner=self)
         self.worker.errored.connect(lambda *_: setattr(self.restore_button, "enabled", True))
         return self.worker

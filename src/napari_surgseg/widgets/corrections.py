@@ -182,7 +182,7 @@ class CorrectionsWidget(Container):
             show_info(f"Corrections exported as a training dataset: {path} ({what})")
 
         self.worker, _ = run_in_worker(export_edited, out, method=self.method_combo.value, on_done=done,
-                                       description="Export corrections", **kwargs)
+                                       description="Export corrections", owner=self, **kwargs)
 
         def failed(exc) -> None:  # run_in_worker showed the notification
             self.export_button.enabled = True
@@ -209,7 +209,7 @@ class CorrectionsWidget(Container):
         def ranking(*a, progress=None, cancel=None, **kw):
             return rank_frames_by_uncertainty(*a, **kw)
 
-        self.worker, _ = run_in_worker(ranking, *args, on_done=self.show_ranking, description="Rank frames",
+        self.worker, _ = run_in_worker(ranking, *args, on_done=self.show_ranking, description="Rank frames", owner=self,
                                        **kwargs)
         return self.worker
 

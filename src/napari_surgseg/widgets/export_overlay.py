@@ -117,7 +117,8 @@ class ExportOverlayWidget(Container):
         self.cancel_button.enabled = True
         self.status.value = f"exporting {out.name}…"
         self.worker, self._token = run_in_worker(
-            export_overlay_video, video, out, on_done=self._done, description="exporting overlay", **kwargs
+            export_overlay_video, video, out, on_done=self._done, description="exporting overlay", owner=self,
+            progress_unit="frames", **kwargs
         )
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._finished)

@@ -229,7 +229,7 @@ class LiverLandmarksWidget(Container):
 
         self.worker, self._token = run_in_worker(
             _predict_job, ckpt, frames, indices, self.options(), self._model_cache, labels.data, single,
-            on_done=done, description="Liver landmarks")
+            on_done=done, description="Liver landmarks", owner=self, progress_unit="frames")
         self.worker.errored.connect(failed)
         self.worker.yielded.connect(lambda _update: labels.refresh())
         self.worker.finished.connect(self._reset_buttons)

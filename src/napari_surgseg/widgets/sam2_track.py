@@ -349,6 +349,8 @@ class Sam2TrackWidget(Container):
             *args,
             on_done=on_done,
             description=description,
+            owner=self,
+            progress_unit="frames",
             **kwargs,
         )
         self.worker.yielded.connect(lambda _update: labels.refresh())

@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional
 
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels, Points
-from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QPixmap
@@ -28,7 +27,7 @@ from surgseg_core.datasets import export_corrections
 from surgseg_core.training.method import available_methods, method_reference
 from surgseg_core.training.process import TrainingProcess
 
-from .._workers import run_in_worker
+from .._workers import RunProgress, run_in_worker
 from ._status import StatusLabel
 from .corrections import connect_layer_refresh, corrections_kwargs, layer_choices
 
@@ -152,7 +151,8 @@ class TrainingWidget(Container):
         ])
         self.plot = LossPlot()
         self.native.layout().addWidget(self.plot)
-        self.timer = QTimer()
+        # a child of the widget: it dies with it, so no poll runs on a closed (deleted) widget
+        self.timer = QTimer(self.native)
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.poll)
         connect_layer_refresh(napari_viewer, self)
@@ -233,7 +233,8 @@ class TrainingWidget(Container):
                 self._set_running(False)
 
             self._export_worker, _ = run_in_worker(export_corrections, dataset, method=export_method,
-                                                   on_done=exported, description="Export corrections", **kwargs)
+                                                   on_done=exported, description="Export corrections", owner=self,
+                                                   **kwargs)
             self._export_worker.errored.connect(failed)
             return
         data = str(self.data_edit.value)
@@ -260,7 +261,7 @@ class TrainingWidget(Container):
         # feedback from the first second: the process needs seconds to start and
         # load PyTorch, then the data and the model; its stage messages follow
         self._close_bar()
-        self._bar = napari_progress(total=0, desc="Training: starting the training process")
+        self._run_bar().update(0, None, "starting the training process")
         self.status.value = f"starting the training process for {method} (run folder {self.run_dir})..."
         self._set_running(True)
         self.timer.start()
@@ -307,20 +308,19 @@ class TrainingWidget(Container):
         kind = ev.get("type")
         if kind == "start":
             self.plot.clear_data(ev.get("monitor", "metric"))
-            bar = self._progress_bar()
-            bar.total = ev["epochs"] * ev["batches_per_epoch"]
-            self._set_bar(ev.get("start_epoch", 0) * ev["batches_per_epoch"])
+            total = ev["epochs"] * ev["batches_per_epoch"]
+            self._run_bar().update(ev.get("start_epoch", 0) * ev["batches_per_epoch"], total,
+                                   f"{ev['epochs']} epoch(s)")
             self.status.value = f"training {ev.get('method')} ({ev['epochs']} epochs)"
         elif kind == "progress":
             message = ev.get("message") or ""
-            bar = self._progress_bar()
-            if message:
-                bar.set_description(f"Training: {message}")
+            bar = self._run_bar()
             if ev.get("total") is None:  # a stage before the first batch: say it in the status too
+                bar.update(bar.done, bar.total, message)
                 if message:
                     self.status.value = f"{message}..."
             else:
-                self._set_bar(int(ev["done"]))
+                bar.update(int(ev["done"]), int(ev["total"]), message)
         elif kind == "step":
             loss = ev.get("loss")
             if isinstance(loss, (int, float)):
@@ -344,20 +344,18 @@ class TrainingWidget(Container):
         elif kind == "finished":
             self._got_final = True
             how = "stopped" if ev.get("stopped") == "cancelled" else "finished"
+            if how == "stopped" and self._bar is not None:  # the bar's last words: how far it got
+                self._bar.close(f"stopped after {self._bar.count()}")
+                self._bar = None
             self.status.value = f"{how}: best checkpoint {ev.get('best_checkpoint')}"
             show_info(f"Training {how}. Best checkpoint: {ev.get('best_checkpoint')}")
             self.trained.emit(str(ev.get("best_checkpoint")))
 
-    def _progress_bar(self):
+    def _run_bar(self) -> RunProgress:
+        """The run's one progress bar (napari follows its update() events)."""
         if self._bar is None:
-            self._bar = napari_progress(total=0, desc="Training")
+            self._bar = RunProgress("Training", unit="steps")
         return self._bar
-
-    def _set_bar(self, done: int) -> None:
-        # napari's bar follows update() (its value event), not an assignment to n
-        bar = self._progress_bar()
-        if done != bar.n:
-            bar.update(done - bar.n)
 
     def _close_bar(self) -> None:
         if self._bar is not None:

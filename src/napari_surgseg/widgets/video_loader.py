@@ -163,7 +163,7 @@ class VideoLoaderWidget(QWidget):
                 self.status.value = f"Cannot open: {exc}"
 
         self.probe_worker, _ = run_in_worker(
-            probe_video, str(path), on_done=done, description="reading video metadata"
+            probe_video, str(path), on_done=done, description="reading video metadata", owner=self
         )
         self.probe_worker.errored.connect(failed)
 
@@ -216,7 +216,7 @@ class VideoLoaderWidget(QWidget):
             return
         self.open_button.setEnabled(False)
         self.open_worker, _ = run_in_worker(
-            open_selection, path, on_done=self._add_layer, description="opening video", **sel
+            open_selection, path, on_done=self._add_layer, description="opening video", owner=self, **sel
         )
         self.open_worker.finished.connect(lambda: self.open_button.setEnabled(True))
 
