@@ -245,10 +245,11 @@ def test_restore_section_brings_layers_back(make_napari_viewer, qtbot):
     widget.image_combo.value = viewer.layers["video"]
     section = widget.restore_section
     assert {e["name"] for e in section.refresh()} == {"masks", "clicks", "curves"}
-    worker = section.restore()
-    with qtbot.waitSignal(worker.finished, timeout=8000):
-        pass
-    qtbot.waitUntil(lambda: "masks (restored)" in viewer.layers, timeout=3000)
+    section.restore()
+    # wait for the layers, not the worker's signal: a quick worker can finish
+    # before a signal wait is connected (seen on a loaded machine)
+    names = ("masks (restored)", "clicks (restored)", "curves (restored)")
+    qtbot.waitUntil(lambda: all(n in viewer.layers for n in names), timeout=60_000)
     restored = viewer.layers["masks (restored)"]
     assert isinstance(restored, Labels) and np.array_equal(restored.data, labels.data)
     rp = viewer.layers["clicks (restored)"]
