@@ -24,6 +24,32 @@ PathLike = Union[str, os.PathLike]
 CHECKPOINT_KEYS = (
     "model", "optimizer", "scheduler", "epoch", "step", "rng", "config", "method", "metrics", "surgseg_version",
 )
+# Checkpoints of models with frozen parts may hold only the trainable
+# parameters (``"trainable_only": True``) plus ``"base_model"``: the name,
+# sha256 and config of the weights the frozen rest comes from (the model's
+# ``surgseg_base`` attribute, set by the method's ``build_model``).
+
+
+def trainable_names(model: torch.nn.Module) -> set:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def model_state_for_checkpoint(model: torch.nn.Module, trainable_only: bool) -> tuple:
+    """``(state_dict, extra checkpoint keys)``. With ``trainable_only`` the
+    state holds the parameters that train and the buffers of modules that
+    train; a fine-tuned large model then does not rewrite its frozen encoder
+    at every checkpoint."""
+    state = model.state_dict()
+    if not trainable_only:
+        return state, {}
+    keep = trainable_names(model)
+    frozen_modules = [m for m, mod in model.named_modules()
+                      if list(mod.parameters()) and not any(p.requires_grad for p in mod.parameters())]
+    for name, _ in model.named_buffers():
+        if not any(name.startswith(m + ".") for m in frozen_modules if m):
+            keep.add(name)
+    base = dict(getattr(model, "surgseg_base", None) or {})
+    return {k: v for k, v in state.items() if k in keep}, {"trainable_only": True, "base_model": base}
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -116,6 +142,9 @@ def load_model_weights(
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     own = model.state_dict()
+    partial = bool(ckpt.get("trainable_only"))
+    if partial:
+        _check_base(ckpt, model, path)
     bad_shapes = [
         f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in state.items()
@@ -123,18 +152,41 @@ def load_model_weights(
     ]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
+    if partial:
+        # only the frozen parameters (kept from the base model) may be absent
+        trainable = trainable_names(model)
+        missing = [k for k in missing if k in trainable]
     problems = []
     if bad_shapes:
         problems.append("shape mismatch: " + "; ".join(bad_shapes[:5]) + (" ..." if len(bad_shapes) > 5 else ""))
-    if strict and missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:5])})")
-    if strict and unexpected:
+    if (strict or partial) and missing:
+        what = "trainable parameters missing" if partial else "missing keys"
+        problems.append(f"{len(missing)} {what} (e.g. {', '.join(missing[:5])})")
+    if (strict or partial) and unexpected:
         problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:5])})")
     if problems:
         method = ckpt.get("method")
         hint = f" (checkpoint was saved by method {method!r})" if method else ""
         raise WeightsError(f"weights in {path} do not fit this model{hint}: " + "; ".join(problems))
+    if partial:
+        model.load_state_dict(state, strict=False)
+        return ckpt
     if not strict:
         state = {k: v for k, v in state.items() if k in own}
     model.load_state_dict(state, strict=strict)
     return ckpt
+
+
+def _check_base(ckpt: Mapping[str, Any], model: torch.nn.Module, path: Path) -> None:
+    """A trainable-only checkpoint fits only on top of the base weights it
+    was trained from: refuse another base (by sha256 when both are known)."""
+    saved = dict(ckpt.get("base_model") or {})
+    have = dict(getattr(model, "surgseg_base", None) or {})
+    if saved.get("sha256") and have.get("sha256") and saved["sha256"] != have["sha256"]:
+        raise WeightsError(
+            f"{path} holds only the trained parameters of a model fine-tuned from {saved.get('name')!r} "
+            f"(sha256 {saved['sha256'][:12]}...), but the model was built from {have.get('name')!r} "
+            f"(sha256 {have['sha256'][:12]}...): build it from the same base weights"
+        )
+    if saved.get("config") and have.get("config") and saved["config"] != have["config"]:
+        raise WeightsError(f"{path} was trained on SAM2 config {saved['config']!r}, not {have['config']!r}")

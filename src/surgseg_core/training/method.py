@@ -82,6 +82,7 @@ _REGISTRY: Dict[str, MethodSpec] = {}
 # importing surgseg_core stays cheap.
 _BUILTIN_MODULES = {
     "liver": "surgseg_core.methods.liver.spec",
+    "sam2": "surgseg_core.methods.sam2.spec",
 }
 
 
