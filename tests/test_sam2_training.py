@@ -321,3 +321,132 @@ def test_feature_cache_keys_on_model_frame_and_size(tmp_path):
     assert cache.misses == 2  # one changed pixel is another frame
     changed = _sam(seed=1)
     assert sam2_feature_cache(tmp_path, changed).path(frame) != cache.path(frame)  # other weights, other key
+
+
+# ------------------------------------------------------- checkpoints, stages
+def _clip_dataset(tmp_path):
+    root = tmp_path / "clips"
+    if not root.exists():
+        _write_clips(root / "train", [11, 12], n_frames=6)
+        _write_clips(root / "val", [13], n_frames=6)
+    return root
+
+
+SMALL = {"sam2_config": TINY, "clip_len": 3, "max_objects": 2, "batch_size": 1, "epochs": 1, "device": "cpu",
+         "lr": 1e-4, "eval_max_frames": 4, "prob_box": 1.0}
+
+
+def test_trainable_only_checkpoints_resume_and_refuse_another_base(tmp_path):
+    from surgseg_core.training.checkpoint import load_checkpoint, load_model_weights
+    from surgseg_core.training.inference import load_trained_model
+    from surgseg_core.training.trainer import train
+
+    root = _clip_dataset(tmp_path)
+    cfg = {**SMALL, "train_root": str(root / "train"), "freeze": ["image_encoder", "memory_encoder"],
+           "checkpoint_trainable_only": True}
+    result = train("sam2", cfg, run_dir=tmp_path / "run")
+    ckpt = load_checkpoint(result.last_checkpoint)
+    assert ckpt["trainable_only"] is True and ckpt["base_model"]["config"] == TINY
+    assert not any(k.startswith(("sam.image_encoder.", "sam.memory_encoder.")) for k in ckpt["model"])
+    assert any(k.startswith("sam.memory_attention.") for k in ckpt["model"])
+    # resume continues from it; loading it fills the frozen parts from the base model
+    again = train("sam2", {"epochs": 2}, run_dir=tmp_path / "run", resume=True)
+    assert [r["epoch"] for r in again.history] == [0, 1]
+    _, model, _, _ = load_trained_model("sam2", again.last_checkpoint, device="cpu")
+    trained = load_checkpoint(again.last_checkpoint)["model"]
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trained.items())
+    # another base (same architecture, other weights) is refused by hash
+    ckpt["base_model"] = {**ckpt["base_model"], "sha256": "0" * 64}
+    model.surgseg_base = {**model.surgseg_base, "sha256": "1" * 64}
+    with pytest.raises(WeightsError, match="fine-tuned from"):
+        load_model_weights(result.last_checkpoint, model, ckpt=ckpt)
+    # SAM2's own loader explains why such a file is not a standalone model
+    from surgseg_core.sam2_engine.build import load_state_dict_file
+
+    with pytest.raises(WeightsError, match="only the parameters trained"):
+        load_state_dict_file(result.last_checkpoint)
+
+
+def test_training_stages_start_from_the_previous_best(tmp_path):
+    import yaml
+
+    from surgseg_core.training.stages import Stage, train_stages
+
+    root = _clip_dataset(tmp_path)
+    base = {**SMALL, "train_root": str(root / "train"), "val_root": str(root / "val")}
+    stages = [Stage("heads", {**base, "freeze": ["image_encoder"]}),
+              Stage("all", {**base, "freeze": [], "lr": 1e-5}, carry=("sam2_config", "image_size"))]
+    out = train_stages("sam2", stages, tmp_path / "run")
+    assert out.stopped is None and len(out.results) == 2
+    cfg2 = yaml.safe_load((tmp_path / "run" / "all" / "config.yaml").read_text())
+    assert cfg2["init_weights"] == str(out.results[0].best_checkpoint)
+    assert (tmp_path / "run" / "heads" / "stage_done").is_file()
+    with pytest.raises(ConfigError, match="architecture"):
+        train_stages("sam2", [stages[0], Stage("all", {**stages[1].config, "sam2_config": "surgseg_demo256"},
+                                               carry=("sam2_config",))], tmp_path / "run", resume=True)
+
+
+def test_exported_training_checkpoint_loads_as_sam2_weights(tmp_path):
+    """A full `surgseg train sam2` checkpoint is a SAM2 checkpoint for the
+    engine (build_model by path), the demo export gives the same weights."""
+    from surgseg_core.methods.sam2.demo import export_safetensors
+    from surgseg_core.sam2_engine.build import build_model
+    from surgseg_core.training.trainer import train
+
+    root = _clip_dataset(tmp_path)
+    result = train("sam2", {**SMALL, "train_root": str(root / "train"), "freeze": []}, run_dir=tmp_path / "run")
+    a = build_model(TINY, result.last_checkpoint)
+    b = build_model(TINY, export_safetensors(result.last_checkpoint, tmp_path / "w.safetensors"))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["memory_attention.layers.0.linear1.weight"],
+                           build_model(TINY, seed=0).state_dict()["memory_attention.layers.0.linear1.weight"])
+
+
+# ------------------------------------------------------------ short training
+def test_brief_training_raises_heldout_iou_above_the_random_models():
+    """A few dozen steps on clips of moving squares lift the IoU of
+    propagated frames on held-out clips (other seeds) well above the random
+    model's. (The demo weights' full run is in sample_data/sam2_demo.)"""
+    from surgseg_core.methods.sam2.loss import multistep_loss
+    from surgseg_core.methods.sam2.model import SAM2ClipModel
+    from surgseg_core.methods.sam2.spec import metrics
+    from surgseg_core.training.optim import build_optimizer, build_param_groups
+    from surgseg_core.training.trainer import set_train_mode
+
+    def square_clip(seed, S=64, T=3):
+        g = np.random.default_rng(seed)
+        images = torch.from_numpy(g.normal(0, 0.3, (1, T, 3, S, S)).astype(np.float32))
+        masks = torch.zeros(T, 1, S, S, dtype=torch.uint8)
+        y, x, dy, dx, size = *g.integers(4, 30, 2), *g.integers(-3, 4, 2), int(g.integers(14, 24))
+        for t in range(T):
+            yy, xx = int(np.clip(y + t * dy, 0, S - size)), int(np.clip(x + t * dx, 0, S - size))
+            masks[t, 0, yy:yy + size, xx:xx + size] = 1
+            images[0, t, :, yy:yy + size, xx:xx + size] += 1.0
+        return {"images": images, "masks": masks, "obj_video": torch.zeros(1, dtype=torch.long)}
+
+    def heldout_iou(model):
+        model.eval()
+        with torch.no_grad():
+            return float(np.mean([metrics(model(square_clip(1000 + s)), square_clip(1000 + s), {})["iou"]
+                                  for s in range(6)]))
+
+    torch.manual_seed(0)
+    from surgseg_core.sam2_engine.build import build_model
+
+    sam = build_model(TINY, seed=0, image_size=64)
+    model = SAM2ClipModel(sam, prob_box=0.7, box_noise=0.05)
+    before = heldout_iou(model)
+    cfg = {"lr": 1e-3, "weight_decay": 0.0}
+    opt = build_optimizer(build_param_groups(model, cfg), cfg)
+    for step in range(40):
+        set_train_mode(model)
+        batch = square_clip(step)
+        loss = multistep_loss(model(batch), batch["masks"])["loss"]
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    after = heldout_iou(model)
+    assert after > before + 0.2, (before, after)

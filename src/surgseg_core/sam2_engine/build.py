@@ -132,7 +132,16 @@ def load_state_dict_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             "(is it a complete .pt/.safetensors file? re-download or re-import it)"
         ) from exc
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+        if state.get("method") == "sam2":  # a `surgseg train sam2` checkpoint: SAM2's keys under "sam."
+            if state.get("trainable_only"):
+                raise WeightsError(
+                    f"checkpoint {path} holds only the parameters trained on top of "
+                    f"{(state.get('base_model') or {}).get('name')!r}; train with "
+                    "--set checkpoint_trainable_only=false to get weights that load on their own"
+                )
+            state = {k[len("sam."):]: v for k, v in state["model"].items() if k.startswith("sam.")}
+        else:
+            state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"checkpoint {path} holds no state dict of tensors (expected a dict or a dict under 'model')")
     return state

@@ -110,7 +110,8 @@ def _official_entry(ck: OfficialCheckpoint, folder: Path, recorded: Optional[dic
 
 
 def list_weights(method: Optional[str] = None, *, weights_dir_override: Optional[PathLike] = None) -> List[WeightsEntry]:
-    """Official checkpoints (present or not) and registered custom ones."""
+    """Official checkpoints (present or not), registered custom ones and the
+    bundled demo weights (``sample_data/``, see ``bundled.py``)."""
     folder = weights_dir(weights_dir_override)
     recorded = _read_registry(folder)
     entries = [_official_entry(ck, folder, recorded.get(ck.name)) for ck in OFFICIAL.values()]
@@ -118,6 +119,10 @@ def list_weights(method: Optional[str] = None, *, weights_dir_override: Optional
         if name in OFFICIAL:
             continue
         entries.append(WeightsEntry(**data))
+    from .bundled import bundled_entries  # sample_data/'s demo weights
+
+    taken = {e.name for e in entries}
+    entries += [e for e in bundled_entries() if e.name not in taken]
     if method is not None:
         entries = [e for e in entries if e.method == method]
     return entries

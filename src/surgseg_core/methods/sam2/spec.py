@@ -147,6 +147,7 @@ SPEC = register_method(MethodSpec(
     monitor_mode="max",
     collate_fn=None,
     evaluate=_evaluate,
+    base_weights_key="base_weights",
     description="SAM 2 through its video memory (SAM2's multi-step loss) on clips with per-frame object masks",
 ))
 
