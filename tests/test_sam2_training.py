@@ -57,6 +57,10 @@ def test_gradients_reach_every_trainable_parameter():
     multistep_loss(outs, batch["masks"])["loss"].backward()
     model.prob_box = 0.0  # mask prompt on frame 0: SAM2's mask-as-output path
     multistep_loss(model(batch), batch["masks"])["loss"].backward()
+    # objects judged absent: SAM2's learned "no object" pointer and memory embedding
+    sam.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(-5.0)
+    model.prob_box = 1.0
+    multistep_loss(model(batch), batch["masks"])["loss"].backward()
     # no_mem_pos_enc: SAM2 reads it only without directly_add_no_mem_embed (all SAM 2.1 configs set it)
     unused = {"sam.no_mem_pos_enc"}
     dead = [n for n, p in model.named_parameters()

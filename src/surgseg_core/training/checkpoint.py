@@ -40,9 +40,9 @@ def model_state_for_checkpoint(model: torch.nn.Module, trainable_only: bool) -> 
     train; a fine-tuned large model then does not rewrite its frozen encoder
     at every checkpoint."""
     state = model.state_dict()
-    if not trainable_only:
-        return state, {}
     keep = trainable_names(model)
+    if not trainable_only or len(keep) == sum(1 for _ in model.parameters()):
+        return state, {}  # nothing frozen: a full checkpoint
     frozen_modules = [m for m, mod in model.named_modules()
                       if list(mod.parameters()) and not any(p.requires_grad for p in mod.parameters())]
     for name, _ in model.named_buffers():
@@ -153,15 +153,14 @@ def load_model_weights(
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if partial:
-        # only the frozen parameters (kept from the base model) may be absent
-        trainable = trainable_names(model)
-        missing = [k for k in missing if k in trainable]
+        # what the checkpoint lacks was frozen in its run: it comes from the
+        # base model, which _check_base verified
+        missing = []
     problems = []
     if bad_shapes:
         problems.append("shape mismatch: " + "; ".join(bad_shapes[:5]) + (" ..." if len(bad_shapes) > 5 else ""))
     if (strict or partial) and missing:
-        what = "trainable parameters missing" if partial else "missing keys"
-        problems.append(f"{len(missing)} {what} (e.g. {', '.join(missing[:5])})")
+        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:5])})")
     if (strict or partial) and unexpected:
         problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:5])})")
     if problems:

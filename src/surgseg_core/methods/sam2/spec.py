@@ -41,6 +41,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "min_lr_ratio": 0.1,
     "grad_clip": 0.1,
     "checkpoint_trainable_only": True,
+    # box/click batches never touch the mask-prompt downsampler: DDP must allow unused parameters
+    "ddp_find_unused_parameters": True,
     # evaluation
     "eval_max_frames": None,     # evaluate on the first N frames of each sequence
     "compare_base": True,        # evaluate: also the plain (base) model, side by side
