@@ -182,7 +182,7 @@ from the official SAM 2.1 weights (`surgseg weights download sam2.1_hiera_tiny`,
   stopped by a time budget; best checkpoint by validation IoU.
 - Command (exact): `{command}`
 - Time and hardware: {summary['train_seconds']:.0f} s wall clock of training ({summary['train_cpu_seconds']:.0f} s of CPU
-  time), {summary['steps']} optimizer steps in {summary['epochs_done']} epochs, on {summary['machine']}. The 2 cores
+  time), {summary['steps']} optimizer steps (epochs: {summary['epochs_done']}), on {summary['machine']}. The 2 cores
   were shared with other jobs during the run (load average {', '.join(f'{x:.1f}' for x in summary['load_average'])}
   at the end): the CPU time is the fair measure, about {summary['train_cpu_seconds'] / 60:.0f} CPU-minutes.
   No GPU was used.
@@ -218,6 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(train_demo(args.out, max_minutes=args.max_minutes), indent=1, default=str), flush=True)
     if args.export:
         best = args.out / "run" / "checkpoints" / "best.pt"
+        if not best.is_file():  # stopped by the time budget before the first validation
+            best = best.with_name("last.pt")
         export_safetensors(best, args.export)
         t0 = time.time()
         scores = {"trained": heldout_scores(args.export, args.out / "data" / "heldout"),
