@@ -178,9 +178,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
         span = (self.clip_len - 1) * stride + 1
         if span > n:
             stride, span = 1, min(self.clip_len, n)
-        starts = [start]
         if rng is not None:
             starts = list(rng.permutation(max(1, n - span + 1))[:8]) + [start]
+        else:  # evaluation: deterministic, the first start at or after this one that shows an object
+            starts = [start] + list(range(start + 1, max(1, n - span + 1))) + list(range(0, start))
         first = None
         for s in starts:  # a start whose first frame shows an object
             s = int(min(s, max(0, n - span)))
