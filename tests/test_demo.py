@@ -26,6 +26,8 @@ def test_demo_quick_writes_report_summary_and_outputs(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["video"]["random_equals_sequential"] is True
     assert summary["sam2"]["weights"] == "random-init surgseg_tiny"
+    # random weights: the IoU is said not to be a result (issue 10: never "mean IoU 0.000" as a result)
+    assert "Mean IoU against the ground truth: not a result" in report
     liver = summary["liver"]
     assert liver["metrics"]["post/mean/dice"] > 0.3  # the small session model on the held-out sample
     assert liver["postprocess_kernels"] == ("compiled" if _fast.kernels is not None else "numpy")

@@ -24,7 +24,7 @@ from qtpy.QtGui import QPixmap
 from qtpy.QtWidgets import QLabel, QSizePolicy
 
 from surgseg_core.datasets import export_corrections
-from surgseg_core.training.method import available_methods, method_reference
+from surgseg_core.training.method import available_methods, get_method, method_reference
 from surgseg_core.training.process import TrainingProcess
 
 from .._workers import RunProgress, run_in_worker
@@ -185,7 +185,11 @@ class TrainingWidget(Container):
         }
         base = self.base_edit.value.strip()
         if base:
-            cfg["init_weights"] = base
+            try:
+                key = get_method(self.method_combo.value).base_weights_key
+            except Exception:  # unknown method: the start button reports it
+                key = "init_weights"
+            cfg[key] = base
         cfg.update(self.extra_config)
         return cfg
 
@@ -247,7 +251,7 @@ class TrainingWidget(Container):
 
     def _launch(self, method: str, cfg: Dict[str, Any]) -> None:
         assert self.run_dir is not None
-        base = cfg.get("init_weights")
+        base = cfg.get("init_weights") or cfg.get("base_weights")
         register = {"name": self.name_edit.value.strip() or None, "base": base}
         try:
             self.process = TrainingProcess(method_reference(method), cfg, self.run_dir, register=register,

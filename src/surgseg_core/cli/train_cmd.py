@@ -25,13 +25,19 @@ TRAIN_EXAMPLES = """examples:
     (the paper's two stages: RUN_DIR/stage1 on l3d.yaml's data, then RUN_DIR/stage2 fine-tuned
      from stage 1's best checkpoint with lr 1e-4, batch 8, 0.75 wCE + 0.25 Focal-Tversky)
   torchrun --nproc_per_node 2 -m surgseg_core train liver --config liver.yaml --run-dir runs/ddp
+  surgseg train sam2 --set train_root=clips/train --set val_root=clips/val \
+      --set base_weights=sam2.1_hiera_tiny --run-dir runs/sam2
+    (fine-tune SAM 2.1 through its video memory on clips with per-frame object masks: synthetic
+     clips, videos or frames/ next to masks/, or "Corrections -> dataset" exports; image encoder
+     frozen, SAM2's loss and prompts; checkpoints hold the trained parameters only)
   surgseg train mypkg.methods:mymethod --set data_root=data/train --run-dir runs/mine
 
 Trainer keys (YAML or --set): epochs batch_size lr weight_decay layer_decay
 scheduler(cosine|plateau|none) min_lr min_lr_ratio plateau_factor plateau_patience
 early_stopping_patience grad_clip grad_accum device(auto|cpu|cuda|mps)
 precision(auto|bf16|fp32) seed num_workers monitor monitor_mode log_every
-init_weights; method keys (data_root, val_root, ...) sit beside them.
+init_weights schedule_unit(epoch|step) warmup_steps warmup_epochs lr_by_module
+checkpoint_trainable_only; method keys (data_root, val_root, ...) sit beside them.
 Ctrl-C stops after the current step and saves checkpoints/last.pt; a second
 Ctrl-C aborts. The run folder holds config.yaml, metrics.jsonl and checkpoints/.
 """
@@ -42,6 +48,9 @@ EVAL_EXAMPLES = """examples:
   surgseg evaluate liver --checkpoint runs/liver/stage2/checkpoints/best.pt --data data/test \\
       --set stage1_checkpoint=runs/liver/stage1/checkpoints/best.pt
     (all three rows of the paper's table: initial training, fine-tuning, post-processing)
+  surgseg evaluate sam2 --checkpoint runs/sam2/checkpoints/best.pt --data clips/test
+    (J&F, J, F and mean IoU per object from one box on each object's first frame, plain base
+     model and fine-tuned side by side)
 """
 
 PREDICT_EXAMPLES = """examples:

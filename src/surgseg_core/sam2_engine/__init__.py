@@ -10,7 +10,7 @@ streaming propagation engine with bounded memory, writers and provenance.
 from ..device import autocast, resolve_device
 from ..weights.hashing import sha256_file
 from ..weights.state_dict import read_state_dict
-from .build import TINY_CONFIG, available_configs, build_model
+from .build import TINY_CONFIG, available_configs, build_model, read_sam2_state
 from .embedding_cache import EmbeddingCache
 from .engine import StreamingSAM2, preprocess_frame
 from .heads import FrameFeatures, HeadOutput, decode_masks, encode_frames, prompt_points
@@ -21,7 +21,7 @@ from .session import ClickSession
 from .variants import Variant, available_variants, get_variant, register_variant
 
 pick_device = resolve_device  # historical name
-load_state_dict_file = read_state_dict  # historical name
+load_state_dict_file = read_sam2_state  # historical name
 
 __all__ = [
     "TINY_CONFIG",

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Tuple, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,23 @@ def instantiate_model(cfg, device: Union[str, torch.device] = "cpu"):
         return instantiate(cfg.model, _recursive_=True)
 
 
+def read_sam2_state(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """SAM2's state dict from a file: official or exported weights, or a
+    ``surgseg train sam2`` checkpoint (SAM2's keys under ``"sam."``)."""
+    from ..weights.state_dict import read_checkpoint, state_dict_of
+
+    ckpt = read_checkpoint(path, expected="a SAM2 checkpoint (.pt or .safetensors)")
+    if ckpt.get("method") == "sam2" and isinstance(ckpt.get("model"), dict):
+        if ckpt.get("trainable_only"):
+            raise WeightsError(
+                f"checkpoint {path} holds only the parameters trained on top of "
+                f"{(ckpt.get('base_model') or {}).get('name')!r}; train with "
+                "--set checkpoint_trainable_only=false to get weights that load on their own"
+            )
+        ckpt = {k[len("sam."):]: v for k, v in ckpt["model"].items() if k.startswith("sam.")}
+    return state_dict_of(ckpt, path)
+
+
 def build_model(
     config: str = "sam2.1_hiera_tiny",
     checkpoint: Optional[Union[str, Path]] = None,
@@ -129,7 +146,7 @@ def build_model(
     """
     from ..device import resolve_device
     from ..weights import OFFICIAL, list_weights, resolve_weights
-    from ..weights.state_dict import LoadReport, load_state_into, read_state_dict
+    from ..weights.state_dict import LoadReport, load_state_into
 
     if config in OFFICIAL:
         config = OFFICIAL[config].config
@@ -154,7 +171,7 @@ def build_model(
                 entry.variant in (variant, variant_ref))
             missing_ok = spec.new_keys if variant is not None and not own_variant else ()
         target = f"SAM2 config {config_name(config)!r}" + (f" with variant {variant!r}" if variant else "")
-        report = load_state_into(model, read_state_dict(path), missing_ok=missing_ok, target=target, source=path)
+        report = load_state_into(model, read_sam2_state(path), missing_ok=missing_ok, target=target, source=path)
         if report.new_keys:
             log.warning("%s into %s", report, target)
         else:

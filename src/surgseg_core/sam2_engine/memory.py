@@ -79,7 +79,8 @@ class MemoryPolicy:
     ) -> None:
         self.mask_reach = stride * num_maskmem  # farthest frame a memory may come from
         self.ptr_reach = max(0, min(num_frames, max_obj_ptrs) - 1)
-        self.window = max(self.mask_reach, self.ptr_reach)
+        self.window = memory_window(num_maskmem=num_maskmem, stride=stride, max_obj_ptrs=max_obj_ptrs,
+                                    num_frames=num_frames)
         self.clear_reach = stride * num_maskmem  # SAM2's clear_non_cond_mem_around_input range
         self.keep_recent_prompt_frames = keep_recent_prompt_frames
 
@@ -95,24 +96,48 @@ class MemoryPolicy:
             mem.non_cond.pop(t, None)
 
     def view(self, mem: ObjectMemory, frame_idx: int, reverse: bool) -> Tuple[Dict[int, dict], Dict[int, dict]]:
-        """(cond, non_cond) outputs to hand to ``track_step`` for ``frame_idx``.
+        """(cond, non_cond) outputs to hand to ``track_step`` for ``frame_idx``
+        (see :func:`select_memory`)."""
+        return select_memory(mem.cond, mem.non_cond, frame_idx, reverse, window=self.window,
+                             keep_recent_prompt_frames=self.keep_recent_prompt_frames)
 
-        Only frames memory attention can read are included. With
-        ``keep_recent_prompt_frames=N`` (F2PASeg prompt partitioning), the
-        conditioning frames are the N latest prompted frames at or before the
-        current one (at or after when tracking backward); the other prompted
-        frames are offered as ordinary memories, as SAM2 does with the
-        prompted frames its own selection leaves out.
-        """
-        near = lambda t: abs(t - frame_idx) <= self.window  # noqa: E731
-        non_cond = {t: out for t, out in mem.non_cond.items() if near(t)}
-        cond = dict(mem.cond)
-        n = self.keep_recent_prompt_frames
-        if n is not None:  # also with <= n prompts: never one beyond the current frame
-            eligible = recent_prompt_frames(cond, frame_idx, reverse, n)
-            for t in list(cond):
-                if t not in eligible:
-                    out = cond.pop(t)
-                    if near(t):
-                        non_cond.setdefault(t, out)
-        return cond, non_cond
+
+def memory_window(*, num_maskmem: int, stride: int, max_obj_ptrs: int, num_frames: int) -> int:
+    """How far (in frames) memory attention can reach back: the mask memories
+    (``stride * num_maskmem``) or the object pointers, whichever is farther."""
+    return max(stride * num_maskmem, max(0, min(num_frames, max_obj_ptrs) - 1))
+
+
+def select_memory(
+    cond: Dict[int, dict],
+    non_cond: Dict[int, dict],
+    frame_idx: int,
+    reverse: bool,
+    *,
+    window: int,
+    keep_recent_prompt_frames: Optional[int] = None,
+) -> Tuple[Dict[int, dict], Dict[int, dict]]:
+    """The frame-selection rule shared by the streaming engine and the
+    trainable clip forward (``methods.sam2.clip``): which prompted
+    (``cond``) and other (``non_cond``) outputs ``track_step`` sees for
+    ``frame_idx``.
+
+    Only frames memory attention can read (within ``window``) are included.
+    With ``keep_recent_prompt_frames=N`` (F2PASeg prompt partitioning), the
+    conditioning frames are the N latest prompted frames at or before the
+    current one (at or after when tracking backward); the other prompted
+    frames are offered as ordinary memories, as SAM2 does with the
+    prompted frames its own selection leaves out.
+    """
+    near = lambda t: abs(t - frame_idx) <= window  # noqa: E731
+    non_cond = {t: out for t, out in non_cond.items() if near(t)}
+    cond = dict(cond)
+    n = keep_recent_prompt_frames
+    if n is not None and cond:  # also with <= n prompts: never one beyond the current frame
+        eligible = recent_prompt_frames(cond, frame_idx, reverse, n)
+        for t in list(cond):
+            if t not in eligible:
+                out = cond.pop(t)
+                if near(t):
+                    non_cond.setdefault(t, out)
+    return cond, non_cond

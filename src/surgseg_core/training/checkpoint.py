@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
+from ..errors import WeightsError
 from ..weights.state_dict import load_state_into, read_checkpoint, state_dict_of
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,32 @@ PathLike = Union[str, os.PathLike]
 CHECKPOINT_KEYS = (
     "model", "optimizer", "scheduler", "epoch", "step", "rng", "config", "method", "metrics", "surgseg_version",
 )
+# Checkpoints of models with frozen parts may hold only the trainable
+# parameters (``"trainable_only": True``) plus ``"base_model"``: the name,
+# sha256 and config of the weights the frozen rest comes from (the model's
+# ``surgseg_base`` attribute, set by the method's ``build_model``).
+
+
+def trainable_names(model: torch.nn.Module) -> set:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def model_state_for_checkpoint(model: torch.nn.Module, trainable_only: bool) -> tuple:
+    """``(state_dict, extra checkpoint keys)``. With ``trainable_only`` the
+    state holds the parameters that train and the buffers of modules that
+    train; a fine-tuned large model then does not rewrite its frozen encoder
+    at every checkpoint."""
+    state = model.state_dict()
+    keep = trainable_names(model)
+    if not trainable_only or len(keep) == sum(1 for _ in model.parameters()):
+        return state, {}  # nothing frozen: a full checkpoint
+    frozen_modules = [m for m, mod in model.named_modules()
+                      if list(mod.parameters()) and not any(p.requires_grad for p in mod.parameters())]
+    for name, _ in model.named_buffers():
+        if not any(name.startswith(m + ".") for m in frozen_modules if m):
+            keep.add(name)
+    base = dict(getattr(model, "surgseg_base", None) or {})
+    return {k: v for k, v in state.items() if k in keep}, {"trainable_only": True, "base_model": base}
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -119,8 +146,28 @@ def load_model_weights(
         ckpt = load_checkpoint(path)
     method = ckpt.get("method")
     hint = f" (checkpoint was saved by method {method!r})" if isinstance(method, str) else ""
-    report = load_state_into(model, state_dict_of(ckpt, path), missing_ok=missing_ok,
+    partial = bool(ckpt.get("trainable_only"))
+    if partial:
+        # what the checkpoint lacks was frozen in its run: it comes from the
+        # base model, which _check_base verifies
+        _check_base(ckpt, model, path)
+    report = load_state_into(model, state_dict_of(ckpt, path), missing_ok=["*"] if partial else missing_ok,
                              target=f"this model{hint}", source=path)
-    if report.new_keys:
+    if report.new_keys and not partial:
         log.warning("%s", report)
     return ckpt
+
+
+def _check_base(ckpt: Mapping[str, Any], model: torch.nn.Module, path: Path) -> None:
+    """A trainable-only checkpoint fits only on top of the base weights it
+    was trained from: refuse another base (by sha256 when both are known)."""
+    saved = dict(ckpt.get("base_model") or {})
+    have = dict(getattr(model, "surgseg_base", None) or {})
+    if saved.get("sha256") and have.get("sha256") and saved["sha256"] != have["sha256"]:
+        raise WeightsError(
+            f"{path} holds only the trained parameters of a model fine-tuned from {saved.get('name')!r} "
+            f"(sha256 {saved['sha256'][:12]}...), but the model was built from {have.get('name')!r} "
+            f"(sha256 {have['sha256'][:12]}...): build it from the same base weights"
+        )
+    if saved.get("config") and have.get("config") and saved["config"] != have["config"]:
+        raise WeightsError(f"{path} was trained on SAM2 config {saved['config']!r}, not {have['config']!r}")

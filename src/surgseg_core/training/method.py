@@ -45,7 +45,8 @@ class MethodSpec:
     ``val_dice``; ``val_loss`` is always there), so ``monitor`` names the
     prefixed key.
     layer_id(param_name, num_layers) -> int: depth used for layer-wise LR
-        decay (optional; default: numbered ``blocks.N``/``layers.N``).
+        decay (optional; default: numbered ``blocks.N``/``layers.N`` of a
+        backbone, see ``optim.default_layer_id``).
     predict(model, inputs, out_dir, config, *, progress=None, cancel=None)
         -> list of written paths. ``inputs``: list of video files or frame
         folders; called by ``surgseg predict`` with the checkpoint's weights
@@ -74,6 +75,10 @@ class MethodSpec:
     evaluate: Optional[Callable[..., Any]] = None
     description: str = ""
     layer_id: Optional[Callable[[str, int], int]] = None
+    # config key that names the weights to start from (the Train widget's
+    # "Base weights"): a training checkpoint for most methods, the SAM2
+    # checkpoint being fine-tuned for "sam2"
+    base_weights_key: str = "init_weights"
 
 
 _REGISTRY: Dict[str, MethodSpec] = {}
@@ -82,6 +87,7 @@ _REGISTRY: Dict[str, MethodSpec] = {}
 # importing surgseg_core stays cheap.
 _BUILTIN_MODULES = {
     "liver": "surgseg_core.methods.liver.spec",
+    "sam2": "surgseg_core.methods.sam2.spec",
 }
 
 

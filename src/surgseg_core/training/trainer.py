@@ -32,10 +32,17 @@ from ..device import resolve_device
 from ..device import resolve_precision as resolve_dtype
 from ..errors import Cancelled, ConfigError, DatasetError, TrainingError, WeightsError
 from ..progress import CancelToken, ProgressCallback, report
-from .checkpoint import capture_rng_state, load_checkpoint, load_model_weights, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    load_model_weights,
+    model_state_for_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .distributed import DistInfo, barrier, broadcast_flag, init_distributed, reduce_weighted, shutdown_distributed
 from .method import MethodSpec, get_method
-from .optim import build_optimizer, build_param_groups, build_scheduler
+from .optim import build_optimizer, build_param_groups, build_scheduler, per_step
 from .run_log import RunLogger, read_metrics
 
 log = logging.getLogger(__name__)
@@ -63,6 +70,11 @@ TRAINER_DEFAULTS: Dict[str, Any] = {
     "log_every": 0,  # >0: a metrics.jsonl line every N optimizer steps
     "init_weights": None,  # checkpoint to start from (fine-tuning)
     "init_missing_ok": [],  # parameters init_weights may lack (new modules): globs / module prefixes
+    "schedule_unit": "epoch",  # epoch | step: when the LR schedule advances
+    "warmup_steps": 0,  # linear warm-up (per-step schedules)
+    "warmup_epochs": 0,  # linear warm-up (per-epoch cosine)
+    "lr_by_module": None,  # {module prefix: lr}
+    "checkpoint_trainable_only": False,  # checkpoints hold only the trainable parameters
     "ddp_find_unused_parameters": False,
 }
 
@@ -130,6 +142,18 @@ def _oom_error(cfg: Mapping[str, Any], where: str) -> TrainingError:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
+
+
+def set_train_mode(model: torch.nn.Module) -> torch.nn.Module:
+    """``model.train()``, except that modules whose parameters are all frozen
+    stay in eval mode (no dropout, no batch-norm statistics updates): a
+    frozen image encoder computes the same features as at inference."""
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+    return model
 
 
 def _resolve_weights(name_or_path: Any) -> Path:
@@ -276,7 +300,9 @@ def _train_loop(
     method_groups = spec.param_groups(model, cfg) if spec.param_groups else None
     groups = build_param_groups(model, cfg, method_groups, layer_id=getattr(spec, "layer_id", None))
     optimizer = build_optimizer(groups, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
+    stepwise = per_step(cfg)
+    steps_per_epoch = math.ceil(batches_per_epoch / accum)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=steps_per_epoch)
     if dist_info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model,
@@ -293,7 +319,10 @@ def _train_loop(
     rng_mid_epoch = None
     if resume_ckpt is not None:
         try:
-            _unwrap(model).load_state_dict(resume_ckpt["model"])
+            if resume_ckpt.get("trainable_only"):
+                load_model_weights(last_path, _unwrap(model), ckpt=resume_ckpt)
+            else:
+                _unwrap(model).load_state_dict(resume_ckpt["model"])
             optimizer.load_state_dict(resume_ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise WeightsError(f"cannot resume from {last_path}: it does not match this model/config ({exc})") from None
@@ -325,8 +354,10 @@ def _train_loop(
     def checkpoint(path: Path, epoch: int, batch_in_epoch: int, metrics: Mapping[str, Any]) -> None:
         if not main:
             return
+        state, extra = model_state_for_checkpoint(_unwrap(model), bool(cfg.get("checkpoint_trainable_only")))
         save_checkpoint(path, {
-            "model": _unwrap(model).state_dict(),
+            **extra,
+            "model": state,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "epoch": epoch,  # epochs completed: training continues with this epoch
@@ -374,7 +405,7 @@ def _train_loop(
             rng_mid_epoch = None
         else:
             partial = {"loss_sum": 0.0, "count": 0.0}
-        model.train()
+        set_train_mode(model)
         optimizer.zero_grad(set_to_none=True)
         n_local = len(loader)
         batch_idx = skip_batches
@@ -400,6 +431,8 @@ def _train_loop(
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     global_step += 1
+                    if stepwise and scheduler is not None:
+                        scheduler.step()
             except TrainingError:
                 raise
             except Exception as exc:
@@ -442,7 +475,7 @@ def _train_loop(
         value = float(record[monitor_key])
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(value)
-        elif scheduler is not None:
+        elif scheduler is not None and not stepwise:
             scheduler.step()
         improved = _improved(value, best_metric, mode)
         if improved:
@@ -521,11 +554,11 @@ def _validate(spec, model, val_ds, cfg, device, autocast, dist_info: DistInfo, c
             key = k if k.startswith("val_") else f"val_{k}"
             sums[key] = sums.get(key, 0.0) + float(v) * n
         count += n
-    model.train()
+    set_train_mode(model)
     if not sums:
         return {}
     return reduce_weighted(sums, count, dist_info, device)
 
 
 __all__ = ["train", "TrainResult", "TRAINER_DEFAULTS", "resolve_config", "resolve_device", "resolve_dtype",
-           "Cancelled"]
+           "set_train_mode", "Cancelled"]

@@ -65,9 +65,11 @@ def _register(result, job: Dict[str, Any], emit: _Emitter) -> None:
 
     last = result.history[-1] if result.history else {}
     metrics = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # SAM2-family weights need their architecture in the registry (track / widgets build from the name)
+    sam2_config = (job.get("config") or {}).get("sam2_config")
     entry = register_checkpoint(
         result.best_checkpoint, name=reg.get("name"), method=job["method"].split(":")[-1],
-        base=reg.get("base"), metrics=metrics,
+        base=reg.get("base"), metrics=metrics, config=sam2_config,
     )
     emit({"type": "registered", "name": str(getattr(entry, "name", entry)), "path": str(result.best_checkpoint)})
 

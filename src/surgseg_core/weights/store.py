@@ -116,8 +116,9 @@ _ANY = object()
 
 def list_weights(method: Optional[str] = None, *, variant: Any = _ANY,
                  weights_dir_override: Optional[PathLike] = None) -> List[WeightsEntry]:
-    """Official checkpoints (present or not) and registered custom ones;
-    ``method`` / ``variant`` (None: plain SAM2) keep only those."""
+    """Official checkpoints (present or not), registered custom ones and the
+    bundled demo weights (``sample_data/``, see ``bundled.py``); ``method`` /
+    ``variant`` (None: plain SAM2) keep only those."""
     folder = weights_dir(weights_dir_override)
     recorded = _read_registry(folder)
     entries = [_official_entry(ck, folder, recorded.get(ck.name)) for ck in OFFICIAL.values()]
@@ -126,6 +127,10 @@ def list_weights(method: Optional[str] = None, *, variant: Any = _ANY,
             continue
         known = {f for f in WeightsEntry.__dataclass_fields__}
         entries.append(WeightsEntry(**{k: v for k, v in data.items() if k in known}))
+    from .bundled import bundled_entries  # sample_data/'s demo weights
+
+    taken = {e.name for e in entries}
+    entries += [e for e in bundled_entries() if e.name not in taken]
     if method is not None:
         entries = [e for e in entries if e.method == method]
     if variant is not _ANY:
