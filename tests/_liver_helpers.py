@@ -21,7 +21,7 @@ SMALL_MODEL = {
     "decoder_channels": [32, 16, 8], "input_width": W, "input_height": H,
 }
 TRAIN_CONFIG = {
-    **SMALL_MODEL, "lr": 3e-3, "batch_size": 8, "epochs": 16, "scheduler": "cosine",
+    **SMALL_MODEL, "lr": 3e-3, "batch_size": 8, "epochs": 24, "scheduler": "cosine",
     "early_stopping_patience": 0, "loss_alpha": 1.0, "loss_beta": 1.0, "device": "cpu", "seed": 0,
     "line_thickness": 3, "eval_thickness": 3, "d_max": 10,
 }
