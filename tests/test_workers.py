@@ -87,8 +87,10 @@ def test_cancel_says_how_many_frames_were_finished(make_napari_viewer, qtbot, ba
 
 
 def test_closing_the_widget_cancels_the_run_and_disconnects_it(qtbot):
-    from qtpy.QtCore import QCoreApplication, QEvent
+    from qtpy.QtCore import QCoreApplication, QEvent, QThreadPool
     from qtpy.QtWidgets import QWidget
+
+    QThreadPool.globalInstance().waitForDone(30_000)  # no worker of an earlier test still queued ahead of ours
 
     owner = QWidget()
     go = threading.Semaphore(2)
@@ -99,10 +101,30 @@ def test_closing_the_widget_cancels_the_run_and_disconnects_it(qtbot):
     worker.errored.connect(calls.append)
     updates = []
     worker.yielded.connect(updates.append)
-    qtbot.waitUntil(lambda: len(updates) >= 3, timeout=20_000)  # running: 0, 1, 2 done, waiting in unit 3
+    # running: units 1 and 2 done, waiting in unit 3 (the first update, 0, may come before the connection)
+    qtbot.waitUntil(lambda: bool(updates) and updates[-1][0] == 2, timeout=20_000)
     owner.deleteLater()
     QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
     assert token.cancelled  # the run was told to stop...
     qtbot.wait(300)
     assert calls == []  # ...and nothing of it reached the (deleted) widget's callbacks
     assert not any(t.name == "surgseg: Tracking" and t.is_alive() for t in threading.enumerate())
+
+
+def test_long_runs_do_not_queue_other_workers(qtbot):
+    """Qt's global pool is sized to the CPU count; runs hold a pool thread
+    while they wait on their compute thread, so the plugin gives it room:
+    three runs at once all make progress."""
+    gates = [threading.Semaphore(0) for _ in range(3)]
+    runs = [run_in_worker(_steps(3, go), description=f"run {i}") for i, go in enumerate(gates)]
+    seen = [[] for _ in runs]
+    for (worker, _), got in zip(runs, seen):
+        worker.yielded.connect(got.append)
+    for go in gates:  # one unit of work each, reported after the connections above
+        go.release()
+    qtbot.waitUntil(lambda: all(got for got in seen), timeout=20_000)  # every run is running and reporting
+    for worker, token in runs:
+        token.cancel()
+    from qtpy.QtCore import QThreadPool
+
+    QThreadPool.globalInstance().waitForDone(20_000)

@@ -99,6 +99,22 @@ class RunProgress:
             bar.set_description(f"{self.description}: {message}")
 
 
+POOL_THREADS = 8
+
+
+def _ensure_pool_room() -> None:
+    """napari's workers run in Qt's global thread pool, sized to the CPU
+    count (2 on many laptops). A run here holds a pool thread while its
+    compute thread works, so two long runs (a Track, a liver run) would queue
+    every other worker (autosave, ranking, previews) behind them: give the
+    pool room for waiting threads (they sleep; the compute is elsewhere)."""
+    from qtpy.QtCore import QThreadPool
+
+    pool = QThreadPool.globalInstance()
+    if pool.maxThreadCount() < POOL_THREADS:
+        pool.setMaxThreadCount(POOL_THREADS)
+
+
 def run_in_worker(
     fn: Callable[..., Any],
     *args: Any,
@@ -121,6 +137,7 @@ def run_in_worker(
     # inference may reach triton (torchvision.ops -> torch._dynamo): make sure
     # it finds it absent when OpenGL's LLVM is loaded (see _triton_guard)
     _install_triton_guard()
+    _ensure_pool_room()
     token = CancelToken()
     updates: "queue.Queue[tuple[int, Optional[int], str]]" = queue.Queue()
     compute: dict = {}
