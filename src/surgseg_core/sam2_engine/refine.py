@@ -293,7 +293,7 @@ def repropagate(
     "provenance"}``.
     """
     from .engine import StreamingSAM2
-    from .track import RANDOM_WEIGHTS_WARNING, _open_frames, resolve_net
+    from .track import RANDOM_WEIGHTS_WARNING, _open_frames, resolve_net, run_provenance
 
     check_cancel(cancel)
     source, close = _open_frames(frames)
@@ -347,10 +347,7 @@ def repropagate(
             status = "cancelled"
             raise
         finally:
-            prov = engine.provenance()
-            prov["random_weights"] = random_weights
-            if random_weights:
-                prov["warning"] = RANDOM_WEIGHTS_WARNING
+            prov = run_provenance(engine, random_weights)
             prov["repropagation"] = {
                 "frame": frame, "direction": direction, "frame_range": [lo, hi], "obj_ids": ids,
                 "prompt_frames": prompt_frames, "frames_changed": len(writer.changed), "status": status,

@@ -211,6 +211,15 @@ def resolve_net(model: Any, checkpoint: Optional[Union[str, os.PathLike]] = None
     return net, getattr(net, "surgseg_checkpoint", None) is None
 
 
+def run_provenance(engine, random_weights: bool) -> dict:
+    """The engine's provenance of a run, saying whether the weights were random."""
+    prov = engine.provenance()
+    prov["random_weights"] = random_weights
+    if random_weights:
+        prov["warning"] = RANDOM_WEIGHTS_WARNING
+    return prov
+
+
 def _open_frames(frames: Any):
     """A path is opened lazily (and closed by the caller); anything indexable is used as is."""
     if isinstance(frames, (str, os.PathLike)):
@@ -305,10 +314,7 @@ def track_video(
             status = "cancelled"
             raise
         finally:
-            prov = engine.provenance()
-            prov["random_weights"] = random_weights
-            if random_weights:
-                prov["warning"] = RANDOM_WEIGHTS_WARNING
+            prov = run_provenance(engine, random_weights)
             prov["tracking"] = {**options, "frames_written": len(done), "status": status}
             if writer is not None:
                 writer.write_provenance(prov)
