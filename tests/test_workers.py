@@ -93,7 +93,7 @@ def test_closing_the_widget_cancels_the_run_and_disconnects_it(qtbot):
     QThreadPool.globalInstance().waitForDone(30_000)  # no worker of an earlier test still queued ahead of ours
 
     owner = QWidget()
-    go = threading.Semaphore(2)
+    go = threading.Semaphore(0)  # released after the connections below: a fast run could finish units before them
     calls = []
     worker, token = run_in_worker(_steps(50, go), description="Tracking", owner=owner,
                                   on_done=calls.append)
@@ -101,6 +101,7 @@ def test_closing_the_widget_cancels_the_run_and_disconnects_it(qtbot):
     worker.errored.connect(calls.append)
     updates = []
     worker.yielded.connect(updates.append)
+    go.release(2)
     # running: units 1 and 2 done, waiting in unit 3 (the first update, 0, may come before the connection)
     qtbot.waitUntil(lambda: bool(updates) and updates[-1][0] == 2, timeout=20_000)
     owner.deleteLater()
