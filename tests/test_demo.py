@@ -14,7 +14,8 @@ def test_demo_quick_writes_report_summary_and_outputs(tmp_path, monkeypatch):
     from surgseg_core.cli.main import main
     from surgseg_core.methods.liver import _fast
 
-    monkeypatch.setenv("SURGSEG_WEIGHTS_DIR", str(tmp_path / "weights"))  # no SAM2 weights: random, said so
+    # no official SAM2 weights in the cache: the bundled demonstration SAM2 (sample_data/sam2_demo)
+    monkeypatch.setenv("SURGSEG_WEIGHTS_DIR", str(tmp_path / "weights"))
     result, _, _ = trained_liver_model()
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick", "--device", "cpu",
@@ -22,12 +23,16 @@ def test_demo_quick_writes_report_summary_and_outputs(tmp_path, monkeypatch):
     report = (out / "report.md").read_text()
     for heading in ("## 1. Video I/O", "## 3. Liver landmarks"):
         assert heading in report
-    assert "random weights" in report and "equals sequential decoding: **True**" in report
+    assert "equals sequential decoding: **True**" in report
     summary = json.loads((out / "summary.json").read_text())
     assert summary["video"]["random_equals_sequential"] is True
-    assert summary["sam2"]["weights"] == "random-init surgseg_tiny"
-    # random weights: the IoU is said not to be a result (issue 10: never "mean IoU 0.000" as a result)
-    assert "Mean IoU against the ground truth: not a result" in report
+    assert summary["sam2"]["weights"] == "surgseg-demo-sam2"
+    assert "not a clinical model" in report and "held-out synthetic clips" in report
+    card = json.loads((Path(__file__).parents[1] / "sample_data/sam2_demo/weights.json").read_text())
+    assert summary["sam2"]["heldout_mean_iou"] == pytest.approx(card["metrics"]["heldout_mean_iou"])
+    # the demo's own clip, tracked from boxes on frame 0: real masks, not the random model's nothing
+    assert summary["sam2"]["mean_iou_vs_ground_truth"] > 0.5
+    assert "Mean IoU against the ground truth: 0.000" not in report
     liver = summary["liver"]
     assert liver["metrics"]["post/mean/dice"] > 0.3  # the small session model on the held-out sample
     assert liver["postprocess_kernels"] == ("compiled" if _fast.kernels is not None else "numpy")
