@@ -45,7 +45,8 @@ def _worker(args) -> None:
     import torch
 
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from surgseg_core.sam2_engine import StreamingSAM2, build_model
     from surgseg_core.sam2_engine.device import autocast, pick_device
 
@@ -119,8 +120,9 @@ def _make_frames(folder: Path, n: int, height: int, width: int, mp4: bool) -> No
 
 def _run_case(kind: str, n: int, args, folder: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--n", str(n), "--frames-dir", str(folder),
-           "--config", args.config, "--image-size", str(args.image_size), "--threads", str(args.threads),
-           "--objects", str(args.objects)]
+           "--config", args.config, "--image-size", str(args.image_size), "--objects", str(args.objects)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     if args.gpu:
         cmd += ["--gpu"] + (["--mp4", str(folder / "clip.mp4")] if kind == "engine" else [])
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -145,7 +147,7 @@ def _table(args, rows) -> str:
     lines = [
         f"Machine: {_machine()}.",
         f"Model: {args.config}, randomly initialised, {args.image_size} px, {args.objects} object(s), "
-        f"{'CUDA bf16' if args.gpu else f'CPU float32, {args.threads} thread(s)'}; "
+        f"{'CUDA bf16' if args.gpu else f'CPU float32, {args.threads or __import__("torch").get_num_threads()} thread(s)'}; "
         f"frames {args.height}x{args.width} synthetic endoscopy (JPEG q95). Run: `{' '.join(['python', 'benchmarks/propagation.py'] + sys.argv[1:])}`",
         "",
         "| frames | ours peak RSS (MB) | SAM2 peak RSS (MB) | ours CPU s/frame | SAM2 CPU s/frame | ratio CPU s/frame "
@@ -182,7 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--objects", type=int, default=1, choices=[1, 2])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's own, as a user runs it)")
     p.add_argument("--gpu", action="store_true", help="CUDA bf16 run of tiny and small at 1024 px")
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--section-suffix", default="", help="write to bench:propagation<suffix>")
