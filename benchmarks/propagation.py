@@ -144,10 +144,13 @@ def _table(args, rows) -> str:
     # CPU seconds are what the goal is judged on for CPU runs: wall time on a
     # shared machine measures the neighbours; on a GPU, wall time.
     key = "s_per_frame" if args.gpu else "cpu_s_per_frame"
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
     lines = [
         f"Machine: {_machine()}.",
         f"Model: {args.config}, randomly initialised, {args.image_size} px, {args.objects} object(s), "
-        f"{'CUDA bf16' if args.gpu else f'CPU float32, {args.threads or __import__("torch").get_num_threads()} thread(s)'}; "
+        f"{'CUDA bf16' if args.gpu else f'CPU float32, {threads} thread(s)'}; "
         f"frames {args.height}x{args.width} synthetic endoscopy (JPEG q95). Run: `{' '.join(['python', 'benchmarks/propagation.py'] + sys.argv[1:])}`",
         "",
         "| frames | ours peak RSS (MB) | SAM2 peak RSS (MB) | ours CPU s/frame | SAM2 CPU s/frame | ratio CPU s/frame "
