@@ -24,7 +24,7 @@ from surgseg_core.training.run_log import read_metrics
 from surgseg_core.training.trainer import train
 
 TESTS = Path(__file__).resolve().parent
-CPU = {"device": "cpu", "num_threads": 1}
+CPU = {"device": "cpu"}  # (conftest sets the process's torch threads)
 
 
 def test_short_run_lowers_loss_and_writes_run_folder(tmp_path):

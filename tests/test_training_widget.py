@@ -47,7 +47,7 @@ def _training_widget(viewer, tmp_path, **extra):
     widget.batch_spin.value = 4
     widget.lr_edit.value = "0.05"
     widget.run_edit.value = str(tmp_path / "run")
-    widget.extra_config = {"num_threads": 1, **extra}
+    widget.extra_config = dict(extra)
     return widget
 
 

@@ -76,6 +76,61 @@ def merge_config(*layers: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+def check_config(config: Optional[Mapping[str, Any]], defaults: Mapping[str, Any], *,
+                 what: str = "config") -> Dict[str, Any]:
+    """The user's config checked against the known keys and their defaults.
+
+    Unknown keys (typos such as ``epoch`` or ``learning_rate``) are an error
+    naming the closest valid key; a value whose type does not fit its
+    default (``batch_size=2.5``, ``lr=fast``, ``freeze=image_encoder`` for a
+    list) is an error too. Whole floats become ints where an int is expected
+    (``epochs=3.0``). ``None`` is accepted for every key (it means "off" or
+    "the default" to the code that reads it). Returns the config with those
+    conversions.
+    """
+    import difflib
+
+    out: Dict[str, Any] = {}
+    unknown = [k for k in (config or {}) if k not in defaults]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), [str(k) for k in defaults], n=1, cutoff=0.6)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"unknown {what} key{'s' if len(unknown) > 1 else ''}: {', '.join(hints)}; "
+                          f"valid keys: {', '.join(sorted(map(str, defaults)))}")
+    for key, value in (config or {}).items():
+        default = defaults[key]
+        out[key] = _typed(key, value, default)
+    return out
+
+
+def _typed(key: str, value: Any, default: Any) -> Any:
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{key} must be an integer, got {value!r}")
+            return int(value)
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, (list, tuple)) and not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key} must be a list (e.g. {key}=[a, b]), got {value!r}")
+    if isinstance(default, Mapping) and not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping (e.g. {key}={{a: 1}}), got {value!r}")
+    return value
+
+
 def plain_config(config: Mapping[str, Any]) -> Dict[str, Any]:
     """Config with only YAML/``weights_only``-safe values (paths become strings)."""
 

@@ -38,8 +38,8 @@ def load_trained_model(
     saved_by = ckpt.get("method")
     if saved_by not in (None, spec.name):
         raise ConfigError(f"checkpoint {checkpoint} was trained with method {saved_by!r}, not {spec.name!r}")
-    cfg = resolve_config(spec, merge_config(ckpt.get("config"), registered, config,
-                                            {"device": device} if device else None))
+    cfg = resolve_config(spec, merge_config(config, {"device": device} if device else None),
+                         base=merge_config(ckpt.get("config"), registered))
     cfg["checkpoint"] = str(checkpoint)  # provenance of everything predicted with it
     model = spec.build_model(cfg)
     load_model_weights(checkpoint, model, ckpt=ckpt)

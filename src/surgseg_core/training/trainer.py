@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import __version__
-from ..config import merge_config, plain_config, save_config
+from ..config import check_config, merge_config, plain_config, save_config
 from ..device import resolve_device
 from ..device import resolve_precision as resolve_dtype
 from ..errors import Cancelled, ConfigError, DatasetError, TrainingError, WeightsError
@@ -76,6 +76,11 @@ TRAINER_DEFAULTS: Dict[str, Any] = {
     "lr_by_module": None,  # {module prefix: lr}
     "checkpoint_trainable_only": False,  # checkpoints hold only the trainable parameters
     "ddp_find_unused_parameters": False,
+    # read by the methods' datasets / the CLI, by convention
+    "data_root": None,
+    "val_root": None,
+    "val_batch_size": None,
+    "checkpoint": None,
 }
 
 EventCallback = Callable[[Dict[str, Any]], None]
@@ -184,9 +189,14 @@ def _safe_len(ds: Any, what: str) -> int:
 
 
 # ------------------------------------------------------------------ config
-def resolve_config(spec: MethodSpec, config: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Trainer defaults < method defaults < user config; fills monitor."""
-    cfg = merge_config(TRAINER_DEFAULTS, spec.default_config, config)
+def resolve_config(spec: MethodSpec, config: Optional[Mapping[str, Any]],
+                   base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Trainer defaults < method defaults < ``base`` (a resumed run's saved
+    config) < user config; fills monitor. The user's keys and value types are
+    checked against the defaults (a typo is an error, not ignored)."""
+    defaults = merge_config(TRAINER_DEFAULTS, spec.default_config)
+    config = check_config(config, defaults, what=f"{spec.name} config")
+    cfg = merge_config(defaults, base, config)
     cfg["monitor"] = cfg.get("monitor") or spec.monitor
     cfg["monitor_mode"] = cfg.get("monitor_mode") or spec.monitor_mode
     if cfg["monitor_mode"] not in ("min", "max"):
@@ -238,7 +248,7 @@ def train(
             raise TrainingError(
                 f"cannot resume: {last_path} was written by method {resume_ckpt.get('method')!r}, not {spec.name!r}"
             )
-        cfg = resolve_config(spec, merge_config(resume_ckpt.get("config"), config))
+        cfg = resolve_config(spec, config, base=resume_ckpt.get("config"))
     else:
         cfg = resolve_config(spec, config)
 
