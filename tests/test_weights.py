@@ -375,3 +375,35 @@ def test_trained_model_loads_from_its_registered_name(wdir, tmp_path):
     register_checkpoint(path, name="not-toy", method="liver")
     with pytest.raises(ConfigError, match="for method 'liver', not 'toy'"):
         load_trained_model("toy", "not-toy")
+
+
+def test_import_never_writes_outside_the_cache_or_replaces_good_weights(wdir, tiny_ckpt, tmp_path, capsys):
+    """Names are checked and files read before anything is copied; a
+    registered name is replaced only with --force (issue 15: data loss)."""
+    before = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    for bad in ("../../x", "/tmp/abs", "a/b", ".hidden"):
+        assert cli(["weights", "import", str(tiny_ckpt), "--name", bad]) != 0
+        assert "invalid weights name" in capsys.readouterr().err
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == before  # nothing written anywhere
+
+    good = import_checkpoint(tiny_ckpt, name="mine", method="sam2")
+    good_bytes = Path(good.path).read_bytes()
+    empty, noise = tmp_path / "empty.pt", tmp_path / "noise.pt"
+    empty.write_bytes(b"")
+    noise.write_bytes(bytes(range(256)) * 8)
+    liver_like = tmp_path / "liver_like.pt"
+    torch.save({"method": "liver", "model": {"encoder.w": torch.zeros(2)}}, liver_like)
+    not_sam2 = tmp_path / "not_sam2.pt"
+    torch.save({"conv.weight": torch.zeros(2)}, not_sam2)
+    for path, message in ((empty, "cannot read checkpoint"), (noise, "cannot read checkpoint"),
+                          (liver_like, "trained with method 'liver'"), (not_sam2, "no image_encoder")):
+        with pytest.raises(WeightsError, match=message):
+            import_checkpoint(path, name="other", method="sam2")
+    with pytest.raises(WeightsError, match="already registered.*--force"):
+        import_checkpoint(tiny_ckpt, name="mine", method="sam2")
+    assert Path(good.path).read_bytes() == good_bytes
+    assert not (wdir / "custom" / "other.pt").exists()
+    replaced = import_checkpoint(tiny_ckpt, name="mine", method="sam2", force=True)
+    assert replaced.sha256 == good.sha256
+    # a liver checkpoint imports as liver weights
+    assert import_checkpoint(liver_like, name="liv", method="liver").method == "liver"

@@ -61,6 +61,7 @@ def register(subparsers) -> None:
     im.add_argument("--method", default=None, help="method that loads it (default: sam2)")
     im.add_argument("--base", default=None, help="weights it was fine-tuned from")
     im.add_argument("--variant", default=None, help="SAM2 model variant the weights belong to (default: plain SAM2)")
+    im.add_argument("--force", action="store_true", help="replace weights already registered under this name")
     im.set_defaults(func=_import)
 
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -100,7 +101,7 @@ def _verify(args) -> int:
 def _import(args) -> int:
     entry = import_checkpoint(
         args.path, name=args.name, method=args.method, base=args.base, variant=args.variant,
-        weights_dir_override=args.weights_dir,
+        weights_dir_override=args.weights_dir, force=args.force,
     )
     print(f"imported {entry.name} ({entry.source}) -> {entry.path} (sha256 {entry.sha256})")
     return 0

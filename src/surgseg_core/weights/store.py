@@ -242,17 +242,24 @@ def import_checkpoint(
     base: Optional[str] = None,
     metrics: Optional[Dict[str, Any]] = None,
     weights_dir_override: Optional[PathLike] = None,
+    force: bool = False,
 ) -> WeightsEntry:
     """Copy a checkpoint into the cache after checking it.
 
     An official name (given, or the file is named like one) must match the
     official hash (or, while it is unknown, the recorded one / size + keys);
-    anything else is registered as custom weights with its own hash.
+    anything else is registered as custom weights with its own hash, after
+    its name is checked (nothing is written outside the cache) and the file
+    is read as a checkpoint of ``method`` (an empty, random or foreign file
+    never replaces anything). A registered name is replaced only with
+    ``force``.
     """
     src = Path(path)
     if not src.is_file():
         raise WeightsError(f"cannot import {src}: no such file")
     folder = weights_dir(weights_dir_override)
+    if name is not None and name not in OFFICIAL:
+        _check_name(name)
     official_name = name if name in OFFICIAL else (src.stem if name is None and src.stem in OFFICIAL else None)
     if official_name is not None:
         ck = OFFICIAL[official_name]
@@ -265,6 +272,12 @@ def import_checkpoint(
         _record(folder, ck.name, {"sha256": digest, "size_bytes": target.stat().st_size, "created": _now()})
         return _official_entry(ck, folder, _read_registry(folder)[ck.name])
     name = name or src.stem
+    _check_name(name)
+    existing = _read_registry(folder).get(name)
+    if existing and not force:
+        raise WeightsError(f"weights {name!r} are already registered ({existing.get('path')}); import under another "
+                           "--name, or pass --force to replace them")
+    _check_importable(src, method, variant)
     target = folder / "custom" / f"{name}{src.suffix or '.pt'}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
@@ -273,6 +286,37 @@ def import_checkpoint(
         target, name=name, method=method, base=base, metrics=metrics, variant=variant,
         weights_dir_override=weights_dir_override,
     )
+
+
+def _check_name(name: str) -> None:
+    """Registry names become file names: nothing that leaves the cache folder."""
+    if name in OFFICIAL:
+        raise WeightsError(f"{name!r} is the name of an official checkpoint; register fine-tuned weights under another name")
+    if not name or any(c in name for c in "/\\:") or name.startswith(".") or os.path.isabs(name):
+        raise WeightsError(f"invalid weights name {name!r}: use letters, digits, '-', '_', '.'")
+
+
+# module prefixes every SAM2 state dict has (plain SAM2 and its variants)
+_SAM2_PREFIXES = ("image_encoder.", "sam_mask_decoder.", "memory_attention.")
+
+
+def _check_importable(src: Path, method: Optional[str], variant: Optional[str]) -> None:
+    """The file is a checkpoint ``method`` can load: refused before anything is copied."""
+    from .state_dict import read_checkpoint, state_dict_of
+
+    what = f"a {method or 'sam2'} checkpoint"
+    ckpt = read_checkpoint(src, expected=what)
+    saved_by = ckpt.get("method") if isinstance(ckpt.get("method"), str) else None
+    if method and saved_by and saved_by != method:
+        raise WeightsError(f"cannot import {src} as {method!r} weights: it was trained with method {saved_by!r} "
+                           f"(pass --method {saved_by})")
+    state = state_dict_of(ckpt, src)
+    if saved_by is None and (method in (None, "sam2") or variant):
+        missing = [p.rstrip(".") for p in _SAM2_PREFIXES if not any(k.startswith(p) for k in state)]
+        if missing:
+            raise WeightsError(f"cannot import {src} as SAM2 weights: it has no {', '.join(missing)} parameters "
+                               f"(first keys: {', '.join(list(state)[:3])}); pass --method for another method's "
+                               "checkpoint")
 
 
 def register_checkpoint(
@@ -299,10 +343,7 @@ def register_checkpoint(
     if not file.is_file():
         raise WeightsError(f"cannot register {file}: no such file")
     name = name or file.stem
-    if name in OFFICIAL:
-        raise WeightsError(f"{name!r} is the name of an official checkpoint; register fine-tuned weights under another name")
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise WeightsError(f"invalid weights name {name!r}: use letters, digits, '-', '_', '.'")
+    _check_name(name)
     if config is None and base in OFFICIAL:
         config = OFFICIAL[base].config
     entry = WeightsEntry(
