@@ -4,21 +4,28 @@ checkpoint, label file or export behind."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Callable, Iterator, Optional, Union
+
+from .errors import WriteError
 
 PathLike = Union[str, os.PathLike]
 
 
 @contextlib.contextmanager
-def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(target: PathLike, suffix: str | None = None,
+                verify: Optional[Callable[[Path], None]] = None) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it replaces
     ``target`` atomically, on error it is removed and ``target`` is untouched.
 
     ``suffix`` defaults to the target's own suffix so libraries that pick a
     format by extension (tifffile, imageio) still work on the temp path.
+    ``verify(tmp)`` runs before the replace and raises if the new file is not
+    complete (an encoder that died, a short write): the old file stays. A
+    full disk becomes a :class:`WriteError` that says so.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -32,15 +39,41 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~_current_umask())
     try:
         yield tmp_path
+        if verify is not None:
+            verify(tmp_path)
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         _set_final_mode(tmp_path, target)
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
+        full = disk_full(exc, target.parent)  # before the temporary file frees its space
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if full:
+            kept = " (the previous file is kept)" if target.exists() else ""
+            raise WriteError(f"cannot write {target}: the disk is full{kept}; free space on "
+                             f"{target.parent} or write elsewhere") from exc
         raise
+
+
+def disk_full(exc: BaseException, folder: Optional[Path] = None) -> bool:
+    """Whether ``exc`` (or its cause) is "no space left", or a failure while
+    ``folder``'s disk has (almost) no free space left (encoders report it
+    only as a broken pipe or a short file)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if folder is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        try:
+            import shutil
+
+            return shutil.disk_usage(folder).free < 64 * 1024
+        except OSError:
+            return False
+    return False
 
 
 def atomic_write_bytes(target: PathLike, data: bytes) -> Path:

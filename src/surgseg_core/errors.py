@@ -32,5 +32,10 @@ class ConfigError(SurgsegError):
     """A configuration file or option is invalid."""
 
 
+class WriteError(SurgsegError):
+    """A result could not be written completely (disk full, encoder failed,
+    unwritable folder); the previous file, if any, is kept unchanged."""
+
+
 class Cancelled(SurgsegError):
     """Work was cancelled by the user; everything written so far is valid."""

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Unio
 import numpy as np
 
 from ..atomic import atomic_path
-from ..errors import DatasetError, VideoError
+from ..errors import DatasetError, VideoError, WriteError
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from .labels_io import open_labels
 from .points_csv import PointsTable, read_points_csv
@@ -177,6 +177,22 @@ def _draw_points(frame: np.ndarray, yx: np.ndarray, radius: float, colors: np.nd
         frame[rr, cc] = color
 
 
+def _verify_mp4(path: Path, frames: int) -> None:
+    """The encoder's output is a readable MP4 with every frame sent (imageio's
+    writer does not check ffmpeg's exit status: a full disk or a killed
+    encoder leaves a short or unreadable file that must not replace a good one)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            got = stream.frames or sum(1 for _ in container.demux(stream) if _.size)
+    except (av.FFmpegError, IndexError, OSError) as exc:
+        raise WriteError(f"the overlay video was not written completely ({exc})") from exc
+    if got != frames:
+        raise WriteError(f"the overlay video was not written completely: {got} of {frames} frames")
+
+
 def export_overlay_video(
     video: Any,
     out_path: PathLike,
@@ -261,7 +277,8 @@ def export_overlay_video(
         pad_h, pad_w = h % 2, w % 2
         if pad_h or pad_w:
             log.info("padding %dx%d frames to %dx%d for yuv420p", w, h, w + pad_w, h + pad_h)
-        with atomic_path(out_path) as tmp:
+        expected = {"frames": 0}
+        with atomic_path(out_path, verify=lambda tmp: _verify_mp4(tmp, expected["frames"])) as tmp:
             writer = imageio_ffmpeg.write_frames(
                 str(tmp),
                 (w + pad_w, h + pad_h),
@@ -304,6 +321,7 @@ def export_overlay_video(
                 writer.close()
             if done == 0:
                 raise VideoError("the video has no frames to export")
+            expected["frames"] = done
     finally:
         if opened is not None:
             opened.close()
