@@ -80,3 +80,26 @@ def test_missing_file_and_good_file(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
     torch.save({"model": {"w": torch.ones(3)}}, tmp_path / "ok.pt")
     assert torch.equal(read_checkpoint(tmp_path / "ok.pt")["model"]["w"], torch.ones(3))
+
+
+def test_a_checkpoint_overwritten_in_the_middle_is_refused(tmp_path):
+    """torch's zip reader does not check CRCs: bytes overwritten inside a
+    tensor load silently. Our checkpoints carry a digest of their contents,
+    checked on every load (issue 15: a damaged last.pt must not resume)."""
+    import torch
+
+    from surgseg_core.errors import WeightsError
+    from surgseg_core.training.checkpoint import load_checkpoint, save_checkpoint
+
+    weights = torch.randn(256, 1024)  # 1 MB: the middle of the file lies inside this tensor
+    path = save_checkpoint(tmp_path / "last.pt", {"model": {"w": weights}, "epoch": 3, "config": {"lr": 0.1}})
+    ckpt = load_checkpoint(path)
+    assert torch.equal(ckpt["model"]["w"], weights) and ckpt["epoch"] == 3
+    assert "payload_sha256" not in ckpt  # the reader checks and removes it
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    raw[mid:mid + 16] = bytes(16)
+    path.write_bytes(bytes(raw))
+    assert torch.load(path, weights_only=True)["epoch"] == 3  # what torch alone would have resumed from
+    with pytest.raises(WeightsError, match="is damaged: its contents do not match the checksum"):
+        load_checkpoint(path)

@@ -19,7 +19,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import WeightsError
-from ..weights.state_dict import load_state_into, read_checkpoint, state_dict_of
+from ..weights.state_dict import PAYLOAD_CHECKSUM, load_state_into, payload_digest, read_checkpoint, state_dict_of
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,11 @@ def save_checkpoint(path: PathLike, checkpoint: Mapping[str, Any]) -> Path:
     """Write ``checkpoint`` atomically (temp file + rename): a crash or
     ``kill -9`` mid-write leaves the previous file intact."""
     path = Path(path)
+    payload = dict(checkpoint)
+    payload.pop(PAYLOAD_CHECKSUM, None)
+    payload[PAYLOAD_CHECKSUM] = payload_digest(payload)  # checked by the shared reader on every load
     with atomic_path(path) as tmp:
-        torch.save(dict(checkpoint), tmp)
+        torch.save(payload, tmp)
     return path
 
 

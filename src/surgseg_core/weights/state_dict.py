@@ -50,7 +50,48 @@ def read_checkpoint(path: PathLike, *, expected: Optional[str] = None) -> Dict[s
         raise WeightsError(_load_error_text(path, exc, what)) from None
     if not isinstance(data, dict):
         raise WeightsError(f"checkpoint {path} holds a {type(data).__name__}, expected {what}")
+    if PAYLOAD_CHECKSUM in data:
+        stored = data.pop(PAYLOAD_CHECKSUM)
+        if payload_digest(data) != stored:
+            raise WeightsError(
+                f"checkpoint {path} is damaged: its contents do not match the checksum written with it (the file "
+                "was changed or partly overwritten after it was saved); use another checkpoint of the run "
+                "(best.pt / last.pt) or train again"
+            )
     return data
+
+
+# Our checkpoints carry a digest of their contents: torch's zip reader does not
+# check its CRCs, so bytes overwritten inside a tensor would load silently.
+PAYLOAD_CHECKSUM = "payload_sha256"
+
+
+def payload_digest(obj: Any) -> str:
+    """SHA-256 over a checkpoint's contents (keys, tensors' dtype, shape and
+    bytes, plain values), independent of how torch laid out the file."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, Mapping):
+            h.update(f"D{len(value)}".encode())
+            for k in sorted(value, key=str):
+                h.update(f"K{k!r}".encode())
+                feed(value[k])
+        elif isinstance(value, (list, tuple)):
+            h.update(f"L{len(value)}".encode())
+            for v in value:
+                feed(v)
+        else:
+            h.update(f"V{value!r}".encode())
+
+    feed(obj)
+    return h.hexdigest()
 
 
 def _load_error_text(path: Path, exc: BaseException, what: str) -> str:
