@@ -224,3 +224,22 @@ def test_tensorboard_events_hold_the_logged_metrics(tmp_path):
     acc.Reload()
     losses = [e.value for e in acc.Scalars("epoch/train_loss")]
     assert losses == pytest.approx([r["train_loss"] for r in result.history], rel=1e-6)
+
+
+def test_ctrl_c_stops_training_with_a_nonzero_exit_and_says_how_to_resume(tmp_path):
+    """Ctrl-C saves a checkpoint and stops, but the run is not finished:
+    exit 130 (as any interrupted command), not 0 (issue 15)."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "surgseg_core", "train", "_toy_method:toy", "--run-dir", str(run),
+         "--set", "device=cpu", "--set", "epochs=200", "--set", "sleep_per_step=0.05"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # training has started (the first epoch line is written)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "--resume" in err and (run / "checkpoints" / "last.pt").is_file()

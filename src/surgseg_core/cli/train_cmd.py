@@ -166,6 +166,11 @@ def run_train(args) -> int:
         print(f"last checkpoint: {result.last_checkpoint}")
         if result.stopped:
             print(f"stopped: {result.stopped}")
+    if result.stopped == "cancelled":  # Ctrl-C: not a finished run, whatever was saved
+        if main_rank:
+            print(f"surgseg: training interrupted; continue with: surgseg train {args.method} --run-dir "
+                  f"{args.run_dir} --resume", file=sys.stderr)
+        return 130
     return 0
 
 
