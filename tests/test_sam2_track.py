@@ -160,6 +160,17 @@ def test_cli_track_box_and_points_end_to_end(video_tif, tmp_path, biased_build, 
     assert set(np.unique(np.stack(list(pngs.values())))) == {0, 1, 2}
     assert json.loads((out / "provenance.json").read_text())["random_weights"] is True
 
+    # a rerun into the same folder would mix two runs' masks: refused, then replaced with --overwrite
+    (out / "notes.txt").write_text("mine")
+    args = ["track", str(video_tif), "--box", "2", "10", "8", "50", "40", "--out", str(out), "--range", "2", "3"]
+    assert main(args) == 1
+    assert "already holds 6 mask file(s) of an earlier run" in capsys.readouterr().err
+    assert sorted(_read_pngs(out)) == [1, 2, 3, 4, 5]  # untouched
+    assert main(args + ["--overwrite"]) == 0
+    assert sorted(_read_pngs(out)) == [2, 3]  # only the new run's frames, with its provenance
+    assert json.loads((out / "provenance.json").read_text())["tracking"]["frame_range"] == [2, 3]
+    assert (out / "notes.txt").read_text() == "mine"  # the user's own files are not the writer's to delete
+
 
 @pytest.mark.parametrize(
     "case, message",

@@ -145,7 +145,7 @@ def step_sam2(out: Path, summary: dict, *, n_frames: int, device: str, progress=
         for obj in ids:
             ys, xs = np.nonzero(first == obj)
             engine.add_box(0, obj, [xs.min(), ys.min(), xs.max(), ys.max()])
-        writer = PngLabelWriter(out / "sam2_masks")
+        writer = PngLabelWriter(out / "sam2_masks", overwrite=True)  # the demo's own folder, rerun at will
         t0 = time.perf_counter()
         engine.propagate(writer, direction="forward", progress=progress, cancel=cancel)
         seconds = time.perf_counter() - t0

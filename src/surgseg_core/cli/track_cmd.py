@@ -65,6 +65,8 @@ def register(subparsers) -> None:
                    help="track only frames A..B (inclusive, 0-based)")
     p.add_argument("--image-size", type=int, help="processing resolution (multiple of 32; default: the model's)")
     p.add_argument("--per-object", action="store_true", help="one 0/1 PNG folder per object instead of one label map")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the masks of an earlier run in --out (default: refuse a folder that holds masks)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_track)
@@ -160,6 +162,7 @@ def _track(args: argparse.Namespace) -> int:
             frame_range=tuple(args.frame_range) if args.frame_range else None,
             out_dir=args.out,
             per_object=args.per_object,
+            overwrite=args.overwrite,
             device=args.device,
             progress=TextProgress("tracking"),
         )

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path, atomic_write_text
+from ..errors import WriteError
 
 
 @dataclass
@@ -76,12 +77,30 @@ class PngLabelWriter:
     never leaves a half-written file): ``folder/000123.png`` with the merged
     map, or ``folder/obj_<id>/000123.png`` (0/1) per object."""
 
-    def __init__(self, folder: Union[str, Path], *, per_object: bool = False, digits: int = 6) -> None:
+    def __init__(self, folder: Union[str, Path], *, per_object: bool = False, digits: int = 6,
+                 overwrite: bool = False) -> None:
         self.folder = Path(folder)
         self.per_object = per_object
         self.digits = digits
+        old = self.previous_outputs(self.folder)
+        if old and not overwrite:
+            raise WriteError(f"{self.folder} already holds {len(old)} mask file(s) of an earlier run: a new run would "
+                             "mix with them; choose an empty folder, or overwrite (--overwrite) to replace them")
+        for path in old:  # only what a writer writes: the folder may hold the user's other files
+            path.unlink()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.frames_written: List[int] = []
+
+    @staticmethod
+    def previous_outputs(folder: Path) -> List[Path]:
+        """Label maps and provenance a writer left in ``folder``. provenance.json is
+        written last (with the run's status): a folder without it is incomplete."""
+        if not folder.is_dir():
+            return []
+        found = [p for p in folder.glob("*.png") if p.stem.isdigit()]
+        found += [p for d in folder.glob("obj_*") if d.is_dir() for p in d.glob("*.png") if p.stem.isdigit()]
+        prov = folder / "provenance.json"
+        return found + ([prov] if prov.is_file() else [])
 
     def path_for(self, frame_idx: int, obj_id: Optional[int] = None) -> Path:
         name = f"{frame_idx:0{self.digits}d}.png"

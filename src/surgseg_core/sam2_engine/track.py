@@ -243,6 +243,7 @@ def track_video(
     sink: Optional[Callable[[FrameResult], None]] = None,
     out_dir: Optional[Union[str, os.PathLike]] = None,
     per_object: bool = False,
+    overwrite: bool = False,
     device: Optional[str] = None,
     seed: int = 0,
     progress: Optional[ProgressCallback] = None,
@@ -285,6 +286,8 @@ def track_video(
             frame_range = (first, last)
         if direction not in ("forward", "backward", "both"):
             raise ConfigError(f"direction must be 'forward', 'backward' or 'both', got {direction!r}")
+        if out_dir is not None and not overwrite and PngLabelWriter.previous_outputs(Path(out_dir)):
+            PngLabelWriter(out_dir)  # refuses, naming the folder, before the model is loaded
 
         net, random_weights = resolve_net(model, checkpoint, device=device, image_size=image_size, seed=seed)
         if random_weights:
@@ -298,7 +301,7 @@ def track_video(
                 p["points"] or None, p["labels"] or None,
                 box=p["box"],
             )
-        writer = PngLabelWriter(out_dir, per_object=per_object) if out_dir is not None else None
+        writer = PngLabelWriter(out_dir, per_object=per_object, overwrite=overwrite) if out_dir is not None else None
         done: set = set()  # "both" visits the start frame twice
 
         def _count(result: FrameResult) -> None:
