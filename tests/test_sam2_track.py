@@ -424,3 +424,20 @@ def test_propagation_reads_one_frame_ahead_and_leaves_no_thread(frames):
     with pytest.raises(VideoError, match="cannot read frame 4"):
         engine.propagate()
     assert not _prefetch_threads()
+
+
+def test_prompts_outside_the_frame_are_refused(frames):
+    """A click or a box off the frame used to "succeed" with a meaningless mask."""
+    model = build_model(TINY_CONFIG, device="cpu", seed=0)
+    engine = StreamingSAM2(model, frames)
+    h, w = frames.shape[1:3]
+    with pytest.raises(ConfigError, match=rf"click \({w + 5}, 10\) lies outside the {w}x{h} frame"):
+        engine.add_points(0, 1, [[w + 5, 10]], [1])
+    with pytest.raises(ConfigError, match="lies outside"):
+        engine.add_points(0, 1, [[10, 10], [5, -1]], [1, 0])
+    with pytest.raises(ConfigError, match="entirely outside"):
+        engine.add_box(0, 1, [w + 1, 0, w + 20, 10])
+    assert engine.obj_ids == []  # nothing was registered
+    engine.add_box(0, 1, [-5, -5, 20, 20])  # a box overlapping the frame is fine (SAM2 clips it)
+    engine.add_points(0, 2, [[0, 0], [w, h]], [1, 1])  # the frame's edges are on it
+    assert engine.obj_ids == [1, 2]

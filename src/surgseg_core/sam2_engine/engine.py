@@ -482,6 +482,7 @@ class StreamingSAM2:
             raise ConfigError("give at least one point or a box")
         if box is not None and not clear_old:
             raise ConfigError("a box must come before any click: use clear_old=True")
+        self._check_inside(pts, lbl, box)
         mem = self._object(obj_id)
         scale = np.array([self.image_size / self.video_width, self.image_size / self.video_height], np.float32)
         new = {
@@ -501,6 +502,20 @@ class StreamingSAM2:
             entry["points_after_hook"] = self._video_points(hooked["point_coords"])
             entry["labels_after_hook"] = hooked["point_labels"][0].cpu().tolist()
         return self._run_prompt(frame_idx, mem, point_inputs=hooked)
+
+    def _check_inside(self, pts: np.ndarray, lbl: np.ndarray, box) -> None:
+        """Clicks must lie on the frame and a box must overlap it: SAM2 would
+        "segment" anything outside, a silently wrong result."""
+        w, h = float(self.video_width), float(self.video_height)
+        clicks = pts[lbl < 2]
+        outside = clicks[(clicks[:, 0] < 0) | (clicks[:, 0] > w) | (clicks[:, 1] < 0) | (clicks[:, 1] > h)]
+        if len(outside):
+            x, y = outside[0].tolist()
+            raise ConfigError(f"click ({x:g}, {y:g}) lies outside the {w:g}x{h:g} frame (x 0..{w:g}, y 0..{h:g})")
+        if box is not None:
+            x0, y0, x1, y1 = np.asarray(box, np.float32).reshape(-1).tolist()
+            if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+                raise ConfigError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies entirely outside the {w:g}x{h:g} frame")
 
     def add_box(self, frame_idx: int, obj_id: int, box: Sequence[float]) -> FrameResult:
         return self.add_points(frame_idx, obj_id, box=box)
