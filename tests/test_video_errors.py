@@ -220,3 +220,31 @@ def test_truncated_real_recording_matches_the_intact_one(tmp_path):
         assert 100 < n < len(full) and part.metadata.damaged_from == n
         for i in (0, n // 2, n - 2, n - 1):  # the readable part is the recording itself, to the last frame
             np.testing.assert_array_equal(part[i], full[i])
+
+
+def test_a_one_frame_video_lasts_one_frame_period(tmp_path):
+    """It reported 7.8e-05 s (one tick of the time base) as its duration."""
+    path = write_video(tmp_path / "one.mp4", 1, fps=25)
+    with open_video(path) as video:
+        assert len(video) == 1
+        assert video.metadata.duration == pytest.approx(1 / 25, rel=0.01)
+
+
+def test_gaps_in_frame_numbers_warn_but_a_constant_step_does_not(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    def folder(name, numbers):
+        d = tmp_path / name
+        d.mkdir()
+        for n in numbers:
+            Image.fromarray(np.full((8, 8, 3), n, np.uint8)).save(d / f"frame_{n:04d}.png")
+        return d
+
+    with pytest.warns(UserWarning, match=r"frame numbers have gaps \(missing 3, 4; 2 in all\)"):
+        open_video(folder("gaps", [0, 1, 2, 5, 6, 7])).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        open_video(folder("every5", [0, 5, 10, 15])).close()
+        open_video(folder("plain", [1, 2, 3, 4])).close()

@@ -43,7 +43,39 @@ def list_frames(folder: Path, pattern: Optional[str] = None) -> List[Path]:
                 f"{folder}: the folder holds several image series: {listed}; choose one with "
                 f"pattern={example!r} (or move the other files out)"
             )
-    return sorted(files, key=lambda p: natural_key(p.name))
+    files = sorted(files, key=lambda p: natural_key(p.name))
+    _warn_gaps(folder, files)
+    return files
+
+
+def _warn_gaps(folder: Path, files: List[Path]) -> None:
+    """Frames are indexed 0..n-1 in file order: a gap in the file numbers
+    (a missing or deleted frame) would silently shift every later frame's
+    index against the video's timeline. A constant step (every 5th frame
+    exported) is not a gap."""
+    import warnings
+
+    numbers = []
+    for p in files:
+        found = _DIGITS.findall(p.stem)
+        if not found:
+            return
+        numbers.append(int(found[-1]))
+    if len(numbers) < 3:
+        return
+    steps = np.diff(numbers)
+    step = int(np.median(steps))
+    if step <= 0 or np.all(steps == step):
+        return
+    expected = set(range(numbers[0], numbers[-1] + 1, step))
+    missing = sorted(expected - set(numbers))
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        warnings.warn(
+            f"{folder}: frame numbers have gaps (missing {shown}; {len(missing)} in all): frames are indexed in "
+            f"file order, so every frame after a gap has a smaller index than its number", UserWarning,
+            stacklevel=3,
+        )
 
 
 def _load(path: Path, i: int) -> np.ndarray:

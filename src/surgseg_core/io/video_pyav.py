@@ -83,6 +83,8 @@ class VideoIndex:
     def frame_ticks(self) -> int:
         if len(self.pts) > 1:
             return max(1, int(np.median(np.diff(self.pts))))
+        if self.average_rate and self.time_base:  # one frame: it lasts one frame period, not one tick
+            return max(1, int(round(1 / (float(self.average_rate) * float(self.time_base)))))
         return 1
 
     def keyframe_for(self, i: int) -> int:
