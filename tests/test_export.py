@@ -320,3 +320,18 @@ def test_overlay_errors_and_cancel_leave_nothing(tmp_path):
     with pytest.raises(Cancelled):
         export_overlay_video(video, tmp_path / "o.mp4", cancel=token)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.full((3, 16, 16), np.nan, np.float32), "labels must be integer ids .* got float32"),
+    (np.full((3, 16, 16), -2, np.int16), "negative values"),
+])
+def test_overlay_refuses_float_or_negative_labels(tmp_path, labels, message):
+    """Float (NaN) or negative labels used to paint nothing, silently."""
+    from surgseg_core.errors import DatasetError
+    from surgseg_core.io.overlay import export_overlay_video
+
+    video = np.zeros((3, 16, 16, 3), np.uint8)
+    with pytest.raises(DatasetError, match=message):
+        export_overlay_video(video, tmp_path / "o.mp4", labels=labels, fps=10)
+    assert not (tmp_path / "o.mp4").exists()

@@ -145,6 +145,9 @@ class _LabelPainter:
         return np.asarray(default_label_color(label), dtype=float)
 
     def paint(self, frame: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+            raise DatasetError(f"labels hold negative values (down to {int(labels.min())}): label ids are 0 "
+                               "(background) or positive")
         mask = labels > 0  # 0 is background, never painted
         if not mask.any():
             return frame
@@ -267,6 +270,10 @@ def export_overlay_video(
                 raise DatasetError(f"labels of shape {lshape} do not match video frames of size {h}x{w} (H x W)")
             if len(lshape) == 3 and lshape[0] != n:
                 raise DatasetError(f"labels have {lshape[0]} frames but the video has {n}")
+            kind = np.dtype(getattr(labels, "dtype", np.uint8)).kind
+            if kind not in "iub":  # a float map (probabilities, NaN) would paint nothing or the wrong ids
+                raise DatasetError(f"labels must be integer ids (0 = background), got {np.dtype(labels.dtype)}; "
+                                   "threshold or round a probability map into a label image first")
         static_labels = np.asarray(labels) if labels is not None and len(labels.shape) == 2 else None
         pdata = _load_points(points)
         by_frame = _points_by_frame(pdata, n)
