@@ -248,3 +248,13 @@ def test_gaps_in_frame_numbers_warn_but_a_constant_step_does_not(tmp_path):
         warnings.simplefilter("error")  # any warning fails the test
         open_video(folder("every5", [0, 5, 10, 15])).close()
         open_video(folder("plain", [1, 2, 3, 4])).close()
+
+
+def test_symlink_loops_and_dangling_links_say_what_they_are(tmp_path):
+    (tmp_path / "a.mp4").symlink_to(tmp_path / "b.mp4")
+    (tmp_path / "b.mp4").symlink_to(tmp_path / "a.mp4")
+    with pytest.raises(VideoError, match="the symbolic link loops"):
+        open_video(tmp_path / "a.mp4")
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "moved" / "clip.mp4")
+    with pytest.raises(VideoError, match=r"points to .*moved/clip.mp4, which does not exist"):
+        open_video(tmp_path / "gone.mp4")

@@ -131,6 +131,14 @@ def open_video(
     if not path.exists() and pattern is None and any(ch in path.name for ch in "*?["):
         path, pattern = path.parent, path.name
     if not path.exists():
+        if path.is_symlink():  # exists() follows links: a loop or a dangling link is not "not found"
+            try:
+                target = path.resolve(strict=True)
+            except RuntimeError:
+                raise VideoError(f"{path}: the symbolic link loops (it leads back to itself)") from None
+            except OSError:
+                target = Path(os.readlink(path))
+            raise VideoError(f"{path}: the symbolic link points to {target}, which does not exist")
         raise VideoError(f"{path}: file or folder not found")
     downscale = _check_downscale(path, downscale)
     if isinstance(cache_mb, bool) or not isinstance(cache_mb, numbers.Real) or not cache_mb >= 0:
