@@ -103,3 +103,19 @@ def test_a_checkpoint_overwritten_in_the_middle_is_refused(tmp_path):
     assert torch.load(path, weights_only=True)["epoch"] == 3  # what torch alone would have resumed from
     with pytest.raises(WeightsError, match="is damaged: its contents do not match the checksum"):
         load_checkpoint(path)
+
+
+def test_evaluating_with_plain_weights_of_another_kind_is_refused_before_building(tmp_path, capsys):
+    """Plain SAM2 weights given to 'surgseg evaluate liver' used to build the
+    liver model first (30 s of retrying an online hub for encoder weights),
+    then fail on the keys; refused at once now."""
+    import torch
+    from safetensors.torch import save_file
+
+    from surgseg_core.cli.main import main
+
+    weights = tmp_path / "sam2_like.safetensors"
+    save_file({"image_encoder.trunk.w": torch.zeros(2), "sam_mask_decoder.w": torch.zeros(2)}, str(weights))
+    assert main(["evaluate", "liver", "--checkpoint", str(weights), "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "holds SAM2 weights, not a 'liver' training checkpoint" in err and "surgseg weights import" in err

@@ -38,6 +38,13 @@ def load_trained_model(
     saved_by = ckpt.get("method")
     if saved_by not in (None, spec.name):
         raise ConfigError(f"checkpoint {checkpoint} was trained with method {saved_by!r}, not {spec.name!r}")
+    if saved_by is None and "model" not in ckpt and registered is None:
+        # plain weights (an official SAM2 file, exported safetensors): refused before the model is built,
+        # which for some methods means fetching encoder weights from the internet first
+        kind = "SAM2 weights" if any(str(k).startswith("image_encoder.") for k in ckpt) else "plain weights"
+        raise ConfigError(f"{checkpoint} holds {kind}, not a '{spec.name}' training checkpoint (checkpoints/best.pt "
+                          f"of a 'surgseg train {spec.name}' run); weights from elsewhere are used by name after "
+                          f"'surgseg weights import FILE --name NAME --method {spec.name}'")
     cfg = resolve_config(spec, merge_config(config, {"device": device} if device else None),
                          base=merge_config(ckpt.get("config"), registered))
     cfg["checkpoint"] = str(checkpoint)  # provenance of everything predicted with it
