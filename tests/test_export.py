@@ -335,3 +335,19 @@ def test_overlay_refuses_float_or_negative_labels(tmp_path, labels, message):
     with pytest.raises(DatasetError, match=message):
         export_overlay_video(video, tmp_path / "o.mp4", labels=labels, fps=10)
     assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("0,nan,3\n", "line 2 has a NaN or infinite coordinate"),
+    ("0,1,2\n1,inf,2\n", "line 3 has a NaN or infinite coordinate"),
+    ("0.5,1,2\n", "must hold frame numbers"),
+    ("-1,1,2\n", "must hold frame numbers"),
+])
+def test_points_csv_refuses_non_finite_points_and_bad_frames(tmp_path, rows, message):
+    from surgseg_core.errors import DatasetError
+    from surgseg_core.io.points_csv import read_points_csv
+
+    path = tmp_path / "p.csv"
+    path.write_text("frame,x,y\n" + rows)
+    with pytest.raises(DatasetError, match=message):
+        read_points_csv(path)

@@ -142,6 +142,13 @@ def read_points_csv(path: PathLike) -> PointsTable:
         data = np.stack([numeric(header[frame_col]), y, x], axis=1) if body else np.zeros((0, 3))
     else:
         data = np.stack([y, x], axis=1) if body else np.zeros((0, 2))
+    bad = np.flatnonzero(~np.isfinite(data).all(axis=1)) if len(data) else []
+    if len(bad):
+        raise DatasetError(f"{path}: line {int(bad[0]) + 2} has a NaN or infinite coordinate "
+                           f"({len(bad)} line(s) in all); every point needs finite frame, x and y")
+    if frame_col is not None and len(data) and (
+            not np.allclose(data[:, 0], np.round(data[:, 0])) or (data[:, 0] < 0).any()):
+        raise DatasetError(f"{path}: column '{header[frame_col]}' must hold frame numbers 0, 1, 2, ...")
     coord_idx = {lower.index("x"), lower.index("y")} | ({frame_col} if frame_col is not None else set())
     features = {h: _parse_column(columns[h]) for j, h in enumerate(header) if j not in coord_idx}
     return PointsTable(data=data, features=features)
