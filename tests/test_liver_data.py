@@ -120,6 +120,20 @@ def test_find_samples_layouts(tmp_path):
         find_samples(tmp_path / "missing")
 
 
+def test_images_without_masks_are_named_not_skipped_silently(tmp_path):
+    import imageio.v3 as iio
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(4):
+        iio.imwrite(tmp_path / "images" / f"f{i}.png", np.zeros((8, 8, 3), np.uint8))
+    for i in (0, 2):
+        iio.imwrite(tmp_path / "masks" / f"f{i}.png", np.zeros((8, 8), np.uint8))
+    with pytest.warns(UserWarning, match=r"2 of 4 images without a mask are not used \(f1, f3\)"):
+        samples = find_samples(tmp_path, "generic")
+    assert [s.image.stem for s in samples] == ["f0", "f2"]
+
+
 def test_find_samples_on_real_colour_labels():
     folder = realdata_file(f"{P2ILF}/2D_imageLabel_metrics/image_labels_GT")
     (s,) = find_samples(folder, "colour")

@@ -48,7 +48,19 @@ def _find_generic(root: Path) -> List[Sample]:
     if not (img_dir.is_dir() and mask_dir.is_dir()):
         return []
     masks = _images_by_stem(mask_dir)
-    return [Sample(p, masks[s], "mask") for s, p in _images_by_stem(img_dir).items() if s in masks]
+    images = _images_by_stem(img_dir)
+    _warn_unpaired(root, sorted(set(images) - set(masks)), "images without a mask", len(images))
+    _warn_unpaired(root, sorted(set(masks) - set(images)), "masks without an image", len(masks))
+    return [Sample(p, masks[s], "mask") for s, p in images.items() if s in masks]
+
+
+def _warn_unpaired(root: Path, names: List[str], what: str, total: int) -> None:
+    """Unpaired files are left out of training: say so (they were skipped silently)."""
+    if names:
+        import warnings
+
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        warnings.warn(f"{root}: {len(names)} of {total} {what} are not used ({shown})", UserWarning, stacklevel=4)
 
 
 def _find_l3d(root: Path) -> List[Sample]:
