@@ -407,3 +407,30 @@ def test_import_never_writes_outside_the_cache_or_replaces_good_weights(wdir, ti
     assert replaced.sha256 == good.sha256
     # a liver checkpoint imports as liver weights
     assert import_checkpoint(liver_like, name="liv", method="liver").method == "liver"
+
+
+def test_weights_changed_after_import_are_refused_on_use(wdir, tiny_ckpt):
+    """A registered file whose bytes changed is hashed again on use and
+    refused (provenance recorded the stale hash); unchanged files are hashed
+    once, then recognised by size and modification time."""
+    from surgseg_core.weights import resolve_weights
+    from surgseg_core.weights import store
+
+    entry = import_checkpoint(tiny_ckpt, name="mine", method="sam2")
+    assert resolve_weights("mine") == Path(entry.path)
+    stamps = json.loads((wdir / store._STAMPS).read_text())
+    assert stamps[str(Path(entry.path).resolve())][2] == entry.sha256
+    calls = []
+    real = store.sha256_file
+    store.sha256_file = lambda p: calls.append(p) or real(p)
+    try:
+        resolve_weights("mine")
+        assert calls == []  # unchanged: not hashed again
+        raw = bytearray(Path(entry.path).read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        Path(entry.path).write_bytes(bytes(raw))
+        with pytest.raises(WeightsError, match="changed since they were registered"):
+            resolve_weights("mine")
+        assert len(calls) == 1
+    finally:
+        store.sha256_file = real

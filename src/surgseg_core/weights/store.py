@@ -173,7 +173,42 @@ def resolve_weights(name_or_path: PathLike, *, weights_dir_override: Optional[Pa
             f"registered weights {entry.name!r} point to {entry.path}, which no longer exists; "
             f"re-import it with 'surgseg weights import PATH --name {entry.name}'"
         )
+    _check_unchanged(entry, folder)
     return entry.file
+
+
+_STAMPS = ".verified.json"  # path -> [size, mtime_ns, sha256] of files hashed since they last changed
+
+
+def _check_unchanged(entry: WeightsEntry, folder: Path) -> None:
+    """Weights are used only if their bytes are still the ones registered:
+    a file whose size or modification time changed since it was last hashed
+    is hashed again, and refused when the hash differs (provenance would
+    otherwise record a hash the file no longer has)."""
+    if not entry.sha256:
+        return
+    st = entry.file.stat()
+    key = str(entry.file.resolve())
+    stamps_path = folder / _STAMPS
+    try:
+        stamps = json.loads(stamps_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stamps = {}
+    if stamps.get(key) == [st.st_size, st.st_mtime_ns, entry.sha256]:
+        return
+    digest = sha256_file(entry.file)
+    if digest != entry.sha256:
+        raise WeightsError(
+            f"weights {entry.name!r} ({entry.file}) changed since they were registered (sha256 {digest[:12]}... "
+            f"instead of {entry.sha256[:12]}...): the file was modified or damaged. Restore it, or re-import it "
+            f"with 'surgseg weights import FILE --name {entry.name} --force' if the new file is intended"
+        )
+    stamps[key] = [st.st_size, st.st_mtime_ns, digest]
+    try:  # a cache of work done: failing to write it only costs a re-hash next time
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stamps_path, json.dumps(stamps, indent=1))
+    except OSError as exc:
+        log.debug("cannot record verified weights in %s: %s", stamps_path, exc)
 
 
 def diagnose_official_mismatch(ck: OfficialCheckpoint, path: Path) -> str:
