@@ -30,6 +30,10 @@ TRAIN_EXAMPLES = """examples:
     (fine-tune SAM 2.1 through its video memory on clips with per-frame object masks: synthetic
      clips, videos or frames/ next to masks/, or "Corrections -> dataset" exports; image encoder
      frozen, SAM2's loss and prompts; checkpoints hold the trained parameters only)
+  surgseg train rpsam2 --set train_root=cataract1k/train --set val_root=cataract1k/val \
+      --set base_weights=sam2.1_hiera_large --run-dir runs/rp
+    (RP-SAM2's shift block on a frozen SAM2: 10 random clicks per object, Dice + L_dist + L_out;
+     frames with instrument masks: images/+masks/, Supervisely (Cataract-1K), COCO or EndoVis)
   surgseg train mypkg.methods:mymethod --set data_root=data/train --run-dir runs/mine
 
 Trainer keys (YAML or --set): epochs batch_size lr weight_decay layer_decay
@@ -51,6 +55,9 @@ EVAL_EXAMPLES = """examples:
   surgseg evaluate sam2 --checkpoint runs/sam2/checkpoints/best.pt --data clips/test
     (J&F, J, F and mean IoU per object from one box on each object's first frame, plain base
      model and fine-tuned side by side)
+  surgseg evaluate rpsam2 --checkpoint runs/rp/checkpoints/best.pt --data cataract1k/test
+    (the RP-SAM2 paper's Table 1: 10 random single clicks per object, mDSC and mHD95 mean +- sd
+     across the clicks per class, plain SAM2 and RP-SAM2 side by side)
 """
 
 PREDICT_EXAMPLES = """examples:
@@ -58,6 +65,9 @@ PREDICT_EXAMPLES = """examples:
   surgseg predict liver --checkpoint best.pt frames_folder/ --out preds/ --set size=[512,288]
   torchrun --nproc_per_node 4 -m surgseg_core predict liver --checkpoint best.pt videos/*.mp4 --out preds/
     (each process takes a share of the inputs)
+  surgseg predict rpsam2 --checkpoint runs/rp/checkpoints/best.pt frames/ --out pseudo/ --set points=clicks.csv
+    (masks of the clicked frames, clicks CSV frame,x,y[,obj_id][,positive], refined by RP-SAM2;
+     pseudo/ feeds surgseg train sam2 --set train_root=pseudo/)
 """
 
 
