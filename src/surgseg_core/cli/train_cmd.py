@@ -30,6 +30,10 @@ TRAIN_EXAMPLES = """examples:
     (fine-tune SAM 2.1 through its video memory on clips with per-frame object masks: synthetic
      clips, videos or frames/ next to masks/, or "Corrections -> dataset" exports; image encoder
      frozen, SAM2's loss and prompts; checkpoints hold the trained parameters only)
+  surgseg train f2paseg --set train_root=data/PAS --run-dir runs/f2paseg
+    (the paper's setup: SAM 2.1 tiny + fusion module at 1024 px, 10-frame clips, a box per class
+     every 10 frames, mask decoder frozen but the fusion module, 40 epochs; PAS layout
+     train/ and val/ splits; --set base_weights=null for a random-init model)
   surgseg train mypkg.methods:mymethod --set data_root=data/train --run-dir runs/mine
 
 Trainer keys (YAML or --set): epochs batch_size lr weight_decay layer_decay
@@ -51,6 +55,9 @@ EVAL_EXAMPLES = """examples:
   surgseg evaluate sam2 --checkpoint runs/sam2/checkpoints/best.pt --data clips/test
     (J&F, J, F and mean IoU per object from one box on each object's first frame, plain base
      model and fine-tuned side by side)
+  surgseg evaluate f2paseg --checkpoint runs/f2paseg/checkpoints/best.pt --data data/PAS --out pas_test.json
+    (the PAS test split: Dice per class, mDice, mIoU and FPS as the paper's Table 2, plain SAM2 and
+     F2PASeg on the same boxes; pas_test.md holds the table)
 """
 
 PREDICT_EXAMPLES = """examples:
@@ -174,14 +181,19 @@ def run_evaluate(args) -> int:
 
     metrics = evaluate_checkpoint(args.method, args.checkpoint, args.data, _user_config(args),
                                   progress=TextProgress("evaluate"))
-    # a method may return a ready-made text table (liver: the paper's Table 5/6 layout)
+    # a method may return a ready-made text table (liver: the paper's Table 5/6 layout) or a
+    # markdown one (f2paseg: Table 2), written next to --out as .md
     table = metrics.pop("table") if isinstance(metrics.get("table"), str) else None
+    markdown = metrics.pop("markdown") if isinstance(metrics.get("markdown"), str) else None
     text = json.dumps(metrics, indent=1, sort_keys=True)
     if args.out:
         atomic_write_text(args.out, text + "\n")
+        if markdown:
+            atomic_write_text(args.out.with_suffix(".md"), markdown + "\n")
     print(text)
-    if table:
-        print(table)
+    for t in (table, markdown):
+        if t:
+            print(t)
     return 0
 
 

@@ -88,6 +88,7 @@ _REGISTRY: Dict[str, MethodSpec] = {}
 _BUILTIN_MODULES = {
     "liver": "surgseg_core.methods.liver.spec",
     "sam2": "surgseg_core.methods.sam2.spec",
+    "f2paseg": "surgseg_core.methods.f2paseg.train",
 }
 
 
