@@ -60,7 +60,7 @@ def _run(model, mp4: Path, n: int, prompts) -> dict:
     src = open_video(mp4, stop=n, cache_mb=4)
     engine = StreamingSAM2(model, src, keep_recent_prompt_frames=2, embed_cache_mb=64)
     t0 = time.perf_counter()
-    add_box_prompts(engine, prompts)
+    add_box_prompts(engine, {t: b for t, b in prompts.items() if t < n})
 
     def sink(result):
         result.label_map()  # merged class map on the CPU: what a user gets (syncs a GPU)
