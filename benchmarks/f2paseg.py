@@ -138,6 +138,8 @@ def main(argv=None) -> int:
     configs = args.configs or (["sam2.1_hiera_tiny"] if args.gpu else ["surgseg_tiny", "sam2.1_hiera_tiny"])
     key = "wall" if args.gpu else "cpu"  # CPU seconds on a shared CPU; wall time on a GPU
     lines = [
+        f"## F2PASeg vs plain SAM2, per frame (`benchmarks/f2paseg.py`{' --gpu' if args.gpu else ''})",
+        "",
         f"Machine: {_machine(device)}.",
         f"Models: random-init, {size} px, {'CUDA bf16 autocast' if args.gpu else 'CPU float32'}, "
         f"{torch.get_num_threads()} torch thread(s); {args.frames} frames {args.height}x{args.width} of a synthetic "
