@@ -303,7 +303,7 @@ def test_trainable_parameters_by_module_with_the_papers_freezing():
 def test_config_builds_the_model_with_its_options():
     from surgseg_core.methods.f2paseg.spec import DEFAULT_CONFIG, build_from_config, class_set_of
 
-    model = build_from_config({"sam2_config": "surgseg_tiny", "checkpoint": None, "image_size": 128,
+    model = build_from_config({"sam2_config": "surgseg_tiny", "base_weights": None, "image_size": 128,
                                "lora_rank": 2, "lora_alpha": 0.5, "keep_recent_prompt_frames": 0})
     fus = model.sam_mask_decoder.fusion["s8"]
     assert (fus.rank, fus.alpha) == (2, 0.5) and model.surgseg_keep_recent_prompt_frames is None

@@ -55,6 +55,26 @@ def test_clip_round_trip(tmp_path):
     assert not list(out.glob(".*tmp*"))  # no temp files left behind
 
 
+def test_clip_cli_absent_classes(tmp_path):
+    """--absent-classes: those anatomy labels never appear, the instruments
+    are the same as without it, meta.json and its command record it (and
+    only then)."""
+    from surgseg_core.synth.cli import main
+
+    args = ["clip", "--seed", "4", "--frames", "3", "--height", "64", "--width", "96", "--quiet"]
+    assert main(args[:1] + [str(tmp_path / "rare")] + args[1:] + ["--absent-classes", "3", "5"]) == 0
+    assert main(args[:1] + [str(tmp_path / "all")] + args[1:]) == 0
+    rare, full = tmp_path / "rare", tmp_path / "all"
+    labels = np.stack([_png(rare / "anatomy" / f"{i:06d}.png") for i in range(3)])
+    assert not np.isin(labels, [3, 5]).any() and np.isin(labels, [1, 2, 4]).any()
+    for i in range(3):
+        np.testing.assert_array_equal(_png(rare / "instruments" / f"{i:06d}.png"),
+                                      _png(full / "instruments" / f"{i:06d}.png"))
+    meta, plain = (json.loads((d / "meta.json").read_text()) for d in (rare, full))
+    assert meta["absent_classes"] == [3, 5] and meta["command"].endswith("--absent-classes 3 5")
+    assert "absent_classes" not in plain and "absent" not in plain["command"]
+
+
 def test_liver_round_trip(tmp_path):
     out = write_liver_dataset(tmp_path / "liver", seed=4, n_frames=3, height=64, width=96)
     scene = generate_liver_scene(seed=4, n_frames=3, height=64, width=96)

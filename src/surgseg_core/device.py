@@ -94,3 +94,25 @@ def enable_fast_math(device: torch.device) -> None:
     if device.type == "cuda" and torch.cuda.get_device_properties(device).major >= 8:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def describe_device(device: Union[str, torch.device]) -> str:
+    """A human name for ``device`` in result tables: the GPU's model, or the
+    CPU's model and the threads torch uses."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        import platform
+        from pathlib import Path
+
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        return f"cpu ({name}, {torch.get_num_threads()} threads)"
+    return str(device)

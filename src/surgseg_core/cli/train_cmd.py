@@ -34,6 +34,10 @@ TRAIN_EXAMPLES = """examples:
       --set base_weights=sam2.1_hiera_large --run-dir runs/rp
     (RP-SAM2's shift block on a frozen SAM2: 10 random clicks per object, Dice + L_dist + L_out;
      frames with instrument masks: images/+masks/, Supervisely (Cataract-1K), COCO or EndoVis)
+  surgseg train f2paseg --set train_root=data/PAS --run-dir runs/f2paseg
+    (the paper's setup: SAM 2.1 tiny + fusion module at 1024 px, 10-frame clips, a box per class
+     every 10 frames, mask decoder frozen but the fusion module, 40 epochs; PAS layout
+     train/ and val/ splits; --set base_weights=null for a random-init model)
   surgseg train mypkg.methods:mymethod --set data_root=data/train --run-dir runs/mine
 
 Trainer keys (YAML or --set): epochs batch_size lr weight_decay layer_decay
@@ -58,6 +62,9 @@ EVAL_EXAMPLES = """examples:
   surgseg evaluate rpsam2 --checkpoint runs/rp/checkpoints/best.pt --data cataract1k/test
     (the RP-SAM2 paper's Table 1: 10 random single clicks per object, mDSC and mHD95 mean +- sd
      across the clicks per class, plain SAM2 and RP-SAM2 side by side)
+  surgseg evaluate f2paseg --checkpoint runs/f2paseg/checkpoints/best.pt --data data/PAS --out pas_test.json
+    (the PAS test split: Dice per class, mDice, mIoU and FPS as the paper's Table 2, plain SAM2 and
+     F2PASeg on the same boxes; pas_test.md holds the table)
 """
 
 PREDICT_EXAMPLES = """examples:
@@ -189,14 +196,19 @@ def run_evaluate(args) -> int:
 
     metrics = evaluate_checkpoint(args.method, args.checkpoint, args.data, _user_config(args),
                                   progress=TextProgress("evaluate"))
-    # a method may return a ready-made text table (liver: the paper's Table 5/6 layout)
+    # a method may return a ready-made text table (liver: the paper's Table 5/6 layout) or a
+    # markdown one (f2paseg: Table 2), written next to --out as .md
     table = metrics.pop("table") if isinstance(metrics.get("table"), str) else None
+    markdown = metrics.pop("markdown") if isinstance(metrics.get("markdown"), str) else None
     text = json.dumps(metrics, indent=1, sort_keys=True)
     if args.out:
         atomic_write_text(args.out, text + "\n")
+        if markdown:
+            atomic_write_text(args.out.with_suffix(".md"), markdown + "\n")
     print(text)
-    if table:
-        print(table)
+    for t in (table, markdown):
+        if t:
+            print(t)
     return 0
 
 

@@ -19,6 +19,7 @@ SAMPLE_LIVER = dict(seed=0, n_frames=12, height=320, width=416, fps=10.0)
 
 _EPILOG = """examples:
   python -m surgseg_core.synth clip out/clip --seed 3 --frames 48 --height 240 --width 320
+  python -m surgseg_core.synth clip out/rare --seed 4 --absent-classes 3 5   # a patient without IP and OCR
   python -m surgseg_core.synth liver out/liver --seed 1 --frames 200 --line-width 6
   python -m surgseg_core.synth sample-data sample_data   # regenerate the repository's sample data
 """
@@ -41,7 +42,8 @@ def _run(args: argparse.Namespace) -> int:
     progress = None if args.quiet else TextProgress(args.synth_kind)
     if args.synth_kind == "clip":
         out = write_synthetic_clip(args.out_dir, seed=args.seed, n_frames=args.frames, height=args.height,
-                                   width=args.width, fps=args.fps, progress=progress)  # fmt: skip
+                                   width=args.width, fps=args.fps, progress=progress,
+                                   absent_classes=args.absent_classes)  # fmt: skip
     elif args.synth_kind == "liver":
         out = write_liver_dataset(args.out_dir, seed=args.seed, n_frames=args.frames, height=args.height,
                                   width=args.width, line_width=args.line_width, fps=args.fps,
@@ -68,6 +70,11 @@ def _add_parsers(sub) -> None:
         p.add_argument("--width", type=int, default=defaults["width"], help="frame width in pixels (even)")
         p.add_argument("--fps", type=float, default=defaults["fps"], help="frame rate of video.mp4")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+    clip.add_argument(
+        "--absent-classes", type=int, nargs="+", default=[], metavar="CLASS",
+        help="anatomy classes this patient lacks (1 SF, 2 TS, 3 IP, 4 CR, 5 OCR, 6 OP), e.g. 3 5: "
+             "rare-class imbalance as in F2PASeg's data",
+    )  # fmt: skip
     liver.add_argument(
         "--line-width", type=int, default=None, help="curve thickness in the masks (default 2%% of the shorter side)"
     )

@@ -14,7 +14,7 @@ import logging
 import re
 import shlex
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -159,14 +159,17 @@ def write_synthetic_clip(
     progress: Optional[ProgressCallback] = None,
     *,
     cancel: Optional[CancelToken] = None,
+    absent_classes: Sequence[int] = (),
 ) -> Path:
     """Render :func:`generate_endoscopy_clip` into ``out_dir`` (video.mp4,
     instruments/, anatomy/, tool_landmarks.csv, fov_mask.png, meta.json) and
-    return the folder. Raises ConfigError for bad sizes, DatasetError if
-    ``out_dir`` holds something else, Cancelled when cancelled."""
+    return the folder. ``absent_classes``: anatomy classes this patient
+    lacks (e.g. (3, 5): no IP, no OCR). Raises ConfigError for bad sizes,
+    DatasetError if ``out_dir`` holds something else, Cancelled when cancelled."""
     out_dir = Path(out_dir)
     _check_even(f"synthetic clip {out_dir}", height, width)
-    clip = generate_endoscopy_clip(seed=seed, n_frames=n_frames, height=height, width=width, fps=fps)
+    clip = generate_endoscopy_clip(seed=seed, n_frames=n_frames, height=height, width=width, fps=fps,
+                                   absent_classes=tuple(absent_classes))
     subdirs = ("instruments", "anatomy")
     _prepare_dir(out_dir, "endoscopy_clip", subdirs)
     video = _VideoWriter(out_dir / "video.mp4", clip.height, clip.width, clip.fps)
@@ -217,6 +220,9 @@ def write_synthetic_clip(
         "command": _command("clip", "OUT_DIR", seed=clip.seed, frames=clip.n_frames, height=clip.height,
                             width=clip.width, fps=clip.fps),
     }  # fmt: skip
+    if clip.absent_classes:  # only then: clips without absent classes keep their meta.json bytes
+        meta["absent_classes"] = list(clip.absent_classes)
+        meta["command"] += " --absent-classes " + " ".join(str(c) for c in clip.absent_classes)
     write_json(out_dir / "meta.json", meta)
     log.info("wrote synthetic clip (%d frames) to %s", clip.n_frames, out_dir)
     return out_dir

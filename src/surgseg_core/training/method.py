@@ -89,6 +89,7 @@ _BUILTIN_MODULES = {
     "liver": "surgseg_core.methods.liver.spec",
     "sam2": "surgseg_core.methods.sam2.spec",
     "rpsam2": "surgseg_core.methods.rpsam2.spec",
+    "f2paseg": "surgseg_core.methods.f2paseg.train",
 }
 
 
