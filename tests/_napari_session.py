@@ -164,7 +164,7 @@ class Session:
         w.image_combo.value = self.layer("synthetic liver")
         w.checkpoint_edit.value = self.spec["liver_checkpoint"]
         w.mode_combo.value = "frame range"
-        w.start_spin.value, w.stop_spin.value = 0, 3
+        w.start_spin.value, w.end_spin.value = 0, 2  # frames 0..2, both included
         worker = w.run()
         self.check(worker is not None, f"Run started (status {w.status.value!r})")
         flag = self.done_flag(worker)

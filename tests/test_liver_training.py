@@ -97,6 +97,7 @@ def test_cli_two_stage_training(tmp_path, capsys):
     assert (run / "stage2" / "checkpoints" / "best.pt").is_file()
     out = capsys.readouterr().out
     assert f"stage1_checkpoint={best1}" in out
-    # two stages are a liver recipe
-    assert main(["train", "mypkg.mod:method", "--run-dir", str(tmp_path / "x"), "--fine-tune-set", "lr=1"]) == 1
-    assert "for 'liver' only" in capsys.readouterr().err
+    # two stages are a recipe of the methods whose spec has one (liver), not of sam2
+    assert main(["train", "sam2", "--run-dir", str(tmp_path / "x"), "--fine-tune-set", "lr=1"]) == 1
+    err = capsys.readouterr().err
+    assert "'sam2' has no two-stage training" in err and "liver" in err.split("methods with one:")[1]

@@ -40,7 +40,7 @@ def test_widget_runs_on_range_and_shows_layers(liver_widget, qtbot):
 
     viewer, widget, frames, result = liver_widget
     widget.mode_combo.value = "frame range"
-    widget.start_spin.value, widget.stop_spin.value = 1, 3
+    widget.start_spin.value, widget.end_spin.value = 1, 2  # First..Last, both included
     _run(widget, qtbot)
     labels = widget.labels_layer.data
     assert labels.shape == (4, H, W)
@@ -50,9 +50,9 @@ def test_widget_runs_on_range_and_shows_layers(liver_widget, qtbot):
         assert np.nanmean(scores) > 0.3  # the trained model's curves land on the truth
     frames_with_paths = set(widget.shapes_layer.features["frame"])
     assert frames_with_paths == {1, 2}
-    meta = widget.labels_layer.metadata["liver"]
-    assert meta["checkpoint_sha256"] and meta["model"]["encoder"] == "resnet18"
-    assert widget.shapes_layer.metadata["liver"]["postprocess"]["rdp_epsilon"] == 1.0
+    meta = widget.labels_layer.metadata["provenance"]
+    assert meta["checkpoint_sha256"] and meta["model"]["encoder"] == "resnet18" and meta["method"] == "liver"
+    assert widget.shapes_layer.metadata["provenance"]["postprocess"]["rdp_epsilon"] == 1.0
     # class colours: silhouette yellow, ridge red, ligament blue
     colours = {int(c): tuple(np.round(e[:3], 2)) for c, e in
                zip(widget.shapes_layer.features["class_id"], widget.shapes_layer.edge_color)}

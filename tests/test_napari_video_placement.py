@@ -61,7 +61,7 @@ def test_result_layers_and_prompts_follow_a_ranged_video(make_napari_viewer, qtb
     from napari.layers import Points
     from qtpy.QtWidgets import QListWidgetItem
 
-    from napari_surgseg._layers import frame_of, placement_of
+    from napari_surgseg.widgets.base.layers import frame_of, placement_of
     from napari_surgseg.widgets.corrections import CorrectionsWidget, corrections_kwargs
     from napari_surgseg.widgets.liver import LiverLandmarksWidget
     from napari_surgseg.widgets.sam2_track import prompts_from_layer

@@ -253,8 +253,8 @@ def test_widget_tracks_into_a_labels_layer(widget_and_video, qtbot, frames):
     _wait_done(qtbot, widget)
     assert widget.last_summary is not None and widget.last_summary["frames_written"] == T
     assert set(np.unique(labels.data)) == {0, 1, 2}
-    prov = labels.metadata["sam2_provenance"]
-    assert prov["random_weights"] is True and prov["model"] == "random-init surgseg_tiny"
+    prov = labels.metadata["provenance"]  # the one provenance key of the widget base
+    assert prov["random_weights"] is True and prov["model"] == "random-init surgseg_tiny" and prov["method"] == "sam2"
     assert labels.metadata["sam2_tracking"]["status"] == "completed"
     # the same prompts through the core give the same masks
     clicks = [
@@ -299,7 +299,7 @@ def test_widget_preview_segments_only_the_current_frame(widget_and_video, qtbot,
     others = [t for t in range(T) if t != 2]
     assert not preview.data[others].any()
     assert "frame 2" in widget.status.value and "RANDOM" in widget.status.value
-    assert preview.metadata["sam2_provenance"]["random_weights"] is True
+    assert preview.metadata["provenance"]["random_weights"] is True
     # a second preview on frame 4 reuses the layer and keeps frame 2
     viewer.dims.set_current_step(0, 4)
     widget.preview()
@@ -310,6 +310,63 @@ def test_widget_preview_segments_only_the_current_frame(widget_and_video, qtbot,
     widget.track()
     _wait_done(qtbot, widget)
     assert widget.last_summary["frames_written"] == T and len(builds) == 1
+
+
+def test_widget_box_prompts_track_their_object(widget_and_video, qtbot, frames):
+    """A rectangle in the box layer, drawn with object id 3, becomes a SAM2
+    box prompt for object 3 (beside the clicks of object 1): the masks equal
+    the engine's for the same box and click."""
+    viewer, widget, video = widget_and_video
+    boxes = widget.new_box_layer()
+    assert widget.boxes_combo.value is boxes and boxes.mode == "add_rectangle"
+    np.testing.assert_allclose(boxes.scale, video.scale)
+    widget.obj_spin.value = 3
+    # (t, y, x) corners on frame 2: what drawing a rectangle gives
+    boxes.add_rectangles(np.array([[[2, 8, 10], [2, 8, 50], [2, 40, 50], [2, 40, 10]]], float))
+    assert boxes.features["obj_id"].tolist() == [3]
+    points = widget.new_prompt_layer()
+    _click(widget, points, 1, True, [2, 50, 65])
+    widget.track()
+    labels = widget.result_layer
+    _wait_done(qtbot, widget)
+    assert set(widget.last_summary["obj_ids"]) == {1, 3}
+    prompts = labels.metadata["sam2_tracking"]["prompts"]
+    assert {"frame": 2, "obj_id": 3, "points": [], "labels": [], "box": [10.0, 8.0, 50.0, 40.0]} in prompts
+    assert set(np.unique(labels.data)) == {0, 1, 3}
+    ref = _engine_labels(frames, [{"frame": 2, "obj_id": 3, "box": [10, 8, 50, 40]},
+                                  {"frame": 2, "obj_id": 1, "points": [[65, 50]], "labels": [1]}], direction="both")
+    for t in range(T):
+        np.testing.assert_array_equal(labels.data[t], ref[t])
+    # boxes alone are prompts too; the preview of their frame uses them
+    viewer.layers.remove(points)
+    widget.reset_choices()
+    viewer.dims.set_current_step(0, 2)
+    widget.preview()
+    _wait_done(qtbot, widget)
+    assert widget.last_summary["obj_ids"] == [3]
+    alone = _engine_labels(frames, [{"frame": 2, "obj_id": 3, "box": [10, 8, 50, 40]}], direction="forward")
+    np.testing.assert_array_equal(widget.preview_layer.data[2], alone[2])
+    assert (alone[2] == 3).any()
+
+
+def test_box_prompts_follow_a_scaled_layer_and_refuse_boxes_without_a_frame(make_napari_viewer, frames):
+    from napari.layers import Shapes
+
+    from surgseg_core.errors import SurgsegError
+
+    from napari_surgseg.widgets.sam2_track import prompts_from_boxes
+
+    viewer = make_napari_viewer()
+    video = viewer.add_image(frames, rgb=True, name="clip", scale=(2, 0.5, 0.5), translate=(4, 0, 0))
+    boxes = Shapes(ndim=3, features={"obj_id": np.zeros(0, int)})  # identity placement: world coordinates
+    boxes.feature_defaults = {"obj_id": 2}
+    boxes.add_rectangles(np.array([[[8, 4, 5], [8, 4, 25], [8, 20, 25], [8, 20, 5]]], float))  # world t 8: frame 2
+    boxes.add_ellipses(np.array([[[8, 1, 1], [8, 1, 3], [8, 3, 3], [8, 3, 1]]], float))  # not a box: ignored
+    assert prompts_from_boxes(boxes, video) == [{"frame": 2, "obj_id": 2, "box": [10.0, 8.0, 50.0, 40.0]}]
+    flat = Shapes(ndim=2)
+    flat.add_rectangles(np.array([[[4, 5], [20, 25]]], float))
+    with pytest.raises(SurgsegError, match="boxes need a frame"):
+        prompts_from_boxes(flat, video)
 
 
 def test_widget_refuses_without_prompts_or_video(make_napari_viewer, frames, monkeypatch):

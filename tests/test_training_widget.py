@@ -222,3 +222,36 @@ def test_training_says_what_it_does_from_the_first_second_with_one_bar_that_move
     assert all(b is run_bar for _, _, b in handled)  # one bar for the whole run
     assert values == sorted(values) and len(set(values)) >= 3 and values[-1] == 2 * 4  # 16 frames, batch 4
     assert any(d.startswith("Training: epoch 2/2") for d in descriptions)
+
+
+@pytest.mark.slow
+def test_train_sam2_from_the_widget_progresses_and_stops(make_napari_viewer, qtbot, tmp_path, weights_dir):
+    """The "sam2" method from the Train widget: a tiny random-init SAM2 on
+    two synthetic clips trains step after step in its own process, the loss
+    curve fills, and Stop ends it with a checkpoint well before its epochs."""
+    from surgseg_core.synth import write_synthetic_clip
+
+    for seed in (11, 12):
+        write_synthetic_clip(tmp_path / "clips" / f"clip{seed}", seed=seed, n_frames=6, height=64, width=96)
+    viewer = make_napari_viewer()
+    widget = _training_widget(viewer, tmp_path, sam2_config="surgseg_tiny", clip_len=3, max_objects=2,
+                              prob_box=1.0)
+    widget.method_combo.value = "sam2"
+    widget.batch_spin.value = 1
+    widget.lr_edit.value = "1e-4"
+    widget.epochs_spin.value = 100
+    widget.data_edit.value = str(tmp_path / "clips")
+    widget.start()
+    # generous: the niced process imports torch and sam2 on a loaded machine
+    qtbot.waitUntil(lambda: len(widget.plot.losses) >= 3 or (widget.process is not None and not widget.running),
+                    timeout=600_000)
+    assert len(widget.plot.losses) >= 3, widget.process.stderr_tail[-5:]
+    assert np.all(np.isfinite(widget.plot.losses)) and widget.plot.steps == sorted(widget.plot.steps)
+    assert widget.running
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
+    qtbot.wait(300)
+    assert widget.process.returncode == 0, widget.process.stderr_tail[-5:]
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["step"] >= 3 and ckpt["epoch"] < 99
+    assert widget.status.value.startswith("stopped") and widget.start_button.enabled

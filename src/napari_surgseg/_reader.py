@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
-from ._layers import announce_video, labels_layer_data, points_layer_data, video_layer_data
+from .widgets.base.layers import announce_video, labels_layer_data, points_layer_data, video_layer_data
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm"}
 TIFF_SUFFIXES = {".tif", ".tiff"}

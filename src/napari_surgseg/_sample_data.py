@@ -14,7 +14,7 @@ import json
 import numpy as np
 from surgseg_core.synth.sample import CLIP_DIR, LIVER_DIR, sample_folder
 
-from ._layers import announce_video, labels_layer_data, points_layer_data, video_layer_data
+from .widgets.base.layers import announce_video, labels_layer_data, points_layer_data, video_layer_data
 
 # Curve colours of the liver scene (silhouette, ridge, ligament), P2ILF-like.
 _CURVE_COLORS = {"silhouette": "yellow", "ridge": "red", "ligament": "blue"}

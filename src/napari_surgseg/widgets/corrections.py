@@ -18,35 +18,18 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from surgseg_core.datasets import corrected_frame_reasons, export_corrections, rank_frames_by_uncertainty
+from surgseg_core.datasets.corrections import GENERIC
 
 from .._edits import edited_frames, record_viewer_edits
-from .._layers import points_on, show_frame
 from .._workers import run_in_worker
-from ._status import StatusLabel
+from .base import StatusLabel, connect_layer_refresh, layer_choices, points_on, show_frame, source_video_of
 
 
-def layer_choices(viewer, layer_type, optional: bool = False):
-    """A magicgui ``choices`` callable listing the viewer's layers of a type."""
+def export_methods(_widget=None) -> list:
+    """"generic" and every registered method (no list of names here)."""
+    from surgseg_core.training.method import available_methods
 
-    def choices(_widget=None):
-        items = [(layer.name, layer) for layer in viewer.layers if isinstance(layer, layer_type)]
-        return ([("(none)", None)] if optional else []) + items
-
-    return choices
-
-
-def connect_layer_refresh(viewer, container: Container) -> None:
-    """Keep a container's layer combos current, docked or not."""
-    for event in ("inserted", "removed", "moved", "reordered"):
-        emitter = getattr(viewer.layers.events, event, None)
-        if emitter is not None:
-            emitter.connect(lambda _e=None: container.reset_choices())
-
-
-def source_video_of(layer) -> Optional[str]:
-    meta = getattr(layer, "metadata", {}) or {}
-    path = meta.get("source_path") or getattr(getattr(layer, "source", None), "path", None)
-    return str(path) if path else None
+    return [GENERIC] + available_methods()
 
 
 def point_classes_of(points_layer) -> Optional[list]:
@@ -120,7 +103,11 @@ class CorrectionsWidget(Container):
                     "(none: the frames painted on when recorded, else every frame with labels)",
         )
         self.points_combo = ComboBox(label="Points", choices=layer_choices(v, Points, optional=True))
-        self.method_combo = ComboBox(label="For method", choices=["generic", "liver"], value="generic")
+        self.method_combo = ComboBox(
+            label="For method", choices=export_methods, value=GENERIC,
+            tooltip="the method the dataset is for (recorded with it); a method that learns from curves gets "
+                    "curves drawn into the masks",
+        )
         self.out_edit = FileEdit(label="Dataset folder", mode="d")
         self.who_edit = LineEdit(label="Annotator", value=getpass.getuser())
         self.export_button = PushButton(text="Export corrections")

@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error, show_info
 from surgseg_core.io.export import export_overlay_video
 
 from .._workers import run_in_worker
-from ._status import StatusLabel
+from .base import StatusLabel, layer_choices
 
 
 class ExportOverlayWidget(Container):
@@ -28,9 +28,9 @@ class ExportOverlayWidget(Container):
         self.worker = None
         self._token = None
 
-        self.image_combo = ComboBox(label="Video", choices=self._layer_choices(Image))
-        self.labels_combo = ComboBox(label="Labels", choices=self._layer_choices(Labels, optional=True))
-        self.points_combo = ComboBox(label="Points", choices=self._layer_choices(Points, optional=True))
+        self.image_combo = ComboBox(label="Video", choices=layer_choices(self.viewer, Image))
+        self.labels_combo = ComboBox(label="Labels", choices=layer_choices(self.viewer, Labels, optional=True))
+        self.points_combo = ComboBox(label="Points", choices=layer_choices(self.viewer, Points, optional=True))
         self.out_edit = FileEdit(label="Output", mode="w", filter="*.mp4")
         self.alpha_slider = FloatSlider(label="Label opacity", value=0.5, min=0.0, max=1.0, step=0.05)
         self.fps_spin = FloatSpinBox(
@@ -65,13 +65,6 @@ class ExportOverlayWidget(Container):
                 emitter.connect(self._refresh)
 
     # ------------------------------------------------------------------ layer combos
-    def _layer_choices(self, layer_type, optional: bool = False):
-        def choices(_widget=None):
-            items = [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, layer_type)]
-            return ([("(none)", None)] if optional else []) + items
-
-        return choices
-
     def _refresh(self, event=None) -> None:
         self.reset_choices()
         self._suggest_output()

@@ -3,37 +3,28 @@ a frame range or the whole video (in a worker), show the result as a Labels
 layer plus an editable Shapes layer of paths per class, turn edited paths
 back into training labels ("Use as correction") and export landmarks as
 JSON / CSV / P2ILF XML. All computing happens in
-``surgseg_core.methods.liver``."""
+``surgseg_core.methods.liver``; classes and colours come from its spec.
+Built on the method-widget base (``widgets.base``)."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
-from napari.layers import Image, Labels, Shapes
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushButton
+from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 
 from surgseg_core.errors import Cancelled, SurgsegError, WeightsError
 from surgseg_core.io.label_stack import new_label_stack
-from surgseg_core.methods.liver import CLASS_COLOURS, CLASS_NAMES, LANDMARK_CLASSES
 from surgseg_core.methods.liver.export import write_landmarks_csv, write_landmarks_json, write_p2ilf_xml_frames
-from surgseg_core.methods.liver.rasterize import draw_polyline
 
-from .._autosave import watch_layer
-from .._layers import frame_of, placement_of
-from .._workers import run_in_worker
-from ._result_layers import add_result_layer, discard_layers
-from ._status import StatusLabel
-from .corrections import connect_layer_refresh, layer_choices, source_video_of
-
-log = logging.getLogger(__name__)
+from .base import (
+    FrameRange, MethodWidget, ModelCache, RunControl, class_colormap, device_value, discard_layers, frame_of,
+    provenance_of,
+)
 
 MODES = ("current frame", "frame range", "whole video")
-# Labels colours (RGBA 0-1) matching the Shapes edge colours
-LABEL_COLORS = {0: (0, 0, 0, 0), None: (0, 0, 0, 0),
-                **{c: tuple(v / 255 for v in CLASS_COLOURS[c]) + (1.0,) for c in LANDMARK_CLASSES}}
 
 
 def _path_frame(path) -> int:
@@ -43,20 +34,8 @@ def _path_frame(path) -> int:
     return int(round(float(d[0, 0]))) if d.shape[1] == 3 else 0
 
 
-def _registered_weights() -> List[tuple]:
-    try:
-        from surgseg_core.weights import list_weights
-    except ImportError:
-        return []
-    try:
-        return [(f"{e.name}", e.path) for e in list_weights(method="liver") if Path(e.path).is_file()]
-    except Exception as exc:  # a broken registry must not break the widget
-        log.warning("cannot list registered liver weights: %s", exc)
-        return []
-
-
-def _predict_job(checkpoint: str, frames, indices, options, cache: dict, labels, single: bool, *,
-                 progress=None, cancel=None):
+def _predict_job(checkpoint: str, device: Optional[str], frames, indices, options, cache: ModelCache, labels,
+                 single: bool, *, progress=None, cancel=None):
     """Worker body: load (or reuse) the model, predict the frames. Each
     frame's label map goes straight into ``labels`` (the Labels layer's array,
     a memory map for long videos) and only its polylines are kept, so a
@@ -64,11 +43,7 @@ def _predict_job(checkpoint: str, frames, indices, options, cache: dict, labels,
     Returns (provenance, {frame: polylines}, cancelled)."""
     from surgseg_core.methods.liver.predict import LiverPredictor, predict_frames
 
-    predictor = cache.get(checkpoint)
-    if predictor is None:
-        predictor = LiverPredictor.from_checkpoint(checkpoint, device="cpu")
-        cache.clear()
-        cache[checkpoint] = predictor
+    predictor = cache.get((checkpoint, device), lambda: LiverPredictor.from_checkpoint(checkpoint, device=device))
     predictor.options = options
     polylines: dict = {}
 
@@ -88,19 +63,22 @@ def _predict_job(checkpoint: str, frames, indices, options, cache: dict, labels,
     return predictor.provenance(options), polylines, False
 
 
-class LiverLandmarksWidget(Container):
+class LiverLandmarksWidget(MethodWidget):
+    METHOD = "liver"
+    TITLE = "Liver landmarks"
+
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
-        self.viewer = napari_viewer
-        v = napari_viewer
-        self.image_combo = ComboBox(label="Image", choices=layer_choices(v, Image))
-        # a callable: the list is re-read on reset_choices (models trained or registered meanwhile)
-        self.weights_combo = ComboBox(label="Registered", choices=lambda _w=None: [("(file below)", None)]
-                                      + _registered_weights())
+        super().__init__(napari_viewer)
+        self.classes = tuple(sorted(self.class_names))  # the spec's landmark classes, in drawing order
+        self.image_combo = self.video_picker("Image")
+        # re-read on reset_choices: models trained or registered meanwhile appear
+        self.weights_combo = self.weights_picker("Registered", present_only=True, item=lambda e: (e.name, e.path),
+                                                 before=[("(file below)", None)])
         self.checkpoint_edit = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth *.safetensors")
+        self.device_combo = self.device_picker()
         self.mode_combo = ComboBox(label="Run on", choices=list(MODES), value=MODES[0])
-        self.start_spin = SpinBox(label="From frame", min=0, max=10**7, value=0)
-        self.stop_spin = SpinBox(label="To frame (excl.)", min=1, max=10**7, value=1)
+        self.frames = FrameRange()
+        self.start_spin, self.end_spin = self.frames.start_spin, self.frames.end_spin
         self.join_spin = FloatSpinBox(label="Join gaps (px)", min=0, max=200, value=15.0)
         self.rdp_spin = FloatSpinBox(label="RDP epsilon (px)", min=0, max=20, value=1.0, step=0.5)
         self.thick_spin = FloatSpinBox(label="Line thickness (px)", min=1, max=100, value=12.0)
@@ -108,34 +86,37 @@ class LiverLandmarksWidget(Container):
         self.run_btn = PushButton(text="Run")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.class_combo = ComboBox(label="Class of drawn curves",
-                                    choices=[(CLASS_NAMES[c], c) for c in LANDMARK_CLASSES], value=LANDMARK_CLASSES[0])
+                                    choices=[(self.class_names[c], c) for c in self.classes], value=self.classes[0])
         self.reclass_btn = PushButton(text="Set class of selected curves")
         self.correct_btn = PushButton(text="Use as correction (current frame)")
         self.json_btn = PushButton(text="Export JSON...")
         self.csv_btn = PushButton(text="Export CSV...")
         self.xml_btn = PushButton(text="Export P2ILF XML...")
-        self.status = StatusLabel()
-        self.extend([self.image_combo, self.weights_combo, self.checkpoint_edit, self.mode_combo, self.start_spin,
-                     self.stop_spin, self.join_spin, self.rdp_spin, self.thick_spin, self.cull_box, self.run_btn,
-                     self.cancel_btn, self.class_combo, self.reclass_btn, self.correct_btn, self.json_btn,
-                     self.csv_btn, self.xml_btn, self.status])
+        self.extend([self.image_combo, self.weights_combo, self.checkpoint_edit, self.device_combo, self.mode_combo,
+                     *self.frames.widgets, self.join_spin, self.rdp_spin, self.thick_spin, self.cull_box,
+                     self.run_btn, self.cancel_btn, self.class_combo, self.reclass_btn, self.correct_btn,
+                     self.json_btn, self.csv_btn, self.xml_btn, self.status])
+        self.runs = RunControl(self, [self.run_btn], self.cancel_btn)
         self.weights_combo.changed.connect(self._on_registered)
         self.run_btn.clicked.connect(self.run)
-        self.cancel_btn.clicked.connect(self.cancel)
         self.class_combo.changed.connect(self._apply_class_defaults)
         self.reclass_btn.clicked.connect(self.set_selected_class)
         self.correct_btn.clicked.connect(self.use_as_correction)
         self.json_btn.clicked.connect(lambda: self._export_dialog("json"))
         self.csv_btn.clicked.connect(lambda: self._export_dialog("csv"))
         self.xml_btn.clicked.connect(lambda: self._export_dialog("xml"))
-        connect_layer_refresh(v, self)
         self.labels_layer = None
         self.shapes_layer = None
-        self.worker = None
-        self._token = None
-        self._model_cache: dict = {}
         self._adding_paths = False
         self._source = None  # the image layer the result layers belong to
+
+    @property
+    def worker(self):
+        return self.runs.worker
+
+    @property
+    def _token(self):
+        return self.runs.token
 
     # ------------------------------------------------------------- helpers
     def _on_registered(self, value) -> None:
@@ -160,7 +141,7 @@ class LiverLandmarksWidget(Container):
     def _failed(self, exc: BaseException, notify: bool = True) -> None:
         """One notification (unless the worker already showed it) and the status line say what went wrong."""
         if notify:
-            show_error(f"Liver landmarks: {exc}")
+            show_error(f"{self.TITLE}: {exc}")
         self.status.value = "cancelled" if isinstance(exc, Cancelled) else f"failed: {exc}"
 
     def _image(self) -> Image:
@@ -193,10 +174,8 @@ class LiverLandmarksWidget(Container):
         if single or mode == "current frame":
             return [self._current_frame(single)]
         if mode == "frame range":
-            start, stop = int(self.start_spin.value), min(int(self.stop_spin.value), n_frames)
-            if start >= stop:
-                raise SurgsegError(f"empty frame range {start}..{stop} (the video has {n_frames} frames)")
-            return list(range(start, stop))
+            first, last = self.frames.resolve(n_frames)
+            return list(range(first, last + 1))
         return list(range(n_frames))
 
     # ----------------------------------------------------------------- run
@@ -214,7 +193,6 @@ class LiverLandmarksWidget(Container):
         # each frame is overwritten when its new result is ready; frames a cancel
         # never reaches keep what they had (no multi-GB zeroing of a long video's stack)
         labels = self.labels_layer
-        self.run_btn.enabled, self.cancel_btn.enabled = False, True
         self.status.value = f"running on {len(indices)} frame(s)..."
         target = (layer, single)
 
@@ -227,22 +205,12 @@ class LiverLandmarksWidget(Container):
             discard_layers(self.viewer, created)  # a failed run leaves no empty layers behind
             self._failed(exc, notify=False)
 
-        self.worker, self._token = run_in_worker(
-            _predict_job, ckpt, frames, indices, self.options(), self._model_cache, labels.data, single,
-            on_done=done, description="Liver landmarks", owner=self, progress_unit="frames")
-        self.worker.errored.connect(failed)
-        self.worker.yielded.connect(lambda _update: labels.refresh())
-        self.worker.finished.connect(self._reset_buttons)
-        return self.worker
+        return self.runs.start(
+            _predict_job, ckpt, device_value(self.device_combo.value), frames, indices, self.options(), self.models,
+            labels.data, single, description=self.TITLE, on_done=done, on_error=failed, refresh=[labels])
 
     def cancel(self, _=None) -> None:
-        if self._token is not None:
-            self._token.cancel()
-
-    def _reset_buttons(self, *_):
-        self.cancel_btn.enabled = False
-        if not self._adding_paths:  # else the last chunk re-enables Run
-            self.run_btn.enabled = True
+        self.runs.cancel()
 
     def _ensure_layers(self, layer: Image, single: bool, n_frames: int, shape_hw) -> list:
         """Result layers for ``layer`` (reused when they fit); returns those created now."""
@@ -254,19 +222,15 @@ class LiverLandmarksWidget(Container):
         if self.labels_layer is None or self.labels_layer not in self.viewer.layers \
                 or self.labels_layer.data.shape != shape:
             name = f"{layer.name} liver labels"
-            self.labels_layer = add_result_layer(
-                self.viewer, Labels(new_label_stack(shape, name=name), name=name, colormap=_label_colormap(),
-                                    **placement_of(layer, len(shape))))
+            self.labels_layer = self.add_labels(layer, new_label_stack(shape, name=name), name, record=False,
+                                                colormap=class_colormap(self.spec.class_colours))
             created.append(self.labels_layer)
-            watch_layer(self.labels_layer, source_video_of(layer))
         if self.shapes_layer is None or self.shapes_layer not in self.viewer.layers:
-            self.shapes_layer = add_result_layer(
-                self.viewer, Shapes(name=f"{layer.name} liver curves", ndim=2 if single else 3, edge_width=3,
-                                    face_color="transparent", **placement_of(layer, 2 if single else 3)))
+            self.shapes_layer = self.add_shapes(layer, f"{layer.name} liver curves", ndim=2 if single else 3,
+                                                features={"class_id": np.zeros(0, int), "frame": np.zeros(0, int)},
+                                                edge_width=3, face_color="transparent")
             created.append(self.shapes_layer)
-            self.shapes_layer.features = {"class_id": np.zeros(0, int), "frame": np.zeros(0, int)}
             self._apply_class_defaults()
-            watch_layer(self.shapes_layer, source_video_of(layer))
         return created
 
     def _finish(self, target, provenance: dict, polylines: Dict, cancelled: bool = False) -> None:
@@ -275,17 +239,17 @@ class LiverLandmarksWidget(Container):
         if not polylines:
             self.status.value = "cancelled before the first frame" if cancelled else "no frames"
             if cancelled:
-                show_info("Liver landmarks: cancelled")
+                show_info(f"{self.TITLE}: cancelled")
             return
         meta = {**provenance, "source_layer": layer.name}
-        self.labels_layer.metadata.update({"liver": meta})
-        self.shapes_layer.metadata.update({"liver": meta})
+        self.set_provenance(self.labels_layer, meta)
+        self.set_provenance(self.shapes_layer, meta)
         how = "cancelled; kept landmarks of" if cancelled else "landmarks on"
         message = f"{how} {len(polylines)} frame(s)"
 
         def shown() -> None:
             self.status.value = message
-            show_info(f"Liver landmarks: {message}")
+            show_info(f"{self.TITLE}: {message}")
 
         self._replace_paths(polylines, single, then=shown)
 
@@ -310,20 +274,20 @@ class LiverLandmarksWidget(Container):
             sl.remove_selected()
         data, cls_ids, fr_ids = [], [], []
         for i, per_class in sorted(polylines.items()):
-            for c in LANDMARK_CLASSES:
+            for c in self.classes:
                 for line in per_class.get(c, ()):
                     yx = np.asarray(line)[:, ::-1]
                     data.append(yx if single else np.column_stack([np.full(len(yx), i), yx]))
                     cls_ids.append(c)
                     fr_ids.append(0 if single else i)
-        colours = [LABEL_COLORS[c] for c in cls_ids]
+        colours = [self.class_colours[c] for c in cls_ids]
         rows: List[int] = []  # layer rows of the added paths (a hand-drawn path may land between chunks)
         state = {"next": 0}
-        self._adding_paths, self.run_btn.enabled = True, False  # a new run must not interleave with the chunks
+        self._set_adding(True)  # a new run must not interleave with the chunks
 
         def add_chunk() -> None:
             if sl not in self.viewer.layers:  # deleted meanwhile: nothing to fill
-                self._adding_paths, self.run_btn.enabled = False, True
+                self._set_adding(False)
                 return
             k = state["next"]
             if k < len(data):
@@ -342,11 +306,19 @@ class LiverLandmarksWidget(Container):
                 feats.iloc[rows, feats.columns.get_loc("frame")] = fr_ids
                 sl.features = feats
             self._apply_class_defaults()
-            self._adding_paths, self.run_btn.enabled = False, True
+            self._set_adding(False)
             if then is not None:
                 then()
 
         add_chunk()
+
+    def _set_adding(self, adding: bool) -> None:
+        """While paths are being added the Run button stays off (the run itself may be over)."""
+        self._adding_paths = self.runs.hold = adding
+        if adding:
+            self.run_btn.enabled = False
+        elif not self.runs.busy:
+            self.runs.set_busy(False)
 
     # ---------------------------------------------------------- edit / export
     def _apply_class_defaults(self, *_) -> None:
@@ -356,13 +328,13 @@ class LiverLandmarksWidget(Container):
             return
         cls = int(self.class_combo.value)
         sl.feature_defaults = {"class_id": cls, "frame": 0}
-        sl.current_edge_color = LABEL_COLORS[cls]
+        sl.current_edge_color = self.class_colours[cls]
 
     def set_selected_class(self, _=None) -> int:
         """Give the selected curves the chosen class (and its colour)."""
         sl = self.shapes_layer
         if sl is None or not sl.selected_data:
-            show_error("Liver landmarks: select curves in the curves layer first")
+            show_error(f"{self.TITLE}: select curves in the curves layer first")
             return 0
         cls = int(self.class_combo.value)
         picked = sorted(sl.selected_data)
@@ -370,7 +342,7 @@ class LiverLandmarksWidget(Container):
         feats.loc[picked, "class_id"] = cls
         sl.features = feats
         colours = np.asarray(sl.edge_color).copy()
-        colours[picked] = LABEL_COLORS[cls]
+        colours[picked] = self.class_colours[cls]
         sl.edge_color = colours
         return len(picked)
 
@@ -386,37 +358,34 @@ class LiverLandmarksWidget(Container):
         feats = sl.features
         for k, d in enumerate(sl.data):
             c = int(feats["class_id"].iloc[k])
-            if c not in LANDMARK_CLASSES:
+            if c not in self.classes:
                 continue
-            out.setdefault(_path_frame(d), {cc: [] for cc in LANDMARK_CLASSES})[c].append(np.asarray(d)[:, -2:][:, ::-1])
+            out.setdefault(_path_frame(d), {cc: [] for cc in self.classes})[c].append(np.asarray(d)[:, -2:][:, ::-1])
         return out
 
     def use_as_correction(self, _=None) -> Optional[int]:
         """Rasterise the current frame's paths into the Labels layer (the
         frame becomes training data) and mark the frame as corrected."""
         if self.shapes_layer is None or self.labels_layer is None:
-            show_error("Liver landmarks: run the model (or draw paths) first")
+            show_error(f"{self.TITLE}: run the model (or draw paths) first")
             return None
         single = self.labels_layer.data.ndim == 2
         frame = self._current_frame(single)
         polys = self.frame_polylines().get(frame, {})
-        canvas = np.zeros(self.labels_layer.data.shape[-2:], np.uint8)
-        thick = float(self.thick_spin.value)
-        for c in LANDMARK_CLASSES:  # the rasteriser's class order: later classes win
-            for xy in polys.get(c, ()):
-                draw_polyline(canvas, xy, c, thick)
+        # the method's own rasteriser: the masks it trains on
+        canvas = self.spec.rasterize_curves(polys, tuple(self.labels_layer.data.shape[-2:]), float(self.thick_spin.value))
         if single:
             self.labels_layer.data[...] = canvas
         else:
             self.labels_layer.data[frame] = canvas
         self.labels_layer.refresh()
-        meta = self.labels_layer.metadata.setdefault("liver", {})
+        meta = self.labels_layer.metadata.setdefault(self.METHOD, {})
         meta["corrected_frames"] = sorted(set(meta.get("corrected_frames", [])) | {frame})
-        show_info(f"Liver landmarks: frame {frame} stored as correction")
+        show_info(f"{self.TITLE}: frame {frame} stored as correction")
         return frame
 
     def _provenance(self) -> dict:
-        return dict((self.shapes_layer.metadata or {}).get("liver", {})) if self.shapes_layer is not None else {}
+        return provenance_of(self.shapes_layer) if self.shapes_layer is not None else {}
 
     def export(self, path, fmt: str) -> List[Path]:
         frames = self.frame_polylines()
@@ -446,12 +415,7 @@ class LiverLandmarksWidget(Container):
                                                       f"*.{fmt}")
             if path:
                 written = self.export(path, fmt)
-                show_info(f"Liver landmarks: wrote {len(written)} file(s) to {Path(path)}")
+                show_info(f"{self.TITLE}: wrote {len(written)} file(s) to {Path(path)}")
         except (SurgsegError, OSError) as exc:
-            show_error(f"Liver landmarks export: {exc}")
+            show_error(f"{self.TITLE} export: {exc}")
 
-
-def _label_colormap():
-    from napari.utils.colormaps import DirectLabelColormap
-
-    return DirectLabelColormap(color_dict=LABEL_COLORS)

@@ -28,8 +28,9 @@ from surgseg_core.training.method import available_methods, get_method, method_r
 from surgseg_core.training.process import TrainingProcess
 
 from .._workers import RunProgress, run_in_worker
-from ._status import StatusLabel
-from .corrections import connect_layer_refresh, corrections_kwargs, layer_choices
+from .base.status import StatusLabel
+from .base import connect_layer_refresh, device_choices, layer_choices
+from .corrections import corrections_kwargs
 
 SOURCE_FOLDER = "dataset folder"
 SOURCE_CORRECTIONS = "corrections in this viewer"
@@ -135,7 +136,7 @@ class TrainingWidget(Container):
         self.epochs_spin = SpinBox(label="Epochs", value=10, min=1, max=100000)
         self.batch_spin = SpinBox(label="Batch size", value=4, min=1, max=4096)
         self.lr_edit = LineEdit(label="Learning rate", value="1e-4", tooltip="e.g. 1e-4 or 0.0003")
-        self.device_combo = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.device_combo = ComboBox(label="Device", choices=device_choices(), value="auto")
         self.run_edit = LineEdit(label="Run folder", value="", tooltip="empty: a new folder under the user data dir")
         self.name_edit = LineEdit(label="Register as", value="", tooltip="weights name (empty: run folder name)")
         self.start_button = PushButton(text="Start")
@@ -224,7 +225,6 @@ class TrainingWidget(Container):
                 return
             kwargs = corrections_kwargs(image, self.labels_combo.value, self.points_combo.value)
             dataset = self.run_dir / "corrections_dataset"
-            export_method = "liver" if method.split(":")[-1] == "liver" else "generic"
             self.status.value = "exporting corrections..."
             self._set_running(True)
 
@@ -236,7 +236,7 @@ class TrainingWidget(Container):
                 self._export_worker = None
                 self._set_running(False)
 
-            self._export_worker, _ = run_in_worker(export_corrections, dataset, method=export_method,
+            self._export_worker, _ = run_in_worker(export_corrections, dataset, method=method,
                                                    on_done=exported, description="Export corrections", owner=self,
                                                    **kwargs)
             self._export_worker.errored.connect(failed)

@@ -26,9 +26,9 @@ from qtpy.QtWidgets import (
 
 from surgseg_core.io import open_video
 
-from .._layers import announce_video, video_layer_data
+from .base.layers import announce_video, video_layer_data
 from .._workers import run_in_worker
-from ._status import StatusLabel
+from .base.status import StatusLabel
 
 _VIDEO_FILTER = "Videos and TIFF stacks (*.mp4 *.avi *.mov *.mkv *.m4v *.webm *.tif *.tiff);;All files (*)"
 

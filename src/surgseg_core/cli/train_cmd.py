@@ -105,9 +105,10 @@ def register(subparsers) -> None:
     p.add_argument("--run-dir", type=Path, required=True, help="run folder (logs, config.yaml, checkpoints/)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
     p.add_argument("--fine-tune-config", type=Path, metavar="YAML",
-                   help="liver: then fine-tune (stage 2) with this config on top of the paper's fine-tuning defaults")
+                   help="methods with a two-stage recipe (liver): then fine-tune (stage 2) with this config on top of "
+                        "its fine-tuning defaults")
     p.add_argument("--fine-tune-set", dest="fine_tune_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="liver: a stage-2 config key (repeatable; e.g. train_root=data/p2ilf)")
+                   help="a stage-2 config key of a two-stage method (repeatable; e.g. train_root=data/p2ilf)")
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser("evaluate", help="metrics of a checkpoint on a dataset folder",
@@ -142,23 +143,36 @@ def _install_sigint(token: CancelToken):
         return None
 
 
+def _has_two_stage(name: str) -> bool:
+    from ..training.method import get_method
+
+    try:
+        return get_method(name).train_two_stage is not None
+    except Exception:  # a method that cannot load here has none to offer
+        return False
+
+
 def run_train(args) -> int:
     from ..training.trainer import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     main_rank = env_world().is_main
     two_stage = bool(args.fine_tune_config or args.fine_tune_overrides)
-    if two_stage and args.method != "liver":
+    if two_stage:
         from ..errors import ConfigError
+        from ..training.method import available_methods, get_method
 
-        raise ConfigError("--fine-tune-config / --fine-tune-set: two-stage training is defined for 'liver' only")
+        spec = get_method(args.method)
+        if spec.train_two_stage is None:
+            with_it = [m for m in available_methods() if _has_two_stage(m)]
+            raise ConfigError(f"--fine-tune-config / --fine-tune-set: method {spec.name!r} has no two-stage "
+                              f"training (methods with one: {', '.join(with_it) or 'none'})")
     token = CancelToken()
     previous = _install_sigint(token)
     try:
         progress = TextProgress("train") if main_rank else None
         if two_stage:
-            from ..methods.liver.train import train_two_stage
-
+            train_two_stage = spec.train_two_stage
             stage2 = merge_config(load_config(args.fine_tune_config), parse_overrides(args.fine_tune_overrides))
             if args.device:
                 stage2.setdefault("device", args.device)
@@ -168,8 +182,9 @@ def run_train(args) -> int:
                 result = first
             elif main_rank:
                 print(f"stage 1 best checkpoint: {first.best_checkpoint}")
-                print(f"evaluate all three table rows: surgseg evaluate liver --checkpoint {result.best_checkpoint} "
-                      f"--set stage1_checkpoint={first.best_checkpoint} --data TEST_DATA")
+                if "stage1_checkpoint" in spec.default_config:  # its evaluation compares the stages
+                    print(f"evaluate all three table rows: surgseg evaluate {spec.name} --checkpoint "
+                          f"{result.best_checkpoint} --set stage1_checkpoint={first.best_checkpoint} --data TEST_DATA")
         else:
             result = train(args.method, _user_config(args), run_dir=args.run_dir, resume=args.resume,
                            progress=progress, cancel=token)

@@ -31,7 +31,24 @@ from ..errors import DatasetError
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 
 PathLike = Union[str, os.PathLike]
-METHODS = ("generic", "liver")
+#: ``method`` of an export for no method in particular (labels as they are)
+GENERIC = "generic"
+
+
+def _curve_rasterizer(method: str):
+    """How ``method`` turns corrected curves into a training mask (its
+    spec's ``rasterize_curves``), None for label maps only; DatasetError
+    for a method that is not registered."""
+    if method == GENERIC:
+        return None
+    from ..errors import ConfigError
+    from ..training.method import available_methods, get_method
+
+    try:
+        return get_method(method).rasterize_curves
+    except ConfigError:
+        raise DatasetError(f"method must be {GENERIC!r} or a registered method "
+                           f"({', '.join(available_methods())}), got {method!r}") from None
 
 
 def _frame_count(frames: Any) -> int:
@@ -168,9 +185,11 @@ def export_corrections(
     frames: array-like (T, H, W, 3) (read one frame at a time, never whole).
     labels: array-like (T, H, W) of class indices, or ``{frame: mask}``.
     points: (N, 3) [frame, y, x] (napari order), optional ``point_classes``.
-    curves: ``{frame: {class: [polyline (K, 2) as x, y, ...]}}``; with
-        ``method="liver"`` frames without a label mask get the curves drawn
-        into their mask (``line_thickness`` px), as the liver trainer expects.
+    curves: ``{frame: {class: [polyline (K, 2) as x, y, ...]}}``; for a
+        method that learns from curves (its spec's ``rasterize_curves``, e.g.
+        "liver") frames without a label mask get the curves drawn into their
+        mask (``line_thickness`` px), as its trainer expects.
+    method: "generic" or a registered method name (recorded in provenance.json).
     frame_indices: which frames to export; default
         :func:`corrected_frame_reasons` (with ``edited_frames`` /
         ``edited_point_frames``, the edit records of the labels / points:
@@ -178,8 +197,7 @@ def export_corrections(
         provenance says why it is included (``included_because``).
     provenance: ``source_video``, ``who``, ``when`` (filled in if missing).
     """
-    if method not in METHODS:
-        raise DatasetError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    rasterize = _curve_rasterizer(method)
     out = Path(out_dir)
     n_frames = _frame_count(frames)
     pts = _points_array(points) if points is not None else np.zeros((0, 3))
@@ -217,10 +235,8 @@ def export_corrections(
         stems[t] = stem
         image = _to_rgb_uint8(frames[t], t)
         mask = _label_at(labels, t)
-        if mask is None and method == "liver" and curves and curves.get(t):
-            from ..methods.liver.rasterize import rasterize_curves  # only the liver export needs it
-
-            mask = rasterize_curves({int(k): v for k, v in curves[t].items()}, image.shape[:2], line_thickness)
+        if mask is None and rasterize is not None and curves and curves.get(t):
+            mask = rasterize({int(k): v for k, v in curves[t].items()}, image.shape[:2], line_thickness)
         if mask is None:
             mask = np.zeros(image.shape[:2], np.uint8)
         mask = np.asarray(mask)

@@ -17,6 +17,9 @@ from ..errors import ConfigError
 
 Batch = Dict[str, Any]
 
+#: what a method's results are (``MethodSpec.result_kind``)
+RESULT_KINDS = ("masks", "objects", "curves", "points")
+
 
 def _default_forward(model: torch.nn.Module, batch: Batch) -> Any:
     return model(batch["image"])
@@ -55,6 +58,21 @@ class MethodSpec:
         -> {metric: float}. ``data``: a dataset folder; called by
         ``surgseg evaluate``. Without it the CLI evaluates the validation
         split of ``build_datasets`` with ``data_root=data`` using ``metrics``.
+    What the method's results are, for widgets, the CLI and exports (so
+    none of them keeps a list of method names):
+    class_names: {label value: name} of the classes it predicts (0 is
+        background and not listed; empty: objects numbered by the user).
+    class_colours: {label value: (r, g, b) 0-255} to draw them with.
+    result_kind: one of :data:`RESULT_KINDS`: "masks" (a class label map
+        per frame), "objects" (label maps of tracked object ids), "curves"
+        (a label map plus polylines per class), "points" (landmarks).
+    rasterize_curves(curves, (H, W), thickness) -> (H, W) mask: how
+        corrected curves ({class: [(K, 2) x, y polylines]}) become a training
+        mask when a corrections export has curves but no labels (None: the
+        method learns from label maps only).
+    train_two_stage(stage1_cfg, stage2_cfg, run_dir, *, resume, progress,
+        cancel) -> (stage-1 result, stage-2 result or None): the method's
+        two-stage recipe (``surgseg train --fine-tune-config``); None: none.
     Config keys the trainer reads besides its own: ``data_root`` (training
     data folder) and ``val_root`` (validation folder, optional), by
     convention; ``build_datasets`` interprets them.
@@ -79,6 +97,16 @@ class MethodSpec:
     # "Base weights"): a training checkpoint for most methods, the SAM2
     # checkpoint being fine-tuned for "sam2"
     base_weights_key: str = "init_weights"
+    class_names: Dict[int, str] = field(default_factory=dict)
+    class_colours: Dict[int, Tuple[int, int, int]] = field(default_factory=dict)
+    result_kind: str = "masks"
+    rasterize_curves: Optional[Callable[..., Any]] = None
+    train_two_stage: Optional[Callable[..., Any]] = None
+
+    def __post_init__(self) -> None:
+        if self.result_kind not in RESULT_KINDS:
+            raise ConfigError(f"method {self.name!r}: result_kind must be one of {', '.join(RESULT_KINDS)}, "
+                              f"got {self.result_kind!r}")
 
 
 _REGISTRY: Dict[str, MethodSpec] = {}

@@ -8,7 +8,7 @@ import torch
 
 from ...errors import ConfigError
 from ...training.method import MethodSpec, register_method
-from . import CLASS_NAMES, LANDMARK_CLASSES, NUM_CLASSES
+from . import CLASS_COLOURS, CLASS_NAMES, LANDMARK_CLASSES, NUM_CLASSES
 from .class_weights import class_weights_from_counts, count_class_pixels
 from .data import LiverDataset, find_samples
 from .loss import LossWeights, composite_loss
@@ -129,6 +129,18 @@ def _evaluate(model, data, config, progress=None, cancel=None):
     return evaluate_method(model, data, config, progress=progress, cancel=cancel)
 
 
+def _rasterize_curves(curves, shape, thickness: float = 1.0):
+    from .rasterize import rasterize_curves
+
+    return rasterize_curves({int(k): v for k, v in curves.items()}, shape, thickness)
+
+
+def _train_two_stage(stage1_cfg, stage2_cfg, run_dir, **kwargs):
+    from .train import train_two_stage
+
+    return train_two_stage(stage1_cfg, stage2_cfg, run_dir, **kwargs)
+
+
 SPEC = register_method(MethodSpec(
     name="liver",
     build_model=build_from_config,
@@ -142,4 +154,9 @@ SPEC = register_method(MethodSpec(
     evaluate=_evaluate,
     description="Liver landmarks (silhouette, ridge, falciform ligament): smp U-Net/U-Net++/DeepLabV3+ with "
                 "the SLiPPA loss, two-stage training and post-processing",
+    class_names=dict(CLASS_NAMES),
+    class_colours=dict(CLASS_COLOURS),
+    result_kind="curves",
+    rasterize_curves=_rasterize_curves,
+    train_two_stage=_train_two_stage,
 ))

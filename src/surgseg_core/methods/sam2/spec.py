@@ -151,6 +151,7 @@ SPEC = register_method(MethodSpec(
     evaluate=_evaluate,
     base_weights_key="base_weights",
     description="SAM 2 through its video memory (SAM2's multi-step loss) on clips with per-frame object masks",
+    result_kind="objects",  # label maps of the objects the user prompted, numbered by the user
 ))
 
 

@@ -1,10 +1,15 @@
-"""Build napari LayerData tuples from core objects (shared by the reader, the
-video loader widget and the sample data, so a video looks the same whichever
-way it was opened)."""
+"""Video layers and where things lie on them.
+
+napari LayerData tuples from core objects (shared by the reader, the video
+loader widget and the sample data, so a video looks the same whichever way
+it was opened), the placement (scale/translate) of a ranged or downscaled
+video, and conversions between a layer's frames and the time slider, all
+through world coordinates.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -51,6 +56,30 @@ def placement_of(layer: Any, ndim: int = 3) -> dict:
     (y, x)), for result layers that must lie on it."""
     return {"scale": tuple(np.asarray(layer.scale, float)[-ndim:]),
             "translate": tuple(np.asarray(layer.translate, float)[-ndim:])}
+
+
+def source_video_of(layer: Any) -> Optional[str]:
+    """The file a layer's video came from (``metadata["source_path"]``), or None."""
+    meta = getattr(layer, "metadata", {}) or {}
+    path = meta.get("source_path") or getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if path else None
+
+
+def video_key(layer: Any) -> str:
+    """What identifies a video across layers: its file, else the layer name."""
+    return source_video_of(layer) or layer.name
+
+
+def video_shape(layer: Any) -> Tuple[int, int, int]:
+    """(T, H, W) of a video Image layer (RGB or grey); SurgsegError otherwise."""
+    from surgseg_core.errors import SurgsegError
+
+    shape = tuple(layer.data.shape)
+    if layer.rgb and len(shape) == 4:
+        return shape[0], shape[1], shape[2]
+    if not layer.rgb and len(shape) == 3:
+        return shape
+    raise SurgsegError(f"layer {layer.name!r} with shape {shape} is not a video (T, H, W[, 3])")
 
 
 def frame_of(viewer: Any, layer: Any) -> int:
@@ -111,7 +140,7 @@ def announce_video(source: Any, viewer: Any = None) -> None:
     readable part ends) and show the video time beside the time slider."""
     from napari.utils.notifications import show_warning
 
-    from ._time_display import attach_time_display
+    from ..._time_display import attach_time_display
 
     meta = getattr(source, "metadata", None)
     if getattr(meta, "damage", None):
