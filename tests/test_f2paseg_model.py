@@ -309,7 +309,7 @@ def test_config_builds_the_model_with_its_options():
     assert (fus.rank, fus.alpha) == (2, 0.5) and model.surgseg_keep_recent_prompt_frames is None
     assert not model.sam_mask_decoder.iou_token.weight.requires_grad and fus.f.weight.requires_grad
     assert class_set_of(DEFAULT_CONFIG).name == "pas" and DEFAULT_CONFIG["box_every"] == 10
-    with pytest.raises(ConfigError, match="unknown config key"):
+    with pytest.raises(ConfigError, match="unknown f2paseg config key.*did you mean"):
         build_from_config({"lora_rnak": 2})
 
 

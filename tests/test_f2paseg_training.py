@@ -74,7 +74,7 @@ def test_papers_setup_reaches_the_optimiser():
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * opt.param_groups[0]["initial_lr"])
     assert model.keep_recent_prompt_frames == 2
-    with pytest.raises(ConfigError, match="unknown config key"):
+    with pytest.raises(ConfigError, match="unknown f2paseg config key.*did you mean"):
         spec.build_model({**cfg, "box_evry": 5})
 
 

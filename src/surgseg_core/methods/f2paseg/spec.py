@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping
 
-from ...errors import ConfigError
 from .classes import ClassSet, get_class_set
 
 # keys of the SAM2 model itself (``build_from_config``)
@@ -91,12 +90,12 @@ def class_set_of(config: Mapping[str, Any]) -> ClassSet:
 def check_keys(config: Mapping[str, Any]) -> None:
     """ConfigError for a key neither F2PASeg nor the trainer knows (a typo
     would otherwise be ignored silently)."""
+    from ...config import check_config
     from ...training.trainer import TRAINER_DEFAULTS
 
-    known = set(DEFAULT_CONFIG) | set(TRAINER_DEFAULTS) | _OTHER_KEYS
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ConfigError(f"f2paseg: unknown config key(s) {unknown}; F2PASeg's keys: {', '.join(sorted(DEFAULT_CONFIG))}")
+    # the shared checker (names the closest key, checks types); the trainer checks the
+    # user's layer already, this covers Python callers of build_from_config / build_datasets
+    check_config(config, {**TRAINER_DEFAULTS, **dict.fromkeys(_OTHER_KEYS), **DEFAULT_CONFIG}, what="f2paseg config")
 
 
 def _random_init_ok(cfg: Mapping[str, Any]) -> bool:

@@ -33,7 +33,7 @@ from ...errors import ConfigError, DatasetError
 from ...training.method import MethodSpec, register_method
 from ..sam2.data import VideoClipDataset, collate_clips
 from ..sam2.model import SAM2ClipModel, freeze_modules
-from .classes import IGNORE, ClassSet
+from .classes import IGNORE, ClassSet, get_class_set
 from .data import AnnotatedClip, find_cholecseg8k_clips, read_generic, read_pas
 from .spec import DEFAULT_CONFIG, build_from_config, check_keys, class_set_of
 
@@ -281,6 +281,10 @@ SPEC = register_method(MethodSpec(
     collate_fn=collate,
     evaluate=_evaluate,
     base_weights_key="base_weights",
+    # the default class set (PAS); a run with another class_set carries its own in its config
+    class_names=get_class_set(DEFAULT_CONFIG["class_set"]).names(),
+    class_colours=get_class_set(DEFAULT_CONFIG["class_set"]).colours(),
+    result_kind="masks",
     description="F2PASeg: SAM2 with feature fusion (LoRA) and prompt partitioning, anatomy classes as objects, "
                 "box prompts every 10 frames (pituitary anatomy, PAS layout)",
 ))

@@ -159,5 +159,6 @@ SPEC = register_method(MethodSpec(
     evaluate=_evaluate,
     predict=_predict,
     base_weights_key="base_weights",
+    result_kind="objects",  # one mask per clicked instrument
     description="RP-SAM2: a shift block that refines clicks on a frozen SAM2 (Dice + L_dist + L_out)",
 ))
