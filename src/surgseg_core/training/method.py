@@ -55,6 +55,9 @@ class MethodSpec:
         -> {metric: float}. ``data``: a dataset folder; called by
         ``surgseg evaluate``. Without it the CLI evaluates the validation
         split of ``build_datasets`` with ``data_root=data`` using ``metrics``.
+    stages(config, run_dir) -> list of ``training.stages.Stage`` or None:
+        the method's multi-stage recipe that ``surgseg train`` runs with
+        ``train_stages`` (None: one ordinary run), e.g. coarse then refine.
     Config keys the trainer reads besides its own: ``data_root`` (training
     data folder) and ``val_root`` (validation folder, optional), by
     convention; ``build_datasets`` interprets them.
@@ -79,6 +82,7 @@ class MethodSpec:
     # "Base weights"): a training checkpoint for most methods, the SAM2
     # checkpoint being fine-tuned for "sam2"
     base_weights_key: str = "init_weights"
+    stages: Optional[Callable[[Mapping[str, Any], Any], Optional[list]]] = None
 
 
 _REGISTRY: Dict[str, MethodSpec] = {}
@@ -88,6 +92,7 @@ _REGISTRY: Dict[str, MethodSpec] = {}
 _BUILTIN_MODULES = {
     "liver": "surgseg_core.methods.liver.spec",
     "sam2": "surgseg_core.methods.sam2.spec",
+    "tools": "surgseg_core.methods.tools.spec",
 }
 
 
