@@ -53,7 +53,8 @@ def test_coarse_network_finds_tips_on_held_out_clips(tmp_path):
     t0 = time.monotonic()
     result = train("tools", cfg, run_dir=tmp_path / "run")
     seconds = time.monotonic() - t0
-    metrics = evaluate_checkpoint("tools", result.best_checkpoint, data["test"], {"device": "cpu"})
+    # no validation split: the final model of the fixed schedule (train-loss "best" is no better guide)
+    metrics = evaluate_checkpoint("tools", result.last_checkpoint, data["test"], {"device": "cpu"})
     print(f"tools coarse: trained in {seconds:.0f} s\n{metrics['table']}")
     assert metrics["frames"] == len(TEST_SEEDS) * N_FRAMES
     assert metrics["coarse/tip/overall/f1"] >= 0.6, metrics["table"]
