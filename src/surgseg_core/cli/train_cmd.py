@@ -38,6 +38,10 @@ TRAIN_EXAMPLES = """examples:
     (the paper's setup: SAM 2.1 tiny + fusion module at 1024 px, 10-frame clips, a box per class
      every 10 frames, mask decoder frozen but the fusion module, 40 epochs; PAS layout
      train/ and val/ splits; --set base_weights=null for a random-init model)
+  surgseg train tools --set train_root=clips/train --set val_root=clips/val --run-dir runs/tools
+    (tool tip/anchor landmarks: RUN_DIR/coarse, then RUN_DIR/refine_prior_aux from the coarse stage's
+     best checkpoint with SAM2 mask priors precomputed once per frame; --set refine_variants=[none,prior,prior_aux]
+     --set direct=true trains all rows of the paper's ablation; --set stage=coarse trains one stage)
   surgseg train mypkg.methods:mymethod --set data_root=data/train --run-dir runs/mine
 
 Trainer keys (YAML or --set): epochs batch_size lr weight_decay layer_decay
@@ -56,6 +60,9 @@ EVAL_EXAMPLES = """examples:
   surgseg evaluate liver --checkpoint runs/liver/stage2/checkpoints/best.pt --data data/test \\
       --set stage1_checkpoint=runs/liver/stage1/checkpoints/best.pt
     (all three rows of the paper's table: initial training, fine-tuning, post-processing)
+  surgseg evaluate tools --checkpoint runs/tools/refine_prior_aux/checkpoints/best.pt --data clips/test \\
+      --set compare_checkpoints=[runs/tools/refine_none/checkpoints/best.pt,runs/tools/direct/checkpoints/best.pt]
+    (P/R/F1/L2 at 15 px per action and overall, rows side by side as the paper's Tables 2-3)
   surgseg evaluate sam2 --checkpoint runs/sam2/checkpoints/best.pt --data clips/test
     (J&F, J, F and mean IoU per object from one box on each object's first frame, plain base
      model and fine-tuned side by side)
@@ -70,6 +77,8 @@ EVAL_EXAMPLES = """examples:
 PREDICT_EXAMPLES = """examples:
   surgseg predict liver --checkpoint runs/liver1/checkpoints/best.pt clip1.mp4 clip2.mp4 --out preds/
   surgseg predict liver --checkpoint best.pt frames_folder/ --out preds/ --set size=[512,288]
+  surgseg predict tools --checkpoint runs/tools/refine_prior_aux/checkpoints/best.pt clip.mp4 --out preds/
+    (clip_tool_landmarks.csv / .json: video, frame, type (tip/anchor), x, y, score)
   torchrun --nproc_per_node 4 -m surgseg_core predict liver --checkpoint best.pt videos/*.mp4 --out preds/
     (each process takes a share of the inputs)
   surgseg predict rpsam2 --checkpoint runs/rp/checkpoints/best.pt frames/ --out pseudo/ --set points=clicks.csv
@@ -186,8 +195,23 @@ def run_train(args) -> int:
                     print(f"evaluate all three table rows: surgseg evaluate {spec.name} --checkpoint "
                           f"{result.best_checkpoint} --set stage1_checkpoint={first.best_checkpoint} --data TEST_DATA")
         else:
-            result = train(args.method, _user_config(args), run_dir=args.run_dir, resume=args.resume,
-                           progress=progress, cancel=token)
+            from ..training.method import get_method
+
+            spec = get_method(args.method)
+            user = _user_config(args)
+            recipe = spec.stages(user, args.run_dir) if spec.stages is not None else None
+            if recipe:  # the method's stages (tools: coarse, then refinement)
+                from ..training.stages import train_stages
+
+                out = train_stages(args.method, recipe, args.run_dir, resume=args.resume, progress=progress,
+                                   cancel=token)
+                result = out.results[-1]
+                if main_rank:
+                    for stage, res in zip(recipe, out.results):
+                        print(f"stage {stage.name}: best checkpoint {res.best_checkpoint}")
+            else:
+                result = train(args.method, user, run_dir=args.run_dir, resume=args.resume,
+                               progress=progress, cancel=token)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

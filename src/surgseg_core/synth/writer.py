@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 GENERATOR_NAME = "surgseg_core.synth"
 LANDMARK_COLUMNS = ("frame", "instrument_id", "active", "action", "tip_x", "tip_y", "anchor_x", "anchor_y")
+# the tool landmark method's annotation format (methods/tools/annotations.py), active tool only
+TOOL_ANNOTATION_COLUMNS = ("video", "frame", "tool_id", "tool_type", "action", "tip_x", "tip_y", "anchor_x",
+                           "anchor_y")
 VIDEO_CRF = 23
 # Fixed encoder settings: one x264 thread (multi-threaded x264 is not
 # deterministic), no timestamps/encoder strings in the container.
@@ -162,7 +165,7 @@ def write_synthetic_clip(
     absent_classes: Sequence[int] = (),
 ) -> Path:
     """Render :func:`generate_endoscopy_clip` into ``out_dir`` (video.mp4,
-    instruments/, anatomy/, tool_landmarks.csv, fov_mask.png, meta.json) and
+    instruments/, anatomy/, tool_landmarks.csv, tool_annotations.csv, fov_mask.png, meta.json) and
     return the folder. ``absent_classes``: anatomy classes this patient
     lacks (e.g. (3, 5): no IP, no OCR). Raises ConfigError for bad sizes,
     DatasetError if ``out_dir`` holds something else, Cancelled when cancelled."""
@@ -174,6 +177,7 @@ def write_synthetic_clip(
     _prepare_dir(out_dir, "endoscopy_clip", subdirs)
     video = _VideoWriter(out_dir / "video.mp4", clip.height, clip.width, clip.fps)
     rows = []
+    active_rows = []  # tool_annotations.csv: the active tool only (or "none" rows)
     try:
         for i in range(len(clip)):
             check_cancel(cancel)
@@ -186,6 +190,10 @@ def write_synthetic_clip(
                     [i, lm["instrument_id"], int(lm["active"]), lm["action"],
                      *(f"{v:.3f}" for v in (*lm["tip"], *lm["anchor"]))]
                 )  # fmt: skip
+            active = [lm for lm in fr.landmarks if lm["active"]]
+            active_rows += [["video.mp4", i, lm["instrument_id"], TOOL_TYPES[lm["action"]], lm["action"],
+                             *(f"{v:.3f}" for v in (*lm["tip"], *lm["anchor"]))] for lm in active] \
+                or [["video.mp4", i, "", "", "", "", "", "", ""]]
             report(progress, i + 1, len(clip), f"frame {i + 1}/{len(clip)}")
     except BaseException as exc:
         video.close(exc)
@@ -197,6 +205,11 @@ def write_synthetic_clip(
     writer.writerow(LANDMARK_COLUMNS)
     writer.writerows(rows)
     atomic_write_text(out_dir / "tool_landmarks.csv", buf.getvalue())
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(TOOL_ANNOTATION_COLUMNS)
+    writer.writerows(active_rows)
+    atomic_write_text(out_dir / "tool_annotations.csv", buf.getvalue())
     write_png(out_dir / "fov_mask.png", clip.fov.mask().astype(np.uint8) * 255)
     meta = {
         "generator": GENERATOR_NAME,

@@ -73,6 +73,9 @@ class MethodSpec:
     train_two_stage(stage1_cfg, stage2_cfg, run_dir, *, resume, progress,
         cancel) -> (stage-1 result, stage-2 result or None): the method's
         two-stage recipe (``surgseg train --fine-tune-config``); None: none.
+    stages(config, run_dir) -> list of ``training.stages.Stage`` or None:
+        the method's multi-stage recipe that ``surgseg train`` runs with
+        ``train_stages`` (None: one ordinary run), e.g. coarse then refine.
     Config keys the trainer reads besides its own: ``data_root`` (training
     data folder) and ``val_root`` (validation folder, optional), by
     convention; ``build_datasets`` interprets them.
@@ -102,6 +105,7 @@ class MethodSpec:
     result_kind: str = "masks"
     rasterize_curves: Optional[Callable[..., Any]] = None
     train_two_stage: Optional[Callable[..., Any]] = None
+    stages: Optional[Callable[[Mapping[str, Any], Any], Optional[list]]] = None
 
     def __post_init__(self) -> None:
         if self.result_kind not in RESULT_KINDS:
@@ -118,6 +122,7 @@ _BUILTIN_MODULES = {
     "sam2": "surgseg_core.methods.sam2.spec",
     "rpsam2": "surgseg_core.methods.rpsam2.spec",
     "f2paseg": "surgseg_core.methods.f2paseg.train",
+    "tools": "surgseg_core.methods.tools.spec",
 }
 
 
