@@ -81,7 +81,10 @@ def test_weights_picker_lists_one_method_and_variant(registry):
     # only files present (official ones are not downloaded here), custom items, fixed entries around them
     present = weights_choices("sam2", variant=None, present_only=True, item=lambda e: (e.name.upper(), e.path),
                               before=[("(file below)", None)], after=[("random", "r")])()
-    assert _names(present) == ["(file below)", "SAM2-FT", "random"]
+    from surgseg_core.weights.bundled import bundled_entries
+
+    bundled = [e.name.upper() for e in bundled_entries() if e.method == "sam2"]  # the demo SAM2 in sample_data/
+    assert _names(present) == ["(file below)", "SAM2-FT", *bundled, "random"]
     assert present[1][1].endswith("sam2-ft.pt")
 
 
