@@ -8,24 +8,23 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Iterator, Optional, Union
 
-from .errors import WriteError
+from .errors import Cancelled, WriteError
 
 PathLike = Union[str, os.PathLike]
 
 
 @contextlib.contextmanager
-def atomic_path(target: PathLike, suffix: str | None = None,
-                verify: Optional[Callable[[Path], None]] = None) -> Iterator[Path]:
+def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it replaces
     ``target`` atomically, on error it is removed and ``target`` is untouched.
 
     ``suffix`` defaults to the target's own suffix so libraries that pick a
     format by extension (tifffile, imageio) still work on the temp path.
-    ``verify(tmp)`` runs before the replace and raises if the new file is not
-    complete (an encoder that died, a short write): the old file stays. A
-    full disk becomes a :class:`WriteError` that says so.
+    Writers check that the new file is complete inside the block (an
+    encoder that died, a short write) and raise: the old file stays. A full
+    disk becomes a :class:`WriteError` that says so.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -39,8 +38,6 @@ def atomic_path(target: PathLike, suffix: str | None = None,
     os.chmod(tmp_path, 0o666 & ~_current_umask())
     try:
         yield tmp_path
-        if verify is not None:
-            verify(tmp_path)
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         _set_final_mode(tmp_path, target)
@@ -66,7 +63,7 @@ def disk_full(exc: BaseException, folder: Optional[Path] = None) -> bool:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         seen = seen.__cause__ or seen.__context__
-    if folder is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+    if folder is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit, Cancelled)):
         try:
             import shutil
 

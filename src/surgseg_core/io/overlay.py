@@ -284,8 +284,7 @@ def export_overlay_video(
         pad_h, pad_w = h % 2, w % 2
         if pad_h or pad_w:
             log.info("padding %dx%d frames to %dx%d for yuv420p", w, h, w + pad_w, h + pad_h)
-        expected = {"frames": 0}
-        with atomic_path(out_path, verify=lambda tmp: _verify_mp4(tmp, expected["frames"])) as tmp:
+        with atomic_path(out_path) as tmp:
             writer = imageio_ffmpeg.write_frames(
                 str(tmp),
                 (w + pad_w, h + pad_h),
@@ -328,7 +327,7 @@ def export_overlay_video(
                 writer.close()
             if done == 0:
                 raise VideoError("the video has no frames to export")
-            expected["frames"] = done
+            _verify_mp4(tmp, done)  # inside the block: a short file is removed and never replaces the old one
     finally:
         if opened is not None:
             opened.close()
