@@ -249,6 +249,32 @@ def test_candidates_are_the_grid_points_within_epsilon_of_the_best(frames, model
 
 
 # ---------------------------------------------------------------- metrics
+def test_click_margin_lets_clicks_fall_beside_the_object_within_the_margin():
+    """click_margin (the demo's departure from the paper): training and
+    evaluation clicks come from the pixels within the margin of the object,
+    so some land beside it, none further than the margin; 0 keeps the
+    paper's clicks inside."""
+    from scipy.ndimage import distance_transform_edt
+
+    from surgseg_core.methods.rpsam2.evaluate import click_points
+    from surgseg_core.methods.rpsam2.train import near_region, random_points
+
+    mask = np.zeros((40, 40), bool)
+    mask[18:22, 5:35] = True  # a thin shaft, 4 px wide
+    band = near_region(mask, 3.0)
+    # hand check: a pixel 3 px above the shaft is in, 4 px above is out; diagonal (3, 1) is sqrt(10) > 3: out
+    assert band[15, 20] and not band[14, 20] and band[18, 2] and not band[15, 3]
+    assert np.array_equal(near_region(mask, 0), mask)
+    dist = distance_transform_edt(~mask)
+    pts = random_points(torch.from_numpy(np.stack([mask, mask])), 400, torch.Generator().manual_seed(0), margin=3.0)
+    d = np.array([dist[int(y), int(x)] for x, y in pts.reshape(-1, 2).numpy()])
+    assert d.max() <= 3.0 and (d > 0).mean() > 0.3  # the band is larger than the shaft
+    inside = random_points(torch.from_numpy(mask[None]), 200, torch.Generator().manual_seed(0))
+    assert all(mask[int(y), int(x)] for x, y in inside[0].numpy())
+    near = click_points(mask, 0, 0, seeds=50, margin=3.0)
+    assert max(dist[int(y), int(x)] for x, y in near) <= 3.0 and any(not mask[int(y), int(x)] for x, y in near)
+
+
 def test_hd95_hand_cases():
     gt = np.zeros((1, 20), bool)
     gt[0, 0] = True

@@ -377,6 +377,41 @@ def test_trained_model_loads_from_its_registered_name(wdir, tmp_path):
         load_trained_model("toy", "not-toy")
 
 
+def test_bundled_method_weights_load_by_name_from_safetensors(wdir, tmp_path, monkeypatch):
+    """Demo weights of any method ship as safetensors in a sample_data
+    folder with weights.json: the export keeps the checkpoint's method and
+    config, the registry lists every such folder (its variant too), and
+    ``load_trained_model`` builds the model from the name alone."""
+    import json
+
+    import _toy_method
+    from surgseg_core.methods.demo_weights import export_checkpoint, write_weights_json
+    from surgseg_core.training.checkpoint import save_checkpoint
+    from surgseg_core.training.inference import load_trained_model
+    from surgseg_core.weights import get_entry
+
+    net = _toy_method.build_model({"width": 3})
+    pt = save_checkpoint(tmp_path / "toy.pt", {"model": net.state_dict(), "method": "toy", "config": {"width": 3},
+                                               "optimizer": {"state": {}}, "epoch": 4})
+    root = tmp_path / "sample_data"
+    target = export_checkpoint(pt, root / "toy_demo" / "toy-demo.safetensors")
+    write_weights_json(target.parent, name="toy-demo", weights=target, method="toy", metrics={"dice": 0.5},
+                       variant="fancy")
+    monkeypatch.setenv("SURGSEG_SAMPLE_DATA", str(root))
+    entry = get_entry("toy-demo")
+    assert entry.source == "bundled" and entry.variant == "fancy" and entry.metrics == {"dice": 0.5}
+    _, model, cfg, _ = load_trained_model("toy", "toy-demo", {"device": "cpu"})
+    assert cfg["width"] == 3  # the config travelled inside the safetensors file
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), net.state_dict().values()))
+    # a byte changed after export: the pinned sha256 refuses the file
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1
+    target.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256|changed|SHA"):
+        load_trained_model("toy", "toy-demo", {"device": "cpu"})
+    assert json.loads((target.parent / "weights.json").read_text())["method"] == "toy"
+
+
 def test_import_never_writes_outside_the_cache_or_replaces_good_weights(wdir, tiny_ckpt, tmp_path, capsys):
     """Names are checked and files read before anything is copied; a
     registered name is replaced only with --force (issue 15: data loss)."""

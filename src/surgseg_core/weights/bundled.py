@@ -1,6 +1,6 @@
 """Weights that ship with the repository's sample data (``sample_data/``).
 
-Each bundled model is a folder with the weights file and ``weights.json``
+Each bundled model is a folder of ``sample_data/`` with the weights file and ``weights.json``
 (``name``, ``file``, ``sha256``, ``method``, ``config``, ``metrics``, ...,
 the fields of :class:`~.store.WeightsEntry`); the model card sits beside
 them. They are listed with the official and registered weights, so the demo
@@ -17,7 +17,6 @@ from typing import List
 
 log = logging.getLogger(__name__)
 
-BUNDLED_DIRS = ("sam2_demo",)
 
 
 def _roots() -> List[Path]:
@@ -34,15 +33,13 @@ def bundled_entries() -> list:
 
     out, seen = [], set()
     for root in _roots():
-        for sub in BUNDLED_DIRS:
-            meta = root / sub / "weights.json"
-            if not meta.is_file():
-                continue
+        for meta in sorted(root.glob("*/weights.json")):
             try:
                 data = json.loads(meta.read_text(encoding="utf-8"))
                 entry = WeightsEntry(
                     name=data["name"], path=str((meta.parent / data["file"]).resolve()), sha256=data.get("sha256"),
                     method=data.get("method", "sam2"), config=data.get("config"), base=data.get("base"),
+                    variant=data.get("variant"),
                     source="bundled", size_bytes=data.get("size_bytes"), metrics=dict(data.get("metrics") or {}),
                     created=data.get("created"),
                 )

@@ -41,9 +41,7 @@ def read_checkpoint(path: PathLike, *, expected: Optional[str] = None) -> Dict[s
         raise WeightsError(f"checkpoint not found: {path} (expected {what})")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            data = load_file(str(path), device="cpu")
+            data = _read_safetensors(path)
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle refusals, truncated zip, wrong format
@@ -59,6 +57,52 @@ def read_checkpoint(path: PathLike, *, expected: Optional[str] = None) -> Dict[s
                 "(best.pt / last.pt) or train again"
             )
     return data
+
+
+#: safetensors metadata key of an exported method checkpoint: its JSON holds
+#: the training checkpoint's fields besides the tensors (method, config,
+#: trainable_only, base_model, ...), so the file loads like the ``.pt``.
+METHOD_CHECKPOINT_KEY = "surgseg_checkpoint"
+
+
+def _read_safetensors(path: Path) -> Dict[str, Any]:
+    """Plain tensors, or ``{"model": tensors, **fields}`` for a method
+    checkpoint exported by :func:`write_method_safetensors`."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    tensors = load_file(str(path), device="cpu")
+    if METHOD_CHECKPOINT_KEY not in meta:
+        return tensors
+    fields = json.loads(meta[METHOD_CHECKPOINT_KEY])
+    if not isinstance(fields, dict):
+        raise ValueError(f"metadata {METHOD_CHECKPOINT_KEY!r} is not a JSON object")
+    return {**fields, "model": tensors}
+
+
+def write_method_safetensors(checkpoint: Mapping[str, Any], target: PathLike) -> Path:
+    """A training checkpoint (``model`` state dict + JSON-able fields such as
+    ``method``, ``config``, ``trainable_only``, ``base_model``) as one
+    safetensors file, written atomically; optimizer state and history are
+    left out (weights to share, not a run to resume)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from ..atomic import atomic_path
+
+    keep = ("method", "config", "trainable_only", "base_model", "variant", "metrics")
+    fields = {k: checkpoint[k] for k in keep if k in checkpoint}
+    state = {k: v.detach().cpu().contiguous() for k, v in checkpoint["model"].items()}
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        save_file(state, str(tmp), metadata={METHOD_CHECKPOINT_KEY: json.dumps(fields, default=str)})
+    return target
 
 
 # Our checkpoints carry a digest of their contents: torch's zip reader does not

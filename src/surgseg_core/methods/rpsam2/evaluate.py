@@ -59,9 +59,13 @@ def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if denom == 0 else float(2 * np.logical_and(pred, gt).sum() / denom)
 
 
-def click_points(mask: np.ndarray, frame_index: int, object_index: int, seeds: int = SEEDS) -> np.ndarray:
-    """(seeds, 2) x, y: one uniformly random pixel of ``mask`` per seed."""
-    ys, xs = np.nonzero(mask)
+def click_points(mask: np.ndarray, frame_index: int, object_index: int, seeds: int = SEEDS,
+                 margin: float = 0.0) -> np.ndarray:
+    """(seeds, 2) x, y: one uniformly random pixel of ``mask`` per seed (or,
+    with ``margin`` > 0, of the pixels within ``margin`` of it)."""
+    from .train import near_region
+
+    ys, xs = np.nonzero(near_region(mask, margin))
     out = []
     for k in range(seeds):
         i = int(np.random.default_rng([k, frame_index, object_index]).integers(len(xs)))
@@ -71,9 +75,11 @@ def click_points(mask: np.ndarray, frame_index: int, object_index: int, seeds: i
 
 @torch.no_grad()
 def evaluate_frames(model, samples: Sequence[Any], *, seeds: int = SEEDS, progress: Optional[ProgressCallback] = None,
-                    cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
+                    cancel: Optional[CancelToken] = None, click_margin: float = 0.0) -> Dict[str, Any]:
     """Per-seed scores of plain SAM2 and RP-SAM2 on ``samples``
-    (``data.Sample``), then the Table-1 summary (see module doc)."""
+    (``data.Sample``), then the Table-1 summary (see module doc).
+    ``click_margin`` (pixels at the model's resolution; 0 = the paper's
+    clicks inside the object) lets clicks fall beside the object too."""
     from ...sam2_engine.engine import preprocess_frame
     from ...sam2_engine.heads import encode_frames
 
@@ -94,7 +100,8 @@ def evaluate_frames(model, samples: Sequence[Any], *, seeds: int = SEEDS, progre
         with torch.inference_mode():
             feats = encode_frames(model.sam, preprocess_frame(frame, size)[None].to(device))
             embed = model.image_embedding(feats)
-            pts = np.concatenate([click_points(m, fi, oi, seeds) for oi, (m, _) in enumerate(objects)])
+            margin = float(click_margin) * max(h, w) / size  # in the frame's pixels
+            pts = np.concatenate([click_points(m, fi, oi, seeds, margin) for oi, (m, _) in enumerate(objects)])
             scale = np.array([size / w, size / h], np.float32)
             coords = torch.from_numpy(pts * scale)[:, None, :].to(device)
             labels = torch.ones(coords.shape[:2], dtype=torch.int32, device=device)
@@ -182,4 +189,5 @@ def evaluate_method(model, data, config: Mapping[str, Any], *, progress=None, ca
     limit = config.get("eval_max_frames")
     if limit:
         samples = samples[: int(limit)]
-    return evaluate_frames(model, samples, seeds=int(config.get("eval_seeds", SEEDS)), progress=progress, cancel=cancel)
+    return evaluate_frames(model, samples, seeds=int(config.get("eval_seeds", SEEDS)), progress=progress, cancel=cancel,
+                           click_margin=float(config.get("click_margin") or 0.0))

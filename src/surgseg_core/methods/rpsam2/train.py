@@ -29,6 +29,9 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "epsilon": EPSILON,         # candidate tolerance in Dice (0.5 %)
     "feature_cache": None,      # folder of the frozen-encoder feature cache; None: user cache; "off": no cache
     "cache_candidates": True,
+    # 0 (paper): clicks inside the object. > 0: clicks anywhere within this many pixels (model
+    # resolution) of it, some on the tissue beside it, as a hurried click on a thin instrument lands
+    "click_margin": 0.0,
 }
 
 
@@ -60,8 +63,22 @@ def frame_features(model, frame: np.ndarray) -> FrameFeatures:
     return FrameFeatures(list(out["backbone_fpn"]), list(out["vision_pos_enc"]))
 
 
-def random_points(masks: torch.Tensor, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """(O, k, 2) x, y pixel indices drawn uniformly from each mask (O, H, W)."""
+def near_region(mask: np.ndarray, margin: float) -> np.ndarray:
+    """The pixels within ``margin`` (Euclidean) of ``mask``: where clicks
+    land with ``click_margin`` (the mask itself for margin 0)."""
+    if margin <= 0:
+        return mask
+    from scipy.ndimage import distance_transform_edt
+
+    return distance_transform_edt(~mask) <= float(margin)
+
+
+def random_points(masks: torch.Tensor, k: int, generator: Optional[torch.Generator] = None,
+                  margin: float = 0.0) -> torch.Tensor:
+    """(O, k, 2) x, y pixel indices drawn uniformly from each mask (O, H, W),
+    or from the pixels within ``margin`` of it."""
+    if margin > 0:
+        masks = torch.from_numpy(np.stack([near_region(m, margin) for m in masks.cpu().numpy()])).to(masks.device)
     out = []
     w = masks.shape[-1]
     for m in masks:
@@ -118,7 +135,7 @@ def training_forward(model, batch: Mapping[str, Any]) -> Dict[str, Any]:
             if key is not None and _opt(model, "cache_candidates"):
                 model._candidates[(key, size)] = [c.cpu() for c in cands]
         cands = [c.to(masks.device) for c in cands]
-        pts = random_points(masks > 0, k, gen)  # (O, k, 2)
+        pts = random_points(masks > 0, k, gen, float(_opt(model, "click_margin") or 0.0))  # (O, k, 2)
         coords = pts.reshape(-1, 1, 2)
         labels = torch.ones(coords.shape[:2], dtype=torch.int32, device=coords.device)
         out, refined = model.segment(feats, coords, labels, refine=True, image_embed=image_embed, mode="first")

@@ -15,8 +15,6 @@ import argparse
 import json
 import logging
 import os
-import platform
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -108,40 +106,15 @@ def heldout_scores(weights: Optional[Path], heldout_root: Path, *, seed: int = 0
 
 
 def train_demo(out: Path, *, max_minutes: float = 20.0, config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    from ...progress import CancelToken
-    from ...training.trainer import train
+    from ..demo_weights import train_with_budget
 
     out = Path(out)
     t0 = time.time()
     roots = write_demo_data(out / "data")
     t_data = time.time() - t0
     cfg = {**DEMO_CONFIG, **(config or {}), "train_root": str(roots["train"]), "val_root": str(roots["val"])}
-    token = CancelToken()
-    timer = threading.Timer(max_minutes * 60.0, token.cancel)
-    timer.daemon = True
-    cpu0 = time.process_time()
-    t1 = time.time()
-    timer.start()
-    try:
-        result = train("sam2", cfg, run_dir=out / "run", cancel=token)
-    finally:
-        timer.cancel()
-    train_s = time.time() - t1
-    cpu_s = time.process_time() - cpu0
-    summary = {
-        "max_minutes": max_minutes,
-        "train_seconds": round(train_s, 1),
-        "train_cpu_seconds": round(cpu_s, 1),
-        "data_seconds": round(t_data, 1),
-        "epochs_done": len(result.history),
-        "steps": result.history[-1]["step"] if result.history else None,
-        "stopped": result.stopped,
-        "best_checkpoint": str(result.best_checkpoint),
-        "best_val_iou": result.best_metric,
-        "load_average": os.getloadavg(),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch threads {__import__('torch').get_num_threads()}",
-        "config": cfg,
-    }
+    summary = train_with_budget("sam2", cfg, out / "run", max_minutes=max_minutes)
+    summary.update(data_seconds=round(t_data, 1), best_val_iou=summary["best_metric"])
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
@@ -151,19 +124,15 @@ def write_bundle(folder: Path, weights: Path, summary: Dict[str, Any], scores: D
     """``weights.json`` (read by ``weights/bundled.py``) and ``MODEL_CARD.md``
     next to the exported weights in ``folder``."""
     from ...atomic import atomic_write_text
-    from ...weights.hashing import sha256_file
+    from ..demo_weights import write_weights_json
 
     trained, rand = scores["trained"], scores["random_init"]
-    meta = {
-        "name": DEMO_NAME, "file": weights.name, "sha256": sha256_file(weights), "method": "sam2",
-        "config": DEMO_ARCH, "base": None, "size_bytes": weights.stat().st_size,
-        "metrics": {"heldout_mean_iou": round(trained["mean_iou"], 4), "heldout_J": round(trained["J"], 4),
-                    "heldout_F": round(trained["F"], 4), "heldout_JF": round(trained["J&F"], 4),
-                    "heldout_objects": trained["objects"], "heldout_frames": HELDOUT_FRAMES - 1,
-                    "heldout_seeds": list(HELDOUT_SEEDS)},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    atomic_write_text(folder / "weights.json", json.dumps(meta, indent=1) + "\n")
+    meta = write_weights_json(
+        folder, name=DEMO_NAME, weights=weights, method="sam2", config=DEMO_ARCH,
+        metrics={"heldout_mean_iou": round(trained["mean_iou"], 4), "heldout_J": round(trained["J"], 4),
+                 "heldout_F": round(trained["F"], 4), "heldout_JF": round(trained["J&F"], 4),
+                 "heldout_objects": trained["objects"], "heldout_frames": HELDOUT_FRAMES - 1,
+                 "heldout_seeds": list(HELDOUT_SEEDS)})
     target = 0.75
     cpus = os.cpu_count() or 1
     shared = ("the cores shared with other jobs: the CPU time is the fair measure"

@@ -49,7 +49,7 @@ def _unet(encoder: str, encoder_weights: Optional[str], in_channels: int, classe
     kwargs = dict(encoder_name=encoder, in_channels=int(in_channels), classes=int(classes),
                   encoder_depth=int(depth), decoder_channels=channels)
     try:
-        return smp.Unet(encoder_weights=encoder_weights, **kwargs)
+        net = smp.Unet(encoder_weights=encoder_weights, **kwargs)
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"cannot build a U-Net with encoder {encoder!r}: {exc}") from None
     except Exception as exc:  # offline: download errors come in many types
@@ -59,7 +59,21 @@ def _unet(encoder: str, encoder_weights: Optional[str], in_channels: int, classe
                "the encoder starts from RANDOM weights. Set encoder_weights=null to silence this.")
         log.warning(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        return smp.Unet(encoder_weights=None, **kwargs)
+        net = smp.Unet(encoder_weights=None, **kwargs)
+    return _drop_unused_stages(net, int(depth))
+
+
+def _drop_unused_stages(net: nn.Module, depth: int) -> nn.Module:
+    """smp keeps a ResNet's deeper stages when ``encoder_depth`` < 5 though
+    its forward never runs them: at depth 3, layer3 and layer4 are 10.5 M
+    of ResNet18's 11.2 M parameters, saved (untrained) in every checkpoint.
+    They become empty Identity modules (the encoder's stage list still
+    names them)."""
+    enc = net.encoder
+    for name in ("layer1", "layer2", "layer3", "layer4")[max(depth - 1, 0):]:
+        if isinstance(getattr(enc, name, None), nn.Module):
+            setattr(enc, name, nn.Identity())
+    return net
 
 
 class _Normalise(nn.Module):

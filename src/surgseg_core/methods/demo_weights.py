@@ -1,0 +1,159 @@
+"""Shared pieces of the bundled demonstration weights (``sample_data/*/``):
+train a method with ``surgseg train``'s trainer under a time budget, export
+the result as safetensors, and write the ``weights.json`` that registers it
+(read by ``weights/bundled.py``). Each method's ``demo.py`` adds its data,
+recipe, held-out scores and model card; ``scripts/train_demo_weights.sh``
+runs them all.
+
+Demo weights are demonstration models for synthetic data, not clinical
+models: every model card says so, with the exact command that made it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+SAMPLE_DATA = Path(__file__).resolve().parents[3] / "sample_data"
+
+NOT_CLINICAL = ("**A demonstration model for synthetic data, not a clinical model.** It was trained on a CPU, on "
+                "the synthetic endoscopy clips of `surgseg_core.synth`, and has never seen a real image.")
+
+
+def train_with_budget(method: str, config: Mapping[str, Any], run_dir: Path, *,
+                      max_minutes: Optional[float] = None) -> Dict[str, Any]:
+    """What ``surgseg train METHOD`` runs (the method's stages when it has
+    them, else ``training.trainer.train``), stopped with a checkpoint after
+    ``max_minutes`` when given; returns what a model card reports: wall and
+    CPU seconds, epochs, steps, best checkpoint, machine, load."""
+    import torch
+
+    from ..progress import CancelToken
+    from ..training.method import get_method
+    from ..training.stages import train_stages
+    from ..training.trainer import train
+
+    token = CancelToken()
+    timer = threading.Timer(max_minutes * 60.0, token.cancel) if max_minutes else None
+    cpu0, t0 = time.process_time(), time.time()
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    spec = get_method(method)
+    recipe = spec.stages(dict(config), Path(run_dir)) if spec.stages is not None else None
+    try:
+        if recipe:
+            results = train_stages(method, recipe, run_dir, cancel=token).results
+        else:
+            results = [train(method, dict(config), run_dir=run_dir, cancel=token)]
+    finally:
+        if timer is not None:
+            timer.cancel()
+    result = results[-1]
+    return {
+        "method": method,
+        "max_minutes": max_minutes,
+        "train_seconds": round(time.time() - t0, 1),
+        "train_cpu_seconds": round(time.process_time() - cpu0, 1),
+        "epochs_done": sum(len(r.history) for r in results),
+        "steps": sum(r.history[-1]["step"] for r in results if r.history) or None,
+        "stages": [Path(r.run_dir).name for r in results] if recipe else None,
+        "stopped": result.stopped,
+        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+        "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+        "best_metric": result.best_metric,
+        "load_average": os.getloadavg(),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        "config": dict(config),
+    }
+
+
+def hardware_line(summary: Mapping[str, Any]) -> str:
+    """"N s wall clock (M s CPU) on MACHINE, no other job running" for a card."""
+    cpus = os.cpu_count() or 1
+    load = summary.get("load_average") or (0.0,)
+    shared = ("the cores shared with other jobs (the CPU time is the fair measure)"
+              if load[0] > cpus + 0.5 else "no other job running")
+    return (f"{summary['train_seconds']:.0f} s wall clock of training ({summary['train_cpu_seconds']:.0f} s of CPU "
+            f"time, {summary.get('steps')} optimizer steps, {summary.get('epochs_done')} epochs) on "
+            f"{summary['machine']}, {shared} (load average {', '.join(f'{x:.1f}' for x in load)} at the end). "
+            "No GPU was used.")
+
+
+def export_checkpoint(checkpoint: Path, target: Path) -> Path:
+    """A ``surgseg train`` checkpoint as safetensors that ``surgseg
+    evaluate/predict --checkpoint NAME`` and the widgets load like the ``.pt``."""
+    from ..training.checkpoint import load_checkpoint
+    from ..weights.state_dict import write_method_safetensors
+
+    return write_method_safetensors(load_checkpoint(checkpoint), target)
+
+
+def write_weights_json(folder: Path, *, name: str, weights: Path, method: str, metrics: Mapping[str, Any],
+                       config: Optional[str] = None, base: Optional[str] = None,
+                       variant: Optional[str] = None) -> Dict[str, Any]:
+    """``weights.json`` beside ``weights`` (atomic): the registry entry of a
+    bundled model, with its pinned SHA-256."""
+    from ..atomic import atomic_write_text
+    from ..weights.hashing import sha256_file
+
+    meta = {"name": name, "file": weights.name, "sha256": sha256_file(weights), "method": method,
+            "config": config, "base": base, "variant": variant, "size_bytes": weights.stat().st_size,
+            "metrics": dict(metrics), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_text(Path(folder) / "weights.json", json.dumps(meta, indent=1, default=str) + "\n")
+    return meta
+
+
+def bundled_weights(name: str) -> Optional[Path]:
+    """The file of bundled weights ``name`` when present (None otherwise)."""
+    from ..weights.bundled import bundled_entries
+
+    for entry in bundled_entries():
+        if entry.name == name:
+            return entry.file
+    return None
+
+
+def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: str) -> int:
+    """The command line every method's ``demo.py`` shares:
+    ``python -m surgseg_core.methods.M.demo OUT [--max-minutes N] [--export FILE] [--only-score] [--notes MD]``.
+
+    ``train(out, max_minutes) -> summary``; ``export(out, target) -> target``;
+    ``score(out, weights) -> scores``; ``write_card(folder, weights, summary,
+    scores, command, notes) -> card path``."""
+    import argparse
+    import logging
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help="work folder (data, training run, scores)")
+    p.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+    p.add_argument("--export", type=Path, help=f"write the weights here (e.g. sample_data/.../{export_name}), "
+                                                "score them and write weights.json + MODEL_CARD.md beside them")
+    p.add_argument("--only-score", action="store_true", help="skip training; export + score OUT's run")
+    p.add_argument("--notes", type=Path, help="markdown appended to the model card (what was observed)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    summary_path = out / "train_summary.json"
+    if not args.only_score:
+        summary = train(out, args.max_minutes)
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps(summary, indent=1, default=str))
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1, default=str), flush=True)
+    if args.export:
+        summary = json.loads(summary_path.read_text())
+        export(out, args.export)
+        t0 = time.time()
+        scores = score(out, args.export)
+        scores["score_seconds"] = round(time.time() - t0, 1)
+        (out / "heldout_scores.json").write_text(json.dumps(scores, indent=1, default=str))
+        module = doc.split("``python -m ")[1].split(" ")[0] if "``python -m " in doc else "the method's demo module"
+        minutes = f" --max-minutes {summary['max_minutes']:g}" if summary.get("max_minutes") else ""
+        command = f"python -m {module} OUT{minutes} --export {args.export}"
+        notes = "\n" + args.notes.read_text(encoding="utf-8") if args.notes else ""
+        print(write_card(args.export.parent, args.export, summary, scores, command, notes))
+    return 0
