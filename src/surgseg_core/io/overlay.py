@@ -180,6 +180,22 @@ def _draw_points(frame: np.ndarray, yx: np.ndarray, radius: float, colors: np.nd
         frame[rr, cc] = color
 
 
+def paint_frame(frame: np.ndarray, labels: Optional[np.ndarray] = None, *, colors: Any = None, alpha: float = 0.5,
+                points_yx: Optional[np.ndarray] = None, point_color: Any = (255, 255, 0),
+                point_radius: float = 4.0) -> np.ndarray:
+    """One frame as the overlay video draws it (label colours blended in,
+    points with a dark rim): for pictures made of several results."""
+    out = _frame_rgb(frame)
+    if labels is not None:
+        out = _LabelPainter(colors, alpha).paint(out, np.asarray(labels))
+    else:
+        out = out.copy()
+    if points_yx is not None and len(points_yx):
+        yx = np.asarray(points_yx, float).reshape(-1, 2)
+        _draw_points(out, yx, point_radius, _point_colors(point_color, len(yx)))
+    return out
+
+
 def _verify_mp4(path: Path, frames: int) -> None:
     """The encoder's output is a readable MP4 with every frame sent (imageio's
     writer does not check ffmpeg's exit status: a full disk or a killed

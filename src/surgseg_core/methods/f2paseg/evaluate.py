@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -50,8 +50,10 @@ def frame_scores(pred: np.ndarray, gt: np.ndarray, class_ids: Sequence[int]) -> 
 def evaluate_clips(sam, clips: Sequence[AnnotatedClip], class_set: ClassSet, *, box_every: int = 10,
                    threshold: float = 0.0, max_frames: Optional[int] = None,
                    keep_recent_prompt_frames: Optional[int] = None, progress: Optional[ProgressCallback] = None,
-                   cancel: Optional[CancelToken] = None) -> Dict[str, Any]:
-    """Scores of one model on ``clips`` (see the module doc)."""
+                   cancel: Optional[CancelToken] = None,
+                   on_labels: Optional[Callable[[str, int, np.ndarray], None]] = None) -> Dict[str, Any]:
+    """Scores of one model on ``clips`` (see the module doc); ``on_labels(clip
+    name, frame, label map)`` receives each predicted label map (to keep them)."""
     import torch
 
     from ...device import describe_device
@@ -77,6 +79,8 @@ def evaluate_clips(sam, clips: Sequence[AnnotatedClip], class_set: ClassSet, *, 
             if result.frame_idx in done:
                 return  # the start frame comes again in the backward pass
             labels = result.label_map(threshold)  # merging is part of segmenting
+            if on_labels is not None:
+                on_labels(clip.name, result.frame_idx, labels)
             t0 = time.perf_counter()
             done.add(result.frame_idx)
             gt = clip.mask(result.frame_idx)

@@ -40,6 +40,20 @@ def _final_heat(model, clip: torch.Tensor, config: Mapping[str, Any], prior: Opt
         return model(clip, prior)["refined"]
 
 
+def add_frame_predictions(ev: LandmarkEvaluator, sample, predicted: Mapping[str, np.ndarray]) -> None:
+    """Match one frame's decoded landmarks (``{type: (N, 2|3) x, y[, score]}``
+    in image pixels) with the sample's annotations."""
+    for kind in LANDMARK_TYPES:
+        truth_recs = [r for r in sample.records if r.point(kind) is not None]
+        truth = np.asarray([r.point(kind) for r in truth_recs], np.float64).reshape(-1, 2)
+        frame_action = None if sample.records else "none"
+        if sample.records and len({r.action for r in sample.records}) == 1:
+            frame_action = sample.records[0].action
+        pred = np.asarray(predicted.get(kind, ()), np.float64)
+        pred = pred.reshape(len(pred), -1) if pred.size else np.zeros((0, 2))
+        ev.add_frame(kind, pred[:, :2], truth, [r.action for r in truth_recs], frame_action)
+
+
 def evaluate_rows(rows: Sequence[Tuple[str, Any, Mapping[str, Any]]], samples, *,
                   progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
                   provider=None) -> Dict[str, LandmarkEvaluator]:
@@ -63,14 +77,7 @@ def evaluate_rows(rows: Sequence[Tuple[str, Any, Mapping[str, Any]]], samples, *
                 item = ds[i]
                 prior = item["prior"][None].to(device) if "prior" in item else None
                 heat = _final_heat(model, item["clip"][None].to(device), cfg, prior)
-                dec = decode_batch(heat, item["image_size"][None], cfg)[0]
-                for kind in LANDMARK_TYPES:
-                    truth_recs = [r for r in s.records if r.point(kind) is not None]
-                    truth = np.asarray([r.point(kind) for r in truth_recs], np.float64).reshape(-1, 2)
-                    frame_action = None if s.records else "none"
-                    if s.records and len({r.action for r in s.records}) == 1:
-                        frame_action = s.records[0].action
-                    ev.add_frame(kind, dec[kind][:, :2], truth, [r.action for r in truth_recs], frame_action)
+                add_frame_predictions(ev, s, decode_batch(heat, item["image_size"][None], cfg)[0])
                 done += 1
                 report(progress, done, total, f"{name}: frame {i + 1}/{len(samples)}")
         finally:
@@ -138,4 +145,4 @@ def evaluate_method(model, data, config: Mapping[str, Any], *, progress: Optiona
     return out
 
 
-__all__ = ["evaluate_method", "evaluate_rows", "format_table", "flat_metrics"]
+__all__ = ["add_frame_predictions", "evaluate_method", "evaluate_rows", "format_table", "flat_metrics"]
