@@ -120,3 +120,22 @@ def test_frame_to_rgb8_in_memory_frames():
     assert np.array_equal(frame_to_rgb8(rgb), rgb)
     with pytest.raises(VideoError, match="0..1"):
         frame_to_rgb8(np.full((2, 2), 3.0))
+
+
+def test_nan_pixels_are_an_error_naming_the_frame_not_a_black_frame(tmp_path, rgb_stack):
+    """An all-NaN (or partly NaN / inf) float frame used to come back black;
+    sampled frames with NaN refuse at open, others at their read."""
+    from surgseg_core.errors import VideoError
+    from surgseg_core.io.pixels import frame_to_rgb8
+
+    data = rgb_stack[..., 1].astype(np.float32) / 255
+    data[N - 1] = np.nan  # the last frame: open samples it
+    tifffile.imwrite(tmp_path / "nan_last.tif", data, photometric="minisblack")
+    with pytest.raises(VideoError, match=r"NaN or infinite.*nan_to_num"):
+        with open_video(tmp_path / "nan_last.tif") as src:
+            src[N - 1]
+    good = np.zeros((20, 30), np.float32)
+    assert frame_to_rgb8(good).shape == (20, 30, 3)
+    good[3, 4] = np.inf
+    with pytest.raises(VideoError, match="1 of 600 pixel values are NaN or infinite"):
+        frame_to_rgb8(good, "layer frame 3")

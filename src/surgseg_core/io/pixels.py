@@ -25,6 +25,8 @@ def intensity_scale(path, dtype: np.dtype, samples: Sequence[np.ndarray], warn: 
         return None
     if dtype == bool:
         return 255.0
+    for s in samples:
+        _check_finite(s, str(path))
     vmax = max(float(np.max(s)) if s.size else 0.0 for s in samples)
     vmin = min(float(np.min(s)) if s.size else 0.0 for s in samples)
     if np.issubdtype(dtype, np.integer):
@@ -46,8 +48,17 @@ def intensity_scale(path, dtype: np.dtype, samples: Sequence[np.ndarray], warn: 
     raise VideoError(f"{path}: unsupported pixel type {dtype}")
 
 
+def _check_finite(a: np.ndarray, where: str) -> None:
+    # NaN would cast to an arbitrary byte (black on x86): a blank frame, not an error
+    if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+        bad = int(a.size - np.isfinite(a).sum())
+        raise VideoError(f"{where}: {bad} of {a.size} pixel values are NaN or infinite (a failed export or "
+                         "reconstruction?); replace them (e.g. numpy.nan_to_num) and save the stack again")
+
+
 def to_rgb8(a: np.ndarray, scale: Optional[float], where: str) -> np.ndarray:
     """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of any supported dtype -> (H, W, 3) uint8."""
+    _check_finite(a, where)
     if scale is not None:
         a = np.clip(np.rint(a.astype(np.float32) * scale), 0, 255).astype(np.uint8)
     elif a.dtype != np.uint8:
