@@ -143,6 +143,51 @@ def test_unreadable_frame_in_the_middle_names_it(tmp_path):
         assert frame_number(src[3]) == 3
 
 
+def _flagged_copies(good, tmp_path, tries: int = 12):
+    """Copies of an H.264 file with 64 random bytes written in its middle, and
+    the frames FFmpeg flags as corrupt in each (where it flags any)."""
+    import av
+
+    data = good.read_bytes()
+    for seed in range(tries):
+        rng = np.random.default_rng(seed)
+        off = int(len(data) * rng.uniform(0.3, 0.8))
+        bad = bytearray(data)
+        bad[off:off + 64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+        path = tmp_path / f"noisy{seed}.mp4"
+        path.write_bytes(bytes(bad))
+        try:
+            with av.open(str(path)) as c:
+                flagged = [i for i, f in enumerate(c.decode(video=0)) if f.is_corrupt]
+        except av.error.FFmpegError:
+            continue
+        if flagged:
+            yield path, flagged
+
+
+def test_random_bytes_inside_an_mp4_give_a_visible_warning_naming_the_damaged_frames(good, tmp_path, caplog):
+    """Damaged bytes inside the file: FFmpeg conceals the error and the frames
+    of that group of pictures come back as garbage with no exception. They
+    are now named in a warning (and by ``damaged_frames``)."""
+    import logging
+
+    found = 0
+    for path, flagged in _flagged_copies(good["mp4"], tmp_path):
+        found += 1
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="surgseg_core"):
+            with open_video(path) as src:
+                for _ in src.iter_frames():
+                    pass
+                damaged = src.damaged_frames()
+        assert set(flagged) <= set(damaged), (flagged, damaged)
+        assert len(damaged) <= 2 * 12  # whole groups of pictures (gop 12), not the whole video
+        assert f"{path.name}: frames {damaged[0]}-" in caplog.text and "may show garbage" in caplog.text
+        if found == 2:
+            break
+    assert found, "no random-byte damage that FFmpeg flags in 12 tries"
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import operator
 import threading
-from typing import Callable, Iterator, Optional, Protocol, Tuple
+from typing import Callable, Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -78,6 +78,13 @@ class FrameSource:
         self._pf_next: Optional[int] = None
         self._pf_thread: Optional[threading.Thread] = None
         self._reader = make_reader()
+
+    def damaged_frames(self) -> List[int]:
+        """This source's frames known (from what was decoded so far) to come
+        from damaged parts of the file; each was also named in a warning."""
+        index = getattr(self._reader, "index", None)
+        damaged = set(index.damaged_frames()) if index is not None and hasattr(index, "damaged_frames") else set()
+        return [i for i, j in enumerate(self._src_idx.tolist()) if j in damaged]
 
     # ----------------------------------------------------------------- array protocol
     @property

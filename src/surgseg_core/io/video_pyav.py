@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -54,6 +54,10 @@ class VideoIndex:
     damage: Optional[str] = None
 
     def __post_init__(self) -> None:
+        #: keyframe positions whose group of pictures decoded with errors (damaged bytes inside the file:
+        #: the decoder conceals them and later frames of the group reference the damage), found while reading
+        self.corrupt_gops: set = set()
+        self._warned_gops: set = set()
         self._lookup: Dict[int, int] = {int(p): i for i, p in enumerate(self.pts.tolist())}
         # First presented frame that each keyframe makes decodable.
         self.key_first = np.searchsorted(self.pts, self.key_pts, side="left")
@@ -86,6 +90,20 @@ class VideoIndex:
         if self.average_rate and self.time_base:  # one frame: it lasts one frame period, not one tick
             return max(1, int(round(1 / (float(self.average_rate) * float(self.time_base)))))
         return 1
+
+    def gop_frames(self, key_pos: int) -> tuple:
+        """(first, last) presentation index decoded from keyframe ``key_pos``."""
+        last = int(self.key_first[key_pos + 1]) - 1 if key_pos + 1 < len(self.key_first) else self.n_frames - 1
+        return int(self.key_first[key_pos]), last
+
+    def damaged_frames(self) -> List[int]:
+        """Frames known so far (from what was decoded) to come from a group
+        of pictures that decoded with errors."""
+        out: List[int] = []
+        for k in sorted(self.corrupt_gops):
+            first, last = self.gop_frames(k)
+            out += range(first, last + 1)
+        return out
 
     def keyframe_for(self, i: int) -> int:
         """Position in ``key_pts`` of the last keyframe that lets us decode frame i."""
@@ -411,7 +429,12 @@ class PyAVReader:
                 self._bad = self.index.index_of(ts)
                 log.warning("%s: frame %s could not be decoded: %s", self.path, self._bad, exc)
                 continue
-            yield from frames
+            for frame in frames:
+                if frame.is_corrupt:  # concealed decoding errors: the group of pictures is damaged
+                    j = self.index.index_of(frame.pts if frame.pts is not None else frame.dts)
+                    if j is not None:
+                        self._damaged(self.index.keyframe_for(j))
+                yield frame
 
     def _packets(self) -> Iterator:
         """Demuxed packets; where the file is cut off, an empty packet that
@@ -503,6 +526,19 @@ class PyAVReader:
             self._set_skipping(False)
         self._frames, self._pos = None, None
         raise _FrameMissing(i)
+
+    def _damaged(self, k: int) -> None:
+        """Group of pictures ``k`` decoded with errors: a visible warning, once.
+        Raised when the flagged frame comes out of the decoder, which can be
+        after B-frames of the group that show the damage too: the warning
+        names the whole group."""
+        index = self.index
+        index.corrupt_gops.add(k)
+        if k not in index._warned_gops:
+            index._warned_gops.add(k)
+            first, last = index.gop_frames(k)
+            log.warning("%s: frames %d-%d are damaged (the decoder met corrupt data in the file and concealed it): "
+                        "they may show garbage; re-export or re-copy the video if they matter", self.path, first, last)
 
     def _next_frame(self, i: int):
         av = _av()
