@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,26 +37,3 @@ def test_every_bundled_model_is_pinned_registered_and_explained():
         module = command.split()[2]  # python -m MODULE OUT ...
         assert module in script and f"--export {weights.relative_to(REPO)}" in command.replace(str(REPO) + "/", "")
     assert total <= 40e6, f"bundled weights take {total / 1e6:.1f} MB (limit 40 MB)"
-
-
-def test_sam2_demo_training_masks_make_every_region_an_object(tmp_path):
-    """The demo SAM2 learns from masks where anatomy regions and instruments
-    are all objects (instruments over the anatomy they hide), so its
-    prompts matter (see methods/sam2/demo.write_all_objects)."""
-    from PIL import Image
-
-    from surgseg_core.methods.sam2.data import find_sequences
-    from surgseg_core.methods.sam2.demo import INSTRUMENT_OFFSET, write_all_objects
-    from surgseg_core.synth import write_synthetic_clip
-
-    clip = write_synthetic_clip(tmp_path / "clip", seed=3, n_frames=4, height=60, width=80)
-    out = write_all_objects(Path(clip), tmp_path / "all")
-    for i in range(4):
-        name = f"{i:06d}.png"
-        anatomy = np.asarray(Image.open(tmp_path / "clip" / "anatomy" / name))
-        tools = np.asarray(Image.open(tmp_path / "clip" / "instruments" / name))
-        combined = np.asarray(Image.open(out / "masks" / name))
-        assert np.array_equal(combined[tools > 0], INSTRUMENT_OFFSET + tools[tools > 0])
-        assert np.array_equal(combined[tools == 0], anatomy[tools == 0])
-    seqs = find_sequences(tmp_path / "all")
-    assert len(seqs) == 1 and len(seqs[0]) == 4
