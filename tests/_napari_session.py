@@ -158,6 +158,30 @@ class Session:
         self.check(self.advanced("Tracking with SAM2") and bars[0]["total"] == 9,
                    f"one tracking bar, moved to 9/9: {bars}")
 
+    def step_clicks(self):
+        """Clicks (RP-SAM2), random tiny model: a click segments frame 0 (refined
+        point, line, mask), then Track through video over frames 0..5."""
+        self.sample("synthetic_clip")
+        w = self.dock("Clicks (RP-SAM2)")
+        w.video_combo.value = self.layer("synthetic clip")
+        box = w.weights_combo.native
+        box.setCurrentIndex(box.findText("random tiny (testing)"))
+        w.device_combo.value = "cpu"
+        self.viewer.dims.set_current_step(0, 0)
+        prompts = w.new_prompt_layer()
+        prompts.add([0, 120, 160])
+        self.check(w.runs.busy and w.status.value == "encoding frame 0…", f"click started: {w.status.value!r}")
+        yield lambda: not w.runs.busy and w.refined_layer is not None
+        self.check(len(w.refined_layer.data) == 1 and w.lines_layer.nshapes == 1 and w.result_layer is not None,
+                   f"refined point, line and masks layer after the click: {w.status.value!r}")
+        w.end_spin.value = 5
+        w.track()
+        self.check(w.worker is not None, "Track through video started a worker")
+        flag = self.done_flag(w.worker)
+        yield lambda: flag["done"] and self.bars_closed("Tracking with RP-SAM2")
+        self.check(w.result_layer.metadata["rpsam2_clicks"]["status"] == "completed"
+                   and w.last_summary["frames_written"] == 6, f"tracked frames 0..5: {w.status.value!r}")
+
     def step_liver(self):
         self.sample("synthetic_liver")
         w = self.dock("Liver landmarks")

@@ -75,9 +75,10 @@ def run_session(tmp_path: Path, steps, *, via: str = "script", **spec) -> str:
 def test_sample_loader_track_export_corrections_in_a_script(tmp_path):
     """`python my_script.py` with napari.Viewer() + napari.run(): File > Open
     Sample, Load surgical video, Track with SAM2 (random tiny model), Export
-    overlay video, Corrections -> dataset; progress bars move (checked in
-    the session on napari's progress events)."""
-    run_session(tmp_path, ["sample", "video_loader", "track", "export_overlay", "corrections"])
+    overlay video, Corrections -> dataset, Clicks (RP-SAM2) click + Track
+    through video; progress bars move (checked in the session on napari's
+    progress events)."""
+    run_session(tmp_path, ["sample", "video_loader", "track", "export_overlay", "corrections", "clicks"])
 
 
 def test_liver_run_and_training_start_stop_from_napari_command(tmp_path):

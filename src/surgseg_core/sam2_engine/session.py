@@ -46,6 +46,12 @@ class ClickSession:
             self._engines.move_to_end(key)
             return engine
 
+    def find(self, frames: Any, model) -> Optional[StreamingSAM2]:
+        """The engine of (``frames``, ``model``) if there is one (creates nothing)."""
+        with self._lock:
+            engine = self._engines.get((id(frames), id(model)))
+        return engine if engine is not None and engine.frames is frames and engine.model is model else None
+
     def segment_frame(
         self,
         frames: Any,

@@ -246,6 +246,7 @@ def track_video(
     overwrite: bool = False,
     device: Optional[str] = None,
     seed: int = 0,
+    prompt_hook: Optional[Callable] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> Dict[str, Any]:
@@ -259,6 +260,7 @@ def track_video(
     weights path or registered name; without one the weights are random and
     the result says so. ``frame_range``: inclusive (first, last).
     ``direction``: forward, backward or both from the earliest prompt.
+    ``prompt_hook``: the engine's (e.g. RP-SAM2's click refinement).
     Each frame's masks go to ``sink`` and, with ``out_dir``, to
     ``out_dir/000123.png`` label maps (``per_object``: ``obj_<id>/``) plus
     ``provenance.json``. Cancelling raises ``Cancelled`` after writing the
@@ -293,7 +295,7 @@ def track_video(
         if random_weights:
             log.warning(RANDOM_WEIGHTS_WARNING)
 
-        engine = StreamingSAM2(net, source)
+        engine = StreamingSAM2(net, source, prompt_hook=prompt_hook)
         for p in norm:
             check_cancel(cancel)
             engine.add_points(

@@ -13,7 +13,10 @@ method widgets to come).
   selection; provenance under :data:`PROVENANCE_KEY`;
 * :mod:`.layers`: video layers (reader / sample data / loader), placement,
   frames and points through world coordinates;
-* :mod:`.status`: the status line that never widens the dock.
+* :mod:`.status`: the status line that never widens the dock;
+* :mod:`.tracking`: :class:`TrackingWidget`, the base of widgets that track
+  objects into a masks layer the user corrects (click prompts, re-propagate,
+  checked frames, undo of a run).
 
 Class names, colours and the kind of result come from the method's
 ``MethodSpec`` (``class_names``, ``class_colours``, ``result_kind``).
@@ -31,10 +34,12 @@ from .results import (
 )
 from .run import ModelCache, RunControl
 from .status import StatusLabel
+from .tracking import TrackingWidget
 from .widget import MethodWidget, class_colormap, rgba
 
 __all__ = [
     "ANY_VARIANT", "FrameRange", "MethodWidget", "ModelCache", "PROVENANCE_KEY", "RunControl", "StatusLabel",
+    "TrackingWidget",
     "add_labels_result", "add_points_result", "add_result_layer", "add_shapes_result", "class_colormap",
     "connect_layer_refresh", "device_choices", "device_value", "discard_layers", "frame_of", "keep_selection",
     "layer_choices", "placement_of", "points_on", "provenance_of", "resolve_range", "rgba", "set_provenance",
