@@ -47,38 +47,40 @@ def beside_click(mask: np.ndarray, margin: float, seed: int) -> Tuple[float, flo
     return float(xs[i]), float(ys[i])
 
 
-def _track(engine, obj_clicks: Dict[int, Tuple[float, float]], n: int, cancel=None) -> Tuple[np.ndarray, list]:
-    """Add one positive click per object on frame 0 and track forward;
-    returns the label stack and the clicks the engine used (after its hook)."""
-    used = []
-    for obj, xy in obj_clicks.items():
-        engine.add_points(0, obj, [list(xy)], [1])
-        entry = engine.prompt_log[-1]
-        used.append(tuple(np.asarray(entry.get("points_after_hook", entry["points"]))[0]))
+def _track(refiner, frames, prompts: list, n: int, cancel=None, plain: bool = False) -> np.ndarray:
+    """The label stack of frames 0..n-1 tracked forward from frame 0's clicks:
+    through RP-SAM2's prompt hook (the click widget's "Track through video"),
+    or with ``plain`` the same raw clicks through the base SAM2."""
+    from ..sam2_engine.track import track_video
+
     stack: List[np.ndarray] = []
 
     def sink(result) -> None:
         stack.append(result.label_map(0.0))
 
-    engine.propagate(sink, direction="forward", frame_range=(0, n - 1), cancel=cancel)
-    return np.stack(stack).astype(np.uint8), used
+    kwargs = dict(direction="forward", frame_range=(0, n - 1), sink=sink, cancel=cancel)
+    if plain:
+        track_video(frames, prompts, model=refiner.model.sam, **kwargs)
+    else:
+        refiner.track(frames, 0, prompts, **kwargs)
+    return np.stack(stack).astype(np.uint8)
 
 
 def step_clicks(out: Path, summary: dict, scores: dict, *, n_frames: int, device: str, progress=None,
                 cancel=None) -> list:
     from ..io import open_video
     from ..io.export import read_png_masks
+    from ..methods.rpsam2.clicks import ClickRefiner, load_click_model, refined_points
     from ..methods.rpsam2.demo import CLICK_MARGIN, DEMO_NAME
     from ..methods.rpsam2.evaluate import evaluate_frames
-    from ..sam2_engine.engine import StreamingSAM2
-    from ..training.inference import load_trained_model
 
     entry = bundled_entry(DEMO_NAME)
     if entry is None:
         return missing_weights_lines(TITLE, DEMO_NAME, summary, "clicks")
     folder = sample_clip()
     truth = read_png_masks(folder / "instruments")
-    _, model, _, _ = load_trained_model("rpsam2", DEMO_NAME, {"device": device})
+    refiner = ClickRefiner(load_click_model(DEMO_NAME, device=device))
+    model = refiner.model
     with open_video(folder / "video.mp4", stop=n_frames) as video:
         n = len(video)
         first = np.asarray(truth[0])
@@ -86,8 +88,10 @@ def step_clicks(out: Path, summary: dict, scores: dict, *, n_frames: int, device
         h, w = first.shape
         margin = CLICK_MARGIN * max(h, w) / model.image_size  # model pixels -> the frame's
         clicks = {obj: beside_click(first == obj, margin, seed=obj) for obj in ids}
-        refined_stack, refined = _track(model.engine(video), clicks, n, cancel)
-        plain_stack, _ = _track(StreamingSAM2(model.sam, video), clicks, n, cancel)
+        prompts = [{"frame": 0, "obj_id": obj, "points": [list(xy)], "labels": [1]} for obj, xy in clicks.items()]
+        refined = [r["refined"] for r in refined_points(refiner.click(video, 0, prompts))]
+        refined_stack = _track(refiner, video, prompts, n, cancel)
+        plain_stack = _track(refiner, video, prompts, n, cancel, plain=True)
         frames = [_Frame(f"frame{t}", video[t], [(np.asarray(truth[t]) == k, "instrument")
                                                  for k in np.unique(truth[t]) if k])
                   for t in range(0, n, 4)[:SCORE_FRAMES]]
