@@ -64,6 +64,7 @@ def tools_widget(make_napari_viewer, tmp_path, monkeypatch):
 def _run(widget, qtbot):
     worker = widget.run()
     assert worker is not None, widget.status.value
+    assert not widget.run_btn.enabled and widget.cancel_btn.enabled  # while it runs
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     qtbot.waitUntil(lambda: widget.run_btn.enabled, timeout=10_000)
@@ -132,11 +133,7 @@ def test_cancel_keeps_finished_frames_only(tools_widget, qtbot, monkeypatch):
             widget.cancel()  # what the Cancel button does
 
     monkeypatch.setattr(predict_mod.StackSink, "__call__", write_then_cancel)
-    worker = widget.run()
-    assert not widget.run_btn.enabled and widget.cancel_btn.enabled
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    qtbot.waitUntil(lambda: widget.run_btn.enabled, timeout=10_000)
+    _run(widget, qtbot)
     assert seen == [0, 1]
     for layer in widget.heat_layers.values():
         assert layer.data[:2].any() and not layer.data[2:].any()
@@ -149,7 +146,8 @@ def test_cancel_keeps_finished_frames_only(tools_widget, qtbot, monkeypatch):
 def test_edited_points_become_annotations_and_exports(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     """A ranged layer (source frames 2..5): the moved, retyped and added
     points of layer frame 1 are written as source frame 3, beside a frame the
-    file already had; the core reader and the training data finder read it."""
+    file already had; the core reader and the training data finder read it.
+    (With the demo weights registered they are the default choice.)"""
     import json
     import os
 
@@ -158,9 +156,14 @@ def test_edited_points_become_annotations_and_exports(make_napari_viewer, qtbot,
     from surgseg_core.methods.tools.data import find_samples
 
     from napari_surgseg.widgets.base import video_placement
-    from napari_surgseg.widgets.tools import ToolLandmarksWidget
+    from surgseg_core.weights import register_checkpoint
+
+    from napari_surgseg.widgets.tools import DEMO_WEIGHTS, RANDOM_TINY, ToolLandmarksWidget
 
     monkeypatch.setenv("SURGSEG_WEIGHTS_DIR", str(tmp_path / "weights"))
+    for name, method in (("other-tools", "tools"), (DEMO_WEIGHTS, "tools"), ("liver-x", "liver")):
+        (tmp_path / f"{name}.pt").write_bytes(b"x")
+        register_checkpoint(tmp_path / f"{name}.pt", name=name, method=method)
     viewer = make_napari_viewer()
     clip = _clip_dir() / "video.mp4"
     with open_video(clip) as src:
@@ -168,6 +171,9 @@ def test_edited_points_become_annotations_and_exports(make_napari_viewer, qtbot,
     md = {"source_path": str(clip), "start": 2, "step": 1}
     video = viewer.add_image(frames, rgb=True, name="ranged", metadata=md, **video_placement(md))
     widget = ToolLandmarksWidget(viewer)
+    assert widget.weights_combo.value == DEMO_WEIGHTS
+    assert list(widget.weights_combo.choices) == ["other-tools", DEMO_WEIGHTS, RANDOM_TINY]
+    widget.weights_combo.value = RANDOM_TINY
     widget.models = _models()
     widget.video_combo.value, widget.device_combo.value, widget.threshold_spin.value = video, "cpu", 0.0
     widget.prior_check.value = False
@@ -221,18 +227,3 @@ def test_edited_points_become_annotations_and_exports(make_napari_viewer, qtbot,
     widget.set_selected()
     assert widget.use_as_correction() is None and "two tips" in widget.status.value
     assert read_annotations(out) == recs
-
-
-def test_demo_weights_are_the_default_when_registered(make_napari_viewer, tmp_path, monkeypatch):
-    from surgseg_core.weights import register_checkpoint
-
-    from napari_surgseg.widgets.tools import DEMO_WEIGHTS, RANDOM_TINY, ToolLandmarksWidget
-
-    monkeypatch.setenv("SURGSEG_WEIGHTS_DIR", str(tmp_path / "weights"))
-    for name, method in (("other-tools", "tools"), (DEMO_WEIGHTS, "tools"), ("liver-x", "liver")):
-        path = tmp_path / f"{name}.pt"
-        path.write_bytes(b"x")
-        register_checkpoint(path, name=name, method=method)
-    widget = ToolLandmarksWidget(make_napari_viewer())
-    assert widget.weights_combo.value == DEMO_WEIGHTS
-    assert [c for c in widget.weights_combo.choices] == ["other-tools", DEMO_WEIGHTS, RANDOM_TINY]
