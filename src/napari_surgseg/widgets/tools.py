@@ -48,7 +48,10 @@ def _run_job(cache: ModelCache, weights: Optional[str], device: Optional[str], f
     the heatmap stacks and the prior stack. Returns (records, config,
     cancelled); a cancel keeps the frames finished."""
     from surgseg_core.methods.tools.predict import StackSink, load_tools_model, predict_source
+    from surgseg_core.progress import report
 
+    if (weights, device) not in cache:
+        report(progress, 0, last - first + 1, "loading the model")
     model, cfg, provider = cache.get((weights, device), lambda: load_tools_model(weights, device=device))
     cfg = {**cfg, **settings}
     sink = StackSink(heatmaps, prior)
@@ -107,6 +110,7 @@ class ToolLandmarksWidget(MethodWidget):
                      self.corrections_edit, self.correct_btn, self.csv_btn, self.json_btn, self.status])
         self.runs = RunControl(self, [self.run_btn], self.cancel_btn)
         self.run_btn.clicked.connect(self.run)
+        self.weights_combo.changed.connect(self._settings_of_weights)
         self.set_btn.clicked.connect(self.set_selected)
         self.type_combo.changed.connect(self._apply_defaults)
         self.tool_spin.changed.connect(self._apply_defaults)
@@ -127,8 +131,22 @@ class ToolLandmarksWidget(MethodWidget):
     def default_weights(self) -> None:
         """The demo model when registered, else the first registered one,
         else the random test model."""
-        names = [c for c in self.weights_combo.choices]
+        names = list(self.weights_combo.choices)
         self.weights_combo.value = DEMO_WEIGHTS if DEMO_WEIGHTS in names else names[0]
+        self._settings_of_weights()
+
+    def _settings_of_weights(self, *_) -> None:
+        """Threshold and max tools: what the chosen weights were trained with."""
+        from surgseg_core.methods.tools.predict import model_config
+
+        try:
+            cfg = model_config(self._weights())
+        except SurgsegError as exc:
+            self.status.value = f"weights {self.weights_combo.value}: {exc}"
+            return
+        self.threshold_spin.value = float(cfg.get("threshold", 0.3))
+        most = cfg.get("max_tools", 1)  # None / 0 / "all": no limit
+        self.max_tools_spin.value = self.max_tools_spin.max if most in (None, 0, "all") else min(int(most), 20)
 
     def _video(self) -> Image:
         layer = self.video_combo.value
@@ -157,13 +175,12 @@ class ToolLandmarksWidget(MethodWidget):
         try:
             layer = self._video()
             first, last = self.frame_range(layer)
-            size = self._model_size()
-        except SurgsegError as exc:
+            weights = self._weights()
+            created = self._ensure_layers(layer, self._model_size())
+        except (SurgsegError, OSError) as exc:
             show_error(f"{self.TITLE}: {exc}")
             self.status.value = f"failed: {exc}"
             return None
-        weights = self._weights()
-        created = self._ensure_layers(layer, size)
         heat = [self.heat_layers[k].data for k in LANDMARK_TYPES]
         prior = self.prior_layer.data if self.prior_layer is not None else None
         self.status.value = f"running on frames {first}..{last}..."
@@ -365,7 +382,10 @@ class ToolLandmarksWidget(MethodWidget):
             on = [i for i in range(len(tyx)) if int(round(tyx[i, 0])) == src_frame]
             pts = [(feats["type"].iloc[i], int(feats["tool"].iloc[i]), tyx[i, 2], tyx[i, 1]) for i in on]
             tool_type = None if self.tool_type_combo.value == NOT_GIVEN else str(self.tool_type_combo.value)
-            rel = os.path.relpath(Path(video).resolve(), path.parent.resolve())
+            try:  # relative to the file, as the format wants; absolute across drives
+                rel = os.path.relpath(Path(video).resolve(), path.parent.resolve())
+            except ValueError:
+                rel = str(Path(video).resolve())
             records = records_from_points(Path(rel).as_posix(), src_frame, pts, action=str(self.action_combo.value),
                                           tool_types={p[1]: tool_type for p in pts})
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -262,8 +262,11 @@ def load_tools_model(weights: Optional[str], *, device: Optional[str] = None,
 
 
 def predict_inputs(model, inputs, out_dir, config: Mapping[str, Any], *, progress: Optional[ProgressCallback] = None,
-                   cancel: Optional[CancelToken] = None) -> List[Path]:
+                   cancel: Optional[CancelToken] = None, provider=None) -> List[Path]:
     from ...io import open_video
+
+    if provider is None:
+        provider = build_provider(model, config)  # once for all inputs
 
     written: List[Path] = []
     provenance = {"checkpoint": config.get("checkpoint"), "stage": config.get("stage"),
@@ -272,7 +275,7 @@ def predict_inputs(model, inputs, out_dir, config: Mapping[str, Any], *, progres
     for path in inputs:
         path = Path(path)
         with open_video(path, cache_mb=0) as src:
-            results = predict_source(model, src, config, progress=progress, cancel=cancel)
+            results = predict_source(model, src, config, progress=progress, cancel=cancel, provider=provider)
         written += write_predictions(out_dir, path.stem if path.is_file() else path.name, str(path), results,
                                      provenance)
     return written
