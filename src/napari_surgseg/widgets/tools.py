@@ -187,7 +187,7 @@ class ToolLandmarksWidget(MethodWidget):
 
         def done(result) -> None:
             records, cfg, cancelled = result
-            self._finish(layer, created, first, records, cfg, cancelled)
+            self._finish(layer, created, records, cfg, cancelled)
 
         def failed(exc) -> None:  # run_in_worker showed the notification
             discard_layers(self.viewer, created)
@@ -261,8 +261,7 @@ class ToolLandmarksWidget(MethodWidget):
             self._apply_defaults()
         return created
 
-    def _finish(self, layer: Image, created: list, first: int, records: List[dict], cfg: Dict[str, Any],
-                cancelled: bool) -> None:
+    def _finish(self, layer: Image, created: list, records: List[dict], cfg: Dict[str, Any], cancelled: bool) -> None:
         for lyr in [*self.heat_layers.values(), self.prior_layer]:
             if lyr is not None:
                 lyr.refresh()

@@ -282,4 +282,5 @@ def predict_inputs(model, inputs, out_dir, config: Mapping[str, Any], *, progres
 
 
 __all__ = ["predict_source", "predict_inputs", "write_predictions", "write_prediction_file", "rows_of", "pair_tools",
-           "StackSink", "load_tools_model", "model_config", "uses_prior", "build_provider", "PRED_COLUMNS", "TINY_RANDOM_CONFIG"]
+           "StackSink", "load_tools_model", "model_config", "uses_prior", "build_provider", "PRED_COLUMNS",
+           "TINY_RANDOM_CONFIG"]
