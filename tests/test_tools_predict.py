@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surgseg_core.errors import DatasetError
+from surgseg_core.errors import DatasetError, SurgsegError
 
 
 def test_pair_tools_matches_nearest_tips_and_anchors():
@@ -80,3 +80,29 @@ def test_prediction_file_by_suffix_with_missing_scores(tmp_path):
                                    "score": None}] and obj["provenance"] == {"m": 1}
     with pytest.raises(SurgsegError, match=".csv or .json"):
         write_prediction_file(tmp_path / "p.txt", "v.mp4", rows, {})
+
+
+def test_registered_weights_give_their_config_and_model(tmp_path, monkeypatch):
+    """What the widget reads before a run (the config, without the tensors)
+    and what its worker loads, from a checkpoint registered by name."""
+    import torch
+
+    from surgseg_core.methods.tools.predict import TINY_RANDOM_CONFIG, load_tools_model, model_config
+    from surgseg_core.training.checkpoint import save_checkpoint
+    from surgseg_core.weights import register_checkpoint
+
+    monkeypatch.setenv("SURGSEG_WEIGHTS_DIR", str(tmp_path / "weights"))
+    small = {**TINY_RANDOM_CONFIG, "input_width": 32, "input_height": 32, "threshold": 0.2}
+    model, cfg, provider = load_tools_model(None, device="cpu", config=small)
+    assert cfg["random_weights"] and provider is not None  # the refinement stage prompts SAM2
+    path = save_checkpoint(tmp_path / "best.pt", {"method": "tools", "model": model.state_dict(), "config": small})
+    register_checkpoint(path, name="my-tools", method="tools")
+    got = model_config("my-tools")
+    assert (got["input_width"], got["input_height"], got["stage"], got["threshold"]) == (32, 32, "refine", 0.2)
+    loaded, cfg2, provider2 = load_tools_model("my-tools", device="cpu")
+    assert cfg2["random_weights"] is False and provider2 is not None
+    clip, prior = torch.rand(1, 3, 3, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(clip, prior)["refined"], model(clip, prior)["refined"])
+    with pytest.raises(SurgsegError, match="not found"):
+        model_config(str(tmp_path / "missing.pt"))
