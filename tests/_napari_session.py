@@ -196,6 +196,27 @@ class Session:
         self.check(w.status.value == "landmarks on 3 frame(s)", f"liver status {w.status.value!r}")
         self.check(w.labels_layer.data[:3].any(), "liver labels written")
 
+    def step_tools(self):
+        self.sample("synthetic_clip")
+        w = self.dock("Tool landmarks")
+        w.video_combo.value = self.layer("synthetic clip")
+        w.weights_combo.value = "random tiny (testing)"
+        w.device_combo.value = "cpu"
+        w.threshold_spin.value = 0.0  # random heatmaps: each frame's maximum is a landmark
+        w.mode_combo.value = "frame range"
+        w.frames.set(0, 2)
+        worker = w.run()
+        self.check(worker is not None, f"Run started (status {w.status.value!r})")
+        flag = self.done_flag(worker)
+        # (the bar is recorded once napari has shown it: on a busy machine the run can end first)
+        yield lambda: flag["done"] and self.bars_of("Tool landmarks") and self.bars_closed("Tool landmarks")
+        self.check(w.status.value.startswith("done: 3 frame(s)"), f"tools status {w.status.value!r}")
+        self.check(all(layer.data[:3].any() and not layer.data[3:].any() for layer in w.heat_layers.values()),
+                   "heatmaps written for frames 0..2 only")
+        frames = {int(round(t)) for t in w.points_layer.data[:, 0]}
+        self.check(frames == {0, 1, 2}, f"tips/anchors on frames 0..2: {frames}")
+        self.check(self.advanced("Tool landmarks"), f"one tools bar, moved to its total: {self.bars}")
+
     def step_export_overlay(self):
         self.sample("synthetic_clip")
         w = self.dock("Export overlay video")

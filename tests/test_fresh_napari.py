@@ -94,6 +94,12 @@ def test_liver_run_and_training_start_stop_from_napari_command(tmp_path):
                 liver_checkpoint=str(result.best_checkpoint), train_config=small)
 
 
+def test_tool_landmarks_run_in_a_script(tmp_path):
+    """Tool landmarks -> Run on frames 0..2 of the sample clip (random tiny
+    model with its random SAM2 prior): heatmaps, points, one progress bar."""
+    run_session(tmp_path, ["tools"])
+
+
 def test_close_viewer_during_track_exits_cleanly(tmp_path):
     run_session(tmp_path, ["sample", "close_mid_track"])
 

@@ -32,7 +32,7 @@ def load_trained_model(
     """``(spec, model in eval mode on device, config, device)``; the config
     is the checkpoint's training config with ``config`` on top."""
     spec = get_method(method) if isinstance(method, str) else method
-    checkpoint, registered = _resolve_checkpoint(checkpoint, spec.name)
+    checkpoint, registered = resolve_checkpoint(checkpoint, spec.name)
     ckpt = load_checkpoint(checkpoint, expected=f"a {spec.name} model checkpoint from training "
                                                 f"(checkpoints/best.pt of a 'surgseg train {spec.name}' run)")
     saved_by = ckpt.get("method")
@@ -55,7 +55,7 @@ def load_trained_model(
     return spec, model, cfg, dev
 
 
-def _resolve_checkpoint(checkpoint: PathLike, method: str) -> Tuple[Path, Optional[Dict[str, Any]]]:
+def resolve_checkpoint(checkpoint: PathLike, method: str) -> Tuple[Path, Optional[Dict[str, Any]]]:
     """A checkpoint path, or weights registered under that name (then their
     method must be ``method``; their SAM2 variant goes into the config)."""
     path = Path(checkpoint)

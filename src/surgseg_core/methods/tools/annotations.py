@@ -289,6 +289,46 @@ def frames_by_index(records: Sequence[ToolAnnotation]) -> Dict[Tuple[str, int], 
     return out
 
 
+def records_from_points(video: str, frame: int, points: Iterable[Tuple[str, int, float, float]], *,
+                        action: str, tool_types: Optional[Mapping[int, Optional[str]]] = None,
+                        actions: Sequence[str] = ACTIONS) -> List[ToolAnnotation]:
+    """The annotation records of one frame from its landmarks ``(type, tool,
+    x, y)`` (corrected predictions): one record per tool, with ``action``
+    and ``tool_types[tool]``; no points: the frame is a negative (no active
+    tool). DatasetError for an unknown type or action, or a tool with two
+    tips (or two anchors)."""
+    where = f"frame {frame} of {video}"
+    by_tool: Dict[int, Dict[str, Tuple[float, float]]] = {}
+    for kind, tool, x, y in points:
+        if kind not in ("tip", "anchor"):
+            raise DatasetError(f"{where}: landmark type must be tip or anchor, got {kind!r}")
+        pts = by_tool.setdefault(int(tool), {})
+        if kind in pts:
+            raise DatasetError(f"{where}: tool {int(tool)} has two {kind}s; give each point its own tool or "
+                               "delete one")
+        pts[kind] = (float(x), float(y))
+    if not by_tool:
+        return [ToolAnnotation(video, int(frame), None, None, None, None, None)]
+    types = dict(tool_types or {})
+    return [_make(video, where, video, frame, tool, types.get(tool), action, pts.get("tip"), pts.get("anchor"),
+                  actions) for tool, pts in sorted(by_tool.items())]
+
+
+def replace_frames(path, records: Sequence[ToolAnnotation], actions: Sequence[str] = ACTIONS) -> Path:
+    """Write ``records`` into the annotation file ``path`` (.csv / .json),
+    replacing what it had for their (video, frame)s and keeping the rest;
+    the file is created when missing (atomic write, then read back)."""
+    path = Path(path)
+    old = read_annotations(path, actions) if path.exists() else []
+    redone = {(r.video, r.frame) for r in records}
+    keep = [r for r in old if (r.video, r.frame) not in redone]
+    merged = sorted(keep + list(records), key=lambda r: (r.video, r.frame, -1 if r.tool_id is None else r.tool_id))
+    _check_unique(path, merged)
+    write_annotations(path, merged)
+    read_annotations(path, actions)  # what training will read
+    return path
+
+
 __all__ = ["ToolAnnotation", "CSV_COLUMNS", "CSV_NAME", "JSON_NAME", "FORMAT_NAME", "read_annotations", "read_csv",
            "read_json", "write_annotations", "validate_against_videos", "find_annotation_files", "frames_by_index",
-           "to_csv_text", "to_json_obj"]
+           "to_csv_text", "to_json_obj", "records_from_points", "replace_frames"]

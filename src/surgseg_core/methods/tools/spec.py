@@ -297,6 +297,7 @@ SPEC = register_method(MethodSpec(
     stages=stages,
     result_kind="points",
     class_names={i + 1: name for i, name in enumerate(LANDMARK_TYPES)},  # heatmap channel + 1
+    class_colours={1: (255, 80, 40), 2: (40, 200, 255)},  # tip orange-red, anchor cyan
     description="Tool tip/anchor landmarks: multi-frame coarse heatmaps refined with a SAM2 mask prior "
                 "(coarse, refinement and direct mask-augmented stages), 15 px matching evaluation",
 ))
