@@ -20,20 +20,18 @@ def step_tools(out: Path, summary: dict, scores: dict, *, n_frames: int, device:
     from ..methods.tools.demo import DEMO_NAME
     from ..methods.tools.evaluate import add_frame_predictions
     from ..methods.tools.matching import LandmarkEvaluator
-    from ..methods.tools.predict import predict_source, write_predictions
-    from ..training.inference import load_trained_model
+    from ..methods.tools.predict import load_tools_model, predict_source, write_predictions
 
     entry = bundled_entry(DEMO_NAME)
     if entry is None:
         return missing_weights_lines(TITLE, DEMO_NAME, summary, "tools")
     folder = sample_clip()
-    _, model, cfg, _ = load_trained_model("tools", DEMO_NAME, {"device": device,
-                                                               "prior_cache": str(out / "tool_priors")})
+    model, cfg, provider = load_tools_model(DEMO_NAME, device=device, config={"prior_cache": str(out / "tool_priors")})
     timings: Dict[str, float] = {}
     with open_video(folder / "video.mp4") as video:
         n = min(n_frames, len(video))
-        results = predict_source(model, video, cfg, stop=n, progress=progress, cancel=cancel, timings=timings,
-                                 keep_heatmaps=True)
+        results = predict_source(model, video, cfg, stop=n, provider=provider, progress=progress, cancel=cancel,
+                                 timings=timings, keep_heatmaps=True)
     heatmaps = {int(r["frame"]): r.pop("heatmaps") for r in results if "heatmaps" in r}
     for r in results:
         r.pop("prior", None)
