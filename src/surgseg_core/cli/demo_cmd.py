@@ -30,10 +30,17 @@ def register(subparsers) -> None:
     p.add_argument("--steps", nargs="+", choices=list(STEPS), help="run only these steps")
     p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--liver-checkpoint", help="use this liver checkpoint instead of training one")
+    p.add_argument("--napari", action="store_true",
+                   help="open napari with the sample, every widget docked, demo weights chosen and prompts placed")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
+    if args.napari:  # its own process: the core never imports napari or Qt
+        import subprocess
+        import sys
+
+        return subprocess.call([sys.executable, "-m", "napari_surgseg.demo_session"])
     import json
 
     from ..demo import run_demo, summary_lines

@@ -1,0 +1,157 @@
+"""``surgseg demo --napari`` (``python -m napari_surgseg.demo_session``):
+napari with the bundled sample clip, every method widget docked from the
+Plugins menu's entries, the bundled demonstration weights chosen and
+prompts placed, ready to press Track / Run:
+
+* Track with SAM2: a box around each instrument on frame 0;
+* Anatomy (F2PASeg): a box per visible anatomy class on frames 0, 10, 20;
+* Clicks (RP-SAM2): a click beside each instrument on frame 0 (it segments
+  at once; "Track through video" follows them);
+* Tool landmarks: the demo networks (press Run);
+* Liver landmarks: the liver sample (hidden under the clip), the liver model
+  the command-line demo registered when it ran (``surgseg demo``), else
+  none chosen.
+
+Prompts come from the generator's ground truth, as a user would draw them.
+``--check`` sets everything up, prints what it did and closes (the test).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+PLUGIN = "napari-surgseg"
+WIDGETS = ("Track with SAM2", "Anatomy (F2PASeg)", "Clicks (RP-SAM2)", "Tool landmarks", "Liver landmarks")
+DEMO_SAM2 = "surgseg-demo-sam2"
+DEMO_LIVER = "surgseg-demo-liver"
+
+
+def _video_of(layers) -> Any:
+    from napari.layers import Image
+
+    return next(layer for layer in layers if isinstance(layer, Image))
+
+
+def _choose(combo, text: str) -> bool:
+    """Pick the combo entry whose label contains ``text`` (False: none)."""
+    box = combo.native
+    for i in range(box.count()):
+        if text in box.itemText(i):
+            box.setCurrentIndex(i)
+            return True
+    return False
+
+
+def _boxes(mask: np.ndarray, ids) -> Dict[int, tuple]:
+    out = {}
+    for k in ids:
+        ys, xs = np.nonzero(mask == k)
+        if len(xs):
+            out[int(k)] = (float(ys.min()), float(xs.min()), float(ys.max()), float(xs.max()))
+    return out
+
+
+def _rectangle(t: int, box: tuple) -> np.ndarray:
+    y0, x0, y1, x1 = box
+    return np.array([[t, y0, x0], [t, y0, x1], [t, y1, x1], [t, y1, x0]], float)
+
+
+def set_up(viewer) -> Dict[str, Any]:
+    """Open the samples, dock and prepare every widget; returns what was done."""
+    from surgseg_core.io.export import read_png_masks
+    from surgseg_core.synth.sample import CLIP_DIR, sample_folder
+
+    done: Dict[str, Any] = {}
+    liver_layers = viewer.open_sample(PLUGIN, "synthetic_liver")
+    for layer in liver_layers:
+        layer.visible = False
+    clip_layers = viewer.open_sample(PLUGIN, "synthetic_clip")
+    video = _video_of(clip_layers)
+    for layer in clip_layers:  # ground truth stays in the layer list, out of the way
+        if layer is not video:
+            layer.visible = False
+    viewer.layers.selection.active = video
+    viewer.dims.set_current_step(0, 0)
+    folder = sample_folder(CLIP_DIR)
+    instruments, anatomy = read_png_masks(folder / "instruments"), read_png_masks(folder / "anatomy")
+    tools_in_view = _boxes(np.asarray(instruments[0]), np.unique(instruments[0])[1:])
+    widgets = {}
+    for title in WIDGETS:
+        _, widgets[title] = viewer.window.add_plugin_dock_widget(PLUGIN, title, tabify=True)
+
+    track = widgets["Track with SAM2"]
+    track.video_combo.value = video
+    done["track_model"] = _choose(track.model_combo, DEMO_SAM2)
+    boxes = track.new_box_layer()
+    for obj, box in tools_in_view.items():
+        track.obj_spin.value = obj
+        boxes.add(_rectangle(0, box), shape_type="rectangle")
+    done["track_boxes"] = len(boxes.data)
+
+    anatomy_w = widgets["Anatomy (F2PASeg)"]
+    done["anatomy_boxes"] = place_anatomy_boxes(anatomy_w, video, anatomy)
+
+    clicks = widgets["Clicks (RP-SAM2)"]
+    clicks.video_combo.value = video
+    done["clicks_weights"] = clicks.weights_combo.value
+    points = clicks.new_prompt_layer()
+    margin = 6.0
+    for k, obj in enumerate(tools_in_view):
+        if k:
+            clicks.new_object()
+        y0, x0, y1, x1 = tools_in_view[obj]
+        mask = np.asarray(instruments[0]) == obj
+        ys, xs = np.nonzero(mask)
+        i = int(np.argmin(xs)) if k % 2 == 0 else int(np.argmax(xs))  # near an end of the shaft, just off it
+        points.add([0, float(ys[i]), float(np.clip(xs[i] - margin if k % 2 == 0 else xs[i] + margin, 0,
+                                                    mask.shape[1] - 1))])
+    done["clicks"] = len(points.data)
+
+    tools = widgets["Tool landmarks"]
+    tools.video_combo.value = video
+    done["tools_weights"] = tools.weights_combo.value
+
+    liver = widgets["Liver landmarks"]
+    liver.image_combo.value = _video_of(liver_layers)
+    done["liver_weights"] = _choose(liver.weights_combo, DEMO_LIVER)
+    widgets["Track with SAM2"].native.parent().raise_()  # the first tab in front
+    done["widgets"] = sorted(widgets)
+    return done
+
+
+def place_anatomy_boxes(widget, video, anatomy) -> int:
+    """A box per visible anatomy class on frames 0, 10 and 20 (class ids from the spec)."""
+    widget.video_combo.value = video
+    layer = widget.new_box_layer()
+    n = 0
+    for t in range(0, min(len(anatomy), 21), 10):
+        for cls, box in _boxes(np.asarray(anatomy[t]), widget.class_set().ids).items():
+            widget.class_combo.value = cls
+            layer.add(_rectangle(t, box), shape_type="rectangle")
+            n += 1
+    return n
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import napari
+    from qtpy.QtCore import QTimer
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check = "--check" in argv
+    viewer = napari.Viewer(title="surgseg demo: press Track / Run in each widget")
+
+    def go() -> None:
+        done = set_up(viewer)
+        print("demo session ready: " + ", ".join(f"{k}={v}" for k, v in done.items()), flush=True)
+        if check:
+            QTimer.singleShot(3000, viewer.close)  # let the first click's worker finish
+
+    QTimer.singleShot(0, go)
+    napari.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
