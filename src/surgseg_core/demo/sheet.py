@@ -117,7 +117,7 @@ def contact_sheet(out: Path, summary: dict, n_frames: int, liver: Optional[Tuple
         return None
     frames = sorted({0, n_frames // 2, n_frames - 1})
     n_rows = len(rows) + (liver is not None)
-    fig, axes = plt.subplots(n_rows, 2 * len(frames), figsize=(2.4 * 2 * len(frames), 2.0 * n_rows + 0.4), dpi=90,
+    fig, axes = plt.subplots(n_rows, 2 * len(frames), figsize=(2.4 * 2 * len(frames), 2.3 * n_rows + 0.4), dpi=90,
                              squeeze=False)
     for r, (title, panel) in enumerate(rows.items()):
         for c, t in enumerate(frames):
