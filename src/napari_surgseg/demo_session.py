@@ -13,7 +13,9 @@ prompts placed, ready to press Track / Run:
   none chosen.
 
 Prompts come from the generator's ground truth, as a user would draw them.
-``--check`` sets everything up, prints what it did and closes (the test).
+``--check`` sets everything up, prints what it did and closes (the test);
+``--screenshots DIR`` presses every Track / Run in turn and saves a window
+screenshot per widget (the README's pictures in ``docs/``).
 """
 from __future__ import annotations
 
@@ -118,6 +120,8 @@ def set_up(viewer) -> Dict[str, Any]:
     done["liver_weights"] = _choose(liver.weights_combo, DEMO_LIVER)
     widgets["Track with SAM2"].native.parent().raise_()  # the first tab in front
     done["widgets"] = sorted(widgets)
+    done["_videos"] = {"clip": video, "liver": _video_of(liver_layers),
+                       "samples": {id(layer) for layer in (*liver_layers, *clip_layers)}}
     return done
 
 
@@ -134,18 +138,91 @@ def place_anatomy_boxes(widget, video, anatomy) -> int:
     return n
 
 
+def _runs(viewer) -> list:
+    """(title, start) per widget: what pressing its Track / Run button does."""
+    def widget(title):
+        return viewer.window._dock_widgets[f"{title} ({PLUGIN})"].widget()
+
+    def track_clicks():
+        w = widget("Clicks (RP-SAM2)")
+        return w.track() if w.result_layer is not None else None
+
+    return [("Track with SAM2", lambda: widget("Track with SAM2").track()),
+            ("Anatomy (F2PASeg)", lambda: widget("Anatomy (F2PASeg)").track()),
+            ("Clicks (RP-SAM2)", track_clicks),
+            ("Tool landmarks", lambda: widget("Tool landmarks").run()),
+            ("Liver landmarks", lambda: widget("Liver landmarks").run())]
+
+
+def screenshots(viewer, out_dir, videos: Dict[str, Any], frame: int = 12):
+    """Generator for the Qt loop: press every widget's Track / Run in turn,
+    wait for it, then save a window screenshot with that widget in front
+    (``docs/``: what the README shows)."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    made: Dict[str, list] = {"liver": []}  # the layers the liver run made
+    for title, start in _runs(viewer):
+        dock = viewer.window._dock_widgets[f"{title} ({PLUGIN})"]
+        w = dock.widget()
+        liver = "Liver" in title
+        if liver and w.weights_combo.value is None and not w.checkpoint_edit.value:
+            print(f"screenshot {title}: skipped (no liver model registered: run `surgseg demo` first)", flush=True)
+            continue
+        yield lambda w=w: not w.runs.busy  # a previous click may still be segmenting
+        before = {id(layer) for layer in viewer.layers}
+        start()
+        yield lambda w=w: not w.runs.busy
+        if liver:
+            made["liver"] += [layer for layer in viewer.layers if id(layer) not in before]
+        liver_ids = {id(x) for x in made["liver"]}
+        for layer in viewer.layers:  # the video in view with what the widgets made on it (prompts, results)
+            if liver:
+                layer.visible = layer is videos["liver"] or id(layer) in liver_ids
+            else:
+                layer.visible = layer is videos["clip"] or (id(layer) not in videos["samples"]
+                                                            and id(layer) not in liver_ids)
+        viewer.dims.set_current_step(0, 0 if liver else frame)
+        dock.raise_()
+        target = out / f"widget_{title.split(' (')[0].lower().replace(' ', '_')}.png"
+        yield lambda: True
+        viewer.window.screenshot(str(target), canvas_only=False, flash=False)
+        print(f"screenshot {target}", flush=True)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     import napari
     from qtpy.QtCore import QTimer
 
     argv = list(sys.argv[1:] if argv is None else argv)
     check = "--check" in argv
+    shots = argv[argv.index("--screenshots") + 1] if "--screenshots" in argv else None
     viewer = napari.Viewer(title="surgseg demo: press Track / Run in each widget")
+    if shots:
+        viewer.window._qt_window.resize(1500, 950)
+
+    def pump(gen) -> None:
+        """Advance ``gen`` whenever the condition it yielded holds (the Qt loop keeps running)."""
+        state = {"cond": lambda: True}
+
+        def tick() -> None:
+            try:
+                if state["cond"]():
+                    state["cond"] = next(gen)
+                QTimer.singleShot(200, tick)
+            except StopIteration:
+                viewer.close()
+
+        tick()
 
     def go() -> None:
         done = set_up(viewer)
+        videos = done.pop("_videos")
         print("demo session ready: " + ", ".join(f"{k}={v}" for k, v in done.items()), flush=True)
-        if check:
+        if shots:
+            pump(screenshots(viewer, shots, videos))
+        elif check:
             QTimer.singleShot(3000, viewer.close)  # let the first click's worker finish
 
     QTimer.singleShot(0, go)
