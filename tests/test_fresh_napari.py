@@ -108,3 +108,27 @@ def test_close_viewer_right_after_track_exits_cleanly(tmp_path):
     """The run ends, then the viewer and its widgets are deleted before the
     run's queued signals arrive: none of them may reach a deleted widget."""
     run_session(tmp_path, ["sample", "close_after_track"])
+
+
+def test_demo_napari_session_docks_every_widget_ready_to_run(tmp_path):
+    """``surgseg demo --napari`` as a user starts it (the CLI spawns a fresh
+    napari process): the sample, every method widget docked from the plugin,
+    the bundled demo weights chosen and prompts placed from the ground truth
+    (``--check`` closes once the first click has segmented)."""
+    import re
+
+    env = _env(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "surgseg_core", "demo", "--napari", "--check"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    for bad in ("Traceback", "has been deleted", "Segmentation fault", "Aborted"):
+        assert bad not in out, f"{bad!r} in napari's output:\n{out[-4000:]}"
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("demo session ready: "))
+    done = dict(re.findall(r"(\w+)=([^,]+)", line[len("demo session ready: "):]))
+    assert done["track_model"] == "True" and int(done["track_boxes"]) >= 1
+    assert int(done["anatomy_boxes"]) >= 10  # several classes on frames 0, 10 and 20
+    assert int(done["clicks"]) >= 1
+    assert done["clicks_weights"] == "surgseg-demo-rpsam2" and done["tools_weights"] == "surgseg-demo-tools"
+    for title in ("Track with SAM2", "Anatomy (F2PASeg)", "Clicks (RP-SAM2)", "Tool landmarks", "Liver landmarks"):
+        assert title in line

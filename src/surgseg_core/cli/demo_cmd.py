@@ -32,6 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--liver-checkpoint", help="use this liver checkpoint instead of training one")
     p.add_argument("--napari", action="store_true",
                    help="open napari with the sample, every widget docked, demo weights chosen and prompts placed")
+    p.add_argument("--check", action="store_true", help=argparse.SUPPRESS)  # --napari: set up, then close (tests)
     p.set_defaults(func=_run)
 
 
@@ -40,7 +41,7 @@ def _run(args) -> int:
         import subprocess
         import sys
 
-        return subprocess.call([sys.executable, "-m", "napari_surgseg.demo_session"])
+        return subprocess.call([sys.executable, "-m", "napari_surgseg.demo_session", *(["--check"] if args.check else [])])
     import json
 
     from ..demo import run_demo, summary_lines
