@@ -46,13 +46,18 @@ def tools_widget(make_napari_viewer, tmp_path, monkeypatch):
     from napari_surgseg.widgets.base.layers import video_layer_data
     from napari_surgseg.widgets.tools import RANDOM_TINY, ToolLandmarksWidget
 
-    monkeypatch.setenv("SURGSEG_WEIGHTS_DIR", str(tmp_path / "weights"))  # nothing registered
+    monkeypatch.setenv("SURGSEG_WEIGHTS_DIR", str(tmp_path / "weights"))  # nothing registered but the bundled
     viewer = make_napari_viewer()
     src = open_video(_clip_dir() / "video.mp4")
     data, kwargs, _ = video_layer_data(src)
     layer = viewer.add_image(data, **kwargs)
     widget = ToolLandmarksWidget(viewer)
-    assert widget.weights_combo.value == RANDOM_TINY  # no tools weights registered
+    # the bundled demo networks are the default when present; these tests use the random tiny model
+    from surgseg_core.methods.tools.demo import DEMO_NAME
+    from surgseg_core.weights import get_entry
+
+    assert widget.weights_combo.value == (DEMO_NAME if get_entry(DEMO_NAME) else RANDOM_TINY)
+    widget.weights_combo.value = RANDOM_TINY
     widget.models = _models()
     widget.video_combo.value = layer
     widget.device_combo.value = "cpu"
