@@ -370,10 +370,11 @@ def test_box_prompts_follow_a_scaled_layer_and_refuse_boxes_without_a_frame(make
 
 
 def test_widget_refuses_without_prompts_or_video(make_napari_viewer, frames, monkeypatch):
+    import napari_surgseg.widgets.base.propagation as base
     import napari_surgseg.widgets.sam2_track as mod
 
     errors = []
-    monkeypatch.setattr(mod, "show_error", errors.append)
+    monkeypatch.setattr(base, "show_error", errors.append)  # the shared propagation base tells the user
     viewer = make_napari_viewer()
     widget = mod.Sam2TrackWidget(viewer)
     widget.track()

@@ -1,0 +1,615 @@
+"""Prompt, propagate, correct, re-propagate: the shared part of the widgets
+that track SAM2 objects through a video into a label stack ("Track with
+SAM2", "Anatomy (F2PASeg)").
+
+:class:`PropagationWidget` is a :class:`~.widget.MethodWidget` with
+
+* prompts: a Points layer (features ``obj_id``, ``positive``) and/or a
+  Shapes layer of rectangles (boxes, feature ``obj_id``); the widget sets the
+  layers' ``feature_defaults``, so each new click or box gets the object the
+  user chose (:meth:`~PropagationWidget.current_obj_id`);
+* Track / Propagate (core: :func:`surgseg_core.sam2_engine.track.track_video`)
+  in a worker that writes each frame's label map into the array behind a
+  Labels layer (a sparse on-disk stack, created instantly and shown lazily);
+  tracking the same video again reuses its result layer; the layer is
+  refreshed on the GUI thread as progress arrives;
+* "Re-propagate from this frame" (core:
+  :func:`surgseg_core.sam2_engine.refine.repropagate`): after painting on a
+  frame, its masks become SAM2 mask prompts and tracking goes on from there
+  into the same layer;
+* checked (validated) frames, kept in the layer's metadata
+  (``validated_frames``, autosaved): never overwritten, used as prompts;
+* undo of a whole model run (each run keeps only the frames it changed);
+* cancel: every frame written is complete; the layer says "cancelled".
+
+A subclass picks the model (:meth:`make_model_picker`, :meth:`build_model`),
+what the user chooses objects with (:meth:`object_widgets`,
+:meth:`current_obj_id`) and may style the prompt and result layers, check
+object ids and add to the provenance (the ``*_hook`` style methods below).
+The layer state lives under :attr:`STATE_KEY`, so the widgets' result layers
+are told apart.
+"""
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any, List, Optional
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, PushButton
+from napari.layers import Image, Labels, Points, Shapes
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from surgseg_core.errors import SurgsegError
+
+from ..._autosave import request_save
+from .layers import frame_of, video_key, video_shape
+from .pickers import FrameRange, device_value, resolve_range
+from .results import discard_layers
+from .run import RunControl
+from .status import StatusLabel
+from .widget import MethodWidget
+
+POSITIVE_COLORS = {True: "lime", False: "magenta"}
+MAX_UNDO_RUNS = 10  # per layer; each keeps only the frames its run changed
+DIRECTIONS = ("both", "forward", "backward")
+
+
+# ------------------------------------------------------------------ prompts from layers
+def prompts_from_layer(points: Points, video: Image) -> list:
+    """Prompts (video pixel coordinates) from a Points layer's (t, y, x)
+    points and its ``obj_id`` / ``positive`` features; points pass through
+    world coordinates so a scaled or shifted layer still lands on the video."""
+    from surgseg_core.sam2_engine.track import prompts_from_points_table
+
+    data = np.asarray(points.data, float)
+    if data.ndim != 2 or data.shape[1] != 3:
+        raise SurgsegError(
+            f"points layer {points.name!r} has {data.shape[-1]}-D points: prompts need a frame; "
+            "use 'New prompt layer'"
+        )
+    coords = np.array([video.world_to_data(points.data_to_world(p))[-3:] for p in data]) if len(data) else data
+    return prompts_from_points_table(coords, features=points.features)
+
+
+def prompts_from_boxes(shapes: Shapes, video: Image) -> list:
+    """Box prompts (video pixel coordinates) from a Shapes layer's
+    rectangles, each on one frame, with the ``obj_id`` feature (default 1);
+    through world coordinates like the points. Other shapes are ignored."""
+    out = []
+    ids = shapes.features["obj_id"] if "obj_id" in shapes.features else None
+    for k, (verts, kind) in enumerate(zip(shapes.data, shapes.shape_type)):
+        if kind != "rectangle":
+            continue
+        verts = np.asarray(verts, float)
+        if verts.shape[1] != 3:
+            raise SurgsegError(f"box layer {shapes.name!r} has 2-D rectangles: boxes need a frame; "
+                               "use 'New box layer'")
+        tyx = np.array([np.asarray(video.world_to_data(shapes.data_to_world(v)))[-3:] for v in verts])
+        t = np.round(tyx[:, 0])
+        if not np.all(t == t[0]):
+            raise SurgsegError(f"box {k} of layer {shapes.name!r} spans several frames: draw each box on one frame")
+        obj = 1 if ids is None else ids.iloc[k]
+        if obj is None or (isinstance(obj, float) and not np.isfinite(obj)):
+            raise SurgsegError(f"box {k} of layer {shapes.name!r} has no object id")
+        (y0, x0), (y1, x1) = tyx[:, 1:].min(0), tyx[:, 1:].max(0)
+        out.append({"frame": int(t[0]), "obj_id": int(obj), "box": [float(x0), float(y0), float(x1), float(y1)]})
+    return out
+
+
+# ------------------------------------------------------------------ worker bodies (no Qt)
+def track_job(get_model, frames, prompts, *, progress=None, cancel=None, **kwargs):
+    """Worker body: ``track_video`` with the widget's cached model."""
+    from surgseg_core.sam2_engine.track import track_video
+
+    return track_video(frames, prompts, model=get_model(), progress=progress, cancel=cancel, **kwargs)
+
+
+def refine_job(get_model, frames, labels, frame: int, *, progress=None, cancel=None, **kwargs):
+    """Worker body: ``repropagate`` with the widget's cached model."""
+    from surgseg_core.sam2_engine.refine import repropagate
+
+    return repropagate(frames, labels, frame, model=get_model(), progress=progress, cancel=cancel, **kwargs)
+
+
+def _state(layer, key: str) -> dict:
+    return dict(((getattr(layer, "metadata", None) or {}).get(key)) or {})
+
+
+def result_choices(viewer, state_key: str):
+    """Choices for the result-layer combo: a new layer, or any 3-D Labels
+    layer but previews (a user's own label stack can be refined too)."""
+
+    def choices(_widget=None):
+        items = [(layer.name, layer) for layer in viewer.layers
+                 if isinstance(layer, Labels) and layer.ndim == 3 and _state(layer, state_key).get("status") != "preview"]
+        return [("(new layer)", None)] + items
+
+    return choices
+
+
+class PropagationWidget(MethodWidget):
+    """Base of the widgets that track prompted objects into a label stack (see the module docstring)."""
+
+    #: layer metadata key of the widget's own state of a result layer (status, prompts, video, objects)
+    STATE_KEY = "sam2_tracking"
+    #: result layer name: "<video> <RESULT_NAME>"
+    RESULT_NAME = "SAM2 masks"
+    #: new prompt / box layers without a video: "<LAYER_PREFIX> prompts"
+    LAYER_PREFIX = "SAM2"
+    #: names of the runs (progress bars)
+    TRACK_DESCRIPTION = "Tracking with SAM2"
+    REFINE_DESCRIPTION = "Re-propagating with SAM2"
+    TRACK_TEXT = "Track"
+    RUNNING_TEXT = "tracking"  # status line while it runs
+    DONE_VERB = "tracked"  # status line at the end: "tracked object(s) [1, 2] over 60 frame(s)"
+    DEFAULT_DIRECTION = "both"
+    #: what a random-weights warning names
+    MODEL_KIND = "SAM2"
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(napari_viewer)
+        self.result_layer: Optional[Labels] = None
+        self.last_summary: Optional[dict] = None
+        self.video_combo = self.video_picker()
+        self.prompts_combo = self.layer_picker("Prompts", Points)
+        self.new_prompts_button = PushButton(text="New prompt layer")
+        self.boxes_combo = self.layer_picker("Boxes", Shapes, optional=True)
+        self.boxes_combo.tooltip = "rectangles (one per object and frame) whose obj_id feature names their object"
+        self.new_boxes_button = PushButton(text="New box layer")
+        objects = self.object_widgets()
+        self.positive_check = CheckBox(text="Positive click (on the object)", value=True)
+        self.positive_check.tooltip = "unchecked: the next clicks mark background (negative)"
+        self.model_combo = self.make_model_picker()
+        self.direction_combo = ComboBox(label="Direction", choices=list(DIRECTIONS), value=self.DEFAULT_DIRECTION)
+        self.frames = FrameRange()
+        self.start_spin, self.end_spin = self.frames.start_spin, self.frames.end_spin
+        self.device_combo = self.device_picker()
+        self.result_combo = ComboBox(label="Masks layer", choices=result_choices(napari_viewer, self.STATE_KEY))
+        self.result_combo.tooltip = (f"where {self.TRACK_TEXT} writes and what Re-propagate refines; (new layer): "
+                                     "the video's last result layer, else a new one")
+        extra_buttons = self.run_buttons()
+        self.track_button = PushButton(text=self.TRACK_TEXT)
+        self.repropagate_button = PushButton(text="Re-propagate from this frame")
+        self.repropagate_button.tooltip = (
+            "the masks painted on the frame shown become mask prompts; tracking continues from it in the chosen "
+            "direction into the same layer (frames on the other side and checked frames are kept)")
+        self.check_button = PushButton(text="Mark this frame checked")
+        self.check_span_button = PushButton(text="Mark First..Last checked")
+        self.uncheck_button = PushButton(text="Unmark this frame")
+        self.check_button.tooltip = "checked frames are never overwritten by a model run and guide re-propagation"
+        self.undo_button = PushButton(text="Undo last model run", enabled=False)
+        self.undo_button.tooltip = f"put back the frames the last {self.TRACK_TEXT} / Re-propagate into this layer changed"
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.checked_label = StatusLabel()
+        self.extend([
+            self.video_combo, self.prompts_combo, self.new_prompts_button, self.boxes_combo, self.new_boxes_button,
+            *objects, self.positive_check, self.model_combo, self.direction_combo, *self.frames.widgets,
+            self.device_combo, self.result_combo, *extra_buttons, self.track_button, self.repropagate_button,
+            self.check_button, self.check_span_button, self.uncheck_button, self.checked_label,
+            self.undo_button, self.cancel_button, self.status,
+        ])
+        self.runs = RunControl(self, [self.track_button, *extra_buttons, self.repropagate_button,
+                                      self.check_button, self.check_span_button, self.uncheck_button],
+                               self.cancel_button, after=self._update_result_state)
+        # per result layer, the undo records of its model runs (newest last)
+        self._undo: "weakref.WeakKeyDictionary[Labels, list]" = weakref.WeakKeyDictionary()
+        self.new_prompts_button.changed.connect(self.new_prompt_layer)
+        self.new_boxes_button.changed.connect(self.new_box_layer)
+        self.positive_check.changed.connect(self._apply_defaults)
+        self.prompts_combo.changed.connect(self._apply_defaults)
+        self.boxes_combo.changed.connect(self._apply_defaults)
+        self.track_button.changed.connect(self.track)
+        self.repropagate_button.changed.connect(self.repropagate)
+        self.check_button.changed.connect(lambda *_: self.mark_checked())
+        self.check_span_button.changed.connect(lambda *_: self.mark_checked(span=True))
+        self.uncheck_button.changed.connect(lambda *_: self.mark_checked(checked=False))
+        self.undo_button.changed.connect(self.undo_last_run)
+        self.result_combo.changed.connect(self._update_result_state)
+
+    # ------------------------------------------------------------------ what subclasses supply
+    def object_widgets(self) -> list:
+        """The widgets choosing the object of the next click / box (placed under the box layer)."""
+        raise NotImplementedError
+
+    def current_obj_id(self) -> int:
+        """The object id (label value) the next click or box gets."""
+        raise NotImplementedError
+
+    def make_model_picker(self) -> ComboBox:
+        """The model combo; its value is the key of :meth:`build_model`."""
+        raise NotImplementedError
+
+    def build_model(self, key: Any, device: Optional[str]):
+        """The model for a model-combo value (called in the worker, once per key and device)."""
+        raise NotImplementedError
+
+    def run_buttons(self) -> list:
+        """More run buttons, placed before Track (disabled while a run goes on)."""
+        return []
+
+    def points_style(self) -> dict:
+        """Keyword arguments of a new prompt (Points) layer: colours."""
+        return {"face_color": "positive", "face_color_cycle": POSITIVE_COLORS}
+
+    def boxes_style(self) -> dict:
+        return {"edge_color": "yellow"}
+
+    def style_boxes(self, layer: Shapes) -> None:
+        """Style a new box layer once it exists (colours by feature)."""
+
+    def labels_style(self) -> dict:
+        """Keyword arguments of a new result Labels layer (its colormap)."""
+        return {}
+
+    def prepare_result(self, layer: Labels) -> None:
+        """A layer about to receive a run (new or reused): e.g. its colours."""
+
+    def check_obj_ids(self, ids, where: str) -> None:
+        """SurgsegError when object ids are not allowed (e.g. not classes of the chosen set)."""
+
+    def fits(self, layer: Labels) -> bool:
+        """Whether an earlier result layer of the video can take this run."""
+        return True
+
+    def state_extra(self) -> dict:
+        """More of the widget's state to keep in a result layer's metadata."""
+        return {}
+
+    def provenance(self, summary: dict) -> dict:
+        """What to record as the result layer's provenance for a run's summary."""
+        return summary["provenance"]
+
+    def describe_objects(self, ids) -> str:
+        return f"object(s) {list(ids)}"
+
+    def repropagation_direction(self) -> str:
+        return self.direction_combo.value
+
+    def forget(self, layer) -> None:
+        """A layer the widget made was removed (its run failed)."""
+        if self.result_layer is layer:
+            self.result_layer = None
+
+    # ------------------------------------------------------------------ run state
+    @property
+    def worker(self):
+        return self.runs.worker
+
+    @property
+    def cancel_token(self):
+        return self.runs.token
+
+    def error(self, message: str) -> None:
+        show_error(f"{self.TITLE}: {message}")
+
+    # ------------------------------------------------------------------ prompts
+    def _new_prompt_name(self, what: str) -> str:
+        video = self.video_combo.value
+        return f"{video.name} {what}" if video is not None else f"{self.LAYER_PREFIX} {what}"
+
+    def new_prompt_layer(self, *_: Any) -> Points:
+        """A Points layer for clicks (features obj_id / positive), in add mode."""
+        video = self.video_combo.value
+        layer = self.add_points(
+            video, self._new_prompt_name("prompts"), select=True,
+            features={"obj_id": np.zeros(0, int), "positive": np.zeros(0, bool)},
+            size=max(4.0, (video_shape(video)[2] / 80) if video is not None else 8.0), **self.points_style(),
+        )
+        self.reset_choices()
+        self.prompts_combo.value = layer
+        self._apply_defaults()
+        layer.mode = "add"
+        return layer
+
+    def new_box_layer(self, *_: Any) -> Shapes:
+        """A Shapes layer for boxes: each rectangle gets the chosen object id
+        (feature obj_id); in rectangle mode."""
+        video = self.video_combo.value
+        layer = self.add_shapes(video, self._new_prompt_name("boxes"), features={"obj_id": np.zeros(0, int)},
+                                select=True, face_color="transparent", edge_width=2, **self.boxes_style())
+        self.style_boxes(layer)
+        self.reset_choices()
+        self.boxes_combo.value = layer
+        self._apply_defaults()
+        layer.mode = "add_rectangle"
+        return layer
+
+    def _apply_defaults(self, *_: Any) -> None:
+        for layer in (self.prompts_combo.value, self.boxes_combo.value):
+            if layer is None:
+                continue
+            defaults = {}
+            if "obj_id" in layer.features:
+                defaults["obj_id"] = int(self.current_obj_id())
+            if isinstance(layer, Points) and "positive" in layer.features:
+                defaults["positive"] = bool(self.positive_check.value)
+            if defaults:
+                layer.feature_defaults = defaults
+
+    def prompts(self, video: Image) -> list:
+        """The prompts of the chosen points and box layers, merged per frame
+        and object (video pixel coordinates); SurgsegError if unusable."""
+        from surgseg_core.sam2_engine.track import normalize_prompts
+
+        points, boxes = self.prompts_combo.value, self.boxes_combo.value
+        raw: list = []
+        if points is not None and len(points.data):
+            raw += prompts_from_layer(points, video)
+        if boxes is not None and len(boxes.data):
+            raw += prompts_from_boxes(boxes, video)
+        prompts = normalize_prompts(raw) if raw else []
+        self.check_obj_ids(sorted({int(p["obj_id"]) for p in prompts}), "the prompts")
+        return prompts
+
+    def _inputs(self):
+        """(video layer, prompts, (T, H, W)) or None after telling the user what is missing."""
+        video = self.video_combo.value
+        if video is None:
+            self.error("no video layer: open a video first (File > Open or 'Load surgical video')")
+            return None
+        try:
+            prompts = self.prompts(video)
+            if not prompts:
+                self.error("no prompts: click on the object in a prompt layer ('New prompt layer') or "
+                           "draw a box ('New box layer') first")
+                return None
+            return video, prompts, video_shape(video)
+        except SurgsegError as exc:
+            self.error(str(exc))
+            return None
+
+    # ------------------------------------------------------------------ result layers
+    def _new_labels(self, video: Image, shape, name: str, status: str, prompts: list) -> Labels:
+        from surgseg_core.io.label_stack import new_label_stack
+        from surgseg_core.sam2_engine.refine import VALIDATED_KEY
+
+        # a sparse on-disk stack: creating it touches no frame (no stall, no RAM);
+        # the prompt layer stays selected: clicks keep landing there
+        return self.add_labels(
+            video, new_label_stack(shape, name=name, max_ram_mb=0), name,
+            metadata={self.STATE_KEY: {"status": status, "prompts": prompts, "video": video_key(video),
+                                       **self.state_extra()}, VALIDATED_KEY: []},
+            **self.labels_style(),
+        )
+
+    def _existing_result(self, video: Image, shape) -> Optional[Labels]:
+        """The layer to track into: the one chosen if it fits the video, else
+        the video's latest result layer (no stacking of layers), else None."""
+        chosen = self.result_combo.value
+        if chosen is not None and chosen in self.viewer.layers and tuple(chosen.data.shape) == tuple(shape):
+            return chosen
+        key = video_key(video)
+        for layer in reversed(list(self.viewer.layers)):
+            state = _state(layer, self.STATE_KEY)
+            if (isinstance(layer, Labels) and state and state.get("status") != "preview"
+                    and tuple(layer.data.shape) == tuple(shape) and state.get("video") == key and self.fits(layer)):
+                return layer
+        return None
+
+    def current_frame(self, layer) -> int:
+        """The frame shown, in ``layer``'s frame index (layers may be scaled in time)."""
+        return frame_of(self.viewer, layer)
+
+    # ------------------------------------------------------------------ runs
+    def _get_model(self):
+        """A callable for the worker: the model of the chosen weights and
+        device, built once (previews and runs then skip rebuilding)."""
+        key, device = self.model_combo.value, device_value(self.device_combo.value)
+        return functools.partial(self.models.get, (key, device), functools.partial(self.build_model, key, device))
+
+    def _start(self, job, args: tuple, kwargs: dict, labels: Labels, on_done, description: str,
+               created: bool = False) -> None:
+        """Run a core job in a worker that writes into ``labels``' array (one
+        code path for every button); ``created``: ``labels`` is new, so a
+        failure removes it."""
+        self.last_summary = None
+        self.runs.start(job, self._get_model(), *args, description=description, on_done=on_done, refresh=[labels],
+                        on_error=lambda exc: self._on_stopped(labels, exc, created), **kwargs)
+        self._update_result_state()
+
+    def _new_undo(self, layer: Labels):
+        """An undo record for the run about to start (kept even if it is cancelled)."""
+        from surgseg_core.sam2_engine.refine import FrameUndo
+
+        undo = FrameUndo()
+        runs = self._undo.setdefault(layer, [])
+        runs.append(undo)
+        while len(runs) > MAX_UNDO_RUNS:
+            runs.pop(0).discard()
+        return undo
+
+    def _runs(self, layer) -> list:
+        return self._undo.get(layer, []) if layer is not None else []
+
+    def _drop_empty_undo(self, layer: Labels) -> None:
+        runs = self._runs(layer)
+        if runs and len(runs[-1]) == 0:
+            runs.pop()
+
+    def _set_state(self, layer: Labels, **values: Any) -> None:
+        layer.metadata[self.STATE_KEY] = {**_state(layer, self.STATE_KEY), **values}
+
+    def track(self, *_: Any) -> None:
+        """Track the prompted objects over the frame range, in the chosen direction, into the masks layer."""
+        from surgseg_core.sam2_engine.refine import VALIDATED_KEY, StackWriter, frames_of
+
+        inputs = self._inputs()
+        if inputs is None:
+            return
+        video, prompts, (n, h, w) = inputs
+        try:
+            frame_range = self.frames.resolve(n)
+        except SurgsegError as exc:
+            self.error(str(exc))
+            return
+        layer = self._existing_result(video, (n, h, w))
+        created = layer is None
+        if created:
+            layer = self._new_labels(video, (n, h, w), f"{video.name} {self.RESULT_NAME}", "running", prompts)
+        else:
+            self._set_state(layer, status="running", prompts=prompts, video=video_key(video), **self.state_extra())
+        self.prepare_result(layer)
+        self.result_layer = layer
+        self.result_combo.reset_choices()
+        self.result_combo.value = layer
+        protect = frames_of(layer.metadata.get(VALIDATED_KEY))
+        undo = self._new_undo(layer)
+        self.status.value = f"{self.RUNNING_TEXT}…"
+        self._start(track_job, (video.data, prompts),
+                    {"direction": self.direction_combo.value, "frame_range": frame_range,
+                     "sink": StackWriter(layer.data, protect=protect, undo=undo)},
+                    layer, self._on_done, self.TRACK_DESCRIPTION, created)
+
+    def repropagate(self, *_: Any) -> None:
+        """Propagate the masks of the frame shown (after a correction) in the
+        chosen direction into the masks layer, keeping checked frames."""
+        from surgseg_core.sam2_engine.refine import VALIDATED_KEY
+
+        video, layer = self.video_combo.value, self.result_combo.value
+        if video is None:
+            self.error("no video layer: open a video first (File > Open or 'Load surgical video')")
+            return
+        try:
+            n, h, w = video_shape(video)
+        except SurgsegError as exc:
+            self.error(str(exc))
+            return
+        if layer is None:
+            layer = self._existing_result(video, (n, h, w))
+        if layer is None or tuple(layer.data.shape) != (n, h, w):
+            self.error(f"choose the masks layer to refine ('Masks layer'): a labels layer of the video's "
+                       f"size {n} x {h} x {w} ({self.TRACK_TEXT} first)")
+            return
+        t = self.current_frame(layer)
+        try:
+            frame_range = self.frames.resolve(n, include=t)  # the range always holds the frame it starts from
+        except SurgsegError as exc:
+            self.error(str(exc))
+            return
+        meta = _state(layer, self.STATE_KEY)
+        here = {int(v) for v in np.unique(np.asarray(layer.data[t])) if v != 0}
+        # objects tracked before but erased on this frame are told "absent here"
+        obj_ids = sorted(here | {int(i) for i in meta.get("obj_ids", [])})
+        if not obj_ids:
+            self.error(f"frame {t} has no masks to propagate: paint the object(s) on it first")
+            return
+        try:
+            self.check_obj_ids(sorted(here), f"frame {t}")
+        except SurgsegError as exc:
+            self.error(str(exc))
+            return
+        self.prepare_result(layer)
+        self.result_layer = layer
+        self.result_combo.value = layer
+        undo = self._new_undo(layer)
+        direction = self.repropagation_direction()
+        self._set_state(layer, status="running")
+        self.status.value = f"re-propagating from frame {t} ({direction})…"
+        self._start(refine_job, (video.data, layer.data, t),
+                    {"direction": direction, "validated": layer.metadata.get(VALIDATED_KEY) or [],
+                     "obj_ids": obj_ids, "frame_range": frame_range, "undo": undo},
+                    layer, self._on_refined, self.REFINE_DESCRIPTION)
+
+    def cancel(self, *_: Any) -> None:
+        if self.runs.cancel():
+            self.status.value = "cancelling…"
+
+    # ------------------------------------------------------------------ checked frames, undo
+    def mark_checked(self, *, checked: bool = True, span: bool = False) -> Optional[list]:
+        """Mark (or unmark) the frame shown, or the First..Last frames, as
+        checked in the masks layer's metadata (autosaved with it)."""
+        from surgseg_core.sam2_engine.refine import VALIDATED_KEY, mark_validated
+
+        layer = self.result_combo.value
+        if layer is None:
+            self.error("choose the masks layer whose frames you checked ('Masks layer')")
+            return None
+        n = layer.data.shape[0]
+        if span:
+            last = int(self.end_spin.value)
+            try:  # a Last beyond the layer's end means its end
+                first, last = resolve_range(int(self.start_spin.value), last if last < n else -1, n)
+            except SurgsegError as exc:
+                self.error(str(exc))
+                return None
+        else:
+            first = last = self.current_frame(layer)
+        spans = mark_validated(layer.metadata.get(VALIDATED_KEY), first, last, checked=checked)
+        layer.metadata[VALIDATED_KEY] = spans
+        request_save(layer)
+        self._update_result_state()
+        return spans
+
+    def undo_last_run(self, *_: Any) -> List[int]:
+        """Put back the frames the last model run into the masks layer changed."""
+        layer = self.result_combo.value
+        runs = self._runs(layer)
+        if not runs:
+            show_info(f"{self.TITLE}: no model run to undo on this layer")
+            return []
+        undo = runs.pop()
+        frames = undo.restore(layer.data)
+        undo.discard()
+        layer.refresh()
+        request_save(layer)
+        self.status.value = f"undid the last model run: {len(frames)} frame(s) restored"
+        self._update_result_state()
+        return frames
+
+    def _update_result_state(self, *_: Any) -> None:
+        from surgseg_core.sam2_engine.refine import VALIDATED_KEY, frames_of
+
+        layer = self.result_combo.value
+        checked = frames_of(layer.metadata.get(VALIDATED_KEY)) if layer is not None else set()
+        self.checked_label.value = f"{len(checked)} checked frame(s)" if checked else ""
+        self.undo_button.enabled = not self.runs.busy and bool(self._runs(layer))
+
+    # ------------------------------------------------------------------ run ends
+    def _finish(self, summary: dict, obj_ids) -> Optional[Labels]:
+        self.last_summary = summary
+        layer = self.result_layer
+        if layer is not None:
+            self._set_state(layer, status="completed", obj_ids=sorted(int(i) for i in obj_ids))
+            self.set_provenance(layer, self.provenance(summary))
+            self._drop_empty_undo(layer)
+            layer.refresh()
+        return layer
+
+    def _on_done(self, summary: dict) -> None:
+        self._finish(summary, summary["obj_ids"])
+        self._report(f"{self.DONE_VERB} {self.describe_objects(summary['obj_ids'])} over {summary['frames_written']} frame(s)",
+                     summary)
+
+    def _on_refined(self, summary: dict) -> None:
+        layer = self.result_layer
+        before = _state(layer, self.STATE_KEY).get("obj_ids", []) if layer is not None else []
+        self._finish(summary, set(before) | set(summary["obj_ids"]))
+        lo, hi = summary["frame_range"]
+        kept = summary["frames_protected"]
+        msg = (f"re-propagated {self.describe_objects(summary['obj_ids'])} from frame {summary['frame']} over frames "
+               f"{lo}..{hi}: {len(summary['frames_changed'])} frame(s) changed"
+               + (f", {len(kept)} checked frame(s) kept" if kept else ""))
+        self._report(msg, summary)
+
+    def _report(self, msg: str, summary: dict) -> None:
+        self.status.value = msg
+        if summary["random_weights"]:
+            show_warning(f"{self.TITLE}: {msg} with RANDOM {self.MODEL_KIND} weights: the masks are not segmentations")
+        else:
+            show_info(f"{self.TITLE}: {msg}")
+
+    def _on_stopped(self, layer: Labels, exc: BaseException, created: bool = False) -> None:
+        from surgseg_core.errors import Cancelled
+
+        status = "cancelled" if isinstance(exc, Cancelled) else "failed"
+        if status == "failed" and created:  # a failed run is no result: leave no layer behind
+            discard_layers(self.viewer, [layer])
+            self.forget(layer)
+            self.status.value = f"failed: {exc}"
+            return
+        self._set_state(layer, status=status, error=str(exc))
+        self._drop_empty_undo(layer)  # frames written before the stop stay undoable
+        layer.refresh()
+        self.status.value = f"{status}: frames shown are complete" if status == "cancelled" else f"failed: {exc}"
+
