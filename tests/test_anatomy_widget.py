@@ -12,7 +12,6 @@ check compares with the core driven directly with the same prompts.
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -154,6 +153,7 @@ def test_boxes_per_class_propagate_to_class_maps_on_every_frame(widget_and_video
     labels = widget.result_layer
     assert labels.name == "clip anatomy" and labels.data.shape == (T, H, W) and not widget.track_button.enabled
     _wait_done(qtbot, widget)
+    assert isinstance(labels.data, np.memmap)  # the sparse on-disk stack napari reads frame by frame
     data = np.asarray(labels.data)
     for t in range(T):  # every frame: background and the boxed classes only, and not empty
         assert set(np.unique(data[t])) <= {0, 1, 3} and data[t].any(), t
@@ -229,19 +229,9 @@ def test_correction_repropagates_later_frames_only_cancel_and_undo(widget_and_vi
     assert widget.undo_last_run() == changed
     np.testing.assert_array_equal(np.array(labels.data), before)
     # cancelled mid-run: each frame is as before or as the full run made it; undo again restores
-    emitted = []
-    real_step = StreamingSAM2._step
+    from _engine_helpers import cancel_mid_run, slow_engine_steps
 
-    def slow_step(self, frame_idx, reverse):
-        time.sleep(0.4)  # long enough to cancel mid-video
-        emitted.append(frame_idx)
-        return real_step(self, frame_idx, reverse)
-
-    monkeypatch.setattr(StreamingSAM2, "_step", slow_step)
-    widget.repropagate()
-    qtbot.waitUntil(lambda: len(emitted) >= 1, timeout=60000)
-    widget.cancel()
-    _wait_done(qtbot, widget)
+    cancel_mid_run(qtbot, widget, widget.repropagate, slow_engine_steps(monkeypatch))
     assert labels.metadata["f2paseg_anatomy"]["status"] == "cancelled" and widget.last_summary is None
     partial = np.array(labels.data)
     assert np.array_equal(partial[max(changed)], before[max(changed)]), "cancel came too late to test"

@@ -13,7 +13,10 @@ method widgets to come).
   selection; provenance under :data:`PROVENANCE_KEY`;
 * :mod:`.layers`: video layers (reader / sample data / loader), placement,
   frames and points through world coordinates;
-* :mod:`.status`: the status line that never widens the dock.
+* :mod:`.status`: the status line that never widens the dock;
+* :mod:`.propagation`: :class:`~.propagation.PropagationWidget`, prompts ->
+  propagate into a label stack -> correct -> re-propagate, checked frames,
+  undo of a model run (the Track with SAM2 and Anatomy (F2PASeg) widgets).
 
 Class names, colours and the kind of result come from the method's
 ``MethodSpec`` (``class_names``, ``class_colours``, ``result_kind``).

@@ -122,7 +122,8 @@ def result_choices(viewer, state_key: str):
 
     def choices(_widget=None):
         items = [(layer.name, layer) for layer in viewer.layers
-                 if isinstance(layer, Labels) and layer.ndim == 3 and _state(layer, state_key).get("status") != "preview"]
+                 if isinstance(layer, Labels) and layer.ndim == 3
+                 and _state(layer, state_key).get("status") != "preview"]
         return [("(new layer)", None)] + items
 
     return choices
@@ -152,7 +153,9 @@ class PropagationWidget(MethodWidget):
         self.result_layer: Optional[Labels] = None
         self.last_summary: Optional[dict] = None
         self.video_combo = self.video_picker()
-        self.prompts_combo = self.layer_picker("Prompts", Points)
+        # optional, "(none)" first: another Points layer (a sample's landmarks) must never become prompts unasked
+        self.prompts_combo = self.layer_picker("Prompts", Points, optional=True)
+        self.prompts_combo.tooltip = "clicks with obj_id / positive features ('New prompt layer'); (none): boxes only"
         self.new_prompts_button = PushButton(text="New prompt layer")
         self.boxes_combo = self.layer_picker("Boxes", Shapes, optional=True)
         self.boxes_combo.tooltip = "rectangles (one per object and frame) whose obj_id feature names their object"
@@ -179,7 +182,8 @@ class PropagationWidget(MethodWidget):
         self.uncheck_button = PushButton(text="Unmark this frame")
         self.check_button.tooltip = "checked frames are never overwritten by a model run and guide re-propagation"
         self.undo_button = PushButton(text="Undo last model run", enabled=False)
-        self.undo_button.tooltip = f"put back the frames the last {self.TRACK_TEXT} / Re-propagate into this layer changed"
+        self.undo_button.tooltip = (f"put back the frames the last {self.TRACK_TEXT} / Re-propagate into this layer "
+                                    "changed")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.checked_label = StatusLabel()
         self.extend([
@@ -296,11 +300,7 @@ class PropagationWidget(MethodWidget):
             features={"obj_id": np.zeros(0, int), "positive": np.zeros(0, bool)},
             size=max(4.0, (video_shape(video)[2] / 80) if video is not None else 8.0), **self.points_style(),
         )
-        self.reset_choices()
-        self.prompts_combo.value = layer
-        self._apply_defaults()
-        layer.mode = "add"
-        return layer
+        return self._use_prompt_layer(layer, self.prompts_combo, "add")
 
     def new_box_layer(self, *_: Any) -> Shapes:
         """A Shapes layer for boxes: each rectangle gets the chosen object id
@@ -309,10 +309,14 @@ class PropagationWidget(MethodWidget):
         layer = self.add_shapes(video, self._new_prompt_name("boxes"), features={"obj_id": np.zeros(0, int)},
                                 select=True, face_color="transparent", edge_width=2, **self.boxes_style())
         self.style_boxes(layer)
+        return self._use_prompt_layer(layer, self.boxes_combo, "add_rectangle")
+
+    def _use_prompt_layer(self, layer, combo: ComboBox, mode: str):
+        """Choose a new prompt layer in its combo, give it the object's defaults and the drawing mode."""
         self.reset_choices()
-        self.boxes_combo.value = layer
+        combo.value = layer
         self._apply_defaults()
-        layer.mode = "add_rectangle"
+        layer.mode = mode
         return layer
 
     def _apply_defaults(self, *_: Any) -> None:
@@ -578,8 +582,8 @@ class PropagationWidget(MethodWidget):
 
     def _on_done(self, summary: dict) -> None:
         self._finish(summary, summary["obj_ids"])
-        self._report(f"{self.DONE_VERB} {self.describe_objects(summary['obj_ids'])} over {summary['frames_written']} frame(s)",
-                     summary)
+        objects = self.describe_objects(summary["obj_ids"])
+        self._report(f"{self.DONE_VERB} {objects} over {summary['frames_written']} frame(s)", summary)
 
     def _on_refined(self, summary: dict) -> None:
         layer = self.result_layer
