@@ -42,7 +42,8 @@ def bundled_entries() -> list:
                 data = json.loads(meta.read_text(encoding="utf-8"))
                 entry = WeightsEntry(
                     name=data["name"], path=str((meta.parent / data["file"]).resolve()), sha256=data.get("sha256"),
-                    method=data.get("method", "sam2"), variant=data.get("variant"), config=data.get("config"), base=data.get("base"),
+                    method=data.get("method", "sam2"), variant=data.get("variant"), config=data.get("config"),
+                    base=data.get("base"),
                     source="bundled", size_bytes=data.get("size_bytes"), metrics=dict(data.get("metrics") or {}),
                     created=data.get("created"),
                 )
