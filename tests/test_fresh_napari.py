@@ -108,3 +108,10 @@ def test_close_viewer_right_after_track_exits_cleanly(tmp_path):
     """The run ends, then the viewer and its widgets are deleted before the
     run's queued signals arrive: none of them may reach a deleted widget."""
     run_session(tmp_path, ["sample", "close_after_track"])
+
+
+def test_anatomy_propagate_in_a_script(tmp_path):
+    """Anatomy (F2PASeg) from the Plugins menu in a fresh process: boxes per
+    class -> Propagate (random tiny F2PASeg) -> class ids on every frame, one
+    progress bar that moves."""
+    run_session(tmp_path, ["anatomy"])
