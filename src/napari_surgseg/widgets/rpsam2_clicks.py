@@ -106,9 +106,11 @@ class RPSam2ClicksWidget(TrackingWidget):
         self.new_object_button.changed.connect(self.new_object)
         self.undo_click_button.changed.connect(self.undo_click)
         self.prompts_combo.changed.connect(self._watch_points)
-        napari_viewer.dims.events.current_step.connect(self._frame_changed)
-        # a closed widget must not hear the time slider (its Qt widgets are gone)
-        self.native.destroyed.connect(lambda *_: napari_viewer.dims.events.current_step.disconnect(self._frame_changed))
+        steps = napari_viewer.dims.events.current_step
+        steps.connect(self._frame_changed)
+        # a closed widget must not hear the time slider (its Qt widgets are gone); the emitter is held here
+        # because the viewer may be torn down first (then it has no .dims)
+        self.native.destroyed.connect(lambda *_: steps.disconnect(self._frame_changed))
         self._watch_points()
 
     def _default_weights(self) -> None:
