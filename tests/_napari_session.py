@@ -182,6 +182,36 @@ class Session:
         self.check(w.result_layer.metadata["rpsam2_clicks"]["status"] == "completed"
                    and w.last_summary["frames_written"] == 6, f"tracked frames 0..5: {w.status.value!r}")
 
+    def step_anatomy(self):
+        """Anatomy (F2PASeg): a box per class on frame 0, Propagate over frames 0..4 with the random tiny F2PASeg."""
+        import numpy as np
+
+        from surgseg_core.methods.f2paseg.classes import PAS
+
+        self.sample("synthetic_clip")
+        w = self.dock("Anatomy (F2PASeg)")
+        w.video_combo.value = self.layer("synthetic clip")
+        boxes = w.new_box_layer()
+        for c, (y0, x0, y1, x1) in {1: (40, 60, 140, 200), 4: (150, 180, 220, 300)}.items():
+            w.class_combo.value = c
+            boxes.add_rectangles([[[0, y0, x0], [0, y0, x1], [0, y1, x1], [0, y1, x0]]])
+        self.check(boxes.features["obj_id"].tolist() == [1, 4], f"boxes carry their class: {boxes.features}")
+        box = w.model_combo.native
+        box.setCurrentIndex(box.findText("random tiny F2PASeg (testing)"))
+        w.end_spin.value = 4
+        w.device_combo.value = "cpu"
+        w.track()
+        self.check(w.worker is not None, f"Propagate started a worker ({w.status.value!r})")
+        flag = self.done_flag(w.worker)
+        yield lambda: flag["done"] and self.bars_closed("Propagating with F2PASeg")
+        layer = w.result_layer
+        state = layer.metadata["f2paseg_anatomy"]
+        self.check(state["status"] == "completed", f"propagation completed (status {w.status.value!r})")
+        values = {int(v) for v in np.unique(layer.data[:5])}
+        self.check(values <= {0, *PAS.ids}, f"class ids only: {values}")
+        self.check(layer.metadata["provenance"]["class_set"]["name"] == "pas", "class set in the provenance")
+        self.check(self.advanced("Propagating with F2PASeg"), f"one bar, moved: {self.bars}")
+
     def step_liver(self):
         self.sample("synthetic_liver")
         w = self.dock("Liver landmarks")

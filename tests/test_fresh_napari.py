@@ -132,3 +132,10 @@ def test_demo_napari_session_docks_every_widget_ready_to_run(tmp_path):
     assert done["clicks_weights"] == "surgseg-demo-rpsam2" and done["tools_weights"] == "surgseg-demo-tools"
     for title in ("Track with SAM2", "Anatomy (F2PASeg)", "Clicks (RP-SAM2)", "Tool landmarks", "Liver landmarks"):
         assert title in line
+
+
+def test_anatomy_propagate_in_a_script(tmp_path):
+    """Anatomy (F2PASeg) from the Plugins menu in a fresh process: boxes per
+    class -> Propagate (random tiny F2PASeg) -> class ids on every frame, one
+    progress bar that moves."""
+    run_session(tmp_path, ["anatomy"])

@@ -338,7 +338,7 @@ def test_widget_repropagate_checked_frames_and_undo(widget_and_video, qtbot, fra
 
 
 def test_widget_repropagate_cancel_leaves_whole_frames(widget_and_video, qtbot, frames, model, monkeypatch):
-    import time
+    from _engine_helpers import cancel_mid_run, slow_engine_steps
 
     viewer, widget, video = widget_and_video
     labels = _track(widget, qtbot)
@@ -346,20 +346,8 @@ def test_widget_repropagate_cancel_leaves_whole_frames(widget_and_video, qtbot, 
     labels.data[k, 8:30, 10:45] = 1
     before = np.array(labels.data)
     ref = _reference(frames, model, [k], before, [1, 2], "forward", (k, T - 1), k)
-    emitted = []
-    real_step = StreamingSAM2._step
-
-    def slow_step(self, frame_idx, reverse):
-        time.sleep(0.4)  # long enough to cancel mid-video
-        emitted.append(frame_idx)
-        return real_step(self, frame_idx, reverse)
-
-    monkeypatch.setattr(StreamingSAM2, "_step", slow_step)
     viewer.dims.set_current_step(0, k)
-    widget.repropagate()
-    qtbot.waitUntil(lambda: len(emitted) >= 2, timeout=60000)
-    widget.cancel()
-    _wait_done(qtbot, widget)
+    cancel_mid_run(qtbot, widget, widget.repropagate, slow_engine_steps(monkeypatch), frames=2)
     assert labels.metadata["sam2_tracking"]["status"] == "cancelled" and widget.last_summary is None
     after = np.array(labels.data)
     assert any(not np.array_equal(after[t], before[t]) for t in range(T)), "cancel came too early to test"

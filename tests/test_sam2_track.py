@@ -10,7 +10,6 @@ masks checks they are non-trivial.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -394,16 +393,10 @@ def test_widget_cancel_keeps_finished_frames_and_gui_responsive(widget_and_video
     from qtpy.QtCore import QTimer
 
     viewer, widget, video = widget_and_video
-    emitted = []
+    from _engine_helpers import slow_engine_steps
+
     real_step = StreamingSAM2._step
-
-    def slow_step(self, frame_idx, reverse):
-        time.sleep(0.4)  # long enough to cancel mid-video
-        result = real_step(self, frame_idx, reverse)
-        emitted.append(frame_idx)
-        return result
-
-    monkeypatch.setattr(StreamingSAM2, "_step", slow_step)
+    emitted = slow_engine_steps(monkeypatch, after=True)  # frames done
     layer = widget.new_prompt_layer()
     _click(widget, layer, 1, True, [0, 30, 20])
     widget.direction_combo.value = "forward"

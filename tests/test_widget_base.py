@@ -277,3 +277,29 @@ def test_run_control_cancel_and_model_cache(make_napari_viewer, qtbot):
     control.start(job, 3, description="base test", on_done=done.append)
     qtbot.waitUntil(lambda: len(ended) == 2, timeout=30_000)
     assert done == [3] and run.enabled
+
+
+@pytestmark_gui
+@pytest.mark.parametrize("module, cls", [("sam2_track", "Sam2TrackWidget"), ("anatomy", "AnatomyWidget"),
+                                         ("rpsam2_clicks", "RPSam2ClicksWidget")])
+def test_tracking_widgets_never_take_an_existing_points_layer_as_prompts(make_napari_viewer, module, cls):
+    """A sample's ground-truth Points layer is never prompts unasked: the
+    Prompts picker of every tracking widget starts at "(none)", Track refuses
+    with "no prompts" and no masks layer; a new prompt layer becomes the choice."""
+    import importlib
+
+    widget_cls = getattr(importlib.import_module(f"napari_surgseg.widgets.{module}"), cls)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 32, 32, 3), np.uint8), rgb=True, name="clip")
+    truth = viewer.add_points(np.array([[0, 10, 10], [1, 12, 12]], float), name="ground truth landmarks",
+                              features={"obj_id": [1, 1], "positive": [True, True]})
+    widget = widget_cls(viewer)
+    assert _shown(widget.prompts_combo)[0] == "(none)" and widget.prompts_combo.value is None
+    assert truth in list(widget.prompts_combo.choices)  # offered, not chosen
+    errors = []
+    widget.error = errors.append
+    widget.track()
+    assert errors and ("no clicks" in errors[-1] or "no prompts" in errors[-1])
+    assert not any(layer.__class__.__name__ == "Labels" for layer in viewer.layers)
+    prompts = widget.new_prompt_layer()
+    assert widget.prompts_combo.value is prompts and prompts is not truth

@@ -30,6 +30,7 @@ LONG_MESSAGE = (
 
 
 def _widget_factories():
+    from napari_surgseg.widgets.anatomy import AnatomyWidget
     from napari_surgseg.widgets.corrections import CorrectionsWidget
     from napari_surgseg.widgets.export_overlay import ExportOverlayWidget
     from napari_surgseg.widgets.liver import LiverLandmarksWidget
@@ -40,6 +41,7 @@ def _widget_factories():
     return {
         "liver": LiverLandmarksWidget, "sam2_track": Sam2TrackWidget, "training": TrainingWidget,
         "corrections": CorrectionsWidget, "export_overlay": ExportOverlayWidget, "video_loader": VideoLoaderWidget,
+        "anatomy": AnatomyWidget,
     }
 
 
@@ -55,7 +57,7 @@ def _dock(viewer, widget):
 
 
 @pytest.mark.parametrize("name", ["liver", "sam2_track", "training", "corrections", "export_overlay",
-                                  "video_loader"])
+                                  "video_loader", "anatomy"])
 def test_long_status_message_never_widens_the_dock_or_window(make_napari_viewer, qtbot, name):
     viewer = make_napari_viewer(show=True)
     viewer.add_image(np.zeros((3, 32, 32, 3), np.uint8), rgb=True, name="clip")

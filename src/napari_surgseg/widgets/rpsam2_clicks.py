@@ -26,7 +26,6 @@ from typing import Any, Callable, Dict, List, Optional, Set
 import numpy as np
 from magicgui.widgets import PushButton
 from napari.layers import Image, Labels, Points, Shapes
-from napari.utils.notifications import show_error
 
 from surgseg_core.errors import SurgsegError
 from surgseg_core.methods.rpsam2.clicks import ClickRefiner, load_click_model, refined_points
@@ -75,6 +74,7 @@ class RPSam2ClicksWidget(TrackingWidget):
     TITLE = TITLE
     STATE_KEY = STATE_KEY
     RESULT_NAME = "RP-SAM2 masks"
+    TRACK_TEXT = "Track through video"
     refine_job = staticmethod(_refine_job)
 
     def __init__(self, napari_viewer) -> None:
@@ -98,22 +98,19 @@ class RPSam2ClicksWidget(TrackingWidget):
                                                  after=[(RANDOM_TINY, None)])
         self.weights_combo.tooltip = "RP-SAM2 weights (registered, method rpsam2); random tiny: for testing only"
         self.tracking_controls()
-        self.track_button.text = "Track through video"
         self.track_button.tooltip = ("the clicks of the frame shown, refined, go to SAM2's video engine: every "
                                      "object is tracked in the chosen direction into the masks layer")
-        self.extend([
-            self.video_combo, *prompt_controls, self.new_object_button, self.undo_click_button, self.weights_combo,
-            self.direction_combo, *self.frames.widgets, self.device_combo, self.result_combo, self.track_button,
-            *self.correction_controls, self.status,
-        ])
+        self.layout([*prompt_controls, self.new_object_button, self.undo_click_button], self.weights_combo)
         self.runs = self.run_control([])
         self._default_weights()
         self.new_object_button.changed.connect(self.new_object)
         self.undo_click_button.changed.connect(self.undo_click)
         self.prompts_combo.changed.connect(self._watch_points)
-        napari_viewer.dims.events.current_step.connect(self._frame_changed)
-        # a closed widget must not hear the time slider (its Qt widgets are gone)
-        self.native.destroyed.connect(lambda *_: napari_viewer.dims.events.current_step.disconnect(self._frame_changed))
+        steps = napari_viewer.dims.events.current_step
+        steps.connect(self._frame_changed)
+        # a closed widget must not hear the time slider (its Qt widgets are gone); the emitter is held here
+        # because the viewer may be torn down first (then it has no .dims)
+        self.native.destroyed.connect(lambda *_: steps.disconnect(self._frame_changed))
         self._watch_points()
 
     def _default_weights(self) -> None:
@@ -177,7 +174,7 @@ class RPSam2ClicksWidget(TrackingWidget):
         try:
             prompts = [p for p in self.clicks(video) if p["frame"] == t]
         except SurgsegError as exc:
-            show_error(f"{TITLE}: {exc}")
+            self.error(str(exc))
             return
         encoded = self._model_loaded() and self._refiner_now().encoded(video.data, t)
         self.status.value = f"segmenting frame {t}…" if encoded else f"encoding frame {t}…"
@@ -296,7 +293,7 @@ class RPSam2ClicksWidget(TrackingWidget):
                                    "('New prompt layer', then 'New object' for the next instrument)")
             frame_range = self.frames.resolve(n, include=t)
         except SurgsegError as exc:
-            show_error(f"{TITLE}: {exc}")
+            self.error(str(exc))
             return
         self.start_tracking(video, prompts, _track_job, (video.data, t, prompts), frame_range,
                             "Tracking with RP-SAM2")

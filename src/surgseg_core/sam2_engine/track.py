@@ -174,24 +174,64 @@ def resolve_model_choice(model: str, checkpoint: Optional[Union[str, os.PathLike
             f"unknown SAM2 model {name!r}: give a config ({', '.join(available_configs())}), an official "
             f"checkpoint name ({', '.join(OFFICIAL)}) or registered weights (see 'surgseg weights list')"
         )
-    if entry.method != "sam2" and entry.variant is None:
-        raise WeightsError(f"registered weights {name!r} are for method {entry.method!r}, not SAM2 tracking")
+    variant = entry.variant
+    if entry.method != "sam2" and variant is None:
+        from .variants import available_variants
+
+        if entry.method not in available_variants():
+            raise WeightsError(f"registered weights {name!r} are for method {entry.method!r}, not SAM2 tracking")
+        variant = entry.method  # a method that is a SAM2 variant (f2paseg): the trainer registers no variant
     config = entry.config or (OFFICIAL[entry.base].config if entry.base in OFFICIAL else None)
     if config is None:
         raise WeightsError(f"registered weights {name!r} record no SAM2 config (nor an official base); re-register them with one")
-    return ModelChoice(config, str(checkpoint) if checkpoint is not None else entry.name, entry.variant)
+    return ModelChoice(config, str(checkpoint) if checkpoint is not None else entry.name, variant)
 
 
 def load_tracking_model(model: str, checkpoint: Optional[Union[str, os.PathLike]] = None, *,
                         device: Optional[str] = None, image_size: Optional[int] = None, seed: int = 0):
     """The SAM2 model ``track_video`` builds for a model name (see there):
     callers that track several times (the widget's preview, then tracking)
-    build it once and pass it in."""
+    build it once and pass it in. Registered weights of a SAM2-based method
+    (F2PASeg) that are a training checkpoint load through their method
+    (:func:`_trained_sam`); SAM2 state dicts load with their variant."""
     from .build import build_model
 
     choice = resolve_model_choice(str(model), checkpoint)
+    if choice.variant is not None and choice.checkpoint is not None:
+        net = _trained_sam(choice.checkpoint, device=device, image_size=image_size)
+        if net is not None:
+            return net
     return build_model(choice.config, choice.checkpoint, variant=choice.variant, device=device,
                        image_size=image_size, seed=seed)
+
+
+def _trained_sam(checkpoint: Union[str, os.PathLike], *, device: Optional[str] = None,
+                 image_size: Optional[int] = None):
+    """The SAM2 model inside a training checkpoint of a SAM2-based method
+    (``{"method": "f2paseg", "model": {"sam.…": …}, "config": …}``), built by
+    that method from the checkpoint's config (variant options, base weights
+    under a trainable-only checkpoint); None for SAM2 weights under SAM2's own
+    keys (``build_model`` loads those)."""
+    from ..weights import get_entry, resolve_weights
+    from ..weights.state_dict import read_checkpoint
+
+    path = resolve_weights(checkpoint)
+    ckpt = read_checkpoint(path, expected="SAM2 weights or a training checkpoint")
+    method = ckpt.get("method")
+    if not isinstance(ckpt.get("model"), dict) or not isinstance(method, str) or method == "sam2":
+        return None
+    from ..training.inference import load_trained_model
+
+    del ckpt  # load_trained_model reads it again (with its checks)
+    _, wrapper, _, _ = load_trained_model(method, path, {"image_size": image_size} if image_size else None, device)
+    net = getattr(wrapper, "sam", None)
+    if net is None:
+        raise WeightsError(f"{path}: a {method!r} training checkpoint without a SAM2 model (.sam): not for tracking")
+    entry = get_entry(str(checkpoint))
+    net.surgseg_checkpoint = str(path)  # provenance: these weights, not the base the model was built from
+    net.surgseg_checkpoint_sha256 = entry.sha256 if entry is not None else None
+    net.surgseg_model_name = entry.name if entry is not None else path.stem
+    return net.eval()
 
 
 def resolve_net(model: Any, checkpoint: Optional[Union[str, os.PathLike]] = None, *, device: Optional[str] = None,

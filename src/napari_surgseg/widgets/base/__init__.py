@@ -15,8 +15,9 @@ method widgets to come).
   frames and points through world coordinates;
 * :mod:`.status`: the status line that never widens the dock;
 * :mod:`.tracking`: :class:`TrackingWidget`, the base of widgets that track
-  objects into a masks layer the user corrects (click prompts, re-propagate,
-  checked frames, undo of a run).
+  objects into a masks layer the user corrects (Track with SAM2, Clicks
+  (RP-SAM2), Anatomy (F2PASeg): click / box prompts, track, re-propagate,
+  checked frames, undo of a run, cancel).
 
 Class names, colours and the kind of result come from the method's
 ``MethodSpec`` (``class_names``, ``class_colours``, ``result_kind``).
