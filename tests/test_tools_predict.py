@@ -106,3 +106,20 @@ def test_registered_weights_give_their_config_and_model(tmp_path, monkeypatch):
         assert torch.equal(loaded(clip, prior)["refined"], model(clip, prior)["refined"])
     with pytest.raises(SurgsegError, match="not found"):
         model_config(str(tmp_path / "missing.pt"))
+
+
+def test_model_config_of_bundled_safetensors_weights_without_reading_tensors():
+    """The widget sizes its heatmap stacks from the weights' config before
+    loading them: a safetensors export's config (its metadata) is read, not
+    the defaults (the bundled demo networks run at 80 x 64, not 160 x 128)."""
+    from surgseg_core.methods.tools.demo import DEMO_NAME
+    from surgseg_core.methods.tools.predict import model_config
+    from surgseg_core.weights import get_entry, read_checkpoint
+
+    entry = get_entry(DEMO_NAME)
+    if entry is None or not entry.present:
+        pytest.skip("no bundled demo tool networks in sample_data/")
+    cfg = model_config(DEMO_NAME)
+    saved = read_checkpoint(entry.file)["config"]
+    assert (cfg["input_width"], cfg["input_height"], cfg["stage"]) == (saved["input_width"], saved["input_height"],
+                                                                       saved["stage"])

@@ -113,6 +113,8 @@ def set_up(viewer) -> Dict[str, Any]:
 
     tools = widgets["Tool landmarks"]
     tools.video_combo.value = video
+    tools.mode_combo.value = "frame range"
+    tools.frames.set(0, 23)
     done["tools_weights"] = tools.weights_combo.value
 
     liver = widgets["Liver landmarks"]
@@ -120,6 +122,7 @@ def set_up(viewer) -> Dict[str, Any]:
     done["liver_weights"] = _choose(liver.weights_combo, DEMO_LIVER)
     widgets["Track with SAM2"].native.parent().raise_()  # the first tab in front
     done["widgets"] = sorted(widgets)
+    done["_widgets"] = widgets
     done["_videos"] = {"clip": video, "liver": _video_of(liver_layers),
                        "samples": {id(layer) for layer in (*liver_layers, *clip_layers)}}
     return done
@@ -138,23 +141,20 @@ def place_anatomy_boxes(widget, video, anatomy) -> int:
     return n
 
 
-def _runs(viewer) -> list:
+def _runs(widgets: Dict[str, Any]) -> list:
     """(title, start) per widget: what pressing its Track / Run button does."""
-    def widget(title):
-        return viewer.window._dock_widgets[f"{title} ({PLUGIN})"].widget()
-
     def track_clicks():
-        w = widget("Clicks (RP-SAM2)")
+        w = widgets["Clicks (RP-SAM2)"]
         return w.track() if w.result_layer is not None else None
 
-    return [("Track with SAM2", lambda: widget("Track with SAM2").track()),
-            ("Anatomy (F2PASeg)", lambda: widget("Anatomy (F2PASeg)").track()),
+    return [("Track with SAM2", lambda: widgets["Track with SAM2"].track()),
+            ("Anatomy (F2PASeg)", lambda: widgets["Anatomy (F2PASeg)"].track()),
             ("Clicks (RP-SAM2)", track_clicks),
-            ("Tool landmarks", lambda: widget("Tool landmarks").run()),
-            ("Liver landmarks", lambda: widget("Liver landmarks").run())]
+            ("Tool landmarks", lambda: widgets["Tool landmarks"].run()),
+            ("Liver landmarks", lambda: widgets["Liver landmarks"].run())]
 
 
-def screenshots(viewer, out_dir, videos: Dict[str, Any], frame: int = 12):
+def screenshots(viewer, out_dir, videos: Dict[str, Any], widgets: Dict[str, Any], frame: int = 12):
     """Generator for the Qt loop: press every widget's Track / Run in turn,
     wait for it, then save a window screenshot with that widget in front
     (``docs/``: what the README shows)."""
@@ -162,29 +162,31 @@ def screenshots(viewer, out_dir, videos: Dict[str, Any], frame: int = 12):
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    made: Dict[str, list] = {"liver": []}  # the layers the liver run made
-    for title, start in _runs(viewer):
-        dock = viewer.window._dock_widgets[f"{title} ({PLUGIN})"]
-        w = dock.widget()
+    made: Dict[str, set] = {}  # ids of the layers each run made (its results)
+    for title, start in _runs(widgets):
+        w = widgets[title]
         liver = "Liver" in title
         if liver and w.weights_combo.value is None and not w.checkpoint_edit.value:
             print(f"screenshot {title}: skipped (no liver model registered: run `surgseg demo` first)", flush=True)
             continue
         yield lambda w=w: not w.runs.busy  # a previous click may still be segmenting
         before = {id(layer) for layer in viewer.layers}
+        viewer.dims.set_current_step(0, 0)  # where the prompts are
+        print(f"running {title}", flush=True)
         start()
         yield lambda w=w: not w.runs.busy
-        if liver:
-            made["liver"] += [layer for layer in viewer.layers if id(layer) not in before]
-        liver_ids = {id(x) for x in made["liver"]}
-        for layer in viewer.layers:  # the video in view with what the widgets made on it (prompts, results)
+        print(f"{title}: {w.status.value}", flush=True)
+        made[title] = {id(layer) for layer in viewer.layers if id(layer) not in before}
+        others = set().union(*(ids for t, ids in made.items() if t != title))
+        for layer in viewer.layers:  # the video in view, the prompts placed on it, this run's results
             if liver:
-                layer.visible = layer is videos["liver"] or id(layer) in liver_ids
+                layer.visible = layer is videos["liver"] or id(layer) in made[title]
             else:
                 layer.visible = layer is videos["clip"] or (id(layer) not in videos["samples"]
-                                                            and id(layer) not in liver_ids)
+                                                            and id(layer) not in others)
         viewer.dims.set_current_step(0, 0 if liver else frame)
-        dock.raise_()
+        viewer.reset_view()
+        w.native.parent().raise_()  # its tab in front
         target = out / f"widget_{title.split(' (')[0].lower().replace(' ', '_')}.png"
         yield lambda: True
         viewer.window.screenshot(str(target), canvas_only=False, flash=False)
@@ -200,7 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     shots = argv[argv.index("--screenshots") + 1] if "--screenshots" in argv else None
     viewer = napari.Viewer(title="surgseg demo: press Track / Run in each widget")
     if shots:
-        viewer.window._qt_window.resize(1500, 950)
+        viewer.window._qt_window.resize(1900, 1000)
 
     def pump(gen) -> None:
         """Advance ``gen`` whenever the condition it yielded holds (the Qt loop keeps running)."""
@@ -213,15 +215,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                 QTimer.singleShot(200, tick)
             except StopIteration:
                 viewer.close()
+            except Exception:  # a broken step must not leave a silent, idle viewer behind
+                import traceback
+
+                traceback.print_exc()
+                viewer.close()
 
         tick()
 
     def go() -> None:
         done = set_up(viewer)
-        videos = done.pop("_videos")
+        videos, docked = done.pop("_videos"), done.pop("_widgets")
         print("demo session ready: " + ", ".join(f"{k}={v}" for k, v in done.items()), flush=True)
         if shots:
-            pump(screenshots(viewer, shots, videos))
+            pump(screenshots(viewer, shots, videos, docked))
         elif check:
             QTimer.singleShot(3000, viewer.close)  # let the first click's worker finish
 

@@ -84,6 +84,29 @@ def _read_safetensors(path: Path) -> Dict[str, Any]:
     return {**fields, "model": tensors}
 
 
+def checkpoint_fields(path: PathLike) -> Dict[str, Any]:
+    """A checkpoint's fields besides its tensors (method, config, ...),
+    without reading the tensors: a safetensors file's metadata, or a
+    memory-mapped ``torch.load`` (the full reader's errors otherwise)."""
+    import json
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            return dict(json.loads(meta[METHOD_CHECKPOINT_KEY])) if METHOD_CHECKPOINT_KEY in meta else {}
+        except Exception:  # damaged: the full reader says what is wrong
+            return {k: v for k, v in read_checkpoint(path).items() if k != "model"}
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint (or unreadable): the full reader says what is wrong
+        ckpt = read_checkpoint(path)
+    return {k: v for k, v in ckpt.items() if k != "model"} if isinstance(ckpt, dict) else {}
+
+
 def write_method_safetensors(checkpoint: Mapping[str, Any], target: PathLike) -> Path:
     """A training checkpoint (``model`` state dict + JSON-able fields such as
     ``method``, ``config``, ``trainable_only``, ``base_model``) as one

@@ -227,14 +227,10 @@ def model_config(weights: Optional[str]) -> Dict[str, Any]:
     if not weights:
         return merge_config(DEFAULT_CONFIG, TINY_RANDOM_CONFIG)
     from ...training.inference import resolve_checkpoint
-    from ...weights import read_checkpoint
+    from ...weights.state_dict import checkpoint_fields
 
     path, registered = resolve_checkpoint(weights, "tools")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip checkpoint (or unreadable): the full reader says what is wrong
-        ckpt = read_checkpoint(path)
-    return merge_config(DEFAULT_CONFIG, ckpt.get("config") if isinstance(ckpt, dict) else None, registered)
+    return merge_config(DEFAULT_CONFIG, checkpoint_fields(path).get("config"), registered)
 
 
 def load_tools_model(weights: Optional[str], *, device: Optional[str] = None,
