@@ -125,7 +125,7 @@ def main() -> None:
                                                    "surgseg_demo256:256"], help="CONFIG:SIZE")
     p.add_argument("--first-reps", type=int, default=3)
     p.add_argument("--cached-reps", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default, as a user runs it")
     p.add_argument("--device", default="cpu")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=640)
@@ -133,7 +133,8 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true", help="print the table only")
     args = p.parse_args()
     args.load = os.getloadavg()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from surgseg_core.synth import generate_endoscopy_clip
 
     n = args.first_reps + 2

@@ -26,8 +26,14 @@ import torch
 from _bench_md import cpu_name, write_section  # benchmarks/ is on sys.path when run as a script
 
 SECTION = "tool_landmarks"
-DEMO = {"stage": "refine", "k": 2, "input_width": 160, "input_height": 128, "encoder": "resnet18",
-        "encoder_weights": None, "encoder_depth": 4, "use_prior": True, "aux_weight": 0.5}
+# the bundled demo networks' architecture (sample_data/tools_demo), random init
+ARCH = ("k", "input_width", "input_height", "encoder", "encoder_weights", "encoder_depth", "decoder_channels")
+
+
+def _demo() -> dict:
+    from surgseg_core.methods.tools.demo import DEMO_CONFIG
+
+    return {"stage": "refine", "use_prior": True, "aux_weight": 0.5, **{k: DEMO_CONFIG[k] for k in ARCH}}
 
 
 def run(sam2_config: str, frames: int, device: str, clip_dir: Path, refine: bool = True) -> dict:
@@ -38,7 +44,7 @@ def run(sam2_config: str, frames: int, device: str, clip_dir: Path, refine: bool
     from surgseg_core.methods.tools.spec import SPEC
     from surgseg_core.training.trainer import resolve_config
 
-    cfg = resolve_config(SPEC, {**DEMO, "device": device, "prior_sam2_config": sam2_config,
+    cfg = resolve_config(SPEC, {**_demo(), "device": device, "prior_sam2_config": sam2_config,
                                 **({} if refine else {"stage": "coarse"})})
     model = build_from_config(cfg).to(device).eval()
     provider = build_sam2_prior(cfg, device=device) if refine else None
@@ -66,6 +72,8 @@ def main() -> None:
         runs = [("coarse only", run("surgseg_tiny", args.frames, args.device, clip, refine=False)),
                 ("coarse + SAM2 prior (surgseg_tiny, 128 px) + refine",
                  run("surgseg_tiny", args.frames, args.device, clip)),
+                ("coarse + SAM2 prior (demo SAM2 architecture, 256 px) + refine",
+                 run("surgseg_demo256", args.frames, args.device, clip)),
                 ("coarse + SAM2 prior (hiera-tiny, 1024 px) + refine",
                  run("sam2.1_hiera_t", min(args.frames, args.hiera_frames), args.device, clip))]
     ms = lambda r, k: 1000.0 * r.get(k, 0.0) / r["frames"]  # noqa: E731
