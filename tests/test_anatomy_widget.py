@@ -238,7 +238,10 @@ def test_correction_repropagates_later_frames_only_cancel_and_undo(widget_and_vi
     assert np.array_equal(partial[max(changed)], before[max(changed)]), "cancel came too late to test"
     for t in range(T):
         assert np.array_equal(partial[t], before[t]) or np.array_equal(partial[t], after[t]), t
-    widget.undo_last_run()
+    # a run cancelled before it wrote a frame leaves no undo step (on a loaded machine the cancel can come that
+    # early): undo then would take back the propagation before it
+    if not np.array_equal(partial, before):
+        widget.undo_last_run()
     np.testing.assert_array_equal(np.array(labels.data), before)
     assert widget.undo_button.enabled
     widget.undo_last_run()  # then the first propagation: the layer as before it, empty
