@@ -2,6 +2,7 @@
 between ``<!-- bench:NAME -->`` markers, so several benchmarks share the file."""
 from __future__ import annotations
 
+import os
 import platform
 import re
 from pathlib import Path
@@ -32,3 +33,12 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def load_note(start: float, end: float) -> str:
+    """How busy the machine was while measuring, in words a table can carry."""
+    cpus = os.cpu_count() or 1
+    busy = max(start, end) > cpus * 0.75 + 0.5
+    return (f"load average {start:.1f} at start, {end:.1f} at end ("
+            + ("other jobs ran: absolute times are inflated, the ratios measured side by side less so)" if busy
+               else "no other job ran)"))

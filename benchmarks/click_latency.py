@@ -25,7 +25,7 @@ import os
 import statistics
 import time
 
-from _bench_md import cpu_name, write_section  # benchmarks/ is on sys.path when run as a script
+from _bench_md import cpu_name, load_note, write_section  # benchmarks/ is on sys.path when run as a script
 
 
 def bench_case(config: str, size: int, frames, first_reps: int, cached_reps: int, device: str) -> dict:
@@ -87,9 +87,8 @@ def table(rows, args, threads: int) -> str:
     lines = [
         f"Machine: {where}, torch {torch.__version__}. Models randomly initialised (speed does not depend on the "
         f"weights); frames {args.height}x{args.width} synthetic endoscopy; shift block 6 layers. Medians: first click "
-        f"over {args.first_reps} new frames, cached click over {args.cached_reps} clicks, after one warm-up; load "
-        f"average {args.load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end (this machine is shared with other "
-        f"jobs: absolute times are inflated, the ratios measured side by side less so). Run: `python "
+        f"over {args.first_reps} new frames, cached click over {args.cached_reps} clicks, after one warm-up; "
+        f"{load_note(args.load[0], os.getloadavg()[0])}. Run: `python "
         f"benchmarks/click_latency.py --first-reps {args.first_reps} --cached-reps {args.cached_reps}"
         f"{' --device ' + args.device if args.device != 'cpu' else ''}` ({time.strftime('%Y-%m-%d %H:%M')}).",
         "",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from _bench_md import cpu_name, write_section  # benchmarks/ is on sys.path when run as a script
+from _bench_md import cpu_name, load_note, write_section  # benchmarks/ is on sys.path when run as a script
 
 SECTION = "tool_landmarks"
 # the bundled demo networks' architecture (sample_data/tools_demo), random init
@@ -77,13 +77,15 @@ def main() -> None:
                 ("coarse + SAM2 prior (hiera-tiny, 1024 px) + refine",
                  run("sam2.1_hiera_t", min(args.frames, args.hiera_frames), args.device, clip))]
     ms = lambda r, k: 1000.0 * r.get(k, 0.0) / r["frames"]  # noqa: E731
+    demo = _demo()
     lines = [
         "## Tool landmarks (`surgseg_core.methods.tools`, `benchmarks/tool_landmarks.py`)",
         "",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores, device {args.device}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}. The machine was SHARED with "
-        f"other jobs while measured (load average {load:.1f} at the start): absolute numbers are noisy. Demo-size networks (ResNet18 U-Nets, depth 4, "
-        "160 x 128 input, k = 2), random init; SAM2 random init (speed only). Synthetic 320 x 240 clip, "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}; {load_note(load, os.getloadavg()[0])}. "
+        f"The bundled demo networks' architecture (ResNet18 U-Nets, depth {demo['encoder_depth']}, "
+        f"{demo['input_width']} x {demo['input_height']} input, k = {demo['k']}), random init; SAM2 random init "
+        "(speed only). Synthetic 320 x 240 clip, "
         f"{args.frames} frames ({min(args.frames, args.hiera_frames)} with hiera-tiny) after 3 warm-up frames; "
         "ms per frame.",
         "",
