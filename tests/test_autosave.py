@@ -217,7 +217,9 @@ def test_autosave_failure_warns_once(qtbot, monkeypatch):
         layer.add([i, 1.0, 2.0])
         qtbot.waitUntil(lambda: not w.busy, timeout=5000)
         qtbot.wait(40)
-    assert len(warnings) == 1 and "disk full" in warnings[0] and "pts" in warnings[0]
+    # (layers of earlier tests' viewers may still autosave into the patched writer: count this layer's warnings)
+    mine = [text for text in warnings if "'pts'" in text]
+    assert len(mine) == 1 and "disk full" in mine[0]
 
 
 def test_restore_section_brings_layers_back(make_napari_viewer, qtbot):
