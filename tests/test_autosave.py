@@ -18,7 +18,19 @@ SOURCE = "/videos/case 01/clip.mp4"
 @pytest.fixture(autouse=True)
 def _autosave_root(tmp_path, monkeypatch):
     monkeypatch.setenv(core.ENV_DIR, str(tmp_path / "autosave"))
+    _stop_earlier_watchers()
     return tmp_path / "autosave"
+
+
+def _stop_earlier_watchers() -> None:
+    """Layers of earlier tests' viewers (a widget test's masks, a run still
+    ending) may still be alive and autosave: these tests count saves and
+    warnings, so only their own layers may be watched."""
+    import sys
+
+    autosave = sys.modules.get("napari_surgseg._autosave")
+    for watcher in list(getattr(autosave, "_WATCHERS", {}).values()):
+        watcher.disconnect_all()
 
 
 def _labels(seed=0, shape=(4, 12, 10)):
