@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from .common import (
-    _iou, bundled_entry, card_score, missing_weights_lines, sample_clip, score_record, write_label_tiff,
+    _iou, bundled_entry, card_score, missing_weights_lines, sample_clip, score_record,
 )
 
 TITLE = "## Clicks (RP-SAM2)"
@@ -68,6 +68,7 @@ def _track(refiner, frames, prompts: list, n: int, cancel=None, plain: bool = Fa
 
 def step_clicks(out: Path, summary: dict, scores: dict, *, n_frames: int, device: str, progress=None,
                 cancel=None) -> list:
+    from ..io.labels_io import write_labels_tiff
     from ..io import open_video
     from ..io.export import read_png_masks
     from ..methods.rpsam2.clicks import ClickRefiner, load_click_model, refined_points
@@ -101,7 +102,7 @@ def step_clicks(out: Path, summary: dict, scores: dict, *, n_frames: int, device
         tracked[name] = float(np.nanmean(ious)) if ious else float("nan")
     table = evaluate_frames(model, frames, click_margin=CLICK_MARGIN, progress=progress, cancel=cancel)
     near = table["rpsam2"]["all"]["dsc_mean"]
-    tiff = write_label_tiff(refined_stack, out / "clicks_tracked_labels.tif")
+    tiff = write_labels_tiff(refined_stack, out / "clicks_tracked_labels.tif")
     points: List[Dict[str, Any]] = [
         {"obj_id": obj, "click": [round(c[0], 1), round(c[1], 1)], "refined": [round(float(r[0]), 1),
                                                                               round(float(r[1]), 1)]}

@@ -45,10 +45,3 @@ def score_record(value: float, heldout: Optional[float], what: str, margin: floa
     held-out score, and whether it is within ``margin`` below it."""
     ok = None if heldout is None or value != value else bool(value >= heldout - margin)
     return {"score": value, "what": what, "heldout": heldout, "margin": margin, "within_margin": ok}
-
-
-def write_label_tiff(stack: Any, path: Path) -> Path:
-    """A (T, H, W) label stack as a compressed multi-page TIFF (atomic)."""
-    from ..io.labels_io import write_labels_tiff
-
-    return write_labels_tiff(stack, path)

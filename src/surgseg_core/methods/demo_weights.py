@@ -124,7 +124,8 @@ def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: 
 
     ``train(out, max_minutes) -> summary``; ``export(out, target) -> target``;
     ``score(out, weights) -> scores``; ``write_card(folder, weights, summary,
-    scores, command, notes) -> card path``."""
+    scores, command, notes) -> card text`` (it also writes ``weights.json``);
+    the card is written here, as ``MODEL_CARD.md`` beside the weights."""
     import argparse
     import logging
 
@@ -155,5 +156,9 @@ def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: 
         minutes = f" --max-minutes {summary['max_minutes']:g}" if summary.get("max_minutes") else ""
         command = f"python -m {module} OUT{minutes} --export {args.export}"
         notes = "\n" + args.notes.read_text(encoding="utf-8") if args.notes else ""
-        print(write_card(args.export.parent, args.export, summary, scores, command, notes))
+        from ..atomic import atomic_write_text
+
+        card = args.export.parent / "MODEL_CARD.md"
+        atomic_write_text(card, write_card(args.export.parent, args.export, summary, scores, command, notes))
+        print(card)
     return 0

@@ -136,8 +136,7 @@ def score_demo(out: Path, weights: Path) -> Dict[str, Any]:
 
 
 def write_card(folder: Path, weights: Path, summary: Mapping[str, Any], scores: Mapping[str, Any],
-               command: str, notes: str = "") -> Path:
-    from ...atomic import atomic_write_text
+               command: str, notes: str = "") -> str:
     from ..demo_weights import NOT_CLINICAL, hardware_line, write_weights_json
     from .classes import PAS
 
@@ -184,8 +183,7 @@ at the video's resolution ({scores.get('score_seconds', 0):.0f} s):
 The plain row is the demo SAM2 this model started from, on the same boxes: it was trained on instruments only,
 so the gain shows what fine-tuning on anatomy brings (the FPS column is this CPU's).
 {notes}"""
-    atomic_write_text(Path(folder) / "MODEL_CARD.md", card)
-    return Path(folder) / "MODEL_CARD.md"
+    return card
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -122,8 +122,7 @@ def _row(res: Mapping[str, Any], method: str) -> str:
 
 
 def write_card(folder: Path, weights: Path, summary: Mapping[str, Any], scores: Mapping[str, Any],
-               command: str, notes: str = "") -> Path:
-    from ...atomic import atomic_write_text
+               command: str, notes: str = "") -> str:
     from ..demo_weights import NOT_CLINICAL, hardware_line, write_weights_json
 
     near, inside = scores["near"], scores["inside"]
@@ -171,8 +170,7 @@ Per class (near clicks):
 {near['markdown']}
 ```
 {notes}"""
-    atomic_write_text(Path(folder) / "MODEL_CARD.md", card)
-    return Path(folder) / "MODEL_CARD.md"
+    return card
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -91,8 +91,7 @@ def score_demo(out: Path, weights: Path) -> Dict[str, Any]:
 
 
 def write_card(folder: Path, weights: Path, summary: Mapping[str, Any], scores: Mapping[str, Any],
-               command: str, notes: str = "") -> Path:
-    from ...atomic import atomic_write_text
+               command: str, notes: str = "") -> str:
     from ..demo_weights import NOT_CLINICAL, hardware_line, write_weights_json
 
     keep = {k: round(float(v), 4) for k, v in scores.items() if "/overall/" in k}
@@ -131,8 +130,7 @@ one-to-one (Hungarian) matching of predicted and true landmarks of the same type
 {scores['table']}
 ```
 {notes}"""
-    atomic_write_text(Path(folder) / "MODEL_CARD.md", card)
-    return Path(folder) / "MODEL_CARD.md"
+    return card
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
