@@ -7,6 +7,10 @@ present", which would make every mask the constant NO_OBJ_SCORE and the
 comparison empty; so the object-score head's output bias is set to +10.
 The masks are then the untouched random decoder's logits, and every test
 checks they are non-trivial (some pixels in, some out).
+
+Every engine here runs in float32 (``precision="fp32"``), SAM2's own CPU
+path: the bit-level comparison holds there; the faster default precision
+is compared with float32 masks in tests/test_engine_precision.py.
 """
 from __future__ import annotations
 
@@ -111,7 +115,7 @@ def _disk_mask(cy, cx, r):
 
 def test_points_forward_single_object(model, frames, reference):
     state = reference()
-    engine = StreamingSAM2(model, frames)
+    engine = StreamingSAM2(model, frames, precision="fp32")
     _, _, a = model.add_new_points_or_box(state, 3, 1, points=[[60, 40], [20, 70]], labels=[1, 0])
     b = engine.add_points(3, 1, [[60, 40], [20, 70]], [1, 0])
     assert torch.allclose(a[:, 0].cpu(), b.logits, atol=TOL)
@@ -120,7 +124,7 @@ def test_points_forward_single_object(model, frames, reference):
 
 def test_points_and_box_two_objects_both_directions(model, frames, reference):
     state = reference()
-    engine = StreamingSAM2(model, frames)
+    engine = StreamingSAM2(model, frames, precision="fp32")
     model.add_new_points_or_box(state, 6, 1, points=[[60, 40]], labels=[1])
     model.add_new_points_or_box(state, 6, 2, box=[80, 10, 120, 50])
     engine.add_points(6, 1, [[60, 40]], [1])
@@ -133,7 +137,7 @@ def test_points_and_box_two_objects_both_directions(model, frames, reference):
 
 def test_mask_and_points_on_different_frames_backward(model, frames, reference):
     state = reference()
-    engine = StreamingSAM2(model, frames)
+    engine = StreamingSAM2(model, frames, precision="fp32")
     mask = _disk_mask(50, 60, 20)
     # object 2 has two prompted frames, object 1 one: two memory layouts
     # (two batches per frame). Every object needs a prompt at or after the
@@ -150,7 +154,7 @@ def test_mask_and_points_on_different_frames_backward(model, frames, reference):
 
 def test_correction_becomes_prompt_and_propagation_resumes(model, frames, reference):
     state = reference()
-    engine = StreamingSAM2(model, frames)
+    engine = StreamingSAM2(model, frames, precision="fp32")
     model.add_new_points_or_box(state, 0, 1, points=[[60, 40]], labels=[1])
     engine.add_points(0, 1, [[60, 40]], [1])
     _assert_same(_ref_propagate(model, state, 0), _ours_propagate(engine))
@@ -167,7 +171,7 @@ def test_correction_becomes_prompt_and_propagation_resumes(model, frames, refere
 def test_max_cond_frames_in_attn_matches_sam2(model, frames, reference, monkeypatch):
     state = reference()
     monkeypatch.setattr(model, "max_cond_frames_in_attn", 2)
-    engine = StreamingSAM2(model, frames, max_cond_frames_in_attn=2)
+    engine = StreamingSAM2(model, frames, max_cond_frames_in_attn=2, precision="fp32")
     for t, x in ((0, 30), (4, 60), (8, 90)):
         model.add_new_points_or_box(state, t, 1, points=[[x, 40]], labels=[1])
         engine.add_points(t, 1, [[x, 40]], [1])
@@ -191,7 +195,7 @@ class CountingFrames:
 
 def test_memory_stays_bounded_and_frames_read_once(model, frames):
     src = CountingFrames(48, frames)
-    engine = StreamingSAM2(model, src)
+    engine = StreamingSAM2(model, src, precision="fp32")
     engine.add_points(0, 1, [[60, 40]], [1])
     sizes = {}
     engine.propagate(lambda r: sizes.__setitem__(r.frame_idx, engine.memory_report()["memory_bytes"]))
@@ -216,7 +220,7 @@ def test_memory_stays_bounded_and_frames_read_once(model, frames):
 
 
 def test_keep_recent_prompt_frames_policy(model, frames):
-    engine = StreamingSAM2(model, frames, keep_recent_prompt_frames=2)
+    engine = StreamingSAM2(model, frames, keep_recent_prompt_frames=2, precision="fp32")
     for t in (0, 3, 6):
         engine.add_points(t, 1, [[60, 40]], [1])
     engine.propagate(start=0)
@@ -233,7 +237,7 @@ def test_keep_recent_prompt_frames_policy(model, frames):
 def test_cancel_keeps_written_frames_valid_and_resumes(model, frames, tmp_path):
     from PIL import Image
 
-    engine = StreamingSAM2(model, frames)
+    engine = StreamingSAM2(model, frames, precision="fp32")
     engine.add_points(0, 1, [[60, 40]], [1])
     engine.add_box(0, 2, [80, 10, 120, 50])
     token = CancelToken()
@@ -274,7 +278,7 @@ def test_label_map_is_argmax_over_positive_logits():
 
 def test_predict_frame_uses_cache_and_leaves_state(model, frames):
     src = CountingFrames(N_FRAMES, frames)
-    engine = StreamingSAM2(model, src)
+    engine = StreamingSAM2(model, src, precision="fp32")
     masks, ious, logits = engine.predict_frame(4, [[60, 40]], [1], multimask_output=True)
     assert masks.shape == (3, H, W) and ious.shape == (3,) and logits.shape == (3, H, W)
     reads = len(src.reads)
@@ -287,7 +291,7 @@ def test_predict_frame_uses_cache_and_leaves_state(model, frames):
 def test_provenance_records_model_prompts_and_versions(model, frames, tmp_path):
     from importlib.metadata import version
 
-    engine = StreamingSAM2(model, frames)
+    engine = StreamingSAM2(model, frames, precision="fp32")
     engine.add_points(2, 1, [[60, 40]], [1])
     prov = engine.provenance()
     assert prov["model"] == "random-init surgseg_tiny" and prov["checkpoint_sha256"] is None
@@ -299,7 +303,7 @@ def test_provenance_records_model_prompts_and_versions(model, frames, tmp_path):
 
 
 def test_errors_name_the_problem(model, frames):
-    engine = StreamingSAM2(model, frames)
+    engine = StreamingSAM2(model, frames, precision="fp32")
     with pytest.raises(ConfigError, match="no prompts"):
         engine.propagate()
     with pytest.raises(ConfigError, match="outside the video"):
@@ -324,9 +328,9 @@ def test_errors_name_the_problem(model, frames):
     with pytest.raises(VideoError, match="no frames"):
         StreamingSAM2(model, np.zeros((0, 8, 8, 3), np.uint8))
     with pytest.raises(ConfigError, match="build_model"):
-        StreamingSAM2(model, frames, image_size=512)
+        StreamingSAM2(model, frames, image_size=512, precision="fp32")
     with pytest.raises(ConfigError, match=">= 2"):
-        StreamingSAM2(model, frames, max_cond_frames_in_attn=1)
+        StreamingSAM2(model, frames, max_cond_frames_in_attn=1, precision="fp32")
     with pytest.raises(VideoError, match="0..1"):  # float pixels must be in 0..1 (wider integers are scaled)
         StreamingSAM2(model, np.full((2, 8, 8, 3), 3.0, np.float32)).add_points(0, 1, [[1, 1]], [1])
     with pytest.raises(VideoError, match="negative"):

@@ -66,8 +66,8 @@ def _image(model, frame) -> torch.Tensor:
 # ------------------------------------------------------------------ heads
 def test_decode_masks_equals_the_engines_sam2_path(model, frames):
     """decode_masks on encode_frames' output gives SAM2's own first-frame
-    masks (the engine's add_points runs SAM2's track_step)."""
-    engine = StreamingSAM2(model, frames)
+    masks (the engine's add_points runs SAM2's track_step; float32, as here)."""
+    engine = StreamingSAM2(model, frames, precision="fp32")
     engine.add_points(1, 1, [[40, 30], [90, 70]], [1, 0])
     sam2_low = engine.objects[1].pending[1][0]["pred_masks"]
     s = model.image_size
@@ -132,7 +132,7 @@ def test_gradients_reach_encoder_and_decoder_through_the_pair(frames):
 
 # --------------------------------------------------------- engine features
 def test_frame_features_are_cached(model, frames, encoder_calls):
-    engine = StreamingSAM2(model, frames)
+    engine = StreamingSAM2(model, frames, precision="fp32")  # compared with a float32 encoding below
     f1 = engine.frame_features(3)
     assert encoder_calls.n == 1
     f2 = engine.frame_features(3)

@@ -68,6 +68,9 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the masks of an earlier run in --out (default: refuse a folder that holds masks)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--precision", choices=["auto", "bf16", "bf16-encoder", "fp32"], default="auto",
+                   help="auto (default): bf16 on a CUDA GPU; on a CPU with native bf16 (AVX512-BF16/AMX) the image "
+                   "encoder in bf16, the rest float32; fp32 everywhere else. fp32 = SAM2's own CPU arithmetic")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_track)
 
@@ -93,6 +96,9 @@ def register(subparsers) -> None:
     r.add_argument("--model", default="surgseg_tiny", help="as for 'surgseg track'")
     r.add_argument("--checkpoint", help="weights file or registered/official weights name (default: none = random)")
     r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    r.add_argument("--precision", choices=["auto", "bf16", "bf16-encoder", "fp32"], default="auto",
+                   help="auto (default): bf16 on a CUDA GPU; on a CPU with native bf16 (AVX512-BF16/AMX) the image "
+                   "encoder in bf16, the rest float32; fp32 everywhere else. fp32 = SAM2's own CPU arithmetic")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=_repropagate)
 
@@ -164,6 +170,7 @@ def _track(args: argparse.Namespace) -> int:
             per_object=args.per_object,
             overwrite=args.overwrite,
             device=args.device,
+            precision=args.precision,
             progress=TextProgress("tracking"),
         )
     finally:
@@ -192,7 +199,8 @@ def _repropagate(args: argparse.Namespace) -> int:
         summary = repropagate(
             video, masks, args.frame, direction=args.direction, validated=args.validated, obj_ids=args.obj_ids,
             frame_range=tuple(args.frame_range) if args.frame_range else None, model=args.model,
-            checkpoint=args.checkpoint, device=args.device, progress=TextProgress("re-propagating"),
+            checkpoint=args.checkpoint, device=args.device, precision=args.precision,
+            progress=TextProgress("re-propagating"),
         )
     finally:
         video.close()

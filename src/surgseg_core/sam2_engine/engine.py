@@ -27,7 +27,7 @@ from ..errors import ConfigError, VideoError
 from ..io.pixels import frame_to_rgb8
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from ..device import autocast as _autocast
-from ..device import enable_fast_math, resolve_precision
+from ..device import enable_fast_math, resolve_inference_precision
 from .embedding_cache import EmbeddingCache
 from .heads import FrameFeatures, decode_masks, encode_frames, flat_features, parse_prompt
 from .memory import BACKWARD, FORWARD, UNTRACKED, MemoryPolicy, ObjectMemory
@@ -136,6 +136,12 @@ class StreamingSAM2:
       ``correct_as_cond`` / ``clear_memory_around_corrections``: SAM2's
         ``add_all_frames_to_correct_as_cond`` / ``clear_non_cond_mem_around_input``
         (on by default: without them a correction does not steer later frames).
+      ``precision``: "auto" (default), "bf16", "bf16-encoder" or "fp32"
+        (``device.resolve_inference_precision``: on a CPU with native bf16,
+        auto runs the image encoder in bf16 and the rest in float32; on a
+        CUDA GPU bf16 throughout). ``use_autocast`` True / False is the
+        older spelling of "bf16" / "fp32". Equal to SAM2VideoPredictor bit
+        for bit only in "fp32" (SAM2's CPU path); the provenance says which ran.
       ``embed_cache_mb``: image-feature cache size (frames the user prompts or
         clicks on; propagation itself keeps only the frame it is on).
       ``prompt_hook``: a callable that may replace a frame's click/box points
@@ -165,6 +171,7 @@ class StreamingSAM2:
         embed_cache_mb: float = 256.0,
         device: Optional[Union[str, torch.device]] = None,
         use_autocast: Optional[bool] = None,
+        precision: Optional[str] = None,
         correct_as_cond: bool = True,
         clear_memory_around_corrections: bool = True,
         prompt_hook: Optional[PromptHook] = None,
@@ -191,8 +198,9 @@ class StreamingSAM2:
         self.keep_recent_prompt_frames = keep_recent_prompt_frames
         self.correct_as_cond = correct_as_cond
         self.clear_memory_around_corrections = clear_memory_around_corrections
-        self.use_autocast = use_autocast
-        self._amp_dtype = resolve_precision(use_autocast, self.device)
+        if precision is not None and use_autocast is not None:
+            raise ConfigError("give precision or use_autocast (its older True/False form), not both")
+        self.precision = resolve_inference_precision(precision if precision is not None else use_autocast, self.device)
         self.prompt_hook = prompt_hook
         self.cache = EmbeddingCache(embed_cache_mb)
         self._fill_holes = int(getattr(model, "fill_hole_area", 0) or 0) > 0 and _has_hole_filling()
@@ -286,8 +294,13 @@ class StreamingSAM2:
         if feats is None and self._current is not None and self._current[0] == frame_idx:
             feats = self._current[1]
         if feats is None:
-            encoded = encode_frames(self.model, self._read_frame(frame_idx))
+            with _autocast(self.device, self.precision.encoder or torch.float32):
+                encoded = encode_frames(self.model, self._read_frame(frame_idx))
             feats = encoded.backbone_fpn
+            if self.precision.heads is None and self.precision.encoder is not None:
+                # bf16 encoder, float32 heads: the heads' float32 weights need float32 inputs
+                feats = [f.float() for f in feats]
+                encoded = encoded._replace(vision_pos_enc=[p.float() for p in encoded.vision_pos_enc])
             if self._pos_enc is None:
                 self._pos_enc = encoded.vision_pos_enc
             if self._streaming:
@@ -348,7 +361,7 @@ class StreamingSAM2:
             if self.max_cond_frames_in_attn is not None:
                 self.model.max_cond_frames_in_attn = self.max_cond_frames_in_attn
             try:
-                with torch.inference_mode(), _autocast(self.device, self._amp_dtype):
+                with torch.inference_mode(), _autocast(self.device, self.precision.heads or torch.float32):
                     yield
             finally:
                 self.model.max_cond_frames_in_attn = old
@@ -855,5 +868,6 @@ class StreamingSAM2:
                 "num_frames": getattr(self, "num_frames", None),
                 "video_size": [getattr(self, "video_height", None), getattr(self, "video_width", None)],
                 "device": str(self.device),
+                "precision": self.precision.name,
             },
         )

@@ -268,6 +268,7 @@ def repropagate(
     checkpoint: Optional[Union[str, os.PathLike]] = None,
     device: Optional[str] = None,
     image_size: Optional[int] = None,
+    precision: Optional[str] = None,
     seed: int = 0,
     undo: Optional[FrameUndo] = None,
     progress: Optional[ProgressCallback] = None,
@@ -284,7 +285,7 @@ def repropagate(
     prompts. ``obj_ids``: objects to track (default: those on ``frame``); an
     object absent from ``frame`` gets an empty mask prompt there (absent),
     other objects' pixels are kept. ``frame_range``: inclusive limits.
-    ``model``/``checkpoint``/``device``: as ``track_video``. ``undo``: a
+    ``model``/``checkpoint``/``device``/``precision``: as ``track_video``. ``undo``: a
     :class:`FrameUndo` that receives the old content of each changed frame
     (also when cancelled: every written frame is complete).
 
@@ -320,7 +321,7 @@ def repropagate(
             raise ConfigError(f"object ids must be 1..255 (label values), got {bad}")
 
         net, random_weights = resolve_net(model, checkpoint, device=device, image_size=image_size, seed=seed)
-        engine = StreamingSAM2(net, source)
+        engine = StreamingSAM2(net, source, precision=precision)
         if tuple(shape[1:]) != (engine.video_height, engine.video_width):
             raise ConfigError(f"labels are {shape[2]}x{shape[1]} but the video frames are "
                               f"{engine.video_width}x{engine.video_height} (width x height)")

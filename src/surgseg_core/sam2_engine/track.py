@@ -285,6 +285,7 @@ def track_video(
     per_object: bool = False,
     overwrite: bool = False,
     device: Optional[str] = None,
+    precision: Optional[str] = None,
     seed: int = 0,
     prompt_hook: Optional[Callable] = None,
     progress: Optional[ProgressCallback] = None,
@@ -301,6 +302,7 @@ def track_video(
     the result says so. ``frame_range``: inclusive (first, last).
     ``direction``: forward, backward or both from the earliest prompt.
     ``prompt_hook``: the engine's (e.g. RP-SAM2's click refinement).
+    ``precision``: the engine's ("auto", "bf16", "bf16-encoder", "fp32").
     Each frame's masks go to ``sink`` and, with ``out_dir``, to
     ``out_dir/000123.png`` label maps (``per_object``: ``obj_<id>/``) plus
     ``provenance.json``. Cancelling raises ``Cancelled`` after writing the
@@ -335,7 +337,7 @@ def track_video(
         if random_weights:
             log.warning(RANDOM_WEIGHTS_WARNING)
 
-        engine = StreamingSAM2(net, source, prompt_hook=prompt_hook)
+        engine = StreamingSAM2(net, source, prompt_hook=prompt_hook, precision=precision)
         for p in norm:
             check_cancel(cancel)
             engine.add_points(
