@@ -6,10 +6,16 @@ downloaded here, and speed/memory do not depend on the weights), same frames
 lazily through ``surgseg_core.io.open_video``), same prompts (one click per
 object on frame 0), forward propagation over 16/32/64/128 frames.
 
-Each case runs in its own subprocess so its peak RSS (``ru_maxrss``) is
-clean. Seconds per frame = median time between two emitted frames after the
-first 4 (steady state). Goals: our peak RSS at the longest clip <= 1.1x our
-peak at the shortest; our s/frame <= 1.0x SAM2's.
+Three runs per clip length, in one invocation: SAM2VideoPredictor (float32
+on a CPU: SAM2's own CPU path), our engine forced to float32
+(``precision="fp32"``, bit-equal to SAM2) and our engine with its defaults
+as a user runs it (``precision="auto"``: on a CPU with native bf16 the
+image encoder in bf16). Each case runs in its own subprocess so its peak
+RSS (``ru_maxrss``) is clean. Seconds per frame = median wall time between
+two emitted frames after the first 4 (steady state), torch's default
+threads unless ``--threads``; CPU seconds are shown beside. Goals: our peak
+RSS at the longest clip <= 1.1x our peak at the shortest; ours (default)
+<= 0.5x SAM2's s/frame on a CPU (issue 16), <= 1.0x in float32.
 
 CPU (default):  python benchmarks/propagation.py
 Reduced run:    python benchmarks/propagation.py --image-size 256 --frames 16 32 64 128
@@ -31,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench_md import cpu_name, write_section  # benchmarks/ is on sys.path when run as a script
+from _bench_md import cpu_name, load_note, write_section  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP = 4
@@ -61,12 +67,14 @@ def _worker(args) -> None:
         stamps.append((time.perf_counter(), time.process_time()))
 
     t0 = time.perf_counter()
-    if args.worker == "engine":
+    if args.worker in ("engine", "engine-fp32"):
         from surgseg_core.io import open_video
 
         src = open_video(args.mp4 if args.mp4 else folder, stop=n, cache_mb=4)  # read once: no cache needed
         h, w = src.shape[1:3] if hasattr(src, "shape") else np.asarray(src[0]).shape[:2]
-        engine = StreamingSAM2(model, src, embed_cache_mb=64)
+        precision = "fp32" if args.worker == "engine-fp32" else None  # None: the default a user gets
+        engine = StreamingSAM2(model, src, embed_cache_mb=64, precision=precision)
+        precision_name = engine.precision.name
         for obj, pts in prompts:
             engine.add_points(0, obj, [[x * w, y * h] for x, y in pts], [1])
         engine.propagate(lambda r: tick(r.label_map()))
@@ -77,6 +85,7 @@ def _worker(args) -> None:
         for i in range(n):  # SAM2 wants a folder holding exactly the clip
             os.symlink(folder / f"{i:05d}.jpg", sub / f"{i:05d}.jpg")
         w, h = Image.open(folder / "00000.jpg").size
+        precision_name = "bf16" if device.type == "cuda" else "fp32"
         with torch.inference_mode(), autocast(device):
             state = model.init_state(str(sub))
             for obj, pts in prompts:
@@ -90,7 +99,8 @@ def _worker(args) -> None:
     cpu_gaps = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])][WARMUP - 1 :]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    print(json.dumps({"frames": len(stamps), "s_per_frame": statistics.median(gaps) if gaps else None,
+    print(json.dumps({"precision": precision_name, "threads": torch.get_num_threads(),
+                      "frames": len(stamps), "s_per_frame": statistics.median(gaps) if gaps else None,
                       "cpu_s_per_frame": statistics.median(cpu_gaps) if cpu_gaps else None,
                       "total_s": total, "peak_rss_mb": peak_mb, "gpu_peak_mb": gpu_mb}))
 
@@ -140,39 +150,43 @@ def _machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} CPU cores{gpu}, torch {torch.__version__}"
 
 
-def _table(args, rows) -> str:
-    # CPU seconds are what the goal is judged on for CPU runs: wall time on a
-    # shared machine measures the neighbours; on a GPU, wall time.
-    key = "s_per_frame" if args.gpu else "cpu_s_per_frame"
-    import torch
-
-    threads = args.threads or torch.get_num_threads()
+def _table(args, rows, load) -> str:
+    # Judged on wall seconds per frame (what a user waits for); CPU seconds of
+    # all the worker's threads are shown beside: on a machine shared with
+    # other jobs (see the load note) wall time also measures the neighbours.
+    threads = rows[0][1]["threads"]
+    fast = rows[0][1]["precision"]
     lines = [
         f"Machine: {_machine()}.",
         f"Model: {args.config}, randomly initialised, {args.image_size} px, {args.objects} object(s), "
-        f"{'CUDA bf16' if args.gpu else f'CPU float32, {threads} thread(s)'}; "
-        f"frames {args.height}x{args.width} synthetic endoscopy (JPEG q95). Run: `{' '.join(['python', 'benchmarks/propagation.py'] + sys.argv[1:])}`",
+        f"{'CUDA' if args.gpu else 'CPU'}, {threads} torch thread(s){'' if args.threads else ' (torch default)'}; "
+        f"frames {args.height}x{args.width} synthetic endoscopy (JPEG q95). {load} "
+        f"Run: `{' '.join(['python', 'benchmarks/propagation.py'] + sys.argv[1:])}`",
         "",
-        "| frames | ours peak RSS (MB) | SAM2 peak RSS (MB) | ours CPU s/frame | SAM2 CPU s/frame | ratio CPU s/frame "
-        "(ours/SAM2) | ours wall s/frame | SAM2 wall s/frame | ours total wall s/frame | SAM2 total wall s/frame "
-        "(incl. init_state) |" + (" ours GPU peak (MB) | SAM2 GPU peak (MB) |" if args.gpu else ""),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.gpu else ""),
+        f"| frames | SAM2 s/frame ({rows[0][3]['precision']}) | ours s/frame (fp32) | ours s/frame (default: {fast}) "
+        "| ours fp32 / SAM2 | ours default / SAM2 | SAM2 CPU s/frame | ours fp32 CPU s/frame | ours default CPU s/frame "
+        "| SAM2 peak RSS (MB) | ours default peak RSS (MB) | SAM2 total s/frame (incl. init_state) | ours default total s/frame |"
+        + (" ours GPU peak (MB) | SAM2 GPU peak (MB) |" if args.gpu else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.gpu else ""),
     ]
-    for n, ours, ref in rows:
-        ratio = ours[key] / ref[key] if ours[key] and ref[key] else float("nan")
-        lines.append(f"| {n} | {ours['peak_rss_mb']:.0f} | {ref['peak_rss_mb']:.0f} | {ours[key]:.3f} | "
-                     f"{ref[key]:.3f} | {ratio:.2f} | {ours['s_per_frame']:.3f} | {ref['s_per_frame']:.3f} | "
-                     f"{ours['total_s'] / n:.3f} | {ref['total_s'] / n:.3f} |"
-                     + (f" {ours['gpu_peak_mb']:.0f} | {ref['gpu_peak_mb']:.0f} |" if args.gpu else ""))
-    first, last = rows[0][1], rows[-1][1]
-    mem_ratio = last["peak_rss_mb"] / first["peak_rss_mb"]
-    time_ratio = statistics.median(o[key] / r[key] for _, o, r in rows if o[key] and r[key])
+    for n, ours, ours32, ref in rows:
+        lines.append(
+            f"| {n} | {ref['s_per_frame']:.3f} | {ours32['s_per_frame']:.3f} | {ours['s_per_frame']:.3f} | "
+            f"{ours32['s_per_frame'] / ref['s_per_frame']:.2f} | {ours['s_per_frame'] / ref['s_per_frame']:.2f} | "
+            f"{ref['cpu_s_per_frame']:.3f} | {ours32['cpu_s_per_frame']:.3f} | {ours['cpu_s_per_frame']:.3f} | "
+            f"{ref['peak_rss_mb']:.0f} | {ours['peak_rss_mb']:.0f} | {ref['total_s'] / n:.3f} | {ours['total_s'] / n:.3f} |"
+            + (f" {ours['gpu_peak_mb']:.0f} | {ref['gpu_peak_mb']:.0f} |" if args.gpu else ""))
+    mem_ratio = rows[-1][1]["peak_rss_mb"] / rows[0][1]["peak_rss_mb"]
+    r32 = statistics.median(o32["s_per_frame"] / r["s_per_frame"] for _, _, o32, r in rows)
+    rfast = statistics.median(o["s_per_frame"] / r["s_per_frame"] for _, o, _, r in rows)
+    goal = 1.0 if args.gpu else 0.5
     lines += [
         "",
         f"Steady state = median over frames after the first {WARMUP}. "
         f"Memory goal (ours at {rows[-1][0]} frames <= 1.1x ours at {rows[0][0]}): {mem_ratio:.2f}x -> "
-        f"{'met' if mem_ratio <= 1.1 else 'NOT met'}. Speed goal (ours <= 1.0x SAM2, median over rows): "
-        f"{time_ratio:.2f}x -> {'met' if time_ratio <= 1.0 else 'NOT met'}.",
+        f"{'met' if mem_ratio <= 1.1 else 'NOT met'}. Speed, median over rows: ours float32 {r32:.2f}x SAM2 "
+        f"({'met' if r32 <= 1.0 else 'NOT met'}: <= 1.0x); ours default ({fast}) {rfast:.2f}x SAM2 "
+        f"({'met' if rfast <= goal else 'NOT met'}: <= {goal}x).",
     ]
     if args.gpu:
         lines.append("FPS = 1 / s_per_frame.")
@@ -193,7 +207,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--section-suffix", default="", help="write to bench:propagation<suffix>")
     # worker mode (internal)
-    p.add_argument("--worker", choices=["engine", "sam2"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["engine", "engine-fp32", "sam2"], help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--frames-dir", help=argparse.SUPPRESS)
     p.add_argument("--mp4", help=argparse.SUPPRESS)
@@ -217,8 +231,10 @@ def main(argv=None) -> int:
         for config in configs:
             args.config = config
             print(f"{config} @ {args.image_size}px", flush=True)
-            rows = [(n, _run_case("engine", n, args, folder), _run_case("sam2", n, args, folder)) for n in args.frames]
-            bodies.append(_table(args, rows))
+            load_start = os.getloadavg()[0]
+            rows = [(n, _run_case("engine", n, args, folder), _run_case("engine-fp32", n, args, folder),
+                     _run_case("sam2", n, args, folder)) for n in args.frames]
+            bodies.append(_table(args, rows, load_note(load_start, os.getloadavg()[0])))
     body = "\n\n".join(bodies)
     print(body)
     if not args.no_write:

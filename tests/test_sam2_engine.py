@@ -335,3 +335,22 @@ def test_errors_name_the_problem(model, frames):
         StreamingSAM2(model, np.full((2, 8, 8, 3), 3.0, np.float32)).add_points(0, 1, [[1, 1]], [1])
     with pytest.raises(VideoError, match="negative"):
         StreamingSAM2(model, np.full((2, 8, 8, 3), -5, np.int32)).add_points(0, 1, [[1, 1]], [1])
+
+
+def test_preprocess_frame_equals_sam2s_frame_loader(tmp_path):
+    """The engine's preprocessing (numpy, on the read-ahead thread) gives
+    SAM2's loader's values: PIL resize, /255, ImageNet mean/std (a PNG, so
+    no JPEG round trip differs)."""
+    from PIL import Image
+    from sam2.utils.misc import _load_img_as_tensor
+
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    Image.fromarray(frame).save(tmp_path / "f.png")
+    ref, h, w = _load_img_as_tensor(str(tmp_path / "f.png"), 64)
+    ref = ref.float()
+    ref -= torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    ref /= torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    ours = preprocess_frame(frame, 64)
+    assert ours.dtype == torch.float32 and ours.shape == (3, 64, 64) and (h, w) == (90, 120)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)

@@ -41,6 +41,8 @@ IMG_MEAN = (0.485, 0.456, 0.406)  # SAM2's loader normalisation
 IMG_STD = (0.229, 0.224, 0.225)
 _MEAN = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
 _STD = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
+_MEAN_NP = _MEAN.numpy()
+_STD_NP = _STD.numpy()
 
 Sink = Callable[[FrameResult], None]
 # prompt_hook(frame_idx, point_coords (B, P, 2) in model pixels, point_labels
@@ -68,9 +70,15 @@ def preprocess_frame(frame: np.ndarray, image_size: int) -> torch.Tensor:
     # grey / RGBA / 16-bit / float-in-0..1 frames -> RGB uint8 (clear VideoError otherwise)
     arr = frame_to_rgb8(frame, "SAM2 input frame")
     img = np.array(Image.fromarray(np.ascontiguousarray(arr)).resize((image_size, image_size)))
-    t = torch.from_numpy(img).permute(2, 0, 1).float()
-    # in place, same operations and order as SAM2's loader: (x / 255 - mean) / std
-    return t.div_(255.0).sub_(_MEAN).div_(_STD)
+    # Same float32 operations in the same order as SAM2's loader, (x / 255 - mean) / std,
+    # each correctly rounded, so the values are identical; in numpy rather than torch
+    # because this runs on the read-ahead thread, where torch ops would start a second
+    # OpenMP team that competes with the model's threads for the cores.
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
+    chw /= np.float32(255.0)
+    chw -= _MEAN_NP
+    chw /= _STD_NP
+    return torch.from_numpy(chw)
 
 
 def _has_hole_filling() -> bool:
