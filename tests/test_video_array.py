@@ -137,3 +137,24 @@ def test_close_and_context_manager(clip):
     with pytest.raises(VideoError, match="closed"):
         src[2]
     src.close()  # idempotent
+
+
+def test_prefetch_reads_behind_when_playing_backwards(clip):
+    """Stepping backwards (napari playing in reverse) reads the frames before
+    the current one, within the cache's cap."""
+    path, ref = clip
+    with open_video(path, prefetch=4) as src:
+        src[30]
+        src[25]  # a step back: direction of play is backwards
+        deadline = time.monotonic() + 20
+        while not all(j in src.cache for j in range(21, 25)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(j in src.cache for j in range(21, 25))
+        for j in range(24, 20, -1):
+            np.testing.assert_array_equal(src[j], ref[j])
+    frame_mb = ref[0].nbytes / 2**20
+    with open_video(path, prefetch=8, cache_mb=3.5 * frame_mb) as src:  # room for 3 frames
+        src[5]
+        time.sleep(0.5)
+        # at most half the cap is read ahead: the frame shown stays cached
+        assert 5 in src.cache and not any(j in src.cache for j in range(7, 14))

@@ -111,7 +111,9 @@ def _single(path: PathOrPaths) -> str:
 def _read_video(path: PathOrPaths) -> list:
     from surgseg_core.io import open_video
 
-    source = open_video(_single(path))  # lazy: reads metadata, not frames
+    from .widgets.base.layers import PLAYBACK_PREFETCH
+
+    source = open_video(_single(path), prefetch=PLAYBACK_PREFETCH)  # lazy: reads metadata, not frames
     announce_video(source)
     return [video_layer_data(source)]
 

@@ -14,7 +14,13 @@ import json
 import numpy as np
 from surgseg_core.synth.sample import CLIP_DIR, LIVER_DIR, sample_folder
 
-from .widgets.base.layers import announce_video, labels_layer_data, points_layer_data, video_layer_data
+from .widgets.base.layers import (
+    PLAYBACK_PREFETCH,
+    announce_video,
+    labels_layer_data,
+    points_layer_data,
+    video_layer_data,
+)
 
 # Curve colours of the liver scene (silhouette, ridge, ligament), P2ILF-like.
 _CURVE_COLORS = {"silhouette": "yellow", "ridge": "red", "ligament": "blue"}
@@ -34,7 +40,7 @@ def sample_clip() -> list:
 
     folder = sample_folder(CLIP_DIR)
     meta = json.loads((folder / "meta.json").read_text())
-    source = open_video(folder / "video.mp4")
+    source = open_video(folder / "video.mp4", prefetch=PLAYBACK_PREFETCH)
     announce_video(source)
     video = video_layer_data(source, name="synthetic clip")
 
@@ -69,7 +75,7 @@ def sample_liver() -> list:
 
     folder = sample_folder(LIVER_DIR)
     meta = json.loads((folder / "meta.json").read_text())
-    source = open_video(folder / "video.mp4")
+    source = open_video(folder / "video.mp4", prefetch=PLAYBACK_PREFETCH)
     announce_video(source)
     video = video_layer_data(source, name="synthetic liver")
     masks = labels_layer_data(read_png_masks(folder / "masks"), "liver curves mask (ground truth)", meta)

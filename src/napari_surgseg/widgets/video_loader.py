@@ -28,6 +28,7 @@ from surgseg_core.io import open_video
 
 from .base.layers import announce_video, video_layer_data
 from .._workers import run_in_worker
+from .base.layers import PLAYBACK_PREFETCH
 from .base.status import StatusLabel
 
 _VIDEO_FILTER = "Videos and TIFF stacks (*.mp4 *.avi *.mov *.mkv *.m4v *.webm *.tif *.tiff);;All files (*)"
@@ -58,9 +59,11 @@ def open_selection(
     seconds; ``fps`` gives frame folders and TIFF stacks a timing (videos
     keep their own)."""
     if unit == "seconds":
-        return open_video(path, start_time=start, end_time=end, step=step, downscale=downscale, fps=fps)
+        return open_video(path, start_time=start, end_time=end, step=step, downscale=downscale, fps=fps,
+                          prefetch=PLAYBACK_PREFETCH)
     stop = None if end is None else int(round(end))
-    return open_video(path, start=int(round(start)), stop=stop, step=step, downscale=downscale, fps=fps)
+    return open_video(path, start=int(round(start)), stop=stop, step=step, downscale=downscale, fps=fps,
+                      prefetch=PLAYBACK_PREFETCH)
 
 
 class VideoLoaderWidget(QWidget):

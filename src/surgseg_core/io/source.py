@@ -75,7 +75,8 @@ class FrameSource:
         self._closed = False
         self._prefetch = int(prefetch)
         self._pf_cond = threading.Condition()
-        self._pf_next: Optional[int] = None
+        self._pf_next: Optional[Tuple[int, int]] = None  # (frame just read, direction +1 / -1)
+        self._pf_last: Optional[int] = None  # the frame read before, to tell the direction of play
         self._pf_thread: Optional[threading.Thread] = None
         self._reader = make_reader()
 
@@ -278,19 +279,34 @@ class FrameSource:
                     frame = self._reader.read(int(self._src_idx[i]))
                     self._cache.put(i, frame)
         if self._prefetch > 0:
-            self._schedule_prefetch(i + 1)
+            # read ahead in the direction of play: stepping backwards reads the frames before
+            direction = -1 if self._pf_last is not None and i < self._pf_last else 1
+            self._pf_last = i
+            self._schedule_prefetch(i, direction)
         return frame
 
     # ----------------------------------------------------------------- prefetch
-    def _schedule_prefetch(self, start: int) -> None:
+    def _schedule_prefetch(self, current: int, direction: int = 1) -> None:
         with self._pf_cond:
             if self._pf_thread is None:
                 self._pf_thread = threading.Thread(
                     target=self._prefetch_loop, name=f"surgseg-prefetch-{id(self):x}", daemon=True
                 )
                 self._pf_thread.start()
-            self._pf_next = start
+            self._pf_next = (current, direction)
             self._pf_cond.notify()
+
+    def _ahead(self, current: int, direction: int) -> range:
+        """The ``prefetch`` frames after ``current`` (forward) or before it
+        (backward). Backward frames are decoded in ascending order: one seek
+        to their keyframe, then sequential decoding, instead of one seek and
+        a run from the keyframe per frame. At most half the cache's cap, so
+        reading ahead never evicts the frames just read ahead (or shown)."""
+        frame_bytes = max(1, self._shape[1] * self._shape[2] * 3)
+        n = min(self._prefetch, self._cache.max_bytes // (2 * frame_bytes))
+        if direction > 0:
+            return range(current + 1, min(current + 1 + n, len(self)))
+        return range(max(0, current - n), current)
 
     def _prefetch_loop(self) -> None:
         while True:
@@ -299,8 +315,8 @@ class FrameSource:
                     self._pf_cond.wait()
                 if self._closed:
                     return
-                start, self._pf_next = self._pf_next, None
-            for j in range(start, min(start + self._prefetch, len(self))):
+                (current, direction), self._pf_next = self._pf_next, None
+            for j in self._ahead(current, direction):
                 if self._closed or self._pf_next is not None:  # closed, or the viewer moved on
                     break
                 if j in self._cache:

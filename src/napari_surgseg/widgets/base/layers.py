@@ -112,6 +112,12 @@ def show_frame(viewer: Any, layer: Any, frame: int) -> None:
     viewer.dims.set_point(axis, world_t)
 
 
+#: Frames a video opened for the viewer decodes ahead, on a background thread, in
+#: the direction of play: stepping or playing then finds the next frame decoded
+#: (benchmarks/playback.py); within the frame cache's cap (FrameSource._ahead).
+PLAYBACK_PREFETCH = 8
+
+
 def video_layer_data(source: Any, name: Optional[str] = None) -> tuple:
     """``(source, kwargs, "image")`` for a lazy (T, H, W, 3) FrameSource.
 
