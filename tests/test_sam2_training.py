@@ -576,6 +576,8 @@ def test_demo_recipe_stages_split_the_budget_and_chain_their_checkpoints(tmp_pat
     assert [s["name"] for s in summary["stages"]] == ["frames", "video"]
     assert summary["config"]["clip_len"] == demo.DEMO_CONFIG["clip_len"] and summary["stages"][0]["overrides"] == {
         "clip_len": 1}
+    for recipe in demo.RECIPES.values():  # every recipe's stages share the whole budget
+        assert not recipe or abs(sum(share for *_, share in recipe) - 1.0) < 1e-9
     calls.clear()
     demo.train_demo(tmp_path / "one", max_minutes=8, stages=())
     assert len(calls) == 1 and calls[0][1] == tmp_path / "one" / "run" and calls[0][2] == 8
