@@ -454,3 +454,130 @@ def test_brief_training_raises_heldout_iou_above_the_random_models():
         opt.step()
     after = heldout_iou(model)
     assert after > before + 0.2, (before, after)
+
+
+def _two_object_sequence(root: Path, n=16, size=32):
+    """Object 1 alone on frames 0-5, objects 1 and 2 on frames 6-9, object 2 alone from frame 10."""
+    from PIL import Image
+
+    (root / "frames").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for t in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        if t < 10:
+            mask[4:12, 4:12] = 1
+        if t >= 6:
+            mask[18:28, 16:30] = 2
+        Image.fromarray(mask).save(root / "masks" / f"{t:03d}.png")
+        frame = np.full((size, size, 3), 60, np.uint8)
+        frame[mask > 0] = 200
+        Image.fromarray(frame).save(root / "frames" / f"{t:03d}.png")
+
+
+def test_hard_windows_draw_clips_where_the_prompt_must_tell_objects_apart(tmp_path):
+    from surgseg_core.methods.sam2.data import VideoClipDataset, find_sequences
+
+    _two_object_sequence(tmp_path / "seq")
+    seqs = find_sequences(tmp_path)
+    common = dict(image_size=32, clip_len=3, max_objects=3, train=True, max_stride=1, min_area=4)
+    hard = VideoClipDataset(seqs, hard_windows=1.0, **common)
+    # first frame with two objects (6-9), or object 1 gone while object 2 is in view (8, 9: frame 10)
+    assert hard.hard_starts(0, 1) == [6, 7, 8, 9]
+    assert hard.hard_starts(0, 2) == [6, 7, 8, 9]  # start 4 with stride 2 ends on frame 8: both still there
+    for i in range(len(hard)):
+        item = hard[i]
+        assert int(item["frames"][0]) in (6, 7, 8, 9)
+        assert item["masks"].shape[1] == 2 or int(item["frames"][0]) in (8, 9)
+    # default off: the same items as before the option existed
+    plain = VideoClipDataset(seqs, **common)
+    off = VideoClipDataset(seqs, hard_windows=0.0, **common)
+    assert [plain[i]["frames"].tolist() for i in range(len(plain))] == [off[i]["frames"].tolist()
+                                                                         for i in range(len(off))]
+    assert any(int(plain[i]["frames"][0]) not in (6, 7, 8, 9) for i in range(len(plain)))
+    with pytest.raises(DatasetError, match="hard_windows"):
+        VideoClipDataset(seqs, hard_windows=1.5, **common)
+
+
+def test_prompt_following_tells_a_model_that_follows_its_boxes_from_one_that_ignores_them(tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    from surgseg_core.methods.sam2.data import find_sequences
+    from surgseg_core.methods.sam2.evaluate import prompt_following
+    from surgseg_core.sam2_engine import heads
+
+    _two_object_sequence(tmp_path / "seq")
+    seqs = find_sequences(tmp_path)
+
+    class FakeSam(torch.nn.Module):
+        image_size = 64
+
+        def __init__(self, follow):
+            super().__init__()
+            self.follow = follow
+
+    def encode(sam, images):
+        return images
+
+    def decode(sam, feats, *, boxes, **kw):
+        bright = (feats[0, 0] > 0).float()  # the objects of this frame (both, as one mask)
+        out = torch.full((len(boxes), 1, 64, 64), -1.0)
+        for k, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+            if sam.follow:
+                out[k, 0, y0:y1, x0:x1] = 1.0
+            else:
+                out[k, 0] = bright * 2 - 1
+        return heads.HeadOutput(masks=out, ious=None, best_masks=F.interpolate(out, size=16), object_score_logits=None,
+                                obj_ptr=None)
+
+    monkeypatch.setattr(heads, "encode_frames", encode)
+    monkeypatch.setattr(heads, "decode_masks", decode)
+    follows = prompt_following(FakeSam(True), seqs)
+    ignores = prompt_following(FakeSam(False), seqs)
+    assert follows["frames"] == ignores["frames"] == 4 and follows["prompts"] == 8  # frames 6-9, two boxes each
+    assert follows["preferred"] == 1.0 and follows["iou_prompted"] > 0.8 and follows["iou_other"] == 0.0
+    assert ignores["preferred"] < 1.0
+    assert abs(ignores["iou_prompted"] - ignores["iou_other"]) < 0.3 < follows["iou_prompted"] - follows["iou_other"]
+    assert prompt_following(FakeSam(True), seqs, max_frames=6)["prompts"] == 0  # one object only before frame 6
+
+
+def test_single_frame_clips_are_scored_on_their_prompted_frame():
+    from surgseg_core.methods.sam2.spec import metrics
+
+    target = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    target[0, 0, :4] = 1
+    logits = torch.where(target[0, :, None].bool(), 5.0, -5.0)  # [O, 1, S, S]
+    assert metrics([{"pred_masks_high_res": logits}], {"masks": target}, {})["iou"] == 1.0
+    assert metrics([{"pred_masks_high_res": -logits}], {"masks": target}, {})["iou"] == 0.0
+
+
+def test_demo_recipe_stages_split_the_budget_and_chain_their_checkpoints(tmp_path, monkeypatch):
+    from surgseg_core.methods import demo_weights
+    from surgseg_core.methods.sam2 import demo
+
+    calls = []
+
+    def fake_train(method, config, run_dir, *, max_minutes=None):
+        calls.append((dict(config), Path(run_dir), max_minutes))
+        best = Path(run_dir) / "best.pt"
+        return {"train_seconds": 60.0 * max_minutes, "train_cpu_seconds": 100.0, "epochs_done": 2, "steps": 10,
+                "best_checkpoint": str(best), "last_checkpoint": None, "best_metric": 0.5 + len(calls) / 10,
+                "config": dict(config)}
+
+    monkeypatch.setattr(demo_weights, "train_with_budget", fake_train)
+    monkeypatch.setattr(demo, "write_demo_data", lambda root: {"train": root / "train", "val": root / "val"})
+    stages = [("frames", {"clip_len": 1}, 0.25), ("video", {"lr": 1e-4}, 0.75)]
+    summary = demo.train_demo(tmp_path, max_minutes=8, stages=stages)
+    (c1, d1, m1), (c2, d2, m2) = calls
+    assert (m1, m2) == (2.0, 6.0) and d2 == tmp_path / "run" and d1 != d2
+    assert c1["clip_len"] == 1 and c1["init_weights"] is None and c1["lr"] == demo.DEMO_CONFIG["lr"]
+    assert c2["clip_len"] == demo.DEMO_CONFIG["clip_len"] and c2["lr"] == 1e-4
+    assert c2["init_weights"] == str(d1 / "best.pt")  # the video stage starts from the first stage's best
+    assert summary["steps"] == 20 and summary["train_seconds"] == 480.0 and summary["best_val_iou"] == 0.7
+    assert [s["name"] for s in summary["stages"]] == ["frames", "video"]
+    assert summary["config"]["clip_len"] == demo.DEMO_CONFIG["clip_len"] and summary["stages"][0]["overrides"] == {
+        "clip_len": 1}
+    for recipe in demo.RECIPES.values():  # every recipe's stages share the whole budget
+        assert not recipe or abs(sum(share for *_, share in recipe) - 1.0) < 1e-9
+    calls.clear()
+    demo.train_demo(tmp_path / "one", max_minutes=8, stages=())
+    assert len(calls) == 1 and calls[0][1] == tmp_path / "one" / "run" and calls[0][2] == 8

@@ -135,12 +135,18 @@ class VideoClipDataset(torch.utils.data.Dataset):
     and frame stride (1..``max_stride``) and a random subset of the objects
     present on their first frame (SAM2's rule: objects are tracked from the
     frame they are prompted on); evaluation items are deterministic.
+    ``hard_windows`` (0..1, training only, default 0: off): the share of items
+    whose start is drawn among the "hard" windows, those whose first frame
+    shows at least two objects or in which an object of the first frame
+    leaves while another object is in view (the cases where only the prompt
+    and the memory tell the objects apart); where a sequence has none, the
+    usual draw applies.
     Item: ``images`` [T, 3, S, S] (SAM2-normalised), ``masks`` [T, O, S, S] uint8.
     """
 
     def __init__(self, sequences: Sequence[Sequence_], *, image_size: int, clip_len: int = 8,
                  max_objects: int = 3, train: bool = True, max_stride: int = 1, seed: int = 0,
-                 min_area: int = 4) -> None:
+                 min_area: int = 4, hard_windows: float = 0.0) -> None:
         self.sequences = list(sequences)
         self.size = int(image_size)
         self.clip_len = int(clip_len)
@@ -149,7 +155,11 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.max_stride = max(1, int(max_stride))
         self.seed = int(seed)
         self.min_area = int(min_area)
+        self.hard_windows = float(hard_windows)
+        if not 0.0 <= self.hard_windows <= 1.0:
+            raise DatasetError(f"hard_windows must be within 0..1, got {hard_windows}")
         self.epoch = 0
+        self._present: Dict[int, List[frozenset]] = {}  # sequence -> objects per frame (hard_windows)
         self.readers = [_Reader(s) for s in self.sequences]
         self.index = []
         step = max(1, self.clip_len // 2)
@@ -168,6 +178,30 @@ class VideoClipDataset(torch.utils.data.Dataset):
         ids, counts = np.unique(mask, return_counts=True)
         return [int(i) for i, c in zip(ids, counts) if i and c >= self.min_area]
 
+    def _objects_per_frame(self, k: int) -> List[frozenset]:
+        if k not in self._present:
+            reader = self.readers[k]
+            self._present[k] = [frozenset(self._objects(_resize_mask(reader.mask(t), self.size)))
+                                for t in range(len(self.sequences[k]))]
+        return self._present[k]
+
+    def hard_starts(self, k: int, stride: int) -> List[int]:
+        """Starts of sequence ``k`` (frame step ``stride``) whose first frame
+        shows >= 2 objects, or in whose clip an object of the first frame is
+        gone while another object is in view."""
+        present = self._objects_per_frame(k)
+        n = len(present)
+        span = (self.clip_len - 1) * stride + 1
+        out = []
+        for s in range(max(1, n - span + 1)):
+            first = present[s]
+            if not first:
+                continue
+            frames = [present[min(s + i * stride, n - 1)] for i in range(1, self.clip_len)]
+            if len(first) >= 2 or any((first - f) and f for f in frames):
+                out.append(s)
+        return out
+
     def __getitem__(self, idx: int) -> Dict[str, Any]:
         from ...sam2_engine.engine import preprocess_frame
 
@@ -180,6 +214,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
             stride, span = 1, min(self.clip_len, n)
         if rng is not None:
             starts = list(rng.permutation(max(1, n - span + 1))[:8]) + [start]
+            if self.hard_windows > 0 and rng.random() < self.hard_windows:
+                hard = self.hard_starts(k, stride)
+                if hard:
+                    starts = [int(rng.choice(hard))] + starts
         else:  # evaluation: deterministic, the first start at or after this one that shows an object
             starts = [start] + list(range(start + 1, max(1, n - span + 1))) + list(range(0, start))
         first = None

@@ -166,3 +166,72 @@ def evaluate_method(model, data, config: Mapping[str, Any], *, progress=None, ca
         out["plain"] = plain
     out["table"] = format_table(rows)
     return out
+
+
+def prompt_following(sam, sequences, *, max_frames: Optional[int] = None, min_area: int = 20,
+                     frame_step: int = 1) -> Dict[str, Any]:
+    """Does the model segment what its prompt points at? On every frame
+    (``frame_step`` apart) where at least two objects are visible (``min_area``
+    pixels each), one box per visible object (from its ground-truth mask),
+    decoded without memory (``sam2_engine.heads.decode_masks``); the mask is
+    compared, at the video's resolution, with the prompted object and with
+    the best-matching other visible object.
+
+    Returns ``iou_prompted`` and ``iou_other`` (means over prompts),
+    ``preferred`` (share of prompts whose mask overlaps the prompted object
+    more than any other), ``prompts`` and ``frames``. A model that ignores its
+    prompts gives about equal IoUs and ``preferred`` near 1 / objects."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from ...sam2_engine.engine import preprocess_frame
+    from ...sam2_engine.heads import decode_masks, encode_frames
+
+    size = int(sam.image_size)
+    own, other, pref, n_frames = [], [], [], 0
+    was_training = sam.training
+    sam.eval()
+    try:
+        with torch.inference_mode():
+            for seq in sequences:
+                n = len(seq.masks) if max_frames is None else min(len(seq.masks), int(max_frames))
+                frames = None
+                try:
+                    for t in range(0, n, max(1, int(frame_step))):
+                        gt = np.asarray(Image.open(seq.masks[t]))
+                        ids, counts = np.unique(gt, return_counts=True)
+                        ids = [int(i) for i, c in zip(ids, counts) if i and c >= min_area]
+                        if len(ids) < 2:
+                            continue
+                        if frames is None:
+                            frames = _open_frames(seq)
+                        h, w = gt.shape
+                        feats = encode_frames(sam, preprocess_frame(np.asarray(frames[t]), size)[None])
+                        boxes = []
+                        for i in ids:
+                            ys, xs = np.nonzero(gt == i)
+                            boxes.append([xs.min() * size / w, ys.min() * size / h,
+                                          (xs.max() + 1) * size / w, (ys.max() + 1) * size / h])
+                        out = decode_masks(sam, feats, boxes=torch.tensor(boxes, dtype=torch.float32))
+                        masks = F.interpolate(out.best_masks.float(), size=(h, w), mode="bilinear",
+                                              align_corners=False)[:, 0] > 0
+                        masks = masks.numpy()
+                        for k, i in enumerate(ids):
+                            mine = jaccard(masks[k], gt == i)
+                            best_other = max(jaccard(masks[k], gt == j) for j in ids if j != i)
+                            own.append(mine)
+                            other.append(best_other)
+                            pref.append(float(mine > best_other))
+                        n_frames += 1
+                finally:
+                    close = getattr(frames, "close", None)
+                    if close is not None:
+                        close()
+    finally:
+        sam.train(was_training)
+    if not own:
+        return {"frames": 0, "prompts": 0, "iou_prompted": float("nan"), "iou_other": float("nan"),
+                "preferred": float("nan")}
+    return {"frames": n_frames, "prompts": len(own), "iou_prompted": float(np.mean(own)),
+            "iou_other": float(np.mean(other)), "preferred": float(np.mean(pref))}

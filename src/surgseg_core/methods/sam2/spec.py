@@ -21,6 +21,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "clip_len": 8,
     "max_objects": 3,            # objects per clip (SAM2: up to 3 per video while fine-tuning)
     "max_stride": 1,             # random frame step 1..max_stride while training
+    "hard_windows": 0.0,         # share of training clips drawn among those with >= 2 objects on the
+                                 # first frame or an object leaving while another is in view (0: off)
     # prompts (SAM2Train: half point input, of which all boxes; else the mask)
     "prob_box": 0.5,
     "prob_point": 0.0,
@@ -100,7 +102,8 @@ def build_datasets(config: Mapping[str, Any]):
     common = dict(image_size=size, clip_len=int(config.get("clip_len", 8)),
                   max_objects=int(config.get("max_objects", 3)), seed=int(config.get("seed", 0)))
     train_ds = VideoClipDataset(find_sequences(_root(config, "train_root")), train=True,
-                                max_stride=int(config.get("max_stride", 1)), **common)
+                                max_stride=int(config.get("max_stride", 1)),
+                                hard_windows=float(config.get("hard_windows") or 0.0), **common)
     val_root = _root(config, "val_root")
     val_ds = VideoClipDataset(find_sequences(val_root), train=False, **common) if val_root else None
     return train_ds, val_ds
@@ -118,12 +121,13 @@ def loss(outputs, batch, config) -> torch.Tensor:
 
 @torch.no_grad()
 def metrics(outputs, batch, config) -> Dict[str, float]:
-    """Mean IoU of the propagated frames (all but the prompted first one) at
-    the model's resolution: cheap, for checkpoint selection; ``evaluate``
-    measures J&F at the video's resolution with the streaming engine."""
+    """Mean IoU of the propagated frames (all but the prompted first one;
+    the prompted frame itself for single-frame clips) at the model's
+    resolution: cheap, for checkpoint selection; ``evaluate`` measures J&F at
+    the video's resolution with the streaming engine."""
     target = batch["masks"] > 0
     ious = []
-    for t in range(1, len(outputs)):
+    for t in range(1 if len(outputs) > 1 else 0, len(outputs)):
         pred = outputs[t]["pred_masks_high_res"][:, 0] > 0
         inter = (pred & target[t]).flatten(1).sum(-1).float()
         union = (pred | target[t]).flatten(1).sum(-1).float()
