@@ -60,21 +60,19 @@ DEMO_CONFIG: Dict[str, Any] = {
     "log_every": 5,
 }
 
-# Training stages of the recipe: (name, config overrides, share of the time budget); one stage
-# (the whole budget, DEMO_CONFIG alone) when empty: the bundled weights' recipe.
-DEMO_STAGES: Tuple[Tuple[str, Dict[str, Any], float], ...] = ()
-
-# The candidate recipe of 2026-12-02 (``--recipe staged``; see the model card's "what was tried"): single
+# The bundled weights' recipe since 2026-12-02 (``--recipe staged``; see the model card's "what was tried"): single
 # frames first (every visible instrument an object: only the prompt tells them apart, about 9 steps a
 # second), then clips through the memory with the image encoder frozen (about 3x the clip steps of a
 # full backward), lr 2e-4 (5e-4 was unstable in this stage at 20 minutes), and windows where an
 # instrument leaves while another is in view. 20 minutes: held-out mean IoU 0.493, prompt following
-# 0.820 vs 0.002; not bundled yet (the models built on the demo SAM2 must be retrained with it).
+# 0.820 vs 0.002 (the earlier single-stage recipe, ``--recipe single``: 0.315, prompts ignored).
 STAGED_RECIPE: Tuple[Tuple[str, Dict[str, Any], float], ...] = (
     ("frames", {"clip_len": 1, "hard_windows": 0.8, "prob_box": 0.7, "prob_point": 0.3}, 0.25),
     ("video", {"freeze": ["image_encoder"], "max_stride": 3, "hard_windows": 0.8, "lr": 2e-4}, 0.75),
 )
-RECIPES = {"single": DEMO_STAGES, "staged": STAGED_RECIPE}
+# Training stages: (name, config overrides, share of the time budget); empty = one stage, DEMO_CONFIG alone.
+DEMO_STAGES: Tuple[Tuple[str, Dict[str, Any], float], ...] = STAGED_RECIPE
+RECIPES = {"single": (), "staged": STAGED_RECIPE}
 
 
 def write_demo_data(root: Path, *, progress=None) -> Dict[str, Path]:
@@ -190,6 +188,8 @@ def _recipe_text(summary: Mapping[str, Any]) -> str:
                 "box / click / mask prompts on the first frame")
         if o.get("freeze"):
             what += f", {' and '.join(o['freeze'])} frozen"
+        if "lr" in st["overrides"]:
+            what += f", lr {o['lr']:g}"
         if o.get("hard_windows"):
             what += (f", {o['hard_windows']:.0%} of the items drawn where two instruments are in view on the first "
                      "frame or one leaves while another is in view (`hard_windows`)")
@@ -244,7 +244,7 @@ from the official SAM 2.1 weights (`surgseg weights download sam2.1_hiera_tiny`,
 - Training data: synthetic clips, seeds {TRAIN_SEEDS[0]}-{TRAIN_SEEDS[-1]} ({len(TRAIN_SEEDS)} clips x {CLIP['n_frames']}
   frames, {CLIP['width']}x{CLIP['height']}); validation seed {VAL_SEEDS[0]}; objects = the instruments.
 - Recipe: `surgseg train sam2` (the shared trainer) with SAM2's multi-step loss (focal 20 : dice 1 : IoU-L1 1 :
-  object score 1), {_recipe_text(summary)}, AdamW lr {summary['config']['lr']} with
+  object score 1), {_recipe_text(summary)}, AdamW (lr {summary['config']['lr']:g} unless a stage says otherwise) with
   {summary['config']['warmup_steps']} warm-up steps then cosine to lr/10, stopped by a time budget; best checkpoint by
   validation IoU.
 - Command (exact): `{command}`
@@ -278,8 +278,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--max-minutes", type=float, default=20.0)
     p.add_argument("--export", type=Path, help="write the best weights here (.safetensors) and score them")
     p.add_argument("--only-score", action="store_true", help="skip training; export + score OUT/run's best.pt")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="single",
-                   help="single: the bundled weights' recipe (default); staged: the candidate (STAGED_RECIPE)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="staged",
+                   help="staged: the bundled weights' recipe (default, STAGED_RECIPE); single: the earlier one-stage recipe")
     p.add_argument("--notes", type=Path, help="markdown appended to the model card (what was observed)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -297,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         scores["prompt_following"] = prompt_following_scores(args.export, args.out / "data" / "heldout")
         scores["score_seconds"] = round(time.time() - t0, 1)
         (args.out / "heldout_scores.json").write_text(json.dumps(scores, indent=1, default=str))
-        print(json.dumps({k: {m: v[m] for m in ("objects", "J", "F", "J&F", "mean_iou")} if isinstance(v, dict) else v
+        print(json.dumps({k: {m: v[m] for m in ("objects", "J", "F", "J&F", "mean_iou")} if isinstance(v, dict) and "J" in v else v
                           for k, v in scores.items()}, indent=1), flush=True)
         summary_path = args.out / "train_summary.json"
         if summary_path.is_file():
