@@ -18,6 +18,7 @@ of BENCHMARKS.md. Run:  python benchmarks/video_io.py  [--quick]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing as mp
 import os
 import platform
@@ -35,6 +36,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("SURGSEG_REALDATA", REPO.parent / "shared" / "realdata"))
 SECTION = "video_io"
+# torchcodec: optional benchmark dependency (pip install -e .[bench]), a column when installed
+HAVE_TORCHCODEC = importlib.util.find_spec("torchcodec") is not None
 
 TARGETS = {
     "random_speedup": 3.0,  # ours vs imageio-ffmpeg, median cold random access
@@ -218,7 +221,21 @@ def worker_sequential(path: str, n_seq: int, which: str, queue) -> None:
         gen.close()
         return elapsed
 
-    readers = {"ours": ours, "raw": raw, "raw_auto": lambda: raw("AUTO"), "imageio": imageio}
+    def torchcodec_reader():
+        from torchcodec.decoders import VideoDecoder
+
+        decoder = VideoDecoder(path, device="cpu", dimension_order="NHWC", seek_mode="approximate")
+        frames = iter(decoder)
+        next(frames)
+        t = time.perf_counter()
+        for k, frame in enumerate(frames, 1):
+            rgb = frame  # noqa: F841 - kept until the next one (uint8 HWC tensor), like any consumer
+            if k + 1 >= n_seq:
+                break
+        return time.perf_counter() - t
+
+    readers = {"ours": ours, "raw": raw, "raw_auto": lambda: raw("AUTO"), "imageio": imageio,
+               "torchcodec": torchcodec_reader}
     queue.put((n_seq - 1) / readers[which]())
 
 
@@ -262,7 +279,7 @@ def bench_clip(label: str, path: Path, n_random: int, quick: bool) -> list:
             "peak_mb": mem_base["peak_mb"]}
     seq = None
     if n_seq:  # interleaved rounds, best of each: load from other jobs hits all readers alike
-        seq = {k: 0.0 for k in ("ours", "raw", "raw_auto", "imageio")}
+        seq = {k: 0.0 for k in ("ours", "raw", "raw_auto", "imageio") + (("torchcodec",) if HAVE_TORCHCODEC else ())}
         for _ in range(2 if quick else 3):
             for which in seq:
                 seq[which] = max(seq[which], run_worker(worker_sequential, str(path), n_seq, which))
@@ -285,6 +302,11 @@ def bench_clip(label: str, path: Path, n_random: int, quick: bool) -> list:
         rows.append((label, f"sequential ({n_seq} frames, RGB), best of runs", f"{seq['ours']:.1f} fps",
                      f"{seq['imageio']:.1f} fps", f"{seq['raw']:.1f} fps ({seq['raw_auto']:.1f} frame-threaded)",
                      f"{ratio:.2f}x raw PyAV", f">= 0.9x: {yes(ratio >= TARGETS['sequential_ratio'])}"))
+        if "torchcodec" in seq:
+            tc = seq["ours"] / seq["torchcodec"]
+            rows.append((label, "sequential vs torchcodec (CPU decoder, RGB tensors)", f"{seq['ours']:.1f} fps", "",
+                         f"torchcodec {seq['torchcodec']:.1f} fps", f"{tc:.2f}x torchcodec",
+                         f">= 1.0x: {yes(tc >= 1.0)}"))
     rows.append((label, "peak memory (RSS increase, random-access phase)", f"{ours['peak_mb']:.0f} MB",
                  f"{base['peak_mb']:.0f} MB", "", "", ""))
     return rows
