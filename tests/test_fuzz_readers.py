@@ -7,7 +7,9 @@ bounded; a new damage found here is fixed in the reader and gets its own
 regression test below."""
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -98,8 +100,18 @@ def files(tmp_path_factory):
             "csv": (root / "p.csv").read_bytes()}
 
 
+_cases = itertools.count()
+
+
 def _case_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("case")
+    # one folder per example under one base (mktemp per example lists every earlier one:
+    # quadratic in long hunts); the previous example's folder is removed
+    base = tmp_path_factory.getbasetemp() / "fuzz-cases"
+    n = next(_cases)
+    shutil.rmtree(base / str(n - 1), ignore_errors=True)
+    path = base / str(n)
+    path.mkdir(parents=True)
+    return path
 
 
 def test_fuzz_mp4(files, tmp_path_factory):
