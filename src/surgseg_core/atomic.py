@@ -1,14 +1,25 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync,
 then rename over the target, so a crash never leaves a half-written
-checkpoint, label file or export behind."""
+checkpoint, label file or export behind.
+
+A writer killed with SIGKILL cannot remove its temporary file. Temporary
+names therefore say who wrote them (``.video.mp4.tmp-<pid>@<host>~<random>.mp4``)
+and every atomic write first removes the temporary files in its folder whose
+writer process on this host has gone (:func:`remove_orphans`); a live
+writer's file, or one from another host, is never touched.
+"""
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import re
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 from .errors import Cancelled, WriteError
 
@@ -28,8 +39,10 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _clean_folder_now_and_then(target.parent)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.tmp-", suffix=suffix if suffix is not None else target.suffix, dir=target.parent
+        prefix=f".{target.name}{_TMP_MARK}{os.getpid()}@{_HOST}~",
+        suffix=suffix if suffix is not None else target.suffix, dir=target.parent
     )
     os.close(fd)
     tmp_path = Path(tmp)
@@ -52,6 +65,101 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
             raise WriteError(f"cannot write {target}: the disk is full{kept}; free space on "
                              f"{target.parent} or write elsewhere") from exc
         raise
+
+
+# ---------------------------------------------------------------- orphans
+_TMP_MARK = ".tmp-"
+# The host part of temporary names: characters safe in file names, and short
+# (the whole name must stay under 255 bytes).
+_HOST = re.compile(r"[^A-Za-z0-9.-]+").sub("_", socket.gethostname() or "host")[:32] or "host"
+# ".<target name>.tmp-<pid>@<host>~<random><suffix>"
+_OWNED = re.compile(r"^\.(?P<target>.+)\.tmp-(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]*)~")
+# Names of temporary files before writers were named (".<target>.tmp-<8 random><suffix>"):
+# no owner to ask, so removed only once nobody has written to them for a day.
+_LEGACY = re.compile(r"^\.(?P<target>.+)\.tmp-[a-z0-9_]{8}(\.[^.]*)?$")
+LEGACY_AGE_S = 24 * 3600
+# Every atomic write lists its folder, except in big folders (a tracker
+# writing thousands of frames into one): those at most once a minute per process.
+_RESCAN_S = 60.0
+_BIG_FOLDER = 256
+_cleaned: dict = {}
+_cleaned_lock = threading.Lock()
+
+
+def _writer_alive(pid: int, host: str) -> bool:
+    """Whether the process that named a temporary file may still write it.
+    Another host's process cannot be asked: it counts as alive."""
+    if host != _HOST:
+        return True
+    if pid == os.getpid():
+        return True  # this process: another thread's write in progress
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    except OSError:
+        return True
+    return True
+
+
+def remove_orphans(folder: PathLike, target_name: Optional[str] = None) -> List[Path]:
+    """Remove temporary files of atomic writes in ``folder`` (of
+    ``target_name`` only, if given) whose writer is gone: killed before it
+    could clean up. Returns the removed paths. Files of live writers (this
+    or another process on this host), of other hosts, and unnamed legacy
+    files touched within the last day are kept."""
+    return _remove_orphans(Path(folder), target_name)[0]
+
+
+def _remove_orphans(folder: Path, target_name: Optional[str]) -> Tuple[List[Path], int]:
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed, 0
+    now = time.time()
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(".") or _TMP_MARK not in name:
+            continue
+        owned = _OWNED.match(name)
+        if owned is not None:
+            if target_name is not None and owned["target"] != target_name:
+                continue
+            if _writer_alive(int(owned["pid"]), owned["host"]):
+                continue
+        else:
+            legacy = _LEGACY.match(name)
+            if legacy is None or (target_name is not None and legacy["target"] != target_name):
+                continue
+            try:
+                if now - entry.stat(follow_symlinks=False).st_mtime < LEGACY_AGE_S:
+                    continue
+            except OSError:
+                continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:  # removed by someone else meanwhile, or not ours to remove
+            continue
+    return removed, len(entries)
+
+
+def _clean_folder_now_and_then(folder: Path) -> None:
+    key = str(folder.absolute())
+    now = time.monotonic()
+    with _cleaned_lock:
+        last = _cleaned.get(key)
+        if last is not None and now - last < _RESCAN_S:
+            return
+    size = _remove_orphans(folder, None)[1]
+    if size > _BIG_FOLDER:
+        with _cleaned_lock:
+            _cleaned[key] = now
 
 
 def disk_full(exc: BaseException, folder: Optional[Path] = None) -> bool:

@@ -79,27 +79,29 @@ def _warn_gaps(folder: Path, files: List[Path]) -> None:
 
 
 def _load(path: Path, i: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as img:
             if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
                 img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
             return np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except VideoError:
+        raise
+    except Exception as exc:  # damaged images: PIL raises SyntaxError, struct.error, EOFError, ValueError, ...
         raise VideoError(f"{path}: frame {i} cannot be read ({exc.__class__.__name__}: {exc})") from exc
 
 
 def check_sizes(files: List[Path]) -> Tuple[int, int]:
     """(width, height) shared by all frames; names the first file that differs."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     ref = None
     for i, path in enumerate(files):
         try:
             with Image.open(path) as img:  # reads the header only
                 size = img.size
-        except (UnidentifiedImageError, OSError) as exc:
+        except Exception as exc:  # a damaged header: OSError, ValueError ("Truncated IHDR chunk"), SyntaxError, ...
             raise VideoError(f"{path}: frame {i} is not a readable image ({exc})") from exc
         if ref is None:
             ref = size

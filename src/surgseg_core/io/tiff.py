@@ -30,12 +30,14 @@ class TiffStack:
         self.path = path
         try:
             self._tif = tifffile.TiffFile(str(path))
-            series = self._tif.series[0]
-            shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
-        except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, struct_error()) as exc:
+        except Exception as exc:  # a damaged header raises whatever tifffile's parser hits
             raise VideoError(f"{path}: not a readable TIFF file ({exc.__class__.__name__}: {exc})") from exc
         try:
-            self._analyse(series, shape, axes, dtype)
+            # Damaged tags reach tifffile's series detection as any exception
+            # (TypeError, ZeroDivisionError, ... found by tests/test_fuzz_readers.py).
+            series = self._guard(lambda: self._tif.series[0], "not a readable TIFF file:", prefix=True)
+            shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
+            self._guard(lambda: self._analyse(series, shape, axes, dtype), "not a readable TIFF file:", prefix=True)
         except BaseException:
             self._tif.close()
             raise
@@ -83,13 +85,15 @@ class TiffStack:
                                  "save it as one page per frame")
         self.fps = self._imagej_fps()
 
-    def _guard(self, fn, what: str):
+    def _guard(self, fn, what: str, prefix: bool = False):
         try:
             return fn()
         except VideoError:
             raise
         except Exception as exc:  # tifffile/codec errors come in many types
-            raise VideoError(f"{self.path}: {what} failed ({exc.__class__.__name__}: {exc})") from exc
+            said = f"{what} {exc.__class__.__name__}: {exc}" if prefix else \
+                f"{what} failed ({exc.__class__.__name__}: {exc})"
+            raise VideoError(f"{self.path}: {said}") from exc
 
     def _imagej_fps(self) -> Optional[float]:
         meta = self._tif.imagej_metadata or {}
@@ -122,12 +126,6 @@ class TiffStack:
     def close(self) -> None:
         self._array = None  # drops the memory map
         self._tif.close()
-
-
-def struct_error():
-    import struct
-
-    return struct.error
 
 
 class TiffReader:
