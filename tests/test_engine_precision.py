@@ -26,6 +26,9 @@ def test_auto_on_cpu_uses_bf16_encoder_only_where_the_cpu_has_bf16(monkeypatch, 
     got = resolve_inference_precision("auto", CPU)
     assert got.name == expected
     assert resolve_inference_precision(None, CPU) == got
+    assert resolve_inference_precision("auto", CPU, image_size=1024) == got
+    # small models: bf16 did not pay (benchmarks/cpu_precision.py), float32 whatever the CPU
+    assert resolve_inference_precision("auto", CPU, image_size=256).name == "fp32"
     # training keeps float32 on every CPU (its own resolver)
     assert resolve_precision("auto", CPU) is None
 

@@ -1,7 +1,7 @@
 """Device and precision choice, shared by the SAM2 engine, the trainer and
 every widget: CUDA > MPS > CPU; bf16 autocast on CUDA (when the GPU has
 bf16); for SAM2 inference on a CPU with native bf16 (AVX512-BF16 or AMX),
-bf16 for the image encoder only; plain float32 elsewhere; TF32 matmuls on
+bf16 for the image encoder of models at >= 512 px; plain float32 elsewhere; TF32 matmuls on
 Ampere+."""
 from __future__ import annotations
 
@@ -119,17 +119,27 @@ class InferencePrecision:
 INFERENCE_PRECISIONS = ("auto", "bf16", "bf16-encoder", "fp32")
 
 
-def resolve_inference_precision(precision: Optional[Union[str, bool]], device: torch.device) -> InferencePrecision:
+#: Below this processing size bf16 did not pay on a CPU (the demo-size model at 256 px: encoder
+#: 0.85x, whole frame 1.00x; benchmarks/cpu_precision.py): casts cost what the smaller matmuls save.
+CPU_BF16_MIN_IMAGE_SIZE = 512
+
+
+def resolve_inference_precision(
+    precision: Optional[Union[str, bool]], device: torch.device, image_size: Optional[int] = None
+) -> InferencePrecision:
     """SAM2 inference precision for ``precision`` ("auto" | "bf16" |
     "bf16-encoder" | "fp32"; True / False / None as for
-    ``resolve_precision``).
+    ``resolve_precision``) and a model processing ``image_size`` px.
 
     "auto": bf16 throughout on a CUDA GPU with bf16 (as before); on a CPU
-    with native bf16, bf16 for the image encoder only ("bf16-encoder"):
-    measured on an AMD EPYC with AVX512-BF16 (BENCHMARKS.md, cpu-precision)
-    the encoder ran about 1.5-1.9x faster in bf16 while the mask decoder at
-    1024 px ran 3.8x slower (its transposed-convolution upscaling has no
-    fast bf16 CPU kernel); float32 everywhere else."""
+    with native bf16, bf16 for the image encoder only ("bf16-encoder") when
+    the model works at >= ``CPU_BF16_MIN_IMAGE_SIZE`` px, float32 otherwise.
+    Measured on an AMD EPYC with AVX512-BF16, 2 threads
+    (BENCHMARKS.md, cpu-precision): the image encoder of SAM2.1-tiny ran
+    1.5x (512 px) and 1.8x (1024 px) faster in bf16, a whole propagation
+    step 1.4x and 1.3x (memory attention gains little); bf16 for the heads
+    too added at most 0.08x to that while the encoder alone keeps the prompt
+    encoder and mask decoder (the cached click) in float32."""
     if precision is None:
         precision = "auto"
     elif precision is True:
@@ -141,7 +151,8 @@ def resolve_inference_precision(precision: Optional[Union[str, bool]], device: t
         if device.type == "cuda":
             dtype = resolve_precision("auto", device)
             return InferencePrecision(dtype, dtype)
-        if device.type == "cpu" and cpu_has_fast_bf16():
+        big_enough = image_size is None or int(image_size) >= CPU_BF16_MIN_IMAGE_SIZE
+        if device.type == "cpu" and big_enough and cpu_has_fast_bf16():
             return InferencePrecision(torch.bfloat16, None)
         return InferencePrecision(None, None)
     if p == "bf16-encoder":

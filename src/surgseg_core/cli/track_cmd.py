@@ -70,7 +70,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--precision", choices=["auto", "bf16", "bf16-encoder", "fp32"], default="auto",
                    help="auto (default): bf16 on a CUDA GPU; on a CPU with native bf16 (AVX512-BF16/AMX) the image "
-                   "encoder in bf16, the rest float32; fp32 everywhere else. fp32 = SAM2's own CPU arithmetic")
+                   "encoder of a model at >= 512 px in bf16, the rest float32; fp32 everywhere else. fp32 = SAM2's own CPU arithmetic")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_track)
 
@@ -98,7 +98,7 @@ def register(subparsers) -> None:
     r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
     r.add_argument("--precision", choices=["auto", "bf16", "bf16-encoder", "fp32"], default="auto",
                    help="auto (default): bf16 on a CUDA GPU; on a CPU with native bf16 (AVX512-BF16/AMX) the image "
-                   "encoder in bf16, the rest float32; fp32 everywhere else. fp32 = SAM2's own CPU arithmetic")
+                   "encoder of a model at >= 512 px in bf16, the rest float32; fp32 everywhere else. fp32 = SAM2's own CPU arithmetic")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=_repropagate)
 

@@ -146,8 +146,8 @@ class StreamingSAM2:
         (on by default: without them a correction does not steer later frames).
       ``precision``: "auto" (default), "bf16", "bf16-encoder" or "fp32"
         (``device.resolve_inference_precision``: on a CPU with native bf16,
-        auto runs the image encoder in bf16 and the rest in float32; on a
-        CUDA GPU bf16 throughout). ``use_autocast`` True / False is the
+        auto runs the image encoder of a model at >= 512 px in bf16 and the
+        rest in float32; on a CUDA GPU bf16 throughout). ``use_autocast`` True / False is the
         older spelling of "bf16" / "fp32". Equal to SAM2VideoPredictor bit
         for bit only in "fp32" (SAM2's CPU path); the provenance says which ran.
       ``embed_cache_mb``: image-feature cache size (frames the user prompts or
@@ -201,14 +201,16 @@ class StreamingSAM2:
         if keep_recent_prompt_frames is not None and keep_recent_prompt_frames < 0:
             raise ConfigError(f"keep_recent_prompt_frames must be >= 0 (0: off), got {keep_recent_prompt_frames}")
         keep_recent_prompt_frames = keep_recent_prompt_frames or None  # 0: off
+        if precision is not None and use_autocast is not None:
+            raise ConfigError("give precision or use_autocast (its older True/False form), not both")
         self.image_size = int(model.image_size)
+        self.precision = resolve_inference_precision(
+            precision if precision is not None else use_autocast, self.device, self.image_size
+        )
         self.max_cond_frames_in_attn = max_cond_frames_in_attn
         self.keep_recent_prompt_frames = keep_recent_prompt_frames
         self.correct_as_cond = correct_as_cond
         self.clear_memory_around_corrections = clear_memory_around_corrections
-        if precision is not None and use_autocast is not None:
-            raise ConfigError("give precision or use_autocast (its older True/False form), not both")
-        self.precision = resolve_inference_precision(precision if precision is not None else use_autocast, self.device)
         self.prompt_hook = prompt_hook
         self.cache = EmbeddingCache(embed_cache_mb)
         self._fill_holes = int(getattr(model, "fill_hole_area", 0) or 0) > 0 and _has_hole_filling()
