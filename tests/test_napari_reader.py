@@ -24,7 +24,7 @@ PLUGIN = "napari-surgseg"
 
 @pytest.fixture
 def clip(tmp_path) -> Path:
-    return write_video(tmp_path / "clip.mp4", 12, width=64, height=48, fps=10)
+    return write_video(tmp_path / "clip.mp4", 30, width=64, height=48, fps=10)
 
 
 def _frames_folder(folder: Path, n=6, w=64, h=48) -> Path:
@@ -39,8 +39,14 @@ def _assert_lazy_video_layer(layer, shape):
     assert tuple(layer.axis_labels) == ("t", "y", "x")
     assert isinstance(layer.data, FrameSource) and not isinstance(layer.data, np.ndarray)
     assert layer.data.shape == shape
-    # napari showed one frame; it must not have decoded the whole video to do so
-    assert len(layer.data.cache) < shape[0]
+    # napari showed one frame: it decoded that frame and the read-ahead window in the
+    # direction of play (PLAYBACK_PREFETCH), never the whole of a longer video
+    from napari_surgseg.widgets.base.layers import PLAYBACK_PREFETCH
+
+    assert layer.data._prefetch == PLAYBACK_PREFETCH
+    assert len(layer.data.cache) <= 2 * (1 + PLAYBACK_PREFETCH)
+    if shape[0] > 2 * (1 + PLAYBACK_PREFETCH):
+        assert len(layer.data.cache) < shape[0]
 
 
 def test_reader_declines_what_it_cannot_read(tmp_path):
@@ -70,13 +76,13 @@ def test_reader_opens_video_as_lazy_rgb_layer_with_metadata(make_napari_viewer, 
     assert len(layers) == 1
     layer = layers[0]
     assert layer.name == "clip"
-    _assert_lazy_video_layer(layer, (12, 48, 64, 3))
+    _assert_lazy_video_layer(layer, (30, 48, 64, 3))
     md = layer.metadata
     assert md["fps"] == pytest.approx(10)
-    assert md["duration"] == pytest.approx(1.2, abs=0.11)
-    assert md["codec"] == "h264" and md["n_frames"] == 12
+    assert md["duration"] == pytest.approx(3.0, abs=0.11)
+    assert md["codec"] == "h264" and md["n_frames"] == 30
     assert Path(md["source_path"]) == clip
-    assert len(md["timestamps"]) == 12
+    assert len(md["timestamps"]) == 30
     viewer.dims.set_current_step(0, 7)
     assert frame_number(np.asarray(layer._slice.image.raw)) == 7  # what napari displays is frame 7
 
