@@ -60,18 +60,24 @@ def resolve_device(prefer: DeviceLike = None, local_rank: int = 0) -> torch.devi
     raise ConfigError(f"device must be auto, cpu, cuda[:N] or mps, got {prefer!r}")
 
 
+def _precision_name(precision: Optional[Union[str, bool]]) -> str:
+    """None -> "auto", True -> "bf16", False -> "fp32" (the engine's older
+    ``use_autocast``), names lower-cased."""
+    if precision is None:
+        return "auto"
+    if precision is True:
+        return "bf16"
+    if precision is False:
+        return "fp32"
+    return str(precision).lower()
+
+
 def resolve_precision(precision: Optional[Union[str, bool]], device: torch.device) -> Optional[torch.dtype]:
     """Autocast dtype for ``precision`` ("auto" | "bf16" | "fp32"; True /
     False / None as the engine's ``use_autocast``): bf16 on a CUDA GPU that
     has it, None (float32) elsewhere: CPU bf16 is slow on most CPUs and MPS
     autocast is incomplete."""
-    if precision is None:
-        precision = "auto"
-    elif precision is True:
-        precision = "bf16"
-    elif precision is False:
-        precision = "fp32"
-    p = str(precision).lower()
+    p = _precision_name(precision)
     if p == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -140,13 +146,7 @@ def resolve_inference_precision(
     step 1.4x and 1.3x (memory attention gains little); bf16 for the heads
     too added at most 0.08x to that while the encoder alone keeps the prompt
     encoder and mask decoder (the cached click) in float32."""
-    if precision is None:
-        precision = "auto"
-    elif precision is True:
-        precision = "bf16"
-    elif precision is False:
-        precision = "fp32"
-    p = str(precision).lower()
+    p = _precision_name(precision)
     if p == "auto":
         if device.type == "cuda":
             dtype = resolve_precision("auto", device)
