@@ -184,14 +184,19 @@ def _uniform_times(n: int, fps: Optional[float]) -> np.ndarray:
 
 
 def _open_av(path: Path, downscale: float, opts, fps=None, pattern=None):
-    from .video_pyav import PyAVReaderPool, build_index
+    from .video_pyav import PyAVReaderPool, open_indexed
 
     if pattern is not None:
         raise VideoError(f"{path}: pattern= only applies to folders of frames")
-    index = build_index(path)
-    times = index.timestamps()
-    damage = _damage_message(index, times)
-    sel = select_frames(path, index.n_frames, times, **opts, damage=damage)
+    index, opened = open_indexed(path)
+    try:
+        times = index.timestamps()
+        damage = _damage_message(index, times)
+        sel = select_frames(path, index.n_frames, times, **opts, damage=damage)
+    except BaseException:
+        if opened is not None:
+            opened[0].close()
+        raise
     src_size = (index.width, index.height)
     size = output_size(*src_size, downscale)
     if fps is not None:
@@ -200,7 +205,12 @@ def _open_av(path: Path, downscale: float, opts, fps=None, pattern=None):
                      sel, downscale, times, vfr=index.variable_frame_rate, time_offset=index.time_offset,
                      damaged_from=index.damaged_from, damage=damage)
     out = size if size != src_size else None
-    return meta, lambda: PyAVReaderPool(path, index, out)
+    spare = [opened] if opened is not None else []  # open_video's first read takes it
+
+    def make_reader():
+        return PyAVReaderPool(path, index, out, opened=spare.pop() if spare else None)
+
+    return meta, make_reader
 
 
 def _damage_message(index, times: np.ndarray) -> Optional[str]:

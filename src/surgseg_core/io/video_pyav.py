@@ -15,7 +15,8 @@ import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from functools import cached_property
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class VideoIndex:
             return best
         return None
 
-    @property
+    @cached_property  # pts never change after indexing; a median over a long video costs ms
     def frame_ticks(self) -> int:
         if len(self.pts) > 1:
             return max(1, int(np.median(np.diff(self.pts))))
@@ -118,7 +119,7 @@ class VideoIndex:
     def time_offset(self) -> float:
         return float(self.pts[0] * self.time_base)
 
-    @property
+    @cached_property
     def variable_frame_rate(self) -> bool:
         if len(self.pts) < 3:
             return False
@@ -175,8 +176,20 @@ def _open_container(path: Path):
 def build_index(path: Path) -> VideoIndex:
     """Index the first video stream: MP4/MOV sample tables when usable, else demux every
     packet (no decoding)."""
+    index, opened = open_indexed(path)
+    if opened is not None:
+        opened[0].close()
+    return index
+
+
+def open_indexed(path: Path) -> Tuple[VideoIndex, Optional[tuple]]:
+    """:func:`build_index`, and the container it opened as ``(container, stream)``
+    for the first reader when the file indexed cleanly (else None, closed).
+    Handing it over saves opening the file twice: ~15 ms of the time to first
+    frame (FFmpeg probes the streams on every open)."""
     av = _av()
     container, stream = _open_container(path)
+    handed_over = False
     try:
         for other in container.streams:
             if other is not stream:
@@ -184,7 +197,9 @@ def build_index(path: Path) -> VideoIndex:
         fast = _index_from_sample_tables(path, container, stream)
         if fast is not None:
             pts, keys = fast
-            return _make_index(path, stream, pts, keys)
+            index = _make_index(path, stream, pts, keys)
+            handed_over = True
+            return index, (container, stream)
         pts, keys, last_dts = [], [], None
         n_packets, corrupt_tail = 0, 0  # corrupt_tail: trailing packets (decode order) with damaged data
         problem: Optional[str] = None
@@ -219,11 +234,13 @@ def build_index(path: Path) -> VideoIndex:
             raise VideoError(f"{path}: the file is truncated or corrupt ({problem}): not one complete "
                              "frame could be read")
         index = _make_index(path, stream, pts, keys)
-        if problem is not None:
-            index = _readable_part(path, index, problem, last_dts)
-        return index
+        if problem is not None:  # a damaged file: the readers start from a fresh open
+            return _readable_part(path, index, problem, last_dts), None
+        handed_over = True
+        return index, (container, stream)
     finally:
-        container.close()
+        if not handed_over:
+            container.close()
 
 
 def _index_from_sample_tables(path: Path, container, stream):
@@ -252,17 +269,29 @@ def _index_from_sample_tables(path: Path, container, stream):
     return pts.tolist(), pts[keys].tolist()
 
 
+def _sorted_unique(values: list) -> np.ndarray:
+    """np.unique for int64 timestamps, without its first-call import of numpy.ma
+    (25 ms of the time to first frame)."""
+    arr = np.sort(np.asarray(values, dtype=np.int64))
+    if len(arr) > 1:
+        keep = np.empty(len(arr), dtype=bool)
+        keep[0] = True
+        np.not_equal(arr[1:], arr[:-1], out=keep[1:])
+        arr = arr[keep]
+    return arr
+
+
 def _make_index(path: Path, stream, pts: list, keys: list) -> VideoIndex:
     """Presentation-ordered index from packet timestamps (shown frames) and keyframe timestamps."""
     if not pts:
         raise VideoError(f"{path}: the video stream has zero frames")
-    pts_arr = np.unique(np.asarray(pts, dtype=np.int64))  # presentation order
+    pts_arr = _sorted_unique(pts)  # presentation order
     if len(pts_arr) != len(pts):
         log.warning("%s: %d frames share a timestamp with another frame; kept one of each",
                     path, len(pts) - len(pts_arr))
     if not keys:
         raise VideoError(f"{path}: the video stream has no keyframe; it cannot be decoded")
-    key_arr = np.unique(np.asarray(keys, dtype=np.int64))
+    key_arr = _sorted_unique(keys)
     header = int(stream.frames or 0)
     if header and header != len(pts_arr):
         log.info("%s: header says %d frames, the stream holds %d; using %d", path, header,
@@ -389,11 +418,13 @@ class PyAVReader:
     #: further ahead than that (its packet cannot have been sent yet).
     _SKIP_MIN_DISTANCE = 40
 
-    def __init__(self, path: Path, index: VideoIndex, out_size: Optional[tuple] = None) -> None:
+    def __init__(self, path: Path, index: VideoIndex, out_size: Optional[tuple] = None,
+                 opened: Optional[tuple] = None) -> None:
         self.path = path
         self.index = index
         self.out_size = out_size  # (width, height) when downscaling
-        self._container, self._stream = _open_container(path)
+        # opened: (container, stream) from open_indexed; the first read seeks, so its position does not matter
+        self._container, self._stream = opened if opened is not None else _open_container(path)
         self._ctx = self._stream.codec_context
         self._ctx.thread_type = THREAD_TYPE
         self._frames: Optional[Iterator] = None
@@ -578,9 +609,10 @@ class PyAVReaderPool:
 
     SEEK_COST = 3  # frames: a seek plus decoder restart costs about this much
 
-    def __init__(self, path: Path, index: VideoIndex, out_size: Optional[tuple] = None, size: int = 3) -> None:
+    def __init__(self, path: Path, index: VideoIndex, out_size: Optional[tuple] = None, size: int = 3,
+                 opened: Optional[tuple] = None) -> None:
         self.path, self.index, self.out_size, self.size = path, index, out_size, size
-        self._readers = [PyAVReader(path, index, out_size)]  # fails early for unreadable files
+        self._readers = [PyAVReader(path, index, out_size, opened)]  # fails early for unreadable files
         self._used = [0]
         self._clock = 0
 
