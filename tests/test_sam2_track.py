@@ -265,6 +265,22 @@ def test_widget_tracks_into_a_labels_layer(widget_and_video, qtbot, frames):
         np.testing.assert_array_equal(labels.data[t], ref[t])
 
 
+@pytest.mark.parametrize("choice", ["bf16", "fp32"])
+def test_widget_precision_choice_reaches_the_engine_and_its_provenance(widget_and_video, qtbot, choice):
+    """The widget's Precision picker is the CLI's --precision: the run uses it and
+    the masks layer's provenance says which ran."""
+    from surgseg_core.precision_names import INFERENCE_PRECISIONS
+
+    viewer, widget, video = widget_and_video
+    assert list(widget.precision_combo.choices) == list(INFERENCE_PRECISIONS) and widget.precision_combo.value == "auto"
+    widget.precision_combo.value = choice
+    prompts_layer = widget.new_prompt_layer()
+    _click(widget, prompts_layer, 1, True, [1, 30, 20])
+    widget.track()
+    _wait_done(qtbot, widget)
+    assert widget.result_layer.metadata["provenance"]["options"]["precision"] == choice
+
+
 def test_widget_preview_segments_only_the_current_frame(widget_and_video, qtbot, frames, monkeypatch):
     """Preview: the frame shown, from its own clicks, into a reused preview
     layer; equal to that frame of a full tracking run with those clicks."""

@@ -122,7 +122,6 @@ class InferencePrecision:
         return "bf16"
 
 
-INFERENCE_PRECISIONS = ("auto", "bf16", "bf16-encoder", "fp32")
 
 
 #: Below this processing size bf16 did not pay on a CPU (the demo-size model at 256 px: encoder

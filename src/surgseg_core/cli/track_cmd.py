@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, VideoError
+from ..precision_names import INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS
 from ..progress import TextProgress
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,7 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the masks of an earlier run in --out (default: refuse a folder that holds masks)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
-    p.add_argument("--precision", choices=["auto", "bf16", "bf16-encoder", "fp32"], default="auto",
-                   help="auto (default): bf16 on a CUDA GPU; on a CPU with native bf16 (AVX512-BF16/AMX) the image "
-                   "encoder of a model at >= 512 px in bf16, the rest float32; fp32 everywhere else. fp32 = SAM2's own CPU arithmetic")
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_track)
 
@@ -96,9 +95,7 @@ def register(subparsers) -> None:
     r.add_argument("--model", default="surgseg_tiny", help="as for 'surgseg track'")
     r.add_argument("--checkpoint", help="weights file or registered/official weights name (default: none = random)")
     r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
-    r.add_argument("--precision", choices=["auto", "bf16", "bf16-encoder", "fp32"], default="auto",
-                   help="auto (default): bf16 on a CUDA GPU; on a CPU with native bf16 (AVX512-BF16/AMX) the image "
-                   "encoder of a model at >= 512 px in bf16, the rest float32; fp32 everywhere else. fp32 = SAM2's own CPU arithmetic")
+    r.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help=INFERENCE_PRECISION_HELP)
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=_repropagate)
 

@@ -242,12 +242,13 @@ class TrackingWidget(MethodWidget):
         return [*controls, *self.object_widgets(), self.positive_check]
 
     def tracking_controls(self) -> None:
-        """Direction, frame range, device, masks layer; Track, Re-propagate,
+        """Direction, frame range, device, precision, masks layer; Track, Re-propagate,
         checked frames, undo, Cancel (placed by :meth:`layout`)."""
         self.direction_combo = ComboBox(label="Direction", choices=["both", "forward", "backward"], value="both")
         self.frames = FrameRange()
         self.start_spin, self.end_spin = self.frames.start_spin, self.frames.end_spin
         self.device_combo = self.device_picker()
+        self.precision_combo = self.precision_picker()
         self.result_combo = ComboBox(label="Masks layer", choices=result_choices(self.viewer, self.STATE_KEY))
         self.result_combo.tooltip = (f"where {self.TRACK_TEXT} writes and what Re-propagate refines; (new layer): "
                                      "the video's last result layer, else a new one")
@@ -280,10 +281,10 @@ class TrackingWidget(MethodWidget):
 
     def layout(self, prompt_controls: list, model: ComboBox, run_buttons: list = ()) -> None:
         """Place the controls: video, prompts, model, direction, frames,
-        device, masks layer, ``run_buttons``, Track, corrections, status."""
+        device, precision, masks layer, ``run_buttons``, Track, corrections, status."""
         self.extend([
             self.video_combo, *prompt_controls, model, self.direction_combo, *self.frames.widgets,
-            self.device_combo, self.result_combo, *run_buttons, self.track_button, *self.correction_controls,
+            self.device_combo, self.precision_combo, self.result_combo, *run_buttons, self.track_button, *self.correction_controls,
             self.status,
         ])
 
@@ -474,7 +475,8 @@ class TrackingWidget(MethodWidget):
         undo = self._new_undo(layer)
         self.status.value = f"{self.RUNNING_TEXT}…"
         self._start(job, args, {"direction": self.direction_combo.value, "frame_range": frame_range,
-                                "sink": StackWriter(layer.data, protect=protect, undo=undo)},
+                                "sink": StackWriter(layer.data, protect=protect, undo=undo),
+                                "precision": self.precision_combo.value},
                     layer, self._on_done, description, created)
         return layer
 
@@ -534,7 +536,8 @@ class TrackingWidget(MethodWidget):
         self.status.value = f"re-propagating from frame {t} ({direction})…"
         self._start(type(self).refine_job, (video.data, layer.data, t),
                     {"direction": direction, "validated": layer.metadata.get(VALIDATED_KEY) or [],
-                     "obj_ids": obj_ids, "frame_range": frame_range, "undo": undo},
+                     "obj_ids": obj_ids, "frame_range": frame_range, "undo": undo,
+                     "precision": self.precision_combo.value},
                     layer, self._on_refined, self.REFINE_DESCRIPTION or f"Re-propagating ({self.TITLE})")
 
     # ------------------------------------------------------------------ checked frames, undo

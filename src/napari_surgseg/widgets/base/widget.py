@@ -109,6 +109,15 @@ class MethodWidget(Container):
     def device_picker(self, label: str = "Device") -> ComboBox:
         return ComboBox(label=label, choices=device_choices(), value="auto")
 
+    def precision_picker(self, label: str = "Precision") -> ComboBox:
+        """SAM2's inference precision (the CLI's ``--precision``): "auto"
+        takes bf16 where it pays (CUDA; the image encoder on CPUs with native bf16)."""
+        from surgseg_core.precision_names import INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS
+
+        combo = ComboBox(label=label, choices=list(INFERENCE_PRECISIONS), value="auto")
+        combo.tooltip = INFERENCE_PRECISION_HELP
+        return combo
+
     # ------------------------------------------------------------------ result layers
     def add_labels(self, source, data, name: str, **kwargs: Any):
         """A Labels result placed on ``source`` (see :func:`~.results.add_labels_result`)."""
