@@ -139,6 +139,38 @@ def test_real_endovis_clip_mpeg4():
         assert src.shape == (7, 270, 480, 3)
 
 
+COLOUR_VARIANTS = {  # the 8-bit ones convert through the pooled filter graph, the 10-bit one through reformat
+    # full-range JPEG colours (endoscope recorders writing MJPEG)
+    "mjpeg_full_range.avi": dict(codec="mjpeg", extra=["-pix_fmt", "yuvj420p", "-q:v", "3"]),
+    # BT.709 full range, 4:4:4; 4:2:2
+    "h264_422.mkv": dict(extra=["-pix_fmt", "yuv422p"]),
+    "h264_444_bt709_full.mkv": dict(extra=["-pix_fmt", "yuv444p", "-colorspace", "bt709", "-color_primaries",
+                                           "bt709", "-color_trc", "bt709", "-color_range", "pc"]),
+    # 10 bit, BT.709 limited range
+    "hevc_10bit_bt709.mkv": dict(codec="libx265", extra=["-pix_fmt", "yuv420p10le", "-colorspace", "bt709"]),
+}
+
+
+@pytest.mark.parametrize("name", list(COLOUR_VARIANTS))
+def test_pixels_equal_plain_pyav_for_pixel_formats_and_colour_tags(tmp_path, name):
+    """Frames convert to RGB through an FFmpeg filter graph (pooled buffers):
+    the pixels must be those of PyAV's own ``to_ndarray("rgb24")``, whatever the
+    pixel format, range and colour matrix, sequentially and by random access."""
+    import av
+
+    path = write_video(tmp_path / name, n_frames=12, gop=5, **COLOUR_VARIANTS[name])
+    with av.open(str(path)) as container:
+        pix_fmt = container.streams.video[0].codec_context.pix_fmt
+    assert pix_fmt in {"mjpeg_full_range.avi": ["yuvj420p"], "h264_422.mkv": ["yuv422p"], "h264_444_bt709_full.mkv": ["yuv444p", "yuvj444p"],
+                       "hevc_10bit_bt709.mkv": ["yuv420p10le"]}[name]  # the variant really has that format
+    ref = decode_all(path)
+    with open_video(path, cache_mb=0) as src:
+        for i, frame in src.iter_frames():
+            np.testing.assert_array_equal(frame, ref[i], err_msg=f"frame {i} (sequential)")
+        for i in [11, 0, 7, 3]:
+            np.testing.assert_array_equal(src[i], ref[i], err_msg=f"frame {i} (random access)")
+
+
 @pytest.mark.parametrize("name", ["h264_bframes_long_gop.mp4", "h264_gop12_audio_offset.mp4", "h264_audio.mov",
                                   "lapchole"])
 def test_mp4_sample_table_index_equals_demux_index(videos, monkeypatch, name):

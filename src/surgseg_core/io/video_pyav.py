@@ -401,6 +401,11 @@ def _readable_part(path: Path, index: "VideoIndex", problem: str, last_dts: Opti
     return readable
 
 
+#: 8-bit pixel formats whose filter-graph RGB equals ``frame.reformat("rgb24")``
+#: bit for bit (tests/test_video_access.py); other formats convert with reformat.
+POOLED_RGB_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"})
+
+
 class _FrameMissing(Exception):
     pass
 
@@ -432,10 +437,12 @@ class PyAVReader:
         self._bad: Optional[int] = None  # frame whose packet failed to decode
         self._skip_until: Optional[int] = None  # PTS of the packet that ends skipping
         self._skipping = False
+        self._rgb_graph = None  # (key, graph): FFmpeg filter graph converting to RGB (see _convert)
         self.seeks = 0
 
     def close(self) -> None:
         self._frames = None
+        self._rgb_graph = None
         if self._container is not None:
             self._container.close()
             self._container = None
@@ -582,21 +589,49 @@ class PyAVReader:
             raise VideoError(f"{self.path}: reading frame {i} failed ({exc})") from exc
 
     def _convert(self, frame, i: int) -> np.ndarray:
-        """RGB (H, W, 3) uint8 of a decoded frame: FFmpeg converts into a new
-        frame buffer and the array is a view of it (it keeps the buffer
-        alive). ``to_ndarray`` copied that buffer once more, which cost about
-        a third of sequential reading at 1080p (benchmarks/video_io.py)."""
+        """RGB (H, W, 3) uint8 of a decoded frame, a view of an FFmpeg frame
+        buffer (the array keeps it alive).
+
+        Full size: through an FFmpeg filter graph (``format=rgb24``), whose
+        output frames come from a buffer pool. ``frame.reformat`` allocated a
+        fresh 6 MB buffer per 1080p frame, and glibc returned each to the
+        system when freed, so every frame paid ~1,500 page faults: 2-3 ms of
+        a 5 ms frame (benchmarks/video_io.py, sequential). Same pixels as
+        ``reformat`` for the 8-bit formats in ``POOLED_RGB_FORMATS`` (tested);
+        others (10-bit: the filter's chroma and dithering differ by up to 59
+        levels at edges) and downscaling (AREA) use ``reformat``."""
+        av = _av()
         try:
-            if self.out_size is None:
-                rgb = frame.reformat(format="rgb24")
+            if self.out_size is None and frame.format.name in POOLED_RGB_FORMATS:
+                out = self._pooled_rgb(frame)
+            elif self.out_size is None:
+                out = frame.reformat(format="rgb24")
             else:
                 w, h = self.out_size
-                rgb = frame.reformat(format="rgb24", width=w, height=h, interpolation="AREA")
-            plane = rgb.planes[0]
-            rows = np.frombuffer(plane, np.uint8).reshape(rgb.height, plane.line_size)
-            return rows[:, : rgb.width * 3].reshape(rgb.height, rgb.width, 3)  # a view, rows may be padded
-        except (ValueError, _av().error.FFmpegError) as exc:
+                out = frame.reformat(format="rgb24", width=w, height=h, interpolation="AREA")
+            plane = out.planes[0]
+            rows = np.frombuffer(plane, np.uint8).reshape(out.height, plane.line_size)
+            return rows[:, : out.width * 3].reshape(out.height, out.width, 3)  # a view, rows may be padded
+        except (ValueError, av.error.FFmpegError) as exc:
             raise VideoError(f"{self.path}: frame {i} could not be converted to RGB ({exc})") from exc
+
+    def _pooled_rgb(self, frame):
+        """``frame`` in rgb24 from this reader's filter graph (rebuilt when the
+        stream's size or pixel format changes mid-video)."""
+        key = (frame.width, frame.height, frame.format.name)
+        if self._rgb_graph is None or self._rgb_graph[0] != key:
+            graph = _av().filter.Graph()
+            source = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                                      time_base=self._stream.time_base)
+            convert = graph.add("format", "rgb24")
+            sink = graph.add("buffersink")
+            source.link_to(convert)
+            convert.link_to(sink)
+            graph.configure()
+            self._rgb_graph = (key, graph)
+        graph = self._rgb_graph[1]
+        graph.push(frame)
+        return graph.pull()
 
 
 class PyAVReaderPool:
