@@ -390,6 +390,8 @@ def test_coco_reader_polygons_and_rle(tmp_path):
     assert np.array_equal(rle_decode({"size": [12, 10], "counts": _rle_encode_string(counts)}), truth)
     with pytest.raises(DatasetError, match="sum to"):
         rle_decode({"size": [12, 10], "counts": [3, 4]})
+    with pytest.raises(DatasetError, match="sum to"):  # compressed and ending early (pycocotools: garbage mask)
+        rle_decode({"size": [12, 10], "counts": _rle_encode_string(counts[:-2])})
     (tmp_path / "images").mkdir()
     Image.fromarray(np.zeros((12, 10, 3), np.uint8)).save(tmp_path / "images" / "a.png")
     coco = {"images": [{"id": 7, "file_name": "a.png", "height": 12, "width": 10}],

@@ -16,8 +16,11 @@ and a class name each), read from four layouts (``data_format``):
   ``Left_``/``Right_`` and ``_labels``).
 ``auto`` picks the layout from what is in the folder.
 
-Polygons are filled with scikit-image; RLE is decoded with pycocotools
-when installed, else by :func:`rle_decode` (the same format).
+Polygons are filled with scikit-image. RLE is decoded by :func:`rle_decode`
+(COCO's format), not pycocotools: its decoder does not check that the run
+lengths cover the image (an RLE that ends early returned uninitialised
+memory as a mask, pycocotools 2.0.11), so the runs must be parsed and
+checked here anyway, and filling them is a few lines of numpy.
 """
 from __future__ import annotations
 
@@ -95,15 +98,6 @@ def rle_decode(rle: Mapping[str, Any], *, where: str = "") -> np.ndarray:
         counts = rle["counts"]
     except (KeyError, TypeError, ValueError) as exc:
         raise DatasetError(f"{where}: RLE needs 'size' [h, w] and 'counts' ({exc})") from None
-    try:
-        from pycocotools import mask as mask_utils  # the reference decoder, when installed
-
-        r = {"size": [h, w], "counts": counts}
-        if isinstance(counts, list):
-            r = mask_utils.frPyObjects(r, h, w)
-        return mask_utils.decode(r).astype(bool)
-    except ImportError:
-        pass
     if isinstance(counts, (str, bytes)):
         counts = rle_counts_from_string(counts.decode() if isinstance(counts, bytes) else counts)
     counts = [int(c) for c in counts]
