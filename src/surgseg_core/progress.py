@@ -72,7 +72,18 @@ class TextProgress:
         self.stream.write(text[:120].ljust(60))
         if final:
             self.stream.write("\n")
+        TextProgress._open = None if final else self.stream
         self.stream.flush()
+
+    _open = None  # the stream whose bar line is not finished yet
+
+    @classmethod
+    def end_line(cls) -> None:
+        """End an unfinished bar line, so that an error printed next starts its own line."""
+        stream, cls._open = cls._open, None
+        if stream is not None:
+            stream.write("\n")
+            stream.flush()
 
 
 Callback = Callable[[int, Optional[int], str], None]
