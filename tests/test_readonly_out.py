@@ -93,3 +93,25 @@ def test_export_into_a_read_only_folder(ro_dir, tmp_path, capsys, target):
         args = ["export", "labels", str(src), "--out", str(ro_dir / target)]
     assert main(args) == 1
     _says_read_only(capsys, ro_dir)
+
+
+def test_a_folder_without_write_permission_says_so(tmp_path, monkeypatch, capsys):
+    """Root ignores permission bits: the refusal is simulated where the
+    temporary file is created (what a non-root user meets)."""
+    import errno
+    import tempfile
+
+    from surgseg_core.io.export import write_labels_tiff
+
+    src = tmp_path / "src.tif"
+    write_labels_tiff(np.ones((2, 8, 8), np.uint8), src)
+    (tmp_path / "shared").mkdir()
+
+    def refuse(*a, dir=None, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert main(["export", "labels", str(src), "--out", str(tmp_path / "shared" / "out.tif")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"no permission to write in {tmp_path / 'shared'}; choose a folder you can write to" in err

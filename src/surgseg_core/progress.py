@@ -79,10 +79,11 @@ class TextProgress:
 
     @classmethod
     def end_line(cls) -> None:
-        """End an unfinished bar line, so that an error printed next starts its own line."""
+        """Clear an unfinished bar line, so that an error printed next takes
+        its place (instead of being appended to the bar)."""
         stream, cls._open = cls._open, None
         if stream is not None:
-            stream.write("\n")
+            stream.write("\r" + " " * 120 + "\r")
             stream.flush()
 
 
