@@ -155,3 +155,13 @@ def test_evaluate_over_an_earlier_result_refuses_and_overwrite_replaces_the_pair
                  "--overwrite"]) == 0
     assert json.loads(out.read_text())["n"] == 1 and not out.with_suffix(".md").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fewer", "metrics.json"]  # no temporary file
+
+
+def test_predict_with_a_wrong_checkpoint_leaves_nothing_behind(trained, tmp_path, capsys):
+    """A mistake caught before predicting (the checkpoint) writes no marker: the corrected rerun needs no --overwrite."""
+    ckpt, data = trained
+    out = tmp_path / "preds"
+    base = ["predict", "toy", str(data / "images"), "--out", str(out), "--checkpoint"]
+    assert main(base + [str(tmp_path / "missing.pt")]) == 1
+    assert not out.exists() or not list(out.iterdir())
+    assert main(base + [str(ckpt)]) == 0

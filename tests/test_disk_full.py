@@ -196,3 +196,20 @@ def test_evaluate_out_on_a_full_disk_keeps_the_previous_result(small_disk, tmp_p
     assert main(args + ["--overwrite"]) == 1
     _one_line(capsys, "disk is full", "previous files are kept")
     assert (out.read_bytes(), out.with_suffix(".md").read_bytes()) == good and not _temps(small_disk)
+
+
+def test_variable_frame_rate_overlay_on_a_full_disk_keeps_the_good_file(small_disk, tmp_path):
+    """The PyAV writer (variable frame rate) goes through the same check."""
+    from _video_factory import write_vfr_video
+    from surgseg_core.io.overlay import export_overlay_video
+
+    times = np.cumsum([0.0] + [0.04, 0.1, 0.02, 0.3] * 10)
+    src = write_vfr_video(tmp_path / "vfr.mp4", times, width=128, height=96)
+    target = small_disk / "overlay.mp4"
+    export_overlay_video(_noise(3), target, fps=10, crf=0)
+    good = target.read_bytes()
+    noisy = np.random.default_rng(2).integers(0, 256, (len(times), 96, 128), dtype=np.uint8)
+    with pytest.raises(WriteError, match="disk is full.*previous file is kept"):
+        export_overlay_video(src, target, labels=noisy % 7, crf=0)
+    assert target.read_bytes() == good
+    assert [p.name for p in small_disk.iterdir()] == ["overlay.mp4"]

@@ -130,11 +130,13 @@ def predict_with_checkpoint(
     out_dir = Path(out_dir)
     mine = [Path(p) for i, p in enumerate(inputs) if i % world.world_size == world.rank]
     marker = PredictMarker(out_dir, world, spec.name, checkpoint, mine)
-    marker.claim(overwrite)  # refuses an earlier run's folder before the model loads
+    marker.check(overwrite)  # refuses an earlier run's folder before the model loads
+    if mine:  # a wrong checkpoint or config fails here, before anything is written
+        spec, model, cfg, _ = load_trained_model(spec, checkpoint, config, device)
+    marker.claim(overwrite)
     written: List[Path] = []
     try:
         if mine:
-            spec, model, cfg, _ = load_trained_model(spec, checkpoint, config, device)
             with torch.no_grad():
                 written = [Path(p) for p in (spec.predict(model, mine, out_dir, cfg, progress=progress,
                                                           cancel=cancel) or [])]
@@ -185,8 +187,8 @@ class PredictMarker:
                 found.append(p)
         return sorted(found)
 
-    def claim(self, overwrite: bool) -> None:
-        from ..atomic import atomic_write_text
+    def check(self, overwrite: bool) -> List[Path]:
+        """The earlier run's markers; refused unless ``overwrite``."""
         from ..errors import WriteError
 
         old = self.earlier()
@@ -195,6 +197,13 @@ class PredictMarker:
             raise WriteError(f"{self.out_dir} holds an earlier prediction run ({', '.join(p.name for p in old)}: "
                              f"{', '.join(states)}): a new run would mix with its files; choose an empty folder, or "
                              "overwrite (--overwrite) to replace them")
+        return old
+
+    def claim(self, overwrite: bool) -> None:
+        """Remove the earlier run's markers (and, one process, its files); mark this run as running."""
+        from ..atomic import atomic_write_text
+
+        old = self.check(overwrite)
         outputs: List[Path] = []
         for p in old:
             if self.world.world_size == 1:
