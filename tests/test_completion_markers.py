@@ -158,7 +158,8 @@ def test_evaluate_over_an_earlier_result_refuses_and_overwrite_replaces_the_pair
 
 
 def test_predict_with_a_wrong_checkpoint_leaves_nothing_behind(trained, tmp_path, capsys):
-    """A mistake caught before predicting (the checkpoint) writes no marker: the corrected rerun needs no --overwrite."""
+    """A mistake caught before predicting (the checkpoint) writes no marker:
+    the corrected rerun needs no --overwrite."""
     ckpt, data = trained
     out = tmp_path / "preds"
     base = ["predict", "toy", str(data / "images"), "--out", str(out), "--checkpoint"]
