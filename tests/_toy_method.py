@@ -81,7 +81,10 @@ def evaluate(model, data, cfg, *, progress=None, cancel=None):
             item = ds[i]
             out = model(item["image"][None].to(next(model.parameters()).device))
             dices.append(metrics(out.cpu(), {"mask": item["mask"][None]}, cfg)["dice"])
-    return {"dice": float(np.mean(dices)), "n": len(ds)}
+    out = {"dice": float(np.mean(dices)), "n": len(ds)}
+    if cfg.get("with_table"):  # as methods with a paper table (f2paseg): written next to --out as .md
+        out["markdown"] = f"| dice | n |\n|---|---|\n| {out['dice']:.3f} | {len(ds)} |"
+    return out
 
 
 def predict(model, inputs, out_dir, cfg, *, progress=None, cancel=None):
@@ -113,7 +116,7 @@ toy = register_method(
         forward=lambda model, batch: model(batch["image"]),
         default_config={"lr": 0.05, "batch_size": 4, "epochs": 3, "weight_decay": 0.0, "scheduler": "none",
                         "width": 4, "num_classes": 2, "size": None, "n_train": 16, "n_val": 8, "size_px": 12,
-                        "sleep_per_step": None, "nan_at_call": None},
+                        "sleep_per_step": None, "nan_at_call": None, "with_table": False},
         monitor="val_dice",
         monitor_mode="max",
         evaluate=evaluate,

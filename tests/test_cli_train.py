@@ -62,7 +62,9 @@ def test_train_evaluate_predict(tmp_path, capsys):
     assert main(["predict", "toy", "--checkpoint", str(run / "checkpoints" / "best.pt"), str(data / "images"),
                  "--out", str(preds)]) == 0
     written = sorted(p.name for p in preds.iterdir())
-    assert written == [f"f{i}_mask.png" for i in range(4)]
+    assert written == [f"f{i}_mask.png" for i in range(4)] + ["surgseg_predict.json"]
+    marker = json.loads((preds / "surgseg_predict.json").read_text())
+    assert marker["status"] == "completed" and marker["outputs"] == [f"f{i}_mask.png" for i in range(4)]
     assert np.asarray(Image.open(preds / "f0_mask.png")).shape == (12, 12)
 
 
@@ -90,4 +92,5 @@ def test_predict_shares_inputs_between_ranks(tmp_path, monkeypatch):
     preds = tmp_path / "preds"
     assert main(["predict", "toy", "--checkpoint", str(run / "checkpoints" / "last.pt"),
                  str(a / "images"), str(b / "images"), "--out", str(preds)]) == 0
-    assert sorted(p.name for p in preds.iterdir()) == ["f0_mask.png", "f1_mask.png"]  # b's 2 frames only
+    # b's 2 frames only, and this process's completion marker
+    assert sorted(p.name for p in preds.iterdir()) == ["f0_mask.png", "f1_mask.png", "surgseg_predict.rank1of2.json"]

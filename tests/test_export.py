@@ -351,3 +351,55 @@ def test_points_csv_refuses_non_finite_points_and_bad_frames(tmp_path, rows, mes
     path.write_text("frame,x,y\n" + rows)
     with pytest.raises(DatasetError, match=message):
         read_points_csv(path)
+
+
+def _frame_times(path):
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        pts = sorted(f.pts for f in container.decode(stream))
+        return (np.asarray(pts) - pts[0]) * float(stream.time_base)
+
+
+def test_overlay_of_a_variable_frame_rate_video_keeps_its_frame_times(tmp_path, capsys):
+    """A VFR source's overlay was written at one constant rate (silently
+    retimed): each frame now keeps its source time."""
+    import warnings
+
+    from _video_factory import write_vfr_video
+    from surgseg_core.cli.main import main
+    from surgseg_core.io import open_video
+
+    times = np.cumsum([0.0, 0.04, 0.04, 0.1, 0.02, 0.3, 0.04, 0.07, 0.5, 0.04])
+    src = write_vfr_video(tmp_path / "vfr.mp4", times, width=64, height=48)
+    with open_video(src) as video:
+        assert video.metadata.variable_frame_rate
+        np.testing.assert_allclose(video.metadata.timestamps, times, atol=1e-3)
+    labels = np.zeros((len(times), 48, 64), np.uint8)
+    labels[:, 10:20, 10:30] = 1
+    out = tmp_path / "overlay.mp4"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default keeps the timing: nothing to warn about
+        assert export_overlay_video(src, out, labels=labels) == out
+    np.testing.assert_allclose(_frame_times(out), times, atol=1e-3)
+    with open_video(out) as video:
+        assert len(video) == len(times) and video.metadata.variable_frame_rate
+        np.testing.assert_allclose(video.metadata.timestamps, times, atol=1e-3)
+
+    # the CLI path: same timing; a stride keeps the chosen frames' own times
+    assert main(["export", "overlay", str(src), "--out", str(tmp_path / "cli.mp4"), "--step", "2"]) == 0
+    np.testing.assert_allclose(_frame_times(tmp_path / "cli.mp4"), times[::2], atol=1e-3)
+
+    # a constant rate asked for explicitly: done, with a warning saying how far the times move
+    with pytest.warns(UserWarning, match=r"variable frame rate; with fps=10 .* differ from the source's by up to"):
+        export_overlay_video(src, tmp_path / "cfr.mp4", fps=10)
+    np.testing.assert_allclose(_frame_times(tmp_path / "cfr.mp4"), np.arange(len(times)) / 10, atol=1e-3)
+
+
+def test_overlay_of_a_constant_rate_video_keeps_its_rate(tmp_path):
+    from _video_factory import write_video
+
+    src = write_video(tmp_path / "cfr.mp4", 6, width=64, height=48, fps=12)
+    out = export_overlay_video(src, tmp_path / "o.mp4")
+    np.testing.assert_allclose(_frame_times(out), np.arange(6) / 12, atol=1e-3)

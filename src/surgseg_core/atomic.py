@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 from .errors import Cancelled, WriteError
 
@@ -38,17 +38,7 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     disk becomes a :class:`WriteError` that says so.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _clean_folder_now_and_then(target.parent)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}{_TMP_MARK}{os.getpid()}@{_HOST}~",
-        suffix=suffix if suffix is not None else target.suffix, dir=target.parent
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates 0600 files; give the result the permissions a plain
-    # open() would (shared lab folders must stay readable).
-    os.chmod(tmp_path, 0o666 & ~_current_umask())
+    tmp_path = _make_temp(target, suffix)
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
@@ -64,7 +54,128 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
             kept = " (the previous file is kept)" if target.exists() else ""
             raise WriteError(f"cannot write {target}: the disk is full{kept}; free space on "
                              f"{target.parent} or write elsewhere") from exc
+        error = write_error(exc, target) if isinstance(exc, OSError) else None
+        if error is not None:
+            raise error from exc
         raise
+
+
+def _make_temp(target: Path, suffix: Optional[str] = None) -> Path:
+    """An empty temporary file next to ``target``, named after its writer."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _clean_folder_now_and_then(target.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}{_TMP_MARK}{os.getpid()}@{_HOST}~",
+            suffix=suffix if suffix is not None else target.suffix, dir=target.parent
+        )
+    except OSError as exc:  # a read-only or unwritable folder, a full disk: say which folder and what to do
+        error = write_error(exc, target)
+        if error is None:
+            raise
+        raise error from exc
+    os.close(fd)
+    tmp_path = Path(tmp)
+    # mkstemp creates 0600 files; give the result the permissions a plain
+    # open() would (shared lab folders must stay readable).
+    os.chmod(tmp_path, 0o666 & ~_current_umask())
+    return tmp_path
+
+
+def atomic_write_group(files: Sequence[Tuple[PathLike, Union[str, bytes]]],
+                       remove: Sequence[PathLike] = ()) -> List[Path]:
+    """Write several files that make one result, the LAST of them its
+    completion marker (e.g. a table, then the metrics JSON).
+
+    Every file is first written whole to its temporary name and synced: a
+    full disk or any error there changes nothing (the previous files stay).
+    Then the previous marker is removed, the other files are renamed into
+    place, ``remove`` (files of the previous result this one does not
+    replace) deleted, and the marker renamed last: a kill between the renames
+    leaves files without their marker, which reads as unfinished, never an
+    old marker next to new files."""
+    if not files:
+        return []
+    targets = [Path(t) for t, _ in files]
+    temps: List[Path] = []
+    try:
+        for target, (_, data) in zip(targets, files):
+            tmp = _make_temp(target)
+            temps.append(tmp)
+            with open(tmp, "wb") as fh:
+                fh.write(data.encode("utf-8") if isinstance(data, str) else bytes(data))
+                fh.flush()
+                os.fsync(fh.fileno())
+            _set_final_mode(tmp, target)
+    except BaseException as exc:
+        full = disk_full(exc, targets[len(temps) - 1].parent if temps else None)
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        if isinstance(exc, WriteError):
+            raise
+        failed = targets[max(0, len(temps) - 1)]
+        if full:
+            raise WriteError(f"cannot write {failed}: the disk is full (the previous files are kept); free space on "
+                             f"{failed.parent} or write elsewhere") from exc
+        error = write_error(exc, failed) if isinstance(exc, OSError) else None
+        if error is not None:
+            raise error from exc
+        raise
+    with contextlib.suppress(FileNotFoundError):
+        targets[-1].unlink()  # the old marker first: from here on the folder reads as unfinished
+    for tmp, target in zip(temps[:-1], targets[:-1]):
+        os.replace(tmp, target)
+    for old in remove:
+        with contextlib.suppress(FileNotFoundError):
+            Path(old).unlink()
+    for folder in {t.parent for t in targets[:-1]}:
+        _fsync_dir(folder)
+    os.replace(temps[-1], targets[-1])
+    _fsync_dir(targets[-1].parent)
+    return targets
+
+
+# errno values that mean "this folder cannot be written" (not a bug of ours)
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def write_error(exc: BaseException, path: Optional[PathLike] = None) -> Optional[WriteError]:
+    """The user's one-line :class:`WriteError` for an OSError that says the
+    disk is full or the folder cannot be written (read-only file system, no
+    permission), naming the folder and the fix; None for any other error.
+    The one place that words these: :func:`atomic_path` and the CLI's
+    error handler (for writes that do not go through it) both use it."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT) + _UNWRITABLE:
+        return None
+    name = exc.filename if exc.filename is not None else path
+    target = Path(name) if name is not None else None
+    folder = _existing_folder(target) if target is not None else None
+    what = f"cannot write {target}" if target is not None else "cannot write"
+    where = f" on {folder}" if folder is not None else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WriteError(f"{what}: the disk is full; free space{where} or write elsewhere")
+    if exc.errno == errno.EROFS:
+        return WriteError(f"{what}: {folder or 'its folder'} is on a read-only file system; choose a writable "
+                          "output folder (or remount it read-write)")
+    return WriteError(f"{what}: no permission to write in {folder or 'its folder'}; choose a folder you can "
+                      "write to (or change its permissions)")
+
+
+def _existing_folder(path: Path) -> Optional[Path]:
+    """The nearest folder of ``path`` (itself, if a folder) that exists: the
+    one a failed write or mkdir could not write into."""
+    probe = path
+    for _ in range(256):
+        try:
+            if probe.is_dir():
+                return probe
+        except OSError:
+            pass
+        if probe.parent == probe:
+            return None
+        probe = probe.parent
+    return None
 
 
 # ---------------------------------------------------------------- orphans

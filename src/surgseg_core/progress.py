@@ -72,7 +72,19 @@ class TextProgress:
         self.stream.write(text[:120].ljust(60))
         if final:
             self.stream.write("\n")
+        TextProgress._open = None if final else self.stream
         self.stream.flush()
+
+    _open = None  # the stream whose bar line is not finished yet
+
+    @classmethod
+    def end_line(cls) -> None:
+        """Clear an unfinished bar line, so that an error printed next takes
+        its place (instead of being appended to the bar)."""
+        stream, cls._open = cls._open, None
+        if stream is not None:
+            stream.write("\r" + " " * 120 + "\r")
+            stream.flush()
 
 
 Callback = Callable[[int, Optional[int], str], None]

@@ -3,7 +3,8 @@
 Subcommand modules are listed in ``_SUBCOMMANDS``; each provides
 ``register(subparsers)`` which adds its parser and sets ``func`` (called with
 the parsed args, returns an exit code). Errors meant for users
-(:class:`SurgsegError`) print as one clear line, not a traceback.
+(:class:`SurgsegError`, and a full disk or unwritable folder met by any
+write) print as one clear line, not a traceback.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import Cancelled, SurgsegError
+from ..progress import TextProgress
 
 _SUBCOMMANDS = [
     "surgseg_core.cli.video_cmd",
@@ -56,14 +58,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Cancelled as exc:
-        print(f"surgseg: {exc}", file=sys.stderr)
+        _error(str(exc), prefix="surgseg: ")
         return 130
     except KeyboardInterrupt:
-        print("surgseg: interrupted", file=sys.stderr)
+        _error("interrupted", prefix="surgseg: ")
         return 130
     except SurgsegError as exc:
-        print(f"surgseg: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 1
+    except OSError as exc:
+        # writes that do not go through atomic_path (a run folder's mkdir, a log line): a full disk,
+        # a read-only or unwritable folder is the user's to fix, said in one line like the rest
+        from ..atomic import write_error
+
+        error = write_error(exc)
+        if error is None:
+            raise
+        _error(str(error))
+        return 1
+
+
+def _error(message: str, prefix: str = "surgseg: error: ") -> None:
+    TextProgress.end_line()  # a progress bar's unfinished line: the message starts its own
+    print(f"{prefix}{message}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,6 @@ import signal
 import sys
 from pathlib import Path
 
-from ..atomic import atomic_write_text
 from ..config import load_config, merge_config, parse_overrides
 from ..progress import CancelToken, TextProgress
 from ..training.distributed import env_world
@@ -126,7 +125,10 @@ def register(subparsers) -> None:
     _common(p, methods)
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) written by 'surgseg train'")
     p.add_argument("--data", type=Path, required=True, help="dataset folder to evaluate on")
-    p.add_argument("--out", type=Path, help="also write the metrics to this JSON file")
+    p.add_argument("--out", type=Path, help="also write the metrics to this JSON file (and a method's table next to "
+                   "it as .md); the JSON is written last: a .md without it is an unfinished run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the --out JSON (and .md table) of an earlier evaluation (default: refuse)")
     p.set_defaults(func=run_evaluate)
 
     p = subparsers.add_parser("predict", help="run a checkpoint on videos or frame folders",
@@ -135,7 +137,11 @@ def register(subparsers) -> None:
     _common(p, methods)
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) written by 'surgseg train'")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="video files or frame folders")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder; surgseg_predict.json (one per process under torchrun: "
+                        "surgseg_predict.rank<R>of<N>.json) is written last and lists the files of the run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="predict into a folder that holds an earlier prediction run (default: refuse)")
     p.set_defaults(func=run_predict)
 
 
@@ -230,9 +236,31 @@ def run_train(args) -> int:
     return 0
 
 
+def _evaluate_out_free(out: Path, overwrite: bool) -> None:
+    """Refuse (before the evaluation runs) an --out that holds an earlier evaluation."""
+    from ..errors import WriteError
+
+    if overwrite:
+        return
+    table = out.with_suffix(".md")
+    if out.exists():
+        raise WriteError(f"{out} already exists (an earlier evaluation): choose another --out, or overwrite "
+                         "(--overwrite) to replace it")
+    if table.exists() and out.suffix.lower() != ".md":
+        raise WriteError(f"{table} exists without {out}: an unfinished earlier evaluation (its JSON is written "
+                         "last) or another file of that name; choose another --out, or overwrite (--overwrite)")
+
+
 def run_evaluate(args) -> int:
+    from ..atomic import atomic_write_group
+    from ..errors import ConfigError
     from ..training.inference import evaluate_checkpoint
 
+    if args.out:
+        if args.out.suffix.lower() == ".md":
+            raise ConfigError(f"--out {args.out}: the metrics are JSON (a method's table goes next to it as .md); "
+                              "give a .json name")
+        _evaluate_out_free(args.out, args.overwrite)
     metrics = evaluate_checkpoint(args.method, args.checkpoint, args.data, _user_config(args),
                                   progress=TextProgress("evaluate"))
     # a method may return a ready-made text table (liver: the paper's Table 5/6 layout) or a
@@ -241,9 +269,12 @@ def run_evaluate(args) -> int:
     markdown = metrics.pop("markdown") if isinstance(metrics.get("markdown"), str) else None
     text = json.dumps(metrics, indent=1, sort_keys=True)
     if args.out:
-        atomic_write_text(args.out, text + "\n")
-        if markdown:
-            atomic_write_text(args.out.with_suffix(".md"), markdown + "\n")
+        # one result: the table (if any) first, the JSON last as its completion marker; an old .md
+        # the new run does not replace goes with the old JSON (--overwrite)
+        table_path = args.out.with_suffix(".md")
+        files = [(table_path, markdown + "\n")] if markdown else []
+        stale = [table_path] if not markdown and args.overwrite and table_path.is_file() else []
+        atomic_write_group(files + [(args.out, text + "\n")], remove=stale)
     print(text)
     for t in (table, markdown):
         if t:
@@ -255,7 +286,7 @@ def run_predict(args) -> int:
     from ..training.inference import predict_with_checkpoint
 
     written = predict_with_checkpoint(args.method, args.checkpoint, args.inputs, args.out, _user_config(args),
-                                      progress=TextProgress("predict"))
+                                      progress=TextProgress("predict"), overwrite=args.overwrite)
     for path in written:
         print(path)
     return 0

@@ -212,6 +212,72 @@ def _verify_mp4(path: Path, frames: int) -> None:
         raise WriteError(f"the overlay video was not written completely: {got} of {frames} frames")
 
 
+def _variable_frame_times(meta: Any, n: int) -> Optional[np.ndarray]:
+    """Seconds of each selected frame from the first, for a source with a
+    variable frame rate whose times are known and increasing; else None."""
+    if meta is None or not getattr(meta, "variable_frame_rate", False):
+        return None
+    times = np.asarray(getattr(meta, "timestamps", ()), dtype=float)
+    if len(times) != n or n < 2 or not np.all(np.isfinite(times)) or not np.all(np.diff(times) > 0):
+        return None
+    return times - times[0]
+
+
+class _TimedWriter:
+    """H.264 MP4 through PyAV with each frame's presentation time set from
+    ``times`` (seconds): a variable-frame-rate source keeps its timing, which
+    imageio-ffmpeg's raw pipe (one constant rate) cannot. Same protocol as
+    imageio's writer: ``send(None)`` to start, ``send(rgb)``, ``close()``."""
+
+    TIME_BASE = 90000  # ticks per second (MPEG's clock): sub-millisecond times
+
+    def __init__(self, path: Path, size: Tuple[int, int], times: np.ndarray, crf: int, preset: str) -> None:
+        import av
+        from fractions import Fraction
+
+        self._av = av
+        self.times = times
+        self.tb = Fraction(1, self.TIME_BASE)
+        self.container = av.open(str(path), "w", format="mp4")
+        fps = (len(times) - 1) / float(times[-1])  # the average rate, a hint for the encoder's rate control
+        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self.stream.width, self.stream.height = int(size[0]), int(size[1])
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.time_base = self.tb
+        self.stream.codec_context.time_base = self.tb
+        self.stream.options = {"crf": str(int(crf)), "preset": str(preset)}
+        self.sent = 0
+
+    def send(self, rgb: Optional[np.ndarray]) -> None:
+        if rgb is None:
+            return
+        if self.sent >= len(self.times):
+            raise RuntimeError("more frames than frame times")
+        frame = self._av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = int(round(float(self.times[self.sent]) * self.TIME_BASE))
+        frame.time_base = self.tb
+        try:
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+        except self._av.FFmpegError as exc:
+            if isinstance(exc, OSError):  # a full disk keeps its errno
+                raise
+            raise RuntimeError(str(exc)) from exc
+        self.sent += 1
+
+    def close(self) -> None:
+        try:
+            try:
+                for packet in self.stream.encode(None):
+                    self.container.mux(packet)
+            finally:
+                self.container.close()
+        except self._av.FFmpegError as exc:
+            if isinstance(exc, OSError):
+                raise
+            raise WriteError(f"the overlay video was not written completely ({exc})") from exc
+
+
 def export_overlay_video(
     video: Any,
     out_path: PathLike,
@@ -243,7 +309,10 @@ def export_overlay_video(
         defaults favour a quick export that still looks clean for review.
     fps: output frame rate; default keeps real time: the video's own rate
         divided by the stride it was opened with (``metadata.fps / step``),
-        or 25 when the source has no timing.
+        or 25 when the source has no timing. A variable-frame-rate source
+        (``metadata.variable_frame_rate``) keeps each frame's own time
+        instead; an explicit ``fps`` then spaces its frames evenly, with a
+        warning saying how far their times move.
 
     yuv420p needs even width and height: odd sizes are padded by one row/column
     (edge pixels repeated) instead of resizing, so drawn pixels stay in place.
@@ -270,11 +339,21 @@ def export_overlay_video(
         source = getattr(getattr(video, "metadata", None), "path", None)
         if source is not None and Path(source).resolve() == out_path.resolve():
             raise VideoError(f"{out_path}: the overlay would overwrite its own source video; choose another name")
+        meta = getattr(video, "metadata", None)
+        times = _variable_frame_times(meta, n) if not single else None
         if fps is None:
-            meta = getattr(video, "metadata", None)
             src_fps = getattr(meta, "fps", None) if meta is not None else None
             step = max(1, int(getattr(meta, "step", 1) or 1))
             fps = float(src_fps) / step if src_fps else 25.0
+        elif times is not None:  # the user asked for a constant rate: say what that does to the timing
+            import warnings
+
+            drift = float(np.max(np.abs(times - np.arange(n) / float(fps)))) if fps > 0 else 0.0
+            warnings.warn(f"{getattr(meta, 'path', 'the video')} has a variable frame rate; with fps={fps:g} the "
+                          f"overlay's frames are evenly spaced and their times differ from the source's by up to "
+                          f"{drift:.3g} s (leave fps unset to keep the source's frame times)", UserWarning,
+                          stacklevel=2)
+            times = None
         if fps <= 0:
             raise VideoError(f"fps must be positive, got {fps}")
 
@@ -301,17 +380,20 @@ def export_overlay_video(
         if pad_h or pad_w:
             log.info("padding %dx%d frames to %dx%d for yuv420p", w, h, w + pad_w, h + pad_h)
         with atomic_path(out_path) as tmp:
-            writer = imageio_ffmpeg.write_frames(
-                str(tmp),
-                (w + pad_w, h + pad_h),
-                fps=fps,
-                codec="libx264",
-                pix_fmt_out="yuv420p",
-                quality=None,  # set through -crf below (imageio's quality maps to a very low crf)
-                output_params=["-crf", str(int(crf)), "-preset", str(preset)],
-                macro_block_size=1,
-                ffmpeg_log_level="error",
-            )
+            if times is not None:  # variable frame rate: every frame keeps its source time
+                writer = _TimedWriter(tmp, (w + pad_w, h + pad_h), times, crf, preset)
+            else:
+                writer = imageio_ffmpeg.write_frames(
+                    str(tmp),
+                    (w + pad_w, h + pad_h),
+                    fps=fps,
+                    codec="libx264",
+                    pix_fmt_out="yuv420p",
+                    quality=None,  # set through -crf below (imageio's quality maps to a very low crf)
+                    output_params=["-crf", str(int(crf)), "-preset", str(preset)],
+                    macro_block_size=1,
+                    ffmpeg_log_level="error",
+                )
             writer.send(None)
             try:
                 done = 0

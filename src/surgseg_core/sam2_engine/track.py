@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, NamedTuple
 
 import numpy as np
 
-from ..errors import Cancelled, ConfigError, WeightsError
+from ..errors import Cancelled, ConfigError, WeightsError, WriteError
 from ..progress import CancelToken, ProgressCallback, check_cancel
 from .outputs import FrameResult, PngLabelWriter, Tee
 
@@ -363,8 +363,13 @@ def track_video(
         finally:
             prov = run_provenance(engine, random_weights)
             prov["tracking"] = {**options, "frames_written": len(done), "status": status}
-            if writer is not None:
+            if writer is not None and status == "completed":
                 writer.write_provenance(prov)
+            elif writer is not None:
+                try:  # the error that stopped the run (a full disk) is what the user must see
+                    writer.write_provenance(prov)
+                except (OSError, WriteError) as exc:
+                    log.warning("could not record the %s run's provenance in %s: %s", status, out_dir, exc)
         log.info("tracked %d object(s) over %d frame(s)%s", len(engine.obj_ids), len(done),
                  f" into {out_dir}" if out_dir is not None else "")
         return {

@@ -4,14 +4,18 @@ evaluate/predict`` and the napari widgets."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..config import merge_config
-from ..errors import ConfigError, DatasetError
+from ..errors import Cancelled, ConfigError, DatasetError, SurgsegError
 from ..progress import CancelToken, ProgressCallback
 from .checkpoint import load_checkpoint, load_model_weights
 from .distributed import DistInfo, env_world
@@ -110,9 +114,12 @@ def predict_with_checkpoint(
     device: Optional[str] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    overwrite: bool = False,
 ) -> List[Path]:
     """Run the method's ``predict`` on videos/folders; under ``torchrun``
-    each rank takes every WORLD_SIZE-th input (no process group needed)."""
+    each rank takes every WORLD_SIZE-th input (no process group needed).
+    ``out_dir`` gets a completion marker per process (:class:`PredictMarker`);
+    a folder holding an earlier run's is refused unless ``overwrite``."""
     spec = get_method(method) if isinstance(method, str) else method
     if spec.predict is None:
         raise ConfigError(f"method {spec.name!r} has no predict function")
@@ -120,10 +127,149 @@ def predict_with_checkpoint(
     if missing:
         raise DatasetError(f"input(s) not found: {', '.join(missing)}")
     world = env_world()
+    out_dir = Path(out_dir)
     mine = [Path(p) for i, p in enumerate(inputs) if i % world.world_size == world.rank]
-    if not mine:
+    marker = PredictMarker(out_dir, world, spec.name, checkpoint, mine)
+    marker.check(overwrite)  # refuses an earlier run's folder before the model loads
+    if mine:  # a wrong checkpoint or config fails here, before anything is written
+        spec, model, cfg, _ = load_trained_model(spec, checkpoint, config, device)
+    marker.claim(overwrite)
+    written: List[Path] = []
+    try:
+        if mine:
+            with torch.no_grad():
+                written = [Path(p) for p in (spec.predict(model, mine, out_dir, cfg, progress=progress,
+                                                          cancel=cancel) or [])]
+    except BaseException as exc:
+        marker.finish("cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "failed", written)
+        raise
+    marker.finish("completed", written)
+    return written
+
+
+PREDICT_MARKER = "surgseg_predict"
+
+
+class PredictMarker:
+    """The completion marker of ``surgseg predict`` in its output folder:
+    ``surgseg_predict.json`` (one process) or ``surgseg_predict.rank<R>of<N>.json``
+    (one per process under torchrun, which shares no process group here).
+
+    Written with status "running" before anything else and rewritten last
+    with "completed" (or "failed"/"cancelled") and the files of the run: a
+    folder is complete when every process's marker says "completed". Each
+    process looks only at its own marker and at markers of runs with another
+    number of processes, so no process mistakes a sibling's files for an
+    earlier run's; an earlier run's marker (any status) is refused without
+    ``overwrite``. With it, the old markers go first (the folder reads as
+    unfinished until this run's are written); a single process also removes
+    the files the earlier runs' markers list (files of the same name are
+    replaced atomically anyway)."""
+
+    def __init__(self, out_dir: Path, world: DistInfo, method: str, checkpoint: PathLike,
+                 inputs: Sequence[Path]) -> None:
+        self.out_dir = out_dir
+        self.world = world
+        self.path = out_dir / marker_name(world)
+        self.info = {"method": method, "checkpoint": str(checkpoint), "inputs": [str(p) for p in inputs],
+                     "rank": world.rank, "world_size": world.world_size}
+
+    def earlier(self) -> List[Path]:
+        """Markers of earlier runs this process answers for."""
+        if not self.out_dir.is_dir():
+            return []
+        mine_shape = re.compile(rf"^{PREDICT_MARKER}\.rank\d+of{self.world.world_size}\.json$")
+        found = []
+        for p in self.out_dir.glob(f"{PREDICT_MARKER}*.json"):
+            if not p.name.startswith(PREDICT_MARKER) or not p.is_file():
+                continue
+            if p.name == self.path.name or (self.world.world_size == 1 or not mine_shape.match(p.name)):
+                found.append(p)
+        return sorted(found)
+
+    def check(self, overwrite: bool) -> List[Path]:
+        """The earlier run's markers; refused unless ``overwrite``."""
+        from ..errors import WriteError
+
+        old = self.earlier()
+        if old and not overwrite:
+            states = sorted({_marker_status(p) for p in old})
+            raise WriteError(f"{self.out_dir} holds an earlier prediction run ({', '.join(p.name for p in old)}: "
+                             f"{', '.join(states)}): a new run would mix with its files; choose an empty folder, or "
+                             "overwrite (--overwrite) to replace them")
+        return old
+
+    def claim(self, overwrite: bool) -> None:
+        """Remove the earlier run's markers (and, one process, its files); mark this run as running."""
+        from ..atomic import atomic_write_text
+
+        old = self.check(overwrite)
+        outputs: List[Path] = []
+        for p in old:
+            if self.world.world_size == 1:
+                outputs += _marker_outputs(p, self.out_dir)
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        for p in outputs:  # files of the earlier run, strictly inside the output folder
+            with contextlib.suppress(FileNotFoundError):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+        self.started = time.time()
+        atomic_write_text(self.path, json.dumps({**self.info, "status": "running", "started": self.started,
+                                                 "outputs": []}, indent=1))
+
+    def finish(self, status: str, written: Sequence[Path]) -> None:
+        from ..atomic import atomic_write_text
+        from .. import __version__
+
+        outputs = []
+        for p in written:
+            try:
+                outputs.append(Path(p).resolve().relative_to(self.out_dir.resolve()).as_posix())
+            except ValueError:
+                outputs.append(str(p))
+        record = {**self.info, "status": status, "started": self.started, "finished": time.time(),
+                  "outputs": outputs, "surgseg_version": __version__}
+        if status == "completed":
+            atomic_write_text(self.path, json.dumps(record, indent=1))
+            return
+        try:  # the error that stopped the run is what the user must see
+            atomic_write_text(self.path, json.dumps(record, indent=1))
+        except (OSError, SurgsegError):
+            pass
+
+
+def marker_name(world: DistInfo) -> str:
+    if world.world_size == 1:
+        return f"{PREDICT_MARKER}.json"
+    return f"{PREDICT_MARKER}.rank{world.rank}of{world.world_size}.json"
+
+
+def _marker_status(path: Path) -> str:
+    try:
+        status = json.loads(path.read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return "unreadable"
+    return "completed" if status == "completed" else f"unfinished ({status})"
+
+
+def _marker_outputs(path: Path, out_dir: Path) -> List[Path]:
+    try:
+        listed = json.loads(path.read_text(encoding="utf-8")).get("outputs") or []
+    except (OSError, ValueError, AttributeError):
         return []
-    spec, model, cfg, _ = load_trained_model(spec, checkpoint, config, device)
-    with torch.no_grad():
-        written = spec.predict(model, mine, Path(out_dir), cfg, progress=progress, cancel=cancel)
-    return [Path(p) for p in (written or [])]
+    root = out_dir.resolve()
+    found = []
+    for rel in listed:
+        if not isinstance(rel, str):
+            continue
+        p = out_dir / rel
+        try:
+            inside = p.resolve().relative_to(root)
+        except (ValueError, OSError):
+            continue
+        if inside.parts:  # never the folder itself
+            found.append(p)
+    return found

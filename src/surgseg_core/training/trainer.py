@@ -30,7 +30,7 @@ from .. import __version__
 from ..config import check_config, merge_config, plain_config, save_config
 from ..device import resolve_device
 from ..device import resolve_precision as resolve_dtype
-from ..errors import Cancelled, ConfigError, DatasetError, TrainingError, WeightsError
+from ..errors import Cancelled, ConfigError, DatasetError, TrainingError, WeightsError, WriteError
 from ..progress import CancelToken, ProgressCallback, report
 from .checkpoint import (
     capture_rng_state,
@@ -365,6 +365,16 @@ def _train_loop(
         if not main:
             return
         state, extra = model_state_for_checkpoint(_unwrap(model), bool(cfg.get("checkpoint_trainable_only")))
+        try:
+            _save(path, epoch, batch_in_epoch, metrics, state, extra)
+        except WriteError as exc:  # a full disk: the previous checkpoint stays whole and resumable
+            kept = (f"the last good checkpoint is kept: {last_path}" if last_path.is_file()
+                    else "no checkpoint had been written yet")
+            raise WriteError(f"training stopped: {exc}; {kept}; continue with --resume "
+                             f"once there is space") from exc
+        emit({"type": "checkpoint", "path": str(path), "epoch": epoch, "step": global_step})
+
+    def _save(path: Path, epoch: int, batch_in_epoch: int, metrics: Mapping[str, Any], state, extra) -> None:
         save_checkpoint(path, {
             **extra,
             "model": state,
@@ -385,7 +395,6 @@ def _train_loop(
                 "world_size": dist_info.world_size,
             },
         })
-        emit({"type": "checkpoint", "path": str(path), "epoch": epoch, "step": global_step})
 
     autocast = (
         (lambda: torch.autocast(device_type=device.type, dtype=amp_dtype))
