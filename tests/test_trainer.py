@@ -116,7 +116,12 @@ def test_resume_after_kill9_reproduces_loss_curve(tmp_path, reference):
     result = train("_toy_method:toy", {"sleep_per_step": 0}, run_dir=run, resume=True)
     assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == list(range(6))
     np.testing.assert_allclose(_losses(run), ref_losses, rtol=1e-5)
-    assert result.best_metric == pytest.approx(reference.best_metric, rel=1e-5)
+    # the best survives the kill: it is the best validation Dice of all six epochs, those before the kill
+    # included (a Dice of argmax masks moves by a few pixels' worth between thread counts and processes, so
+    # it is compared with the reference loosely; the losses above are the exact check)
+    val = [r["val_dice"] for r in read_metrics(run / "metrics.jsonl")]
+    assert result.best_metric == pytest.approx(max(val), rel=1e-9)
+    assert result.best_metric == pytest.approx(reference.best_metric, abs=0.02)
 
 
 def test_stop_mid_epoch_saves_and_resume_matches(tmp_path, reference):
