@@ -86,3 +86,21 @@ def test_which_temporary_files_are_removed(tmp_path, monkeypatch):
     removed = remove_orphans(tmp_path)
     assert sorted(p.name for p in removed) == sorted(n for n, keep in names.items() if not keep)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, keep in names.items() if keep)
+
+
+def test_a_dead_writers_pid_reused_by_a_newer_process_does_not_keep_its_temp(tmp_path, monkeypatch):
+    """The PID in a temporary file's name now belongs to another (live) process:
+    if that process started after the file was created, it is not the writer, and the
+    file is an orphan. A process that started before the file (the writer) keeps it."""
+    proc = start("import time; time.sleep(60)", cwd=tmp_path)  # a live process, started before the files
+    try:
+        host = atomic._HOST
+        kept = tmp_path / f".a.png.tmp-{proc.pid}@{host}~abc123.png"
+        kept.write_bytes(b"1")
+        assert remove_orphans(tmp_path) == []  # its (possible) writer is alive and older than the file
+        created = os.stat(kept).st_ctime
+        # the same PID, but a process that started well after the file was created: a reused PID
+        monkeypatch.setattr(atomic, "_process_start", lambda pid: created + 60)
+        assert remove_orphans(tmp_path) == [kept]
+    finally:
+        kill(proc)

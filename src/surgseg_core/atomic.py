@@ -197,9 +197,26 @@ _cleaned: dict = {}
 _cleaned_lock = threading.Lock()
 
 
-def _writer_alive(pid: int, host: str) -> bool:
+def _process_start(pid: int) -> Optional[float]:
+    """When process ``pid`` started (epoch seconds), None if unknown."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+#: A process that started this long after a temporary file was created cannot have created it.
+_PID_REUSE_SLACK_S = 2.0
+
+
+def _writer_alive(pid: int, host: str, created: Optional[float] = None) -> bool:
     """Whether the process that named a temporary file may still write it.
-    Another host's process cannot be asked: it counts as alive."""
+    Another host's process cannot be asked: it counts as alive. A process
+    with that PID that started after the file was created (``created``: the
+    file's ctime, which copying or ``utime`` cannot set back) is a new
+    process that reuses a dead writer's PID."""
     if host != _HOST:
         return True
     if pid == os.getpid():
@@ -209,9 +226,13 @@ def _writer_alive(pid: int, host: str) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by another user
+        pass  # exists, owned by another user
     except OSError:
         return True
+    if created is not None:
+        started = _process_start(pid)
+        if started is not None and started > created + _PID_REUSE_SLACK_S:
+            return False
     return True
 
 
@@ -239,7 +260,11 @@ def _remove_orphans(folder: Path, target_name: Optional[str]) -> Tuple[List[Path
         if owned is not None:
             if target_name is not None and owned["target"] != target_name:
                 continue
-            if _writer_alive(int(owned["pid"]), owned["host"]):
+            try:
+                created = entry.stat(follow_symlinks=False).st_ctime
+            except OSError:
+                continue
+            if _writer_alive(int(owned["pid"]), owned["host"], created):
                 continue
         else:
             legacy = _LEGACY.match(name)
