@@ -166,3 +166,31 @@ def test_predict_with_a_wrong_checkpoint_leaves_nothing_behind(trained, tmp_path
     assert main(base + [str(tmp_path / "missing.pt")]) == 1
     assert not out.exists() or not list(out.iterdir())
     assert main(base + [str(ckpt)]) == 0
+
+
+def test_overwrite_under_torchrun_keeps_files_another_process_of_the_new_run_already_wrote(tmp_path):
+    """--overwrite removes what an earlier run's marker lists, except files newer
+    than that marker: under torchrun another process of the new run may have
+    rewritten one already (it must not be deleted under it)."""
+    import os
+    import time
+
+    from surgseg_core.training.distributed import DistInfo
+    from surgseg_core.training.inference import PredictMarker
+
+    out = tmp_path / "preds"
+    out.mkdir()
+    old_file, rewritten = out / "a.png", out / "b.png"
+    old_file.write_bytes(b"old")
+    rewritten.write_bytes(b"old")
+    marker = out / "surgseg_predict.rank1of2.json"
+    marker.write_text(json.dumps({"status": "completed", "outputs": ["a.png", "b.png", "../outside.png"]}))
+    (tmp_path / "outside.png").write_bytes(b"not ours")
+    t = time.time()
+    os.utime(old_file, (t - 20, t - 20))
+    os.utime(marker, (t - 10, t - 10))
+    os.utime(rewritten, (t, t))  # written by rank 0 of the new run after the old marker
+    PredictMarker(out, DistInfo(rank=1, world_size=2), "toy", "ckpt.pt", []).claim(overwrite=True)
+    assert not old_file.exists() and rewritten.read_bytes() == b"old"
+    assert (tmp_path / "outside.png").exists()  # a listed path outside the folder is never touched
+    assert _marker(out, "surgseg_predict.rank1of2.json")["status"] == "running"

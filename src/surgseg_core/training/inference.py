@@ -162,9 +162,9 @@ class PredictMarker:
     number of processes, so no process mistakes a sibling's files for an
     earlier run's; an earlier run's marker (any status) is refused without
     ``overwrite``. With it, the old markers go first (the folder reads as
-    unfinished until this run's are written); a single process also removes
-    the files the earlier runs' markers list (files of the same name are
-    replaced atomically anyway)."""
+    unfinished until this run's are written), and the files they list that
+    are not newer than their marker are removed (under torchrun another
+    process of the new run may already have rewritten one: it stays)."""
 
     def __init__(self, out_dir: Path, world: DistInfo, method: str, checkpoint: PathLike,
                  inputs: Sequence[Path]) -> None:
@@ -200,18 +200,21 @@ class PredictMarker:
         return old
 
     def claim(self, overwrite: bool) -> None:
-        """Remove the earlier run's markers (and, one process, its files); mark this run as running."""
+        """Remove the earlier run's markers and their files; mark this run as running."""
         from ..atomic import atomic_write_text
 
         old = self.check(overwrite)
-        outputs: List[Path] = []
+        outputs: List[Tuple[Path, float]] = []
         for p in old:
-            if self.world.world_size == 1:
-                outputs += _marker_outputs(p, self.out_dir)
+            with contextlib.suppress(OSError):
+                written = p.stat().st_mtime  # an earlier run's marker is written after its files
+                outputs += [(f, written) for f in _marker_outputs(p, self.out_dir)]
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-        for p in outputs:  # files of the earlier run, strictly inside the output folder
-            with contextlib.suppress(FileNotFoundError):
+        for p, before in outputs:  # files of the earlier run, strictly inside the output folder
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                if p.lstat().st_mtime > before:
+                    continue  # rewritten since: another process of this run (torchrun) already wrote it
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p)
                 else:
