@@ -43,3 +43,24 @@ def test_the_trainer_refuses_a_typo_in_a_methods_config():
     # a resumed run's saved config is the base, not checked again; the user's layer is
     cfg = resolve_config(spec, {"epochs": 2}, base={"epochs": 5, "lr": 0.5})
     assert cfg["epochs"] == 2 and cfg["lr"] == 0.5
+
+
+@pytest.mark.parametrize("method,key,value,message", [
+    ("liver", "lr", -1, r"lr must be >= 0, got -1"),
+    ("liver", "input_width", 0, "input_width must be > 0, got 0"),
+    ("liver", "weight_decay", -0.1, "weight_decay must be >= 0"),
+    ("sam2", "prob_box", 2, "prob_box must be between 0 and 1"),
+    ("sam2", "lr_by_module", {"sam.image_encoder": -1e-5}, "learning rate of 'sam.image_encoder' must be a number >= 0"),
+])
+def test_values_outside_their_range_are_refused_before_training(method, key, value, message):
+    """lr=-1 or input_width=0 reached the optimizer / model builder and ended in a traceback."""
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(get_method(method), {key: value})
+
+
+def test_every_methods_defaults_are_inside_the_ranges():
+    from surgseg_core.training.method import available_methods
+
+    for name in available_methods():
+        spec = get_method(name)
+        resolve_config(spec, dict(spec.default_config))  # no ConfigError

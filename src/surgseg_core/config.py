@@ -101,8 +101,44 @@ def check_config(config: Optional[Mapping[str, Any]], defaults: Mapping[str, Any
                           f"valid keys: {', '.join(sorted(map(str, defaults)))}")
     for key, value in (config or {}).items():
         default = defaults[key]
-        out[key] = _typed(key, value, default)
+        out[key] = _in_range(key, _typed(key, value, default))
     return out
+
+
+#: Value ranges of the training keys that have one, whatever the method (``lr=-1`` and
+#: ``input_width=0`` failed later with a traceback or trained nonsense).
+POSITIVE_KEYS = frozenset({
+    "epochs", "batch_size", "val_batch_size", "grad_accum", "input_width", "input_height", "image_size",
+    "clip_len", "max_objects", "max_stride", "max_tools", "sigma", "lora_rank", "lora_alpha", "shift_layers",
+    "shift_heads", "shift_mlp_dim", "fusion_kernel_size", "box_every", "eval_seeds", "points_per_object",
+    "grid_points", "encoder_depth", "k", "d_max", "huber_delta", "line_thickness", "eval_thickness",
+    "match_tolerance", "dice_smooth",
+})
+NON_NEGATIVE_KEYS = frozenset({
+    "lr", "weight_decay", "warmup_steps", "warmup_epochs", "num_workers", "log_every", "min_lr", "grad_clip",
+    "early_stopping_patience", "plateau_patience", "box_jitter", "box_noise", "click_margin", "correction_points",
+    "correction_frames", "min_area", "nms_radius", "keep_recent_prompt_frames", "plain_keep_recent_prompt_frames",
+    "mask_alpha", "aux_weight", "video_cache_mb", "seed", "theta", "epsilon", "scale_init",
+})
+UNIT_INTERVAL_KEYS = frozenset({"prob_box", "prob_point", "hard_windows", "layer_decay", "min_lr_ratio",
+                                "plateau_factor", "ftl_alpha", "ftl_beta"})
+
+
+def _in_range(key: str, value: Any) -> Any:
+    if key == "lr_by_module" and isinstance(value, Mapping):
+        for module, lr in value.items():
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
+                raise ConfigError(f"lr_by_module: the learning rate of {module!r} must be a number >= 0, got {lr!r}")
+        return value
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if key in POSITIVE_KEYS and not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value!r}")
+    if key in NON_NEGATIVE_KEYS and not value >= 0:
+        raise ConfigError(f"{key} must be >= 0, got {value!r}")
+    if key in UNIT_INTERVAL_KEYS and not 0 <= value <= 1:
+        raise ConfigError(f"{key} must be between 0 and 1, got {value!r}")
+    return value
 
 
 def _typed(key: str, value: Any, default: Any) -> Any:
