@@ -137,11 +137,14 @@ def main(argv=None) -> int:
     size = args.image_size or (1024 if args.gpu else 512)
     configs = args.configs or (["sam2.1_hiera_tiny"] if args.gpu else ["surgseg_tiny", "sam2.1_hiera_tiny"])
     key = "wall" if args.gpu else "cpu"  # CPU seconds on a shared CPU; wall time on a GPU
+    from surgseg_core.device import resolve_inference_precision
+
+    precision = resolve_inference_precision("auto", torch.device(device), size).name  # what the engine runs
     lines = [
         f"## F2PASeg vs plain SAM2, per frame (`benchmarks/f2paseg.py`{' --gpu' if args.gpu else ''})",
         "",
         f"Machine: {_machine(device)}.",
-        f"Models: random-init, {size} px, {'CUDA bf16 autocast' if args.gpu else 'CPU float32'}, "
+        f"Models: random-init, {size} px, {device.upper()}, the engine's default precision (auto: {precision}), "
         f"{torch.get_num_threads()} torch thread(s); {args.frames} frames {args.height}x{args.width} of a synthetic "
         "anatomy clip decoded from mp4; a box per visible class every 10 frames; prompt partitioning (2) for both. "
         f"Run: `{' '.join(['python', 'benchmarks/f2paseg.py'] + sys.argv[1:])}`",
