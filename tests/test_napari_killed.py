@@ -71,8 +71,8 @@ def steps():
     stroke(6, 30, 50, 3)  # the kill comes before (or while) this one is saved
     for i, s in enumerate(states):
         np.save(tmp / f"state{i}.npy", s)
-    (tmp / "painted.tmp").write_text(json.dumps({"name": labels.name, "autosave_path": labels.metadata.get("autosave_path"),
-                                                 "scale": list(map(float, labels.scale))}))
+    (tmp / "painted.tmp").write_text(json.dumps({"name": labels.name, "scale": list(map(float, labels.scale)),
+                                                 "autosave_path": labels.metadata.get("autosave_path")}))
     (tmp / "painted.tmp").rename(tmp / "painted")
     yield lambda: False  # wait for the kill
 

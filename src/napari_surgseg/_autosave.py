@@ -220,6 +220,8 @@ def watch_layer(layer, source: Optional[Any] = None, *, interval_ms: Optional[in
         old.disconnect_all()
     watcher = _LayerAutosave(layer, source, interval_ms)
     _WATCHERS[layer] = watcher
+    if source:  # the video the layer belongs to: saved files record it (provenance)
+        layer.metadata["source_video"] = source
     layer.metadata["autosave_path"] = str(core.snapshot_path(watcher.folder, layer.name, watcher.kind))
     return watcher.folder
 
@@ -279,7 +281,8 @@ def source_for_layer(viewer, layer) -> Optional[str]:
     scale, translate = np.asarray(layer.scale, float)[-3:], np.asarray(layer.translate, float)[-3:]
     shape = tuple(layer.data.shape[:3]) if isinstance(layer, Labels) else None
     on = {str(v.metadata["source_path"]) for v in videos
-          if np.allclose(np.asarray(v.scale, float)[:3], scale) and np.allclose(np.asarray(v.translate, float)[:3], translate)
+          if np.allclose(np.asarray(v.scale, float)[:3], scale)
+          and np.allclose(np.asarray(v.translate, float)[:3], translate)
           and (shape is None or tuple(v.data.shape[:3]) == shape)}
     return on.pop() if len(on) == 1 else None
 
@@ -399,7 +402,9 @@ def offer_restore(viewer, source: Optional[str]):
     if not entries:
         return None
     offered.add(key)
-    names = ", ".join(repr(e["name"]) for e in entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    names = ", ".join(repr(e["name"]) for e in entries[:3])
+    if len(entries) > 3:
+        names += f" and {len(entries) - 3} more"
     when = str(entries[0].get("saved_at", ""))[:19].replace("T", " ")
     message = (f"{Path(source).name}: {len(entries)} autosaved layer(s) from an earlier session ({names}; newest saved "
                f"{when} UTC). 'Restore' adds them as '... (restored)' layers; they stay listed in "

@@ -122,14 +122,14 @@ def _read_labels_tiff(path: PathOrPaths) -> list:
     from surgseg_core.io.export import read_labels_tiff
 
     p = Path(_single(path))
-    return [labels_layer_data(read_labels_tiff(p), p.stem, {"source_path": str(p)})]
+    return [labels_layer_data(read_labels_tiff(p), p.stem, _saved_metadata(p))]
 
 
 def _read_masks_folder(path: PathOrPaths) -> list:
     from surgseg_core.io.export import read_png_masks
 
     p = Path(_single(path))
-    return [labels_layer_data(read_png_masks(p), p.name, {"source_path": str(p)})]
+    return [labels_layer_data(read_png_masks(p), p.name, _saved_metadata(p))]
 
 
 def _read_points_csv(path: PathOrPaths) -> list:
@@ -137,4 +137,24 @@ def _read_points_csv(path: PathOrPaths) -> list:
 
     p = Path(_single(path))
     table = read_points_csv(p)
-    return [points_layer_data(table.data, p.stem, table.features, metadata={"source_path": str(p)})]
+    return [points_layer_data(table.data, p.stem, table.features, metadata=_saved_metadata(p))]
+
+
+def _saved_metadata(p: Path) -> dict:
+    """A saved result's layer metadata: its file, and the provenance saved
+    with it (so saving it again keeps its video, frames and model)."""
+    from surgseg_core.provenance import read_provenance
+
+    meta: dict = {"source_path": str(p)}
+    try:
+        prov = read_provenance(p)
+    except (OSError, ValueError) as exc:
+        prov = {}
+        import logging
+
+        logging.getLogger(__name__).warning("%s: provenance not readable (%s)", p, exc)
+    if prov:
+        meta["provenance"] = prov
+        if prov.get("source_video"):
+            meta["source_video"] = prov["source_video"]
+    return meta
