@@ -271,3 +271,41 @@ def test_corrections_dataset_provenance(tmp_path, clip, weights):
     (item,) = prov["items"].values()
     assert item["frame"] == 2 and item["source_frame"] == 16 and item["source_video_sha256"] == _sha(clip)
     assert json.loads((out / "provenance.json").read_text())["model_sha256"] == _sha(weights)
+
+
+# ------------------------------------------------------------------ training curves, metrics, generic predictions
+def test_training_curves_metrics_and_generic_predictions(tmp_path, capsys):
+    import _toy_method  # noqa: F401  (registers "toy")
+    from PIL import Image
+
+    from surgseg_core.cli.main import main
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for i in range(3):
+        img = (rng.random((12, 12, 3)) * 255).astype(np.uint8)
+        Image.fromarray(img).save(data / "images" / f"f{i}.png")
+        Image.fromarray((img[..., 0] > img[..., 1]).astype(np.uint8)).save(data / "masks" / f"f{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "toy", "--set", "epochs=1", "--run-dir", str(run), "--device", "cpu"]) == 0
+    curves = read_provenance(run / "metrics.jsonl")
+    assert curves["result"] == "training curves" and curves["model_name"] == "toy"
+    assert curves["options"]["epochs"] == 1 and curves["surgseg_version"] == __version__
+
+    best = run / "checkpoints" / "best.pt"
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "toy", "--checkpoint", str(best), "--data", str(data), "--out", str(out)]) == 0
+    metrics = read_provenance(out)
+    assert metrics["model_sha256"] == _sha(best) and metrics["model_checkpoint"] == str(best)
+    assert metrics["data"]["path"] == str(data.absolute()) and metrics["data"]["files"] == 6
+
+    preds = tmp_path / "preds"
+    assert main(["predict", "toy", "--checkpoint", str(best), str(data / "images"), "--out", str(preds)]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in preds.iterdir()) == ["f0_mask.png", "f1_mask.png", "f2_mask.png"]  # in the PNGs
+    prov = read_provenance(preds / "f1_mask.png")
+    assert prov["result"] == "prediction:toy" and prov["model_sha256"] == _sha(best)
+    assert prov["source_video"] == str((data / "images").absolute()) and prov["source_video_sha256"]
+    assert prov["surgseg_version"] == __version__

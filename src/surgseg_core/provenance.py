@@ -213,6 +213,8 @@ def build_provenance(
     record.setdefault("result", None)
     if source is not None or "source_video" not in record:
         record.update(video_identity(source))
+    record.setdefault("source_video_sha256", None)
+    record.setdefault("source_video_size", None)
     if frames is not None:
         record["frames"] = _frames(frames)
     record.setdefault("frames", None)
@@ -307,3 +309,56 @@ def source_fields(frames: Any, written: Optional[Iterable[int]] = None, *, path:
     if written is not None:
         out["frames"] = [start + int(i) * step for i in written]
     return out
+
+
+def folder_fingerprint(path: Optional[PathLike]) -> Optional[Dict[str, Any]]:
+    """A cheap identity of a dataset folder (training data can be many GB:
+    not hashed): its path, file count, total bytes and newest mtime."""
+    if not path:
+        return None
+    p = Path(path).expanduser().absolute()
+    if p.is_file():
+        return {"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size}
+    files = size = 0
+    newest = 0
+    for root, _dirs, names in os.walk(p):
+        for name in names:
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            files, size, newest = files + 1, size + st.st_size, max(newest, st.st_mtime_ns)
+    return {"path": str(p), "files": files, "bytes": size,
+            "newest_mtime": _dt.datetime.fromtimestamp(newest / 1e9, _dt.timezone.utc).isoformat(timespec="seconds")
+            if newest else None}
+
+
+def checkpoint_identity(method: str, checkpoint: Optional[PathLike], variant: Optional[str] = None) -> Dict[str, Any]:
+    """``model`` argument of :func:`build_provenance` for a method's checkpoint file."""
+    known = checkpoint is not None and Path(str(checkpoint)).is_file()
+    return {"name": method, "variant": variant, "checkpoint": str(checkpoint) if checkpoint is not None else None,
+            "checkpoint_sha256": file_sha256(checkpoint) if known else None}
+
+
+def attach(path: PathLike, record: Mapping[str, Any]) -> Path:
+    """Record provenance with a file already written: a PNG gets a text
+    chunk (rewritten atomically; pixels unchanged: PNG is lossless), any
+    other file a ``.provenance.json`` sidecar. Returns where it went."""
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".png":
+        from PIL import Image
+        from PIL.PngImagePlugin import PngInfo
+
+        from .atomic import atomic_path
+
+        info = PngInfo()
+        with Image.open(p) as im:
+            im.load()
+            for key, value in (getattr(im, "text", None) or {}).items():
+                if key != KEY:
+                    info.add_text(key, value)
+            info.add_text(KEY, dumps(record))
+            with atomic_path(p) as tmp:
+                im.save(tmp, format="PNG", pnginfo=info)
+        return p
+    return write_sidecar(p, record)

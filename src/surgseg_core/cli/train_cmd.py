@@ -244,11 +244,22 @@ def run_evaluate(args) -> int:
         atomic_write_text(args.out, text + "\n")
         if markdown:
             atomic_write_text(args.out.with_suffix(".md"), markdown + "\n")
+        _write_metrics_provenance(args)
     print(text)
     for t in (table, markdown):
         if t:
             print(t)
     return 0
+
+
+def _write_metrics_provenance(args) -> None:
+    """``<out>.provenance.json``: the checkpoint and its hash, the data folder."""
+    from ..provenance import build_provenance, checkpoint_identity, folder_fingerprint, write_sidecar
+    from ..training.inference import resolve_checkpoint
+
+    checkpoint, _ = resolve_checkpoint(args.checkpoint, args.method)
+    write_sidecar(args.out, build_provenance(result="metrics", model=checkpoint_identity(args.method, checkpoint),
+                                             data=folder_fingerprint(args.data), options=_user_config(args)))
 
 
 def run_predict(args) -> int:

@@ -264,7 +264,7 @@ def export_corrections(
         with atomic_path(out / "masks" / f"{stem}.png") as tmp:
             tmp.write_bytes(_png_bytes(mask.astype(np.uint8)))
         items[stem] = {"frame": t, "source_frame": int(round(start + t * step)),
-                       **{k: v for k, v in prov.items() if isinstance(v, (str, int, float))},
+                       **{k: v for k, v in prov.items() if isinstance(v, (str, int, float)) and k not in _RUN_ONLY},
                        "included_because": "; ".join(reasons.get(t, []))}
         report(progress, done + 1, len(frame_indices), f"frame {t}")
 
@@ -304,6 +304,10 @@ def _write_curves(path: Path, curves: Mapping, stems: Mapping[int, str]) -> None
             for cls, polylines in per_class.items()
         }
     atomic_write_text(path, json.dumps(data, indent=1))
+
+
+#: fields of the record kept at the top of provenance.json only (not repeated per item)
+_RUN_ONLY = {"created", "saved", "result", "surgseg_version"}
 
 
 def _write_provenance(path: Path, items: Mapping[str, Any], method: str, record: Mapping[str, Any]) -> None:
