@@ -304,7 +304,8 @@ def _new_and_empty(layer) -> bool:
 
 def _on_inserted(event) -> None:
     layer = event.value
-    viewer = _VIEWER_OF_LIST.get(event.source)
+    ref = _VIEWER_OF_LIST.get(event.source)
+    viewer = ref() if ref is not None else None
     if viewer is None or layer in _WATCHERS or not _new_and_empty(layer):
         return
     try:
@@ -316,7 +317,7 @@ def _on_inserted(event) -> None:
         log.warning("cannot autosave the new layer %r: %s", getattr(layer, "name", "?"), exc)
 
 
-# the layer list -> its viewer (the inserted event comes from the list)
+# the layer list -> (a weak reference to) its viewer (the inserted event comes from the list)
 _VIEWER_OF_LIST: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 
@@ -328,7 +329,7 @@ def watch_new_layers(viewer) -> None:
     if viewer is None or viewer in _VIEWERS:
         return
     _VIEWERS.add(viewer)
-    _VIEWER_OF_LIST[viewer.layers] = viewer
+    _VIEWER_OF_LIST[viewer.layers] = weakref.ref(viewer)  # a strong value would keep the list (its key) alive
     viewer.layers.events.inserted.connect(_on_inserted)
 
 
@@ -409,8 +410,14 @@ def offer_restore(viewer, source: Optional[str]):
     message = (f"{Path(source).name}: {len(entries)} autosaved layer(s) from an earlier session ({names}; newest saved "
                f"{when} UTC). 'Restore' adds them as '... (restored)' layers; they stay listed in "
                "Plugins > SurgSeg > Corrections -> dataset > Restore autosaved corrections.")
-    notification = Notification(message, severity=NotificationSeverity.INFO,
-                                actions=[("Restore", lambda _notification: restore_snapshots(viewer, entries, source))])
+    viewer_ref = weakref.ref(viewer)  # napari keeps every notification: never the viewer with it
+
+    def restore(_notification) -> None:
+        live_viewer = viewer_ref()
+        if live_viewer is not None:
+            restore_snapshots(live_viewer, entries, source)
+
+    notification = Notification(message, severity=NotificationSeverity.INFO, actions=[("Restore", restore)])
     notification.surgseg_autosave_entries = entries  # what "Restore" loads (tests, scripts)
     notification_manager.dispatch(notification)
     return notification

@@ -167,7 +167,14 @@ def hash_in_background(source: Optional[PathLike]) -> None:
     the first save does not wait for a multi-GB read."""
     if not source:
         return
-    threading.Thread(target=lambda: video_identity(source), name="surgseg-video-hash", daemon=True).start()
+
+    def run() -> None:
+        try:
+            video_identity(source)
+        except Exception as exc:  # a background convenience: the save hashes (and reports) again
+            log.debug("background hash of %s failed: %s", source, exc)
+
+    threading.Thread(target=run, name="surgseg-video-hash", daemon=True).start()
 
 
 # --------------------------------------------------------------------------

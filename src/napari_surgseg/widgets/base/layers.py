@@ -159,9 +159,14 @@ def announce_video(source: Any, viewer: Any = None) -> None:
 
         viewer = current_viewer()
     attach_time_display(viewer)
+    path = str(meta.path) if getattr(meta, "path", None) else None
+    if path:
+        from surgseg_core.provenance import hash_in_background
+
+        hash_in_background(path)  # saved results record its hash: read it now, not at the first save
     if viewer is not None:
         watch_new_layers(viewer)
-        offer_restore(viewer, str(meta.path) if getattr(meta, "path", None) else None)
+        offer_restore(viewer, path)
 
 
 def labels_layer_data(labels: Any, name: str, metadata: Optional[dict] = None) -> tuple:
