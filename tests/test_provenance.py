@@ -309,3 +309,20 @@ def test_training_curves_metrics_and_generic_predictions(tmp_path, capsys):
     assert prov["result"] == "prediction:toy" and prov["model_sha256"] == _sha(best)
     assert prov["source_video"] == str((data / "images").absolute()) and prov["source_video_sha256"]
     assert prov["surgseg_version"] == __version__
+
+
+def test_cli_label_conversion_and_overlay_keep_the_labels_provenance(tmp_path, clip, weights, capsys):
+    """`surgseg export labels` (TIFF -> PNG folder) and `surgseg export overlay
+    --labels masks.tif`: the model that made the labels stays on record."""
+    from surgseg_core.cli.main import main
+    from surgseg_core.io.export import write_labels_tiff
+
+    prov = build_provenance(base=_model_run(clip, weights), result="labels", source=clip, frames=range(T))
+    tif = write_labels_tiff(np.zeros((T, H, W), np.uint8), tmp_path / "masks.tif", provenance=prov)
+    assert main(["export", "labels", str(tif), "--out", str(tmp_path / "png")]) == 0
+    converted = read_provenance(tmp_path / "png")
+    _check(converted, clip, range(T), weights=weights, result="labels")
+    assert converted["converted_from"] == str(tif.absolute())
+    assert main(["export", "overlay", str(clip), "--labels", str(tif), "--out", str(tmp_path / "o.mp4")]) == 0
+    _check(read_provenance(tmp_path / "o.mp4"), clip, range(T), weights=weights, result="overlay")
+    capsys.readouterr()

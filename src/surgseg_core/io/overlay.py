@@ -363,8 +363,13 @@ def export_overlay_video(
 
 def _write_overlay_provenance(out_path: Path, video: Any, n: int, drawn: Mapping[str, Any],
                               base: Optional[Mapping[str, Any]], **options: Any) -> None:
-    from ..provenance import build_provenance, source_fields, video_identity, write_sidecar
+    from ..provenance import build_provenance, read_provenance, source_fields, video_identity, write_sidecar
 
+    if base is None and isinstance(drawn.get("labels"), (str, os.PathLike)):
+        try:  # a labels file's own record names the model that made it
+            base = read_provenance(drawn["labels"])
+        except (OSError, ValueError) as exc:
+            log.warning("%s: provenance not readable (%s)", drawn["labels"], exc)
     inputs = {}
     for what, value in drawn.items():
         if isinstance(value, (str, os.PathLike)):
