@@ -310,9 +310,6 @@ def _on_inserted(event) -> None:
         return
     try:
         watch_layer(layer, source_for_layer(viewer, layer))
-        from ._edits import record_edits
-
-        record_edits(layer)  # "export what was edited" from the first stroke on
     except Exception as exc:  # never break napari's layer insertion
         log.warning("cannot autosave the new layer %r: %s", getattr(layer, "name", "?"), exc)
 
