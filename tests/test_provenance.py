@@ -326,3 +326,20 @@ def test_cli_label_conversion_and_overlay_keep_the_labels_provenance(tmp_path, c
     assert main(["export", "overlay", str(clip), "--labels", str(tif), "--out", str(tmp_path / "o.mp4")]) == 0
     _check(read_provenance(tmp_path / "o.mp4"), clip, range(T), weights=weights, result="overlay")
     capsys.readouterr()
+
+
+def test_tool_annotation_corrections_record_each_video(tmp_path, clip, weights):
+    """'Use as correction' (Tool landmarks) adds frames of a video to a
+    training annotation file: the sidecar keeps each video's record and
+    frames, joined over several writes."""
+    from surgseg_core.methods.tools.annotations import read_annotations, records_from_points, replace_frames
+
+    path = tmp_path / "tool_annotations.csv"
+    for frame in (1, 4):
+        prov = build_provenance(base=_model_run(clip, weights), result="tool annotations", source=clip, frames=[frame])
+        records = records_from_points("clip.mp4", frame, [("tip", 1, 10.0, 12.0)], action="grasp")
+        replace_frames(path, records, provenance=prov)
+    assert len(read_annotations(path)) == 2
+    doc = read_provenance(path)
+    assert doc["frames"] == [1, 4] and doc["result"] == "tool annotations" and doc["surgseg_version"] == __version__
+    _check(doc["videos"]["clip.mp4"], clip, [1, 4], weights=weights)

@@ -388,7 +388,8 @@ class ToolLandmarksWidget(MethodWidget):
             records = records_from_points(Path(rel).as_posix(), src_frame, pts, action=str(self.action_combo.value),
                                           tool_types={p[1]: tool_type for p in pts})
             path.parent.mkdir(parents=True, exist_ok=True)
-            replace_frames(path, records)
+            replace_frames(path, records, provenance=saved_provenance(
+                self.points_layer, "tool annotations", frames=[src_frame], source_frames=True, video=self._source))
         except (SurgsegError, OSError) as exc:
             show_error(f"{self.TITLE}: {exc}")
             self.status.value = f"correction not written: {exc}"
