@@ -117,17 +117,21 @@ def test_saved_labels_tiff_png_folder_and_points_csv_from_napari_layers(tmp_path
         assert prov["model_name"] == "demo-sam2" and prov["model_variant"] == "plain"
     assert sorted(p.name for p in Path(png).iterdir()) == ["000000.png", "000001.png", "000002.png", "provenance.json"]
 
-    # reopened from disk and saved again (another frame range): the video and model stay
-    (layer_data,) = get_reader(tif)(tif)
-    again = Labels(layer_data[0], **{k: v for k, v in layer_data[1].items() if k != "name"}, name="reopened")
-    (tif2,) = write_labels_tiff(str(tmp_path / "again.tif"), again.data, again._get_state())
-    _check(read_provenance(tif2), clip, [0, 1, 2], weights=weights)
+    # reopened from disk: back on frames 4, 6, 8 of the video; saved again, the record stays
+    for path in (tif, png):
+        (layer_data,) = get_reader(path)(path)
+        again = Labels(layer_data[0], **{k: v for k, v in layer_data[1].items() if k != "name"}, name="reopened")
+        assert tuple(again.scale) == (2, 1, 1) and tuple(again.translate) == (4, 0, 0)
+        (tif2,) = write_labels_tiff(str(tmp_path / "again.tif"), again.data, again._get_state())
+        _check(read_provenance(tif2), clip, [4, 6, 8], weights=weights)
 
     points = Points(np.array([[0, 10, 20], [2, 11, 21]], float), scale=(2, 1, 1), translate=(4, 0, 0),
                     metadata=meta, name="clicks")
     (csv,) = write_points_csv(str(tmp_path / "clicks.csv"), points.data, points._get_state())
     assert sidecar_path(csv).is_file()
     _check(read_provenance(csv), clip, [4, 8], weights=weights, result="points")
+    (layer_data,) = get_reader(csv)(csv)
+    assert layer_data[1]["scale"] == (2, 1, 1) and layer_data[1]["translate"] == (4, 0, 0)
 
 
 # ------------------------------------------------------------------ autosave

@@ -4,7 +4,8 @@
 Every file carries its provenance (:func:`layer_provenance`): the layer's
 ``metadata["provenance"]`` (the model run that made it) plus its video
 (``metadata["source_video"]``, set when the layer is autosaved) with its
-hash, and the source frames the layer covers (its placement along t)."""
+hash, the source frames the layer covers (its placement along t) and the
+placement itself (scale, translate: the reader puts the layer back there)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -72,6 +73,8 @@ def layer_provenance(kind: str, data: Any, attributes: dict) -> dict:
         pts = np.asarray(data, float)
         layer_frames = pts[:, 0] if ndim == 3 and len(pts) else ([] if ndim == 3 else None)
     frames = None if layer_frames is None else [start + float(t) * step for t in layer_frames]
+    placement = {"scale": [float(v) for v in scale[-ndim:]], "translate": [float(v) for v in translate[-ndim:]]} \
+        if ndim and len(scale) >= ndim and len(translate) >= ndim else None
     return build_provenance(base=base, result=kind, source=source, frames=frames,
                             frame_map={"start": start, "step": step} if ndim == 3 else None,
-                            layer=attributes.get("name"))
+                            layer=attributes.get("name"), placement=placement)
