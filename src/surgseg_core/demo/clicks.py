@@ -103,7 +103,8 @@ def step_clicks(out: Path, summary: dict, scores: dict, *, n_frames: int, device
     table = evaluate_frames(model, frames, click_margin=CLICK_MARGIN, progress=progress, cancel=cancel)
     near = table["rpsam2"]["all"]["dsc_mean"]
     tiff = write_labels_tiff(refined_stack, out / "clicks_tracked_labels.tif",
-                             provenance=demo_provenance(entry, folder / "video.mp4", range(n), prompts, method="rpsam2"))
+                             provenance=demo_provenance(entry, folder / "video.mp4", range(n), prompts,
+                                                        method="rpsam2"))
     points: List[Dict[str, Any]] = [
         {"obj_id": obj, "click": [round(c[0], 1), round(c[1], 1)], "refined": [round(float(r[0]), 1),
                                                                               round(float(r[1]), 1)]}
