@@ -376,6 +376,18 @@ def restore_snapshots(viewer, entries, source: Optional[str], *, owner=None):
     return worker
 
 
+def _changed_since(entries, source: str) -> list:
+    """Names of the entries whose recorded video hash differs from the
+    file's current one (when that is known without reading the file)."""
+    from surgseg_core.provenance import cached_sha256
+
+    now = cached_sha256(source)
+    if now is None:
+        return []
+    return [e["name"] for e in entries
+            if (e.get("provenance") or {}).get("source_video_sha256") not in (None, now)]
+
+
 def offer_restore(viewer, source: Optional[str]):
     """When ``source`` (a video being opened) has autosaved layers that are
     not in ``viewer`` already, show a notification naming them with a
@@ -400,6 +412,7 @@ def offer_restore(viewer, source: Optional[str]):
     if not entries:
         return None
     offered.add(key)
+    changed = _changed_since(entries, source)
     names = ", ".join(repr(e["name"]) for e in entries[:3])
     if len(entries) > 3:
         names += f" and {len(entries) - 3} more"
@@ -407,6 +420,9 @@ def offer_restore(viewer, source: Optional[str]):
     message = (f"{Path(source).name}: {len(entries)} autosaved layer(s) from an earlier session ({names}; newest saved "
                f"{when} UTC). 'Restore' adds them as '... (restored)' layers; they stay listed in "
                "Plugins > SurgSeg > Corrections -> dataset > Restore autosaved corrections.")
+    if changed:
+        message += (f" WARNING: {', '.join(repr(n) for n in changed)} were saved for a different content of this "
+                    "file (its SHA-256 changed since): check that they still match the video.")
     viewer_ref = weakref.ref(viewer)  # napari keeps every notification: never the viewer with it
 
     def restore(_notification) -> None:

@@ -126,6 +126,21 @@ def file_sha256(path: PathLike) -> str:
     return digest
 
 
+def cached_sha256(path: PathLike) -> Optional[str]:
+    """The file's SHA-256 when a hash of its current size and mtime is
+    cached (never reads the file; None otherwise)."""
+    p = Path(path).expanduser().absolute()
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    with _LOCK:
+        for stamp in (_MEMORY.get(str(p)), _load_disk_cache().get(str(p))):
+            if isinstance(stamp, list) and len(stamp) == 3 and stamp[:2] == [st.st_size, st.st_mtime_ns]:
+                return str(stamp[2])
+    return None
+
+
 def _frame_files(source: Path) -> list:
     if source.is_dir():
         return sorted(f for f in source.iterdir() if f.is_file() and f.suffix.lower() in _FRAME_SUFFIXES
