@@ -58,5 +58,7 @@ def _autosave_in_tmp(tmp_path_factory):
     patch.setenv("SURGSEG_AUTOSAVE_DIR", str(tmp_path_factory.mktemp("autosave")))
     # result layers are sparse on-disk stacks: not in the user's cache either
     patch.setenv("SURGSEG_LABEL_STACK_DIR", str(tmp_path_factory.mktemp("label_stacks")))
+    # the cache of video hashes (provenance): not the user's either
+    patch.setenv("SURGSEG_HASH_CACHE", str(tmp_path_factory.mktemp("hashes") / "file_hashes.json"))
     yield
     patch.undo()

@@ -234,6 +234,64 @@ def test_autosave_failure_warns_once(qtbot, monkeypatch):
     assert len(mine) == 1 and "disk full" in mine[0]
 
 
+def test_reopening_a_video_offers_its_autosave_and_new_layers_are_autosaved(make_napari_viewer, qtbot, tmp_path):
+    """Opening a video with autosaved layers: one notification (per viewer)
+    naming them, with a "Restore" button that adds them; a labels layer the
+    user adds with napari's "New labels layer" is autosaved for that video."""
+    from napari.utils.notifications import notification_manager
+
+    from _video_factory import write_video
+    from napari_surgseg._autosave import watcher_of
+
+    clip = write_video(tmp_path / "clip.mp4", 4, width=32, height=24, fps=10)
+    painted = np.zeros((4, 24, 32), np.uint8)
+    painted[2, 3:7, 4:9] = 5
+    core.save_layer_snapshot(core.autosave_dir(clip), "masks", "labels", painted, source=clip)
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        viewer = make_napari_viewer()
+        (video,) = viewer.open(str(clip), plugin="napari-surgseg")
+        viewer.open(str(clip), plugin="napari-surgseg")  # the same video again: no second offer
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    offers = [n for n in seen if getattr(n, "surgseg_autosave_entries", None)]
+    assert len(offers) == 1 and "'masks'" in str(offers[0].message) and "clip.mp4" in str(offers[0].message)
+    assert "WARNING" not in str(offers[0].message)  # the same video
+    dict(offers[0].actions)["Restore"](offers[0])
+    qtbot.waitUntil(lambda: "masks (restored)" in viewer.layers, timeout=20000)
+    assert np.array_equal(viewer.layers["masks (restored)"].data, painted)
+
+    viewer.layers.selection.active = video
+    viewer._new_labels()  # the layer list's "New labels layer" button
+    new = viewer.layers[-1]
+    assert watcher_of(new) is not None and new.metadata["source_video"] == str(clip)
+    assert watcher_of(new).folder == core.autosave_dir(clip)
+
+
+def test_restore_offer_warns_when_the_video_changed_since_the_autosave(make_napari_viewer, tmp_path):
+    """Same path, other content (a re-export over the old file): the offer
+    says so instead of silently putting old labels on new frames."""
+    from napari.utils.notifications import notification_manager
+
+    from _video_factory import write_video
+    from surgseg_core.provenance import file_sha256
+
+    clip = write_video(tmp_path / "clip.mp4", 4, width=32, height=24, fps=10)
+    core.save_layer_snapshot(core.autosave_dir(clip), "masks", "labels", np.zeros((4, 24, 32), np.uint8), source=clip)
+    write_video(clip, 4, width=32, height=24, fps=12)  # another encoding at the same path
+    file_sha256(clip)  # (hashed once, as opening does in the background)
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        viewer = make_napari_viewer()
+        viewer.open(str(clip), plugin="napari-surgseg")
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    (offer,) = [n for n in seen if getattr(n, "surgseg_autosave_entries", None)]
+    assert "WARNING: 'masks' were saved for a different content of this file" in str(offer.message)
+
+
 def test_restore_section_brings_layers_back(make_napari_viewer, qtbot):
     from napari.layers import Labels, Points, Shapes
 

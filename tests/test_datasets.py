@@ -106,7 +106,8 @@ def test_export_corrections_round_trip_and_trains(tmp_path):
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["format"] == "image_mask"
     assert prov["items"]["case_01_f000005"] == {
-        "frame": 5, "source_video": "/videos/case 01.mp4", "who": "tester", "when": "2026-01-01T00:00:00",
+        "frame": 5, "source_frame": 5, "source_video": "/videos/case 01.mp4", "who": "tester",
+        "when": "2026-01-01T00:00:00",
         "included_because": "labels differ from the model output; has points (no edit record of the points "
                             "layer); has curves"}
     rows = list(csv.DictReader(open(out / "points.csv")))

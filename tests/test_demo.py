@@ -52,9 +52,15 @@ def test_demo_runs_every_method_and_each_scores_near_its_model_card(tmp_path, mo
     # every output file, complete
     with open_video(out / "all_results_overlay.mp4") as v:
         assert len(v) == 24 and v[0].shape[:2] == (480, 640)  # 2 x 2 tiles of the 320 x 240 clip
-    for name in ("anatomy_labels.tif", "clicks_tracked_labels.tif"):
+    from surgseg_core.provenance import read_provenance
+
+    for name, weights in (("anatomy_labels.tif", "surgseg-demo-f2paseg"), ("clicks_tracked_labels.tif",
+                                                                           "surgseg-demo-rpsam2")):
         labels = tifffile.imread(out / name)
         assert labels.shape == (24, 240, 320) and labels.max() > 0
+        prov = read_provenance(out / name)  # which weights, which video (by hash), which frames
+        assert prov["model_name"] == weights and prov["model_sha256"] == cards[weights]["sha256"]
+        assert prov["source_video_sha256"] and prov["frames"] == list(range(24))
     from surgseg_core.methods.f2paseg.classes import PAS
 
     assert set(np.unique(tifffile.imread(out / "anatomy_labels.tif"))) <= {0, *PAS.ids}

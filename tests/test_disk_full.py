@@ -38,7 +38,8 @@ def test_overlay_export_on_a_full_disk_keeps_the_good_file(small_disk):
     with pytest.raises(WriteError, match="disk is full.*previous file is kept"):
         export_overlay_video(_noise(200, seed=1), target, fps=10, crf=0)
     assert target.read_bytes() == good  # the old complete file, untouched
-    assert [p.name for p in small_disk.iterdir()] == ["overlay.mp4"]  # no temporary file left behind
+    # no temporary file left behind (the sidecar is the good file's provenance)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["overlay.mp4", "overlay.mp4.provenance.json"]
 
 
 def test_any_atomic_write_on_a_full_disk_says_so(small_disk):

@@ -135,7 +135,8 @@ def test_overlay_export_killed_mid_write_keeps_the_previous_mp4(tmp_path):
     assert [p.name for p in target.parent.iterdir() if ".tmp-" in p.name]  # what the kill left
 
     assert main(args) == 0
-    assert sorted(p.name for p in target.parent.iterdir()) == ["overlay.mp4"]  # no orphan temp
+    # no orphan temp (the provenance sidecar is the new export's)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["overlay.mp4", "overlay.mp4.provenance.json"]
     with open_video(target) as video:
         assert len(video) == 12
 

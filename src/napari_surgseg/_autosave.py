@@ -12,6 +12,7 @@ during the save schedules the next save.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import weakref
 from pathlib import Path
@@ -27,6 +28,10 @@ from surgseg_core.io import autosave as core
 
 log = logging.getLogger(__name__)
 
+#: Seconds of work a kill can lose: a layer is saved this long after its last edit
+#: (``$SURGSEG_AUTOSAVE_INTERVAL_MS`` changes it, e.g. for tests or slow disks).
+DEFAULT_INTERVAL_MS = 2000
+ENV_INTERVAL = "SURGSEG_AUTOSAVE_INTERVAL_MS"
 #: Label stacks above this size are streamed from the live array instead of copied.
 COPY_LIMIT_BYTES = 256 * 2**20
 #: A save may use at most ~1/(1 + this) of a core: the next one waits this many
@@ -181,11 +186,30 @@ class _LayerAutosave(QObject):
             show_warning(f"Autosave of layer {name!r} failed: {exc}. Save it by hand (File > Save Selected Layers).")
 
 
-def watch_layer(layer, source: Optional[Any] = None, *, interval_ms: int = 2000) -> Path:
+def default_interval_ms() -> int:
+    """``$SURGSEG_AUTOSAVE_INTERVAL_MS`` or :data:`DEFAULT_INTERVAL_MS`."""
+    value = os.environ.get(ENV_INTERVAL, "").strip()
+    if not value:
+        return DEFAULT_INTERVAL_MS
+    try:
+        ms = int(float(value))
+    except ValueError:
+        ms = -1
+    if ms < 0:
+        log.warning("%s=%r is not a number of milliseconds; autosaving after %d ms", ENV_INTERVAL, value,
+                    DEFAULT_INTERVAL_MS)
+        return DEFAULT_INTERVAL_MS
+    return ms
+
+
+def watch_layer(layer, source: Optional[Any] = None, *, interval_ms: Optional[int] = None) -> Path:
     """Autosave ``layer`` (Labels, Points or Shapes) after each edit, into
     ``autosave_dir(source)``; ``source`` defaults to the layer's
-    ``metadata["source_path"]``. Idempotent; returns the snapshot folder and
-    sets ``layer.metadata["autosave_path"]`` to the layer's snapshot file."""
+    ``metadata["source_path"]``; ``interval_ms`` to :func:`default_interval_ms`.
+    Idempotent; returns the snapshot folder and sets
+    ``layer.metadata["autosave_path"]`` to the layer's snapshot file."""
+    if interval_ms is None:
+        interval_ms = default_interval_ms()
     if source is None:
         source = (layer.metadata or {}).get("source_path")
     source = str(source) if source else None
@@ -196,6 +220,8 @@ def watch_layer(layer, source: Optional[Any] = None, *, interval_ms: int = 2000)
         old.disconnect_all()
     watcher = _LayerAutosave(layer, source, interval_ms)
     _WATCHERS[layer] = watcher
+    if source:  # the video the layer belongs to: saved files record it (provenance)
+        layer.metadata["source_video"] = source
     layer.metadata["autosave_path"] = str(core.snapshot_path(watcher.folder, layer.name, watcher.kind))
     return watcher.folder
 
@@ -218,3 +244,193 @@ def unwatch_layer(layer) -> None:
 def watcher_of(layer) -> Optional[_LayerAutosave]:
     """The layer's autosave watcher (tests, status displays), or None."""
     return _WATCHERS.get(layer)
+
+
+# ---------------------------------------------------------------------------
+# Layers users add themselves (napari's "New labels layer", points, shapes)
+# ---------------------------------------------------------------------------
+
+# viewers whose new layers are autosaved
+_VIEWERS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+# viewer -> the autosave folders already offered for restoring in it
+_OFFERED: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()
+
+
+def _unwrap(viewer):
+    return getattr(viewer, "__wrapped__", viewer)  # widgets get napari's public-only proxy
+
+
+def _video_layers(viewer) -> list:
+    from napari.layers import Image
+
+    return [ly for ly in viewer.layers if isinstance(ly, Image) and (ly.metadata or {}).get("source_path")]
+
+
+def source_for_layer(viewer, layer) -> Optional[str]:
+    """The video a layer the user added belongs to: its own
+    ``metadata["source_path"]``, the only video in the viewer, or the one
+    video layer it lies on (same placement, and same frames for Labels);
+    None when that is ambiguous (snapshots then go to the no-source folder)."""
+    own = (layer.metadata or {}).get("source_path")
+    if own:
+        return str(own)
+    videos = _video_layers(viewer)
+    sources = {str(v.metadata["source_path"]) for v in videos}
+    if len(sources) == 1:
+        return sources.pop()
+    scale, translate = np.asarray(layer.scale, float)[-3:], np.asarray(layer.translate, float)[-3:]
+    shape = tuple(layer.data.shape[:3]) if isinstance(layer, Labels) else None
+    on = {str(v.metadata["source_path"]) for v in videos
+          if np.allclose(np.asarray(v.scale, float)[:3], scale)
+          and np.allclose(np.asarray(v.translate, float)[:3], translate)
+          and (shape is None or tuple(v.data.shape[:3]) == shape)}
+    return on.pop() if len(on) == 1 else None
+
+
+def _new_and_empty(layer) -> bool:
+    """A layer the user just made to annotate a video: a Labels, Points or
+    Shapes layer with a time axis holding nothing yet (a napari-made
+    in-memory Labels too big to scan counts as new: napari's "New labels
+    layer" button makes zeros; files opened from disk are on disk already)."""
+    if getattr(layer, "ndim", 0) < 3 or not isinstance(layer, (Labels, Points, Shapes)):
+        return False
+    if isinstance(layer, Labels):
+        data = layer.data
+        if not isinstance(data, np.ndarray) or isinstance(data, np.memmap):
+            return False
+        return data.nbytes > COPY_LIMIT_BYTES or not data.any()
+    return len(layer.data) == 0
+
+
+def _on_inserted(event) -> None:
+    layer = event.value
+    ref = _VIEWER_OF_LIST.get(event.source)
+    viewer = ref() if ref is not None else None
+    if viewer is None or layer in _WATCHERS or not _new_and_empty(layer):
+        return
+    try:
+        watch_layer(layer, source_for_layer(viewer, layer))
+    except Exception as exc:  # never break napari's layer insertion
+        log.warning("cannot autosave the new layer %r: %s", getattr(layer, "name", "?"), exc)
+
+
+# the layer list -> (a weak reference to) its viewer (the inserted event comes from the list)
+_VIEWER_OF_LIST: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def watch_new_layers(viewer) -> None:
+    """Autosave every Labels, Points and Shapes layer the user adds empty to
+    ``viewer`` from now on (idempotent): corrections painted into a layer
+    made with napari's own buttons are not lost when napari is killed."""
+    viewer = _unwrap(viewer)
+    if viewer is None or viewer in _VIEWERS:
+        return
+    _VIEWERS.add(viewer)
+    _VIEWER_OF_LIST[viewer.layers] = weakref.ref(viewer)  # a strong value would keep the list (its key) alive
+    viewer.layers.events.inserted.connect(_on_inserted)
+
+
+# ---------------------------------------------------------------------------
+# Restoring
+# ---------------------------------------------------------------------------
+
+#: restored layers are named "<name> (restored)"
+RESTORED_SUFFIX = " (restored)"
+
+
+def load_entries(entries, *, progress=None, cancel=None) -> list:
+    """``core.load_snapshot`` of each entry (in a worker)."""
+    out = []
+    for i, entry in enumerate(entries):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        out.append(core.load_snapshot(entry))
+        if progress is not None:
+            progress(i + 1, len(entries), entry["name"])
+    return out
+
+
+def add_restored_layers(viewer, layer_data, source: Optional[str]) -> list:
+    """Add loaded snapshots as "<name> (restored)" layers, autosaved again."""
+    from napari.layers import Layer
+    from napari.utils.notifications import show_info
+
+    layers = []
+    for data, kwargs, kind in layer_data:
+        name = str(kwargs["name"])
+        kwargs = {**kwargs, "name": name if name.endswith(RESTORED_SUFFIX) else name + RESTORED_SUFFIX}
+        layer = viewer.add_layer(Layer.create(data, kwargs, kind))
+        watch_layer(layer, source)
+        layers.append(layer)
+    show_info(f"Restored {len(layers)} autosaved layer(s)")
+    return layers
+
+
+def restore_snapshots(viewer, entries, source: Optional[str], *, owner=None):
+    """Load ``entries`` (``core.list_snapshots``) in a worker and add them
+    to ``viewer``; returns the worker."""
+    from ._workers import run_in_worker
+
+    worker, _ = run_in_worker(load_entries, list(entries), owner=owner, description="Restore autosave",
+                              on_done=lambda layer_data: add_restored_layers(viewer, layer_data, source))
+    return worker
+
+
+def _changed_since(entries, source: str) -> list:
+    """Names of the entries whose recorded video hash differs from the
+    file's current one (when that is known without reading the file)."""
+    from surgseg_core.provenance import cached_sha256
+
+    now = cached_sha256(source)
+    if now is None:
+        return []
+    return [e["name"] for e in entries
+            if (e.get("provenance") or {}).get("source_video_sha256") not in (None, now)]
+
+
+def offer_restore(viewer, source: Optional[str]):
+    """When ``source`` (a video being opened) has autosaved layers that are
+    not in ``viewer`` already, show a notification naming them with a
+    "Restore" button (once per video and viewer); returns the notification
+    (None when there is nothing to offer)."""
+    from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
+
+    viewer = _unwrap(viewer)
+    if viewer is None or not source:
+        return None
+    offered = _OFFERED.setdefault(viewer, set())
+    key = str(core.autosave_dir(source))
+    if key in offered:
+        return None
+    try:
+        entries = core.list_snapshots(core.autosave_dir(source))
+    except Exception as exc:  # a damaged manifest must not stop the video from opening
+        log.warning("cannot list the autosaved layers of %s: %s", source, exc)
+        return None
+    live = {str((ly.metadata or {}).get("autosave_path")) for ly in viewer.layers}
+    entries = [e for e in entries if e["path"] not in live]
+    if not entries:
+        return None
+    offered.add(key)
+    changed = _changed_since(entries, source)
+    names = ", ".join(repr(e["name"]) for e in entries[:3])
+    if len(entries) > 3:
+        names += f" and {len(entries) - 3} more"
+    when = str(entries[0].get("saved_at", ""))[:19].replace("T", " ")
+    message = (f"{Path(source).name}: {len(entries)} autosaved layer(s) from an earlier session ({names}; newest saved "
+               f"{when} UTC). 'Restore' adds them as '... (restored)' layers; they stay listed in "
+               "Plugins > SurgSeg > Corrections -> dataset > Restore autosaved corrections.")
+    if changed:
+        message += (f" WARNING: {', '.join(repr(n) for n in changed)} were saved for a different content of this "
+                    "file (its SHA-256 changed since): check that they still match the video.")
+    viewer_ref = weakref.ref(viewer)  # napari keeps every notification: never the viewer with it
+
+    def restore(_notification) -> None:
+        live_viewer = viewer_ref()
+        if live_viewer is not None:
+            restore_snapshots(live_viewer, entries, source)
+
+    notification = Notification(message, severity=NotificationSeverity.INFO, actions=[("Restore", restore)])
+    notification.surgseg_autosave_entries = entries  # what "Restore" loads (tests, scripts)
+    notification_manager.dispatch(notification)
+    return notification

@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
+import numpy as np
+
 from .widgets.base.layers import announce_video, labels_layer_data, points_layer_data, video_layer_data
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm"}
@@ -122,14 +124,14 @@ def _read_labels_tiff(path: PathOrPaths) -> list:
     from surgseg_core.io.export import read_labels_tiff
 
     p = Path(_single(path))
-    return [labels_layer_data(read_labels_tiff(p), p.stem, {"source_path": str(p)})]
+    return [_placed(labels_layer_data(read_labels_tiff(p), p.stem, _saved_metadata(p)))]
 
 
 def _read_masks_folder(path: PathOrPaths) -> list:
     from surgseg_core.io.export import read_png_masks
 
     p = Path(_single(path))
-    return [labels_layer_data(read_png_masks(p), p.name, {"source_path": str(p)})]
+    return [_placed(labels_layer_data(read_png_masks(p), p.name, _saved_metadata(p)))]
 
 
 def _read_points_csv(path: PathOrPaths) -> list:
@@ -137,4 +139,37 @@ def _read_points_csv(path: PathOrPaths) -> list:
 
     p = Path(_single(path))
     table = read_points_csv(p)
-    return [points_layer_data(table.data, p.stem, table.features, metadata={"source_path": str(p)})]
+    return [_placed(points_layer_data(table.data, p.stem, table.features, metadata=_saved_metadata(p)))]
+
+
+def _placed(layer_data: tuple) -> tuple:
+    """Put a saved layer back where it lay on its video (the ``placement``
+    its provenance recorded: a result of a ranged, strided or downscaled
+    opening lines up with the whole video again)."""
+    data, kwargs, kind = layer_data
+    place = ((kwargs.get("metadata") or {}).get("provenance") or {}).get("placement") or {}
+    ndim = np.ndim(data) if kind == "labels" else (np.shape(data)[1] if np.ndim(data) == 2 else 0)
+    scale, translate = place.get("scale"), place.get("translate")
+    if ndim and isinstance(scale, list) and isinstance(translate, list) and len(scale) == len(translate) == ndim:
+        kwargs = {**kwargs, "scale": tuple(float(v) for v in scale), "translate": tuple(float(v) for v in translate)}
+    return data, kwargs, kind
+
+
+def _saved_metadata(p: Path) -> dict:
+    """A saved result's layer metadata: its file, and the provenance saved
+    with it (so saving it again keeps its video, frames and model)."""
+    from surgseg_core.provenance import read_provenance
+
+    meta: dict = {"source_path": str(p)}
+    try:
+        prov = read_provenance(p)
+    except (OSError, ValueError) as exc:
+        prov = {}
+        import logging
+
+        logging.getLogger(__name__).warning("%s: provenance not readable (%s)", p, exc)
+    if prov:
+        meta["provenance"] = prov
+        if prov.get("source_video"):
+            meta["source_video"] = prov["source_video"]
+    return meta

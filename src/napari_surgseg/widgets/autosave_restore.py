@@ -7,17 +7,15 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional
 
 from magicgui.widgets import Container, Label, PushButton
-from napari.layers import Layer
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem
 
 from surgseg_core.errors import SurgsegError
-from surgseg_core.io.autosave import autosave_dir, list_snapshots, load_snapshot
+from surgseg_core.io.autosave import autosave_dir, list_snapshots
 
-from .._autosave import watch_layer
+from .._autosave import add_restored_layers, load_entries
 from .._workers import run_in_worker
 
-SUFFIX = " (restored)"
 _ENTRY_ROLE = 256  # Qt.UserRole
 
 
@@ -27,17 +25,6 @@ def _describe(entry: dict) -> str:
     if entry.get("count") is not None:
         size += f", {entry['count']} item(s)"
     return f"{entry['name']}  [{entry['kind']}{size}, saved {when} UTC]"
-
-
-def _load_all(entries: List[dict], *, progress=None, cancel=None) -> List[tuple]:
-    out = []
-    for i, entry in enumerate(entries):
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        out.append(load_snapshot(entry))
-        if progress is not None:
-            progress(i + 1, len(entries), entry["name"])
-    return out
 
 
 class AutosaveRestoreSection(Container):
@@ -94,12 +81,8 @@ class AutosaveRestoreSection(Container):
 
         def done(layer_data: List[tuple]) -> None:
             self.restore_button.enabled = True
-            for data, kwargs, kind in layer_data:
-                kwargs = {**kwargs, "name": kwargs["name"] + SUFFIX}
-                layer = self.viewer.add_layer(Layer.create(data, kwargs, kind))
-                watch_layer(layer, source)
-            show_info(f"Restored {len(layer_data)} autosaved layer(s)")
+            add_restored_layers(self.viewer, layer_data, source)
 
-        self.worker, _ = run_in_worker(_load_all, entries, on_done=done, description="Restore autosave", owner=self)
+        self.worker, _ = run_in_worker(load_entries, entries, on_done=done, description="Restore autosave", owner=self)
         self.worker.errored.connect(lambda *_: setattr(self.restore_button, "enabled", True))
         return self.worker

@@ -22,7 +22,9 @@ from surgseg_core.datasets.corrections import GENERIC
 
 from .._edits import edited_frames, record_viewer_edits
 from .._workers import run_in_worker
-from .base import StatusLabel, connect_layer_refresh, layer_choices, points_on, show_frame, source_video_of
+from .base import (
+    StatusLabel, connect_layer_refresh, layer_choices, points_on, provenance_of, show_frame, source_video_of,
+)
 
 
 def export_methods(_widget=None) -> list:
@@ -61,7 +63,12 @@ def corrections_kwargs(image, labels=None, points=None, model_labels=None, who: 
             data = np.column_stack([np.zeros(len(data)), data])
         kwargs["points"] = data[:, -3:]
         kwargs["point_classes"] = point_classes_of(points)
-    kwargs["provenance"] = {"source_video": source_video_of(image) or image.name, "who": who or getpass.getuser()}
+    made = next((layer for layer in (labels, points) if layer is not None and provenance_of(layer)), None)
+    kwargs["provenance"] = {**(provenance_of(made) if made is not None else {}),
+                            "source_video": source_video_of(image) or image.name, "who": who or getpass.getuser()}
+    if image.ndim >= 3:  # frame t of the image layer is source frame start + t * step
+        kwargs["provenance"]["frame_map"] = {"start": float(np.asarray(image.translate, float)[0]),
+                                             "step": float(np.asarray(image.scale, float)[0])}
     return kwargs
 
 

@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error, show_info
 from surgseg_core.io.export import export_overlay_video
 
 from .._workers import run_in_worker
-from .base import StatusLabel, layer_choices
+from .base import StatusLabel, layer_choices, provenance_of
 
 
 class ExportOverlayWidget(Container):
@@ -105,6 +105,11 @@ class ExportOverlayWidget(Container):
         if points is not None and len(points.data):
             kwargs["points"] = np.asarray(points.data)
             kwargs["point_color"] = np.asarray(points.face_color)[:, :3]
+        # the MP4's provenance sidecar: the drawn layers' model runs (labels first)
+        kwargs["provenance"] = {**(provenance_of(points) if points is not None else {}),
+                                **(provenance_of(labels) if labels is not None else {}),
+                                "layers": {"video": image.name, "labels": getattr(labels, "name", None),
+                                           "points": getattr(points, "name", None)}}
         video = image.data[0] if image.multiscale else image.data
         self.export_button.enabled = False
         self.cancel_button.enabled = True

@@ -21,7 +21,7 @@ from surgseg_core.methods.liver.export import write_landmarks_csv, write_landmar
 
 from .base import (
     FrameRange, MethodWidget, ModelCache, RunControl, class_colormap, device_value, discard_layers, frame_of,
-    provenance_of,
+    provenance_of, saved_provenance,
 )
 
 MODES = ("current frame", "frame range", "whole video")
@@ -396,12 +396,13 @@ class LiverLandmarksWidget(MethodWidget):
             h, w = self.labels_layer.data.shape[-2:]
             size = (w, h)
         path = Path(path)
+        prov = saved_provenance(self.shapes_layer, "curves", frames=sorted(frames), video=self._source)
         if fmt == "json":
-            return [write_landmarks_json(path, frames, size, self._provenance())]
+            return [write_landmarks_json(path, frames, size, prov)]
         if fmt == "csv":
-            return [write_landmarks_csv(path, frames)]
+            return [write_landmarks_csv(path, frames, prov)]
         if fmt == "xml":
-            return write_p2ilf_xml_frames(path, frames, stem=path.name or "frame")
+            return write_p2ilf_xml_frames(path, frames, stem=path.name or "frame", provenance=prov)
         raise SurgsegError(f"unknown export format {fmt!r}")
 
     def _export_dialog(self, fmt: str) -> None:

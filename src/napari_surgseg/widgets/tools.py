@@ -32,7 +32,7 @@ from surgseg_core.methods.tools import ACTIONS, LANDMARK_TYPES, TOOL_TYPES
 
 from .base import (
     FrameRange, MethodWidget, ModelCache, RunControl, add_result_layer, device_value, discard_layers, frame_of,
-    placement_of, points_on, provenance_of, source_video_of, video_placement, video_shape,
+    placement_of, points_on, saved_provenance, source_video_of, video_placement, video_shape,
 )
 
 MODES = ("current frame", "frame range", "whole video")
@@ -388,7 +388,8 @@ class ToolLandmarksWidget(MethodWidget):
             records = records_from_points(Path(rel).as_posix(), src_frame, pts, action=str(self.action_combo.value),
                                           tool_types={p[1]: tool_type for p in pts})
             path.parent.mkdir(parents=True, exist_ok=True)
-            replace_frames(path, records)
+            replace_frames(path, records, provenance=saved_provenance(
+                self.points_layer, "tool annotations", frames=[src_frame], source_frames=True, video=self._source))
         except (SurgsegError, OSError) as exc:
             show_error(f"{self.TITLE}: {exc}")
             self.status.value = f"correction not written: {exc}"
@@ -419,7 +420,9 @@ class ToolLandmarksWidget(MethodWidget):
             rows.append([video, int(round(tyx[i, 0])), str(feats["type"].iloc[i]), int(feats["tool"].iloc[i]),
                          round(float(tyx[i, 2]), 3), round(float(tyx[i, 1]), 3),
                          None if not np.isfinite(score) else round(score, 4)])
-        return write_prediction_file(path, video, rows, provenance_of(self.points_layer))
+        prov = saved_provenance(self.points_layer, "points:tool landmarks", frames=[r[1] for r in rows],
+                                source_frames=True, video=self._source)
+        return write_prediction_file(path, video, rows, prov)
 
     def _export_dialog(self, fmt: str) -> None:
         from qtpy.QtWidgets import QFileDialog

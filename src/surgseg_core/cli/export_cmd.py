@@ -105,12 +105,15 @@ def _labels(args: argparse.Namespace) -> int:
     src, out = Path(args.input), Path(args.out)
     if src.resolve() == out.resolve():
         raise DatasetError(f"{out}: output is the same as the input")
+    from ..provenance import build_provenance, read_provenance
+
     stack = open_labels(src)
-    try:
+    try:  # the converted labels keep the input's provenance (video, frames, model)
+        prov = build_provenance(base=read_provenance(src), result="labels", converted_from=str(src.absolute()))
         if out.suffix.lower() in (".tif", ".tiff"):
-            write_labels_tiff(stack, out, progress=TextProgress("labels"))
+            write_labels_tiff(stack, out, progress=TextProgress("labels"), provenance=prov)
         else:
-            write_png_masks(stack, out, progress=TextProgress("labels"))
+            write_png_masks(stack, out, progress=TextProgress("labels"), provenance=prov)
     finally:
         if hasattr(stack, "close"):
             stack.close()

@@ -275,11 +275,22 @@ def run_evaluate(args) -> int:
         files = [(table_path, markdown + "\n")] if markdown else []
         stale = [table_path] if not markdown and args.overwrite and table_path.is_file() else []
         atomic_write_group(files + [(args.out, text + "\n")], remove=stale)
+        _write_metrics_provenance(args)
     print(text)
     for t in (table, markdown):
         if t:
             print(t)
     return 0
+
+
+def _write_metrics_provenance(args) -> None:
+    """``<out>.provenance.json``: the checkpoint and its hash, the data folder."""
+    from ..provenance import build_provenance, checkpoint_identity, folder_fingerprint, write_sidecar
+    from ..training.inference import resolve_checkpoint
+
+    checkpoint, _ = resolve_checkpoint(args.checkpoint, args.method)
+    write_sidecar(args.out, build_provenance(result="metrics", model=checkpoint_identity(args.method, checkpoint),
+                                             data=folder_fingerprint(args.data), options=_user_config(args)))
 
 
 def run_predict(args) -> int:

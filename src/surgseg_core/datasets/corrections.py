@@ -195,7 +195,12 @@ def export_corrections(
         ``edited_point_frames``, the edit records of the labels / points:
         only edited frames), or ``{frame: [why, ...]}``; each item's
         provenance says why it is included (``included_because``).
-    provenance: ``source_video``, ``who``, ``when`` (filled in if missing).
+    provenance: ``source_video``, ``who``, ``when`` (filled in if missing),
+        ``frame_map`` (frame t of ``frames`` is source frame start + t * step)
+        and the model's record (a layer's provenance); ``provenance.json``
+        gets the shared fields of :func:`surgseg_core.provenance.build_provenance`
+        (video hash, source frames, model and its hash), each item its
+        scalar fields and its ``source_frame``.
     """
     rasterize = _curve_rasterizer(method)
     out = Path(out_dir)
@@ -218,9 +223,17 @@ def export_corrections(
     if not frame_indices:
         raise DatasetError("nothing to export: no corrected frames (labels empty and equal to the model output)")
 
+    from ..provenance import build_provenance
+
     prov = dict(provenance or {})
     prov.setdefault("who", getpass.getuser() if hasattr(getpass, "getuser") else "unknown")
     prov.setdefault("when", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    fmap = dict(prov.get("frame_map") or {})
+    start, step = float(fmap.get("start", 0) or 0), float(fmap.get("step", 1) or 1)
+    given = prov.get("source_video")
+    prov = build_provenance(base=prov, result="dataset:corrections", frames=[start + t * step for t in frame_indices],
+                            frame_map={"start": start, "step": step},
+                            source=given if given and Path(str(given)).exists() else None)
     source = prov.get("source_video")
     prefix = Path(str(source)).stem if source else "frame"
     prefix = "".join(c if c.isalnum() or c in "-_" else "_" for c in prefix) or "frame"
@@ -250,7 +263,8 @@ def export_corrections(
             tmp.write_bytes(_png_bytes(image))
         with atomic_path(out / "masks" / f"{stem}.png") as tmp:
             tmp.write_bytes(_png_bytes(mask.astype(np.uint8)))
-        items[stem] = {"frame": t, **{k: v for k, v in prov.items() if isinstance(v, (str, int, float))},
+        items[stem] = {"frame": t, "source_frame": int(round(start + t * step)),
+                       **{k: v for k, v in prov.items() if isinstance(v, (str, int, float)) and k not in _RUN_ONLY},
                        "included_because": "; ".join(reasons.get(t, []))}
         report(progress, done + 1, len(frame_indices), f"frame {t}")
 
@@ -258,7 +272,7 @@ def export_corrections(
         _write_points(out / "points.csv", pts, point_classes, stems)
     if curves:
         _write_curves(out / "curves.json", curves, stems)
-    _write_provenance(out / "provenance.json", items, method)
+    _write_provenance(out / "provenance.json", items, method, prov)
     return out
 
 
@@ -292,7 +306,11 @@ def _write_curves(path: Path, curves: Mapping, stems: Mapping[int, str]) -> None
     atomic_write_text(path, json.dumps(data, indent=1))
 
 
-def _write_provenance(path: Path, items: Mapping[str, Any], method: str) -> None:
+#: fields of the record kept at the top of provenance.json only (not repeated per item)
+_RUN_ONLY = {"created", "saved", "result", "surgseg_version"}
+
+
+def _write_provenance(path: Path, items: Mapping[str, Any], method: str, record: Mapping[str, Any]) -> None:
     from .. import __version__
 
     data: Dict[str, Any] = {}
@@ -302,6 +320,8 @@ def _write_provenance(path: Path, items: Mapping[str, Any], method: str) -> None
         except json.JSONDecodeError:
             data = {}
     data.setdefault("format", "image_mask")
+    data.update({k: v for k, v in record.items() if k != "frames"})
+    data["frames"] = sorted({*map(int, data.get("frames") or []), *(int(round(f)) for f in record.get("frames") or [])})
     data["method"] = method
     data["surgseg_version"] = __version__
     data.setdefault("items", {}).update(items)

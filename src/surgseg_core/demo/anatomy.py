@@ -9,7 +9,7 @@ from typing import Dict
 
 import numpy as np
 
-from .common import bundled_entry, card_score, missing_weights_lines, sample_clip, score_record
+from .common import bundled_entry, card_score, demo_provenance, missing_weights_lines, sample_clip, score_record
 
 TITLE = "## Anatomy (F2PASeg)"
 MARGIN = 0.15  # Dice: one synthetic clip differs from the card's three held-out clips
@@ -39,7 +39,8 @@ def step_anatomy(out: Path, summary: dict, scores: dict, *, n_frames: int, devic
     model = load_tracking_model(DEMO_NAME, device=device)
     res = evaluate_clips(model, [clip], PAS, box_every=10, max_frames=n, keep_recent_prompt_frames=2,
                          progress=progress, cancel=cancel, on_labels=keep)
-    tiff = write_labels_tiff(stack, out / "anatomy_labels.tif")
+    tiff = write_labels_tiff(stack, out / "anatomy_labels.tif", provenance=demo_provenance(
+        entry, folder / "video.mp4", range(n), method="f2paseg", key_frames=list(range(0, n, 10))))
     per_class: Dict[str, float] = {k: round(v["dice"], 3) for k, v in res["classes"].items() if v["frames"]}
     summary["anatomy"] = {"weights": DEMO_NAME, "frames": res["frames"], "mean_dice": res["mean_dice"],
                           "mean_iou": res["mean_iou"], "class_dice": per_class, "fps": res["fps"],

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from .common import (
-    _iou, bundled_entry, card_score, missing_weights_lines, sample_clip, score_record,
+    _iou, bundled_entry, card_score, demo_provenance, missing_weights_lines, sample_clip, score_record,
 )
 
 TITLE = "## Clicks (RP-SAM2)"
@@ -102,7 +102,9 @@ def step_clicks(out: Path, summary: dict, scores: dict, *, n_frames: int, device
         tracked[name] = float(np.nanmean(ious)) if ious else float("nan")
     table = evaluate_frames(model, frames, click_margin=CLICK_MARGIN, progress=progress, cancel=cancel)
     near = table["rpsam2"]["all"]["dsc_mean"]
-    tiff = write_labels_tiff(refined_stack, out / "clicks_tracked_labels.tif")
+    tiff = write_labels_tiff(refined_stack, out / "clicks_tracked_labels.tif",
+                             provenance=demo_provenance(entry, folder / "video.mp4", range(n), prompts,
+                                                        method="rpsam2"))
     points: List[Dict[str, Any]] = [
         {"obj_id": obj, "click": [round(c[0], 1), round(c[1], 1)], "refined": [round(float(r[0]), 1),
                                                                               round(float(r[1]), 1)]}

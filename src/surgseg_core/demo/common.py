@@ -28,6 +28,15 @@ def bundled_entry(name: str):
     return entry if entry is not None and entry.present else None
 
 
+def demo_provenance(entry, video, frames, prompts=None, **extra: Any) -> Dict[str, Any]:
+    """The record of a demo result made by the registered weights ``entry``."""
+    from ..provenance import build_provenance
+
+    model = {"name": entry.name, "variant": entry.variant or entry.method, "checkpoint": entry.path,
+             "checkpoint_sha256": entry.sha256}
+    return build_provenance(result="labels", source=video, frames=frames, model=model, prompts=prompts, **extra)
+
+
 def missing_weights_lines(title: str, name: str, summary: Dict[str, Any], key: str) -> list:
     summary[key] = {"skipped": f"weights {name!r} not found"}
     return [title, f"Skipped: the demo weights `{name}` are not in `sample_data/` (run "

@@ -214,6 +214,7 @@ def save_layer_snapshot(
     layer_kwargs: Optional[Mapping[str, Any]] = None,
     edge_colors: Optional[Any] = None,
     skip_unchanged: bool = True,
+    provenance: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Save one layer's data into ``folder`` (atomically) and record it in
     the folder's manifest; returns the snapshot file.
@@ -225,7 +226,10 @@ def save_layer_snapshot(
     kind "shapes": list of (M, D) vertex arrays, ``shape_types`` (napari
     names: "path", "polygon", ...), optional per-shape ``edge_colors`` (RGBA).
     ``layer_kwargs`` (scale, translate, axis_labels, ...) and ``metadata``
-    are kept in the manifest for restoring.
+    are kept in the manifest for restoring. The entry's ``"provenance"``
+    (:func:`surgseg_core.provenance.build_provenance`: source video and its
+    hash, the source frames saved, the model of ``provenance`` or of
+    ``metadata["provenance"]``) goes into the label TIFF's description too.
     """
     _check_kind(kind)
     folder = Path(folder)
@@ -247,11 +251,15 @@ def save_layer_snapshot(
                 log.debug("autosave of %r: labels unchanged, %s kept", name, path)
                 return path
         hasher = _new_hasher(shape, np.dtype(data.dtype))
-        write_labels_tiff(_HashedFrames(data, hasher), path)
+        prov = _provenance(kind, source, metadata, provenance, layer_kwargs,
+                           range(shape[0]) if len(shape) == 3 else None)
+        write_labels_tiff(_HashedFrames(data, hasher), path, provenance=prov)
         entry.update(digest=hasher.hexdigest(), shape=list(shape), dtype=np.dtype(data.dtype).str,
                      n_frames=n_frames if n_frames is not None else (shape[0] if len(shape) == 3 else 1))
     elif kind == "points":
         points = np.asarray(data, dtype=float)
+        prov = _provenance(kind, source, metadata, provenance, layer_kwargs,
+                           points[:, 0] if points.ndim == 2 and points.shape[1] == 3 else None)
         write_points_csv(points, path, features=features)
         entry.update(count=int(len(points)), ndim=int(points.shape[1]) if points.ndim == 2 else 3,
                      n_frames=n_frames if n_frames is not None else _frames_touched([points]))
@@ -273,15 +281,36 @@ def save_layer_snapshot(
         }
         if edge_colors is not None:
             doc["edge_colors"] = np.asarray(edge_colors, dtype=float).reshape(-1, 4).tolist()
-        atomic_write_text(path, json.dumps(doc))
+        prov = _provenance(kind, source, metadata, provenance, layer_kwargs,
+                           [t for sh in shapes if sh.ndim == 2 and sh.shape[1] == 3 for t in sh[:, 0]] or None)
+        doc["provenance"] = prov
+        atomic_write_text(path, json.dumps(doc, default=str))
         entry.update(count=len(shapes), ndim=ndim,
                      n_frames=n_frames if n_frames is not None else _frames_touched(shapes))
 
-    entry.update(saved_at=_now(), metadata=to_jsonable(dict(metadata or {})),
+    entry.update(saved_at=_now(), provenance=to_jsonable(prov), metadata=to_jsonable(dict(metadata or {})),
                  layer_kwargs=to_jsonable(dict(layer_kwargs or {})))
     _update_manifest(folder, name, entry)
     log.debug("autosaved %s %r to %s", kind, name, path)
     return path
+
+
+def _provenance(kind: str, source: Optional[PathLike], metadata: Optional[Mapping[str, Any]],
+                base: Optional[Mapping[str, Any]], layer_kwargs: Optional[Mapping[str, Any]],
+                layer_frames: Optional[Any]) -> dict:
+    """The snapshot's record: layer frame i is source frame start + i * step
+    (the layer's placement on its video: translate / scale along t)."""
+    from ..provenance import build_provenance
+
+    if base is None:
+        base = (metadata or {}).get("provenance") or {}
+    scale = list((layer_kwargs or {}).get("scale") or [])
+    translate = list((layer_kwargs or {}).get("translate") or [])
+    start = float(translate[0]) if len(translate) == 3 else 0.0
+    step = float(scale[0]) if len(scale) == 3 else 1.0
+    frames = None if layer_frames is None else [start + float(t) * step for t in layer_frames]
+    return build_provenance(base=base, result=f"autosave:{kind}", source=source, frames=frames,
+                            frame_map={"start": start, "step": step}, layer_kind=kind)
 
 
 def _frames_touched(arrays: Sequence[np.ndarray]) -> Optional[int]:

@@ -9,7 +9,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Optional, Tuple, Union
+from typing import Any, Iterator, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -72,12 +72,15 @@ def write_labels_tiff(
     *,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    provenance: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Save a (T, H, W) or (H, W) integer label array as a zlib-compressed
     multi-page TIFF (one page per frame), written atomically.
 
     ``labels`` may be lazy (anything with ``shape``, ``dtype`` and per-frame
-    indexing); frames are compressed one at a time.
+    indexing); frames are compressed one at a time. ``provenance``
+    (:func:`surgseg_core.provenance.build_provenance`) goes into the TIFF
+    description (JSON, key ``"provenance"``).
     """
     import tifffile
 
@@ -101,10 +104,18 @@ def write_labels_tiff(
                 dtype=dtype,
                 compression="zlib",
                 photometric="minisblack",
-                metadata={"surgseg": LABELS_TIFF_MARKER},
+                metadata={"surgseg": LABELS_TIFF_MARKER, **_provenance_metadata(provenance)},
             )
     log.info("wrote %d label frame(s) to %s", n, path)
     return path
+
+
+def _provenance_metadata(provenance: Optional[Mapping[str, Any]]) -> dict:
+    if provenance is None:
+        return {}
+    import json
+
+    return {"provenance": json.loads(json.dumps(dict(provenance), default=str))}
 
 
 class LabelsTiffStack:
@@ -277,8 +288,10 @@ def write_png_masks(
     *,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    provenance: Optional[Mapping[str, Any]] = None,
 ) -> Path:
-    """Save labels as ``folder/000000.png, 000001.png, ...`` (one per frame).
+    """Save labels as ``folder/000000.png, 000001.png, ...`` (one per frame),
+    with ``provenance`` (when given) in ``folder/provenance.json``.
 
     The folder is built next to the target and renamed into place at the end,
     so a failed or cancelled export leaves any earlier export untouched. An
@@ -293,7 +306,7 @@ def write_png_masks(
     if folder.exists() and not folder.is_dir():
         raise DatasetError(f"{folder}: exists and is not a folder")
     if folder.is_dir():
-        foreign = [p.name for p in folder.iterdir() if not _PNG_NAME.match(p.name)]
+        foreign = [p.name for p in folder.iterdir() if not _PNG_NAME.match(p.name) and p.name != "provenance.json"]
         if foreign:
             raise DatasetError(
                 f"{folder}: folder already holds other files ({', '.join(sorted(foreign)[:3])}); "
@@ -323,6 +336,10 @@ def write_png_masks(
             check_cancel(cancel)
             Image.fromarray(np.ascontiguousarray(frame.astype(out_dtype))).save(tmp / f"{t:0{digits}d}.png")
             report(progress, t + 1, n, "writing PNG masks")
+        if provenance is not None:
+            from ..provenance import FOLDER_FILE, dumps
+
+            (tmp / FOLDER_FILE).write_text(dumps(provenance) + "\n", encoding="utf-8")
         old = None
         if folder.is_dir():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")

@@ -293,6 +293,7 @@ def export_overlay_video(
     preset: str = "veryfast",
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    provenance: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Write ``video`` with label colours and points drawn on as an H.264 MP4.
 
@@ -318,8 +319,14 @@ def export_overlay_video(
     (edge pixels repeated) instead of resizing, so drawn pixels stay in place.
     The file is written to a temporary name and renamed at the end; on error
     or cancel nothing is left at ``out_path``.
+
+    ``<out>.mp4.provenance.json`` records the source video (path, hash,
+    frames), the labels and points files drawn (path, hash) and
+    ``provenance`` (the labels' model, prompts, ... when known).
     """
     import imageio_ffmpeg
+
+    drawn = {"labels": labels, "points": points}
 
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".mp4":
@@ -431,5 +438,28 @@ def export_overlay_video(
             opened.close()
         if labels_opened is not None and hasattr(labels_opened, "close"):
             labels_opened.close()
+    _write_overlay_provenance(out_path, video, done, drawn, provenance, alpha=float(alpha), fps=float(fps))
     log.info("wrote overlay video %s (%d frames, %.3g fps)", out_path, done, fps)
     return out_path
+
+
+def _write_overlay_provenance(out_path: Path, video: Any, n: int, drawn: Mapping[str, Any],
+                              base: Optional[Mapping[str, Any]], **options: Any) -> None:
+    from ..provenance import build_provenance, read_provenance, source_fields, video_identity, write_sidecar
+
+    if base is None and isinstance(drawn.get("labels"), (str, os.PathLike)):
+        try:  # a labels file's own record names the model that made it
+            base = read_provenance(drawn["labels"])
+        except (OSError, ValueError) as exc:
+            log.warning("%s: provenance not readable (%s)", drawn["labels"], exc)
+    inputs = {}
+    for what, value in drawn.items():
+        if isinstance(value, (str, os.PathLike)):
+            ident = video_identity(value)
+            inputs[what] = {"path": ident["source_video"], "sha256": ident["source_video_sha256"]}
+        else:
+            inputs[what] = None if value is None else "array"
+    fields = source_fields(video, range(n))
+    if fields["source"] is None and base:
+        fields.pop("source")  # an array: the layers' own record names the video
+    write_sidecar(out_path, build_provenance(base=base, result="overlay", options=options, drawn=inputs, **fields))

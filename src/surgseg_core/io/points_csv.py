@@ -51,11 +51,14 @@ def write_points_csv(
     path: PathLike,
     *,
     features: Optional[Mapping[str, Sequence[Any]]] = None,
+    provenance: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Save points (napari order: (N, 3) ``(t, y, x)`` or (N, 2) ``(y, x)``)
     as CSV ``frame,x,y[,feature...]`` (see module docstring), atomically.
 
-    ``features`` is a mapping or pandas DataFrame of per-point columns.
+    ``features`` is a mapping or pandas DataFrame of per-point columns;
+    ``provenance`` goes into ``<file>.provenance.json`` (CSV has no place
+    for it), written after the CSV.
     """
     path = Path(path)
     data = np.asarray(points, dtype=float)
@@ -91,6 +94,10 @@ def write_points_csv(
             for i, row in enumerate(data):
                 coords = ([int(round(row[0]))] if has_frame else []) + [row[-1], row[-2]]
                 writer.writerow([_format_number(v) for v in coords] + [_format_number(cols[c][i]) for c in cols])
+    if provenance is not None:
+        from ..provenance import write_sidecar
+
+        write_sidecar(path, provenance)
     log.info("wrote %d point(s) to %s", len(data), path)
     return path
 

@@ -1,20 +1,15 @@
 """Provenance of everything the engine produces: which model, which
-weights (by hash), which config, which prompts, which software versions."""
+weights (by hash), which config, which prompts, which software versions
+(the record itself is :func:`surgseg_core.provenance.build_provenance`;
+the video and frames are added where the run knows them)."""
 from __future__ import annotations
 
-import datetime as _dt
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..provenance import build_provenance as _build
+from ..provenance import package_version as _pkg_version
 from ..weights.hashing import sha256_file
-
-
-def _pkg_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def model_identity(model) -> Dict[str, Any]:
@@ -38,18 +33,10 @@ def model_identity(model) -> Dict[str, Any]:
     }
 
 
-def build_provenance(model, prompts: List[Dict[str, Any]], options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    from .. import __version__
-
-    record = model_identity(model)
-    record.update(
-        {
-            "prompts": prompts,
-            "options": dict(options or {}),
-            "surgseg_version": __version__,
-            "sam2_version": _pkg_version("sam2"),
-            "torch_version": _pkg_version("torch"),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-    )
-    return record
+def build_provenance(model, prompts: List[Dict[str, Any]], options: Optional[Dict[str, Any]] = None,
+                     **fields: Any) -> Dict[str, Any]:
+    """The engine's record: the model's identity, prompts and options plus
+    the shared fields (``fields``: ``source``, ``frames``, ``result``, ...)."""
+    identity = model_identity(model)
+    base = {**identity, "sam2_version": _pkg_version("sam2"), "torch_version": _pkg_version("torch")}
+    return _build(base=base, model=identity, prompts=prompts, options=dict(options or {}), **fields)

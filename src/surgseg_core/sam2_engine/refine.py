@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import Cancelled, ConfigError
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
+from ..provenance import build_provenance as _build_provenance, source_fields
 from .outputs import FrameResult
 
 log = logging.getLogger(__name__)
@@ -353,6 +354,7 @@ def repropagate(
                 "frame": frame, "direction": direction, "frame_range": [lo, hi], "obj_ids": ids,
                 "prompt_frames": prompt_frames, "frames_changed": len(writer.changed), "status": status,
             }
+            prov = _build_provenance(base=prov, result="masks", **source_fields(source, sorted(writer.changed)))
         return {
             "frame": frame,
             "direction": direction,

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import Cancelled, ConfigError, WeightsError, WriteError
 from ..progress import CancelToken, ProgressCallback, check_cancel
+from ..provenance import build_provenance as _build_provenance, source_fields
 from .outputs import FrameResult, PngLabelWriter, Tee
 
 if TYPE_CHECKING:
@@ -363,6 +364,7 @@ def track_video(
         finally:
             prov = run_provenance(engine, random_weights)
             prov["tracking"] = {**options, "frames_written": len(done), "status": status}
+            prov = _build_provenance(base=prov, result="masks", **source_fields(source, sorted(done)))
             if writer is not None and status == "completed":
                 writer.write_provenance(prov)
             elif writer is not None:
@@ -420,6 +422,7 @@ def preview_frame(
         prov["warning"] = RANDOM_WEIGHTS_WARNING
     prov["tracking"] = {"direction": "none", "frame_range": [int(frame), int(frame)], "frames_written": 1,
                         "status": "completed", "preview": True}
+    prov = _build_provenance(base=prov, result="masks", **source_fields(frames, [int(frame)]))
     return {
         "frames_written": 1,
         "obj_ids": list(result.obj_ids),

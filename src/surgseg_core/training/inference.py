@@ -140,6 +140,7 @@ def predict_with_checkpoint(
             with torch.no_grad():
                 written = [Path(p) for p in (spec.predict(model, mine, out_dir, cfg, progress=progress,
                                                           cancel=cancel) or [])]
+            _add_missing_provenance(spec.name, cfg, mine, written)
     except BaseException as exc:
         marker.finish("cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "failed", written)
         raise
@@ -276,3 +277,23 @@ def _marker_outputs(path: Path, out_dir: Path) -> List[Path]:
         if inside.parts:  # never the folder itself
             found.append(p)
     return found
+
+
+def _add_missing_provenance(method: str, cfg: Mapping[str, Any], inputs: Sequence[Path], written: Sequence[Path]):
+    """Provenance for each written file whose method did not record its own
+    (:func:`~surgseg_core.provenance.attach`: a PNG text chunk, else a
+    ``.provenance.json`` sidecar): the input it was named after and its
+    hash, the checkpoint and its hash, the settings."""
+    from ..provenance import attach, build_provenance, checkpoint_identity, read_provenance
+
+    identity = checkpoint_identity(method, cfg.get("checkpoint"), cfg.get("variant"))
+    options = {k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool))}
+    for path in written:
+        try:
+            if read_provenance(path):
+                continue
+        except (OSError, ValueError):
+            pass
+        named = [p for p in inputs if path.name.startswith(p.stem if p.is_file() else p.name)]
+        source = named[0] if len(named) == 1 else (inputs[0] if len(inputs) == 1 else None)
+        attach(path, build_provenance(result=f"prediction:{method}", source=source, model=identity, options=options))

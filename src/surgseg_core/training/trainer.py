@@ -216,6 +216,19 @@ def resolve_config(spec: MethodSpec, config: Optional[Mapping[str, Any]],
 
 
 # -------------------------------------------------------------------- train
+def _write_run_provenance(metrics_path: Path, method: str, cfg: Mapping[str, Any]) -> None:
+    """``metrics.jsonl.provenance.json``: what the curves come from (method,
+    variant, starting weights and their hash, data folders, settings, version)."""
+    from ..provenance import build_provenance, checkpoint_identity, folder_fingerprint, write_sidecar
+
+    start = next((cfg.get(k) for k in ("init_weights", "init_checkpoint", "checkpoint", "sam2_checkpoint")
+                  if isinstance(cfg.get(k), str) and cfg.get(k)), None)
+    write_sidecar(metrics_path, build_provenance(
+        result="training curves", model=checkpoint_identity(method, start, cfg.get("variant")),
+        options=plain_config(cfg), data=folder_fingerprint(cfg.get("data_root")),
+        val_data=folder_fingerprint(cfg.get("val_root"))))
+
+
 def train(
     method: Union[str, MethodSpec],
     config: Optional[Mapping[str, Any]] = None,
@@ -354,6 +367,7 @@ def _train_loop(
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_dir / "config.yaml", {**cfg, "method": spec.name})
+        _write_run_provenance(logger.metrics_path, spec.name, cfg)
 
     monitor, mode = cfg["monitor"], cfg["monitor_mode"]
     epochs = int(cfg["epochs"])

@@ -31,7 +31,7 @@ from .pickers import (
 )
 from .results import (
     PROVENANCE_KEY, add_labels_result, add_points_result, add_result_layer, add_shapes_result, discard_layers,
-    keep_selection, provenance_of, set_provenance,
+    keep_selection, provenance_of, saved_provenance, set_provenance,
 )
 from .run import ModelCache, RunControl
 from .status import StatusLabel
@@ -43,6 +43,6 @@ __all__ = [
     "TrackingWidget",
     "add_labels_result", "add_points_result", "add_result_layer", "add_shapes_result", "class_colormap",
     "connect_layer_refresh", "device_choices", "device_value", "discard_layers", "frame_of", "keep_selection",
-    "layer_choices", "placement_of", "points_on", "provenance_of", "resolve_range", "rgba", "set_provenance",
-    "show_frame", "source_video_of", "video_key", "video_placement", "video_shape", "weights_choices",
+    "layer_choices", "placement_of", "points_on", "provenance_of", "resolve_range", "rgba", "saved_provenance",
+    "set_provenance", "show_frame", "source_video_of", "video_key", "video_placement", "video_shape", "weights_choices",
 ]

@@ -143,9 +143,12 @@ def video_layer_data(source: Any, name: Optional[str] = None) -> tuple:
 def announce_video(source: Any, viewer: Any = None) -> None:
     """What opening a video does besides the layer, however it was opened
     (reader, widget, sample): warn when the file is damaged (where the
-    readable part ends) and show the video time beside the time slider."""
+    readable part ends), show the video time beside the time slider, autosave
+    the layers the user adds to annotate it, and offer to restore the layers
+    autosaved for it in an earlier session (napari killed or closed)."""
     from napari.utils.notifications import show_warning
 
+    from ..._autosave import offer_restore, watch_new_layers
     from ..._time_display import attach_time_display
 
     meta = getattr(source, "metadata", None)
@@ -156,6 +159,14 @@ def announce_video(source: Any, viewer: Any = None) -> None:
 
         viewer = current_viewer()
     attach_time_display(viewer)
+    path = str(meta.path) if getattr(meta, "path", None) else None
+    if path:
+        from surgseg_core.provenance import hash_in_background
+
+        hash_in_background(path)  # saved results record its hash: read it now, not at the first save
+    if viewer is not None:
+        watch_new_layers(viewer)
+        offer_restore(viewer, path)
 
 
 def labels_layer_data(labels: Any, name: str, metadata: Optional[dict] = None) -> tuple:

@@ -77,6 +77,29 @@ def provenance_of(layer) -> dict:
     return dict((getattr(layer, "metadata", None) or {}).get(PROVENANCE_KEY) or {})
 
 
+def saved_provenance(layer, result: str, *, frames: Optional[Iterable[int]] = None, source_frames: bool = False,
+                     video=None, **extra: Any) -> dict:
+    """What a file saved from ``layer`` records: :func:`provenance_of` (the
+    model run) plus the shared fields of
+    :func:`surgseg_core.provenance.build_provenance`: the layer's video
+    (``metadata["source_video"]``, else ``video``'s file) and its hash, and
+    ``frames`` (the layer's own frame indices, placed on the source video
+    through the layer's t scale / translate; ``source_frames``: already
+    source frames)."""
+    from surgseg_core.provenance import build_provenance
+
+    meta = getattr(layer, "metadata", None) or {}
+    base = provenance_of(layer)
+    source = meta.get("source_video") or (source_video_of(video) if video is not None else None)
+    timed = getattr(layer, "ndim", 2) >= 3
+    start = float(np.asarray(layer.translate, float)[-3]) if timed else 0.0
+    step = float(np.asarray(layer.scale, float)[-3]) if timed else 1.0
+    if frames is not None and not source_frames:
+        frames = [start + int(t) * step for t in frames]
+    return build_provenance(base=base, result=result, source=source, frames=frames,
+                            frame_map={"start": start, "step": step} if timed else None, layer=layer.name, **extra)
+
+
 def _placed(source, ndim: int) -> dict:
     return placement_of(source, ndim) if source is not None else {}
 

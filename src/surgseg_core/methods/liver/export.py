@@ -74,7 +74,8 @@ def read_landmarks_json(path) -> Dict[int, Dict[int, List[np.ndarray]]]:
     return out
 
 
-def write_landmarks_csv(path, frames: Mapping[int, Polylines]) -> Path:
+def write_landmarks_csv(path, frames: Mapping[int, Polylines], provenance: Optional[dict] = None) -> Path:
+    """Curves as CSV rows; ``provenance`` in ``<file>.provenance.json``."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["frame", "class_id", "class_name", "curve", "point", "x", "y"])
@@ -84,7 +85,15 @@ def write_landmarks_csv(path, frames: Mapping[int, Polylines]) -> Path:
                 for pi, (x, y) in enumerate(np.asarray(p).reshape(-1, 2)):
                     w.writerow([int(f), c, CLASS_NAMES[c], ci, pi, _num(x), _num(y)])
     atomic_write_text(path, buf.getvalue())
+    _sidecar(path, provenance)
     return Path(path)
+
+
+def _sidecar(path, provenance: Optional[dict]) -> None:
+    if provenance is not None:
+        from ...provenance import write_sidecar
+
+        write_sidecar(path, provenance)
 
 
 def p2ilf_xml_string(polylines: Polylines) -> str:
@@ -104,12 +113,24 @@ def p2ilf_xml_string(polylines: Polylines) -> str:
     return "<?xml version='1.0' encoding='utf-8'?>\n" + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_p2ilf_xml(path, polylines: Polylines) -> Path:
+def write_p2ilf_xml(path, polylines: Polylines, provenance: Optional[dict] = None) -> Path:
+    """One frame's curves as P2ILF XML; ``provenance`` in ``<file>.provenance.json``."""
     atomic_write_text(path, p2ilf_xml_string(polylines))
+    _sidecar(path, provenance)
     return Path(path)
 
 
-def write_p2ilf_xml_frames(folder, frames: Mapping[int, Polylines], stem: str = "frame") -> List[Path]:
-    """One ``{stem}_{frame:06d}.xml`` per frame."""
+def write_p2ilf_xml_frames(folder, frames: Mapping[int, Polylines], stem: str = "frame",
+                           provenance: Optional[dict] = None) -> List[Path]:
+    """One ``{stem}_{frame:06d}.xml`` per frame (each with its provenance
+    sidecar naming its own frame when ``provenance`` is given: ``frames``
+    of the record are the frames of the export, in order)."""
     folder = Path(folder)
-    return [write_p2ilf_xml(folder / f"{stem}_{int(f):06d}.xml", frames[f]) for f in sorted(frames)]
+    order = sorted(frames)
+    source_frames = list((provenance or {}).get("frames") or order)
+    out = []
+    for i, f in enumerate(order):
+        prov = None if provenance is None else {**provenance, "frames": [source_frames[i] if i < len(source_frames)
+                                                                         else f]}
+        out.append(write_p2ilf_xml(folder / f"{stem}_{int(f):06d}.xml", frames[f], prov))
+    return out

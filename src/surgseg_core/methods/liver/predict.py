@@ -135,8 +135,9 @@ def predict_inputs(model, inputs: Iterable, out_dir, config: Mapping[str, Any], 
                    batch_size: int = 4) -> List[Path]:
     """Per input (video or image folder) ``OUT/<name>/``: ``labels/<frame>.png``
     (post-processed dilated map, or the raw argmax when post-processing is
-    off), ``landmarks.json``, ``landmarks.csv`` and ``xml/<frame>.xml`` (P2ILF).
-    Returns the written folders."""
+    off), ``landmarks.json``, ``landmarks.csv`` and ``xml/<frame>.xml`` (P2ILF),
+    and ``provenance.json`` (input and its hash, frames, model and its hash;
+    also in landmarks.json and beside landmarks.csv). Returns the written folders."""
     import imageio.v3 as iio
 
     from ...atomic import atomic_path
@@ -167,9 +168,14 @@ def predict_inputs(model, inputs: Iterable, out_dir, config: Mapping[str, Any], 
                     polylines[i] = pred.result.polylines
                     write_p2ilf_xml(dest / "xml" / f"{names[i]}.xml", pred.result.polylines)
             report(progress, idx[-1] + 1, n, f"{path.name}: frame {idx[-1] + 1}/{n}")
-        prov = {**predictor.provenance(), "input": str(path)}
+        from ...atomic import atomic_write_text
+        from ...provenance import FOLDER_FILE, build_provenance, dumps, source_fields
+
+        prov = build_provenance(base={**predictor.provenance(), "input": str(path)}, result="prediction:liver",
+                                **source_fields(frames, range(n), path=path))
         write_landmarks_json(dest / "landmarks.json", polylines, size, prov)
-        write_landmarks_csv(dest / "landmarks.csv", polylines)
+        write_landmarks_csv(dest / "landmarks.csv", polylines, prov)
+        atomic_write_text(dest / FOLDER_FILE, dumps(prov) + "\n")
         written.append(dest)
         log.info("liver landmarks for %s written to %s", path, dest)
     return written

@@ -58,17 +58,35 @@ def read_prompts(path: Any) -> List[Dict[str, Any]]:
         raise ConfigError(f"{p}: {exc}") from None
 
 
-def _save_png(path: Path, arr: np.ndarray) -> None:
+def _save_png(path: Path, arr: np.ndarray, provenance: Optional[Mapping[str, Any]] = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    info = None
+    if provenance is not None:  # PNG text chunk "provenance" (surgseg_core.provenance.read_provenance)
+        from PIL.PngImagePlugin import PngInfo
+
+        from ...provenance import KEY, dumps
+
+        info = PngInfo()
+        info.add_text(KEY, dumps(provenance))
     with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
+        Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info)
 
 
 def predict_clicks(model, inputs: Sequence[Path], out_dir: Path, prompts: Sequence[Mapping[str, Any]], *,
-                   progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> List[Path]:
+                   progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+                   checkpoint: Optional[str] = None) -> List[Path]:
     """Masks of every clicked frame of every input (same clicks for each
-    input); returns the written mask files."""
+    input); returns the written mask files. Each mask PNG carries its
+    provenance (input video and hash, frame, RP-SAM2 block ``checkpoint``
+    and SAM2 weights with their hashes, prompts) in a PNG text chunk;
+    ``refined_points.json.provenance.json`` records the run."""
     from ...io import open_video
+    from ...provenance import build_provenance, file_sha256, source_fields, video_identity, write_sidecar
+
+    known = checkpoint and Path(str(checkpoint)).is_file()
+    identity = {"name": "rpsam2", "variant": "rpsam2", "checkpoint": checkpoint,
+                "checkpoint_sha256": file_sha256(checkpoint) if known else None}
+    run_prov: Dict[str, Any] = {}
 
     out_dir = Path(out_dir)
     frames_wanted = sorted({int(p["frame"]) for p in prompts})
@@ -90,7 +108,13 @@ def predict_clicks(model, inputs: Sequence[Path], out_dir: Path, prompts: Sequen
                 stem = f"{name}_f{t:05d}"
                 _save_png(out_dir / "images" / f"{stem}.png", np.asarray(src[t]))
                 mask_path = out_dir / "masks" / f"{stem}.png"
-                _save_png(mask_path, result.label_map().astype(np.uint8))
+                sam2 = dict(getattr(model, "surgseg_base", {}) or {})  # the SAM2 the block sits on
+                prov = build_provenance(base={**engine.provenance(), "sam2": sam2},
+                                        result="prediction:rpsam2", model=identity,
+                                        prompts=[p for p in prompts if int(p["frame"]) == t],
+                                        **source_fields(src, [t], path=src_path))
+                run_prov = prov
+                _save_png(mask_path, result.label_map().astype(np.uint8), prov)
                 written.append(mask_path)
                 log[stem] = [{k: e.get(k) for k in ("object", "points", "labels", "points_after_hook")}
                              for e in engine.prompt_log]
@@ -102,8 +126,12 @@ def predict_clicks(model, inputs: Sequence[Path], out_dir: Path, prompts: Sequen
             if close is not None:
                 close()
     atomic_write_text(out_dir / "refined_points.json", json.dumps(log, indent=1))
+    write_sidecar(out_dir / "refined_points.json", build_provenance(
+        base=run_prov, result="prediction:rpsam2", frames=frames_wanted, prompts=list(prompts),
+        inputs=[video_identity(p) for p in inputs]))
     return written
 
 
 def predict_method(model, inputs, out_dir, config: Mapping[str, Any], *, progress=None, cancel=None) -> List[Path]:
-    return predict_clicks(model, inputs, out_dir, read_prompts(config.get("points")), progress=progress, cancel=cancel)
+    return predict_clicks(model, inputs, out_dir, read_prompts(config.get("points")), progress=progress, cancel=cancel,
+                          checkpoint=config.get("checkpoint"))

@@ -314,10 +314,14 @@ def records_from_points(video: str, frame: int, points: Iterable[Tuple[str, int,
                   actions) for tool, pts in sorted(by_tool.items())]
 
 
-def replace_frames(path, records: Sequence[ToolAnnotation], actions: Sequence[str] = ACTIONS) -> Path:
+def replace_frames(path, records: Sequence[ToolAnnotation], actions: Sequence[str] = ACTIONS,
+                   provenance: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``records`` into the annotation file ``path`` (.csv / .json),
     replacing what it had for their (video, frame)s and keeping the rest;
-    the file is created when missing (atomic write, then read back)."""
+    the file is created when missing (atomic write, then read back).
+    ``provenance`` (of these records' video) goes into the sidecar
+    ``<file>.provenance.json`` under ``"videos"`` -> the records' video name,
+    its frames joining those recorded before."""
     path = Path(path)
     old = read_annotations(path, actions) if path.exists() else []
     redone = {(r.video, r.frame) for r in records}
@@ -326,7 +330,25 @@ def replace_frames(path, records: Sequence[ToolAnnotation], actions: Sequence[st
     _check_unique(path, merged)
     write_annotations(path, merged)
     read_annotations(path, actions)  # what training will read
+    if provenance is not None:
+        _add_video_provenance(path, {r.video for r in records}, provenance)
     return path
+
+
+def _add_video_provenance(path: Path, videos, provenance: Mapping[str, Any]) -> None:
+    from ...provenance import build_provenance, read_provenance, write_sidecar
+
+    try:
+        doc = read_provenance(path) if path.exists() else {}
+    except (OSError, ValueError):
+        doc = {}
+    per_video = dict(doc.get("videos") or {})
+    for video in videos:
+        before = per_video.get(video) or {}
+        frames = sorted({*map(int, before.get("frames") or []), *map(int, provenance.get("frames") or [])})
+        per_video[video] = {**dict(provenance), "frames": frames}
+    write_sidecar(path, build_provenance(base={**doc, "videos": per_video}, result="tool annotations",
+                                         frames=sorted({f for v in per_video.values() for f in v["frames"]})))
 
 
 __all__ = ["ToolAnnotation", "CSV_COLUMNS", "CSV_NAME", "JSON_NAME", "FORMAT_NAME", "read_annotations", "read_csv",

@@ -192,7 +192,8 @@ def rows_of(video: str, results: Sequence[Mapping[str, Any]]) -> List[list]:
 
 def write_prediction_file(path, video: str, rows: Sequence[Sequence[Any]], provenance: Mapping[str, Any]) -> Path:
     """``rows`` (:data:`PRED_COLUMNS`, ``video`` first) as ``.csv`` or
-    ``.json`` (by suffix), atomically."""
+    ``.json`` (by suffix), atomically; ``provenance`` in the JSON, next to
+    a CSV in ``<file>.provenance.json``."""
     path = Path(path)
     rows = [[video, *r[1:]] for r in rows]
     if path.suffix.lower() == ".csv":
@@ -200,7 +201,11 @@ def write_prediction_file(path, video: str, rows: Sequence[Sequence[Any]], prove
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(PRED_COLUMNS)
         w.writerows(rows)
-        return Path(atomic_write_text(path, buf.getvalue()))
+        written = Path(atomic_write_text(path, buf.getvalue()))
+        from ...provenance import write_sidecar
+
+        write_sidecar(written, provenance)
+        return written
     if path.suffix.lower() == ".json":
         obj = {"format": PRED_FORMAT, "version": 1, "provenance": dict(provenance),
                "predictions": [dict(zip(PRED_COLUMNS, r)) for r in rows]}
@@ -268,12 +273,18 @@ def predict_inputs(model, inputs, out_dir, config: Mapping[str, Any], *, progres
     provenance = {"checkpoint": config.get("checkpoint"), "stage": config.get("stage"),
                   "use_prior": config.get("use_prior"), "prior_sam2_weights": config.get("prior_sam2_weights"),
                   "threshold": config.get("threshold"), "max_tools": config.get("max_tools")}
+    from ...provenance import build_provenance, file_sha256, source_fields
+
+    ckpt = config.get("checkpoint")
+    identity = {"name": "tools", "variant": config.get("stage"), "checkpoint": ckpt,
+                "checkpoint_sha256": file_sha256(ckpt) if ckpt and Path(str(ckpt)).is_file() else None}
     for path in inputs:
         path = Path(path)
         with open_video(path, cache_mb=0) as src:
             results = predict_source(model, src, config, progress=progress, cancel=cancel, provider=provider)
-        written += write_predictions(out_dir, path.stem if path.is_file() else path.name, str(path), results,
-                                     provenance)
+            prov = build_provenance(base=provenance, result="prediction:tools", model=identity,
+                                    **source_fields(src, [int(r["frame"]) for r in results], path=path))
+        written += write_predictions(out_dir, path.stem if path.is_file() else path.name, str(path), results, prov)
     return written
 
 
