@@ -154,7 +154,9 @@ def test_evaluate_over_an_earlier_result_refuses_and_overwrite_replaces_the_pair
     assert main(["evaluate", "toy", "--checkpoint", str(ckpt), "--data", str(fewer), "--out", str(out),
                  "--overwrite"]) == 0
     assert json.loads(out.read_text())["n"] == 1 and not out.with_suffix(".md").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fewer", "metrics.json"]  # no temporary file
+    # no temporary file; the provenance sidecar is part of the group (written before the JSON)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fewer", "metrics.json", "metrics.json.provenance.json"]
+    assert json.loads((tmp_path / "metrics.json.provenance.json").read_text())["result"] == "metrics"
 
 
 def test_predict_with_a_wrong_checkpoint_leaves_nothing_behind(trained, tmp_path, capsys):

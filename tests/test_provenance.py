@@ -308,7 +308,9 @@ def test_training_curves_metrics_and_generic_predictions(tmp_path, capsys):
     preds = tmp_path / "preds"
     assert main(["predict", "toy", "--checkpoint", str(best), str(data / "images"), "--out", str(preds)]) == 0
     capsys.readouterr()
-    assert sorted(p.name for p in preds.iterdir()) == ["f0_mask.png", "f1_mask.png", "f2_mask.png"]  # in the PNGs
+    # the records are in the PNGs (no sidecars); surgseg_predict.json is the run's completion marker
+    assert sorted(p.name for p in preds.iterdir()) == ["f0_mask.png", "f1_mask.png", "f2_mask.png",
+                                                       "surgseg_predict.json"]
     prov = read_provenance(preds / "f1_mask.png")
     assert prov["result"] == "prediction:toy" and prov["model_sha256"] == _sha(best)
     assert prov["source_video"] == str((data / "images").absolute()) and prov["source_video_sha256"]

@@ -253,6 +253,7 @@ def _evaluate_out_free(out: Path, overwrite: bool) -> None:
 
 def run_evaluate(args) -> int:
     from ..atomic import atomic_write_group
+    from ..provenance import dumps, sidecar_path
     from ..errors import ConfigError
     from ..training.inference import evaluate_checkpoint
 
@@ -274,8 +275,8 @@ def run_evaluate(args) -> int:
         table_path = args.out.with_suffix(".md")
         files = [(table_path, markdown + "\n")] if markdown else []
         stale = [table_path] if not markdown and args.overwrite and table_path.is_file() else []
+        files.append((sidecar_path(args.out), dumps(_metrics_provenance(args)) + "\n"))
         atomic_write_group(files + [(args.out, text + "\n")], remove=stale)
-        _write_metrics_provenance(args)
     print(text)
     for t in (table, markdown):
         if t:
@@ -283,14 +284,14 @@ def run_evaluate(args) -> int:
     return 0
 
 
-def _write_metrics_provenance(args) -> None:
-    """``<out>.provenance.json``: the checkpoint and its hash, the data folder."""
-    from ..provenance import build_provenance, checkpoint_identity, folder_fingerprint, write_sidecar
+def _metrics_provenance(args) -> dict:
+    """What ``<out>.provenance.json`` holds: the checkpoint and its hash, the data folder."""
+    from ..provenance import build_provenance, checkpoint_identity, folder_fingerprint
     from ..training.inference import resolve_checkpoint
 
     checkpoint, _ = resolve_checkpoint(args.checkpoint, args.method)
-    write_sidecar(args.out, build_provenance(result="metrics", model=checkpoint_identity(args.method, checkpoint),
-                                             data=folder_fingerprint(args.data), options=_user_config(args)))
+    return build_provenance(result="metrics", model=checkpoint_identity(args.method, checkpoint),
+                            data=folder_fingerprint(args.data), options=_user_config(args))
 
 
 def run_predict(args) -> int:
