@@ -102,6 +102,8 @@ def test_bad_options_are_refused():
         ResidualFusion(8, kernel_size=2)
     with pytest.raises(ConfigError, match="keep_recent_prompt_frames"):
         build_f2paseg("surgseg_tiny", device="cpu", keep_recent_prompt_frames=-1)
+    with pytest.raises(ConfigError, match="stability_fallback"):
+        build_f2paseg("surgseg_tiny", device="cpu", stability_fallback="yes")
 
 
 # ------------------------------------------------- untrained = plain SAM2
@@ -183,9 +185,13 @@ def test_f2paseg_weights_load_exactly_and_are_refused_by_plain_sam2(plain_ckpt, 
         build_model("surgseg_tiny", path, device="cpu")
 
 
-def test_untrained_f2paseg_masks_equal_plain_sam2_through_the_engine(plain_ckpt, frames):
+@pytest.mark.parametrize("fallback", [False, True])
+def test_untrained_f2paseg_masks_equal_plain_sam2_through_the_engine(plain_ckpt, frames, fallback):
     plain = build_model("surgseg_tiny", plain_ckpt, device="cpu")
-    f2 = build_f2paseg("surgseg_tiny", plain_ckpt, device="cpu")
+    # F2PASeg decodes boxes without SAM2's stability fallback unless asked (see model.py); plain SAM2 the same way
+    plain.sam_mask_decoder.dynamic_multimask_via_stability = fallback
+    f2 = build_f2paseg("surgseg_tiny", plain_ckpt, device="cpu", stability_fallback=fallback)
+    assert f2.sam_mask_decoder.dynamic_multimask_via_stability is fallback
     results = {}
     # the same prompt partitioning on both: F2PASeg's default (2) given explicitly to plain SAM2
     for name, model, keep in (("plain", plain, 2), ("f2paseg", f2, None)):
@@ -338,3 +344,45 @@ def test_recent_prompt_frames_rule():
     assert recent_prompt_frames([0, 3, 6], 2, True, 2) == [3, 6]
     assert recent_prompt_frames([4, 9], 2, False, 2) == [4, 9]  # none on the allowed side: the closest
     assert recent_prompt_frames([4, 9, 12], 2, False, 1) == [4]
+
+
+# ---------------------------------------- training decode = inference decode
+def test_engine_decodes_boxes_with_the_output_training_supervises(plain_ckpt, frames):
+    """Issue 14: training supervises SAM2's single-mask output (mask token 0)
+    for a box; SAM2's inference-only stability fallback swapped in the
+    multimask outputs (tokens 1-3) whenever token 0's mask was unstable, and
+    F2PASeg's box-only fine-tuning never trains those (the demo F2PASeg then
+    drew one mask for every box, Dice 0.06 on its own training clip). The
+    F2PASeg engine must give, on the prompted frame, exactly the masks and
+    object scores the training forward (training mode) gives for the same boxes."""
+    import torch.nn.functional as F
+
+    from surgseg_core.methods.sam2.clip import clip_forward
+    from surgseg_core.sam2_engine.engine import preprocess_frame
+
+    f2 = build_f2paseg("surgseg_tiny", plain_ckpt, device="cpu")
+    size = int(f2.image_size)
+    boxes = {1: [20, 10, 70, 60], 2: [70, 30, 120, 90], 3: [5, 50, 60, 94]}  # video pixels (x0, y0, x1, y1)
+    scale = torch.tensor([size / W, size / H] * 2)
+    coords = torch.stack([torch.tensor(b, dtype=torch.float32) * scale for b in boxes.values()]).view(-1, 2, 2)
+    prompt = {"point_coords": coords, "point_labels": torch.tensor([[2, 3]] * len(boxes), dtype=torch.int32)}
+    images = torch.stack([preprocess_frame(f, size) for f in frames[:2]])[None]
+    f2.train()
+    with torch.no_grad():
+        out = clip_forward(f2, images, torch.zeros(len(boxes), dtype=torch.long), {0: prompt})[0]
+    trained = F.interpolate(out["pred_masks"], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    f2.eval()
+    engine = StreamingSAM2(f2, frames)
+    for obj, box in boxes.items():
+        result = engine.add_box(0, obj, box)
+    logits = torch.stack([result.logits[result.obj_ids.index(obj)] for obj in boxes])
+    torch.testing.assert_close(logits, trained, rtol=1e-4, atol=1e-3)
+    scores = np.array([result.object_scores[result.obj_ids.index(obj)] for obj in boxes])
+    np.testing.assert_allclose(scores, out["object_score_logits"].flatten().numpy(), rtol=1e-4, atol=1e-4)
+    # SAM2's fallback (the behaviour before the fix) gives other masks on these boxes: the check can fail
+    fallback = build_f2paseg("surgseg_tiny", plain_ckpt, device="cpu", stability_fallback=True)
+    engine = StreamingSAM2(fallback, frames)
+    for obj, box in boxes.items():
+        result = engine.add_box(0, obj, box)
+    other = torch.stack([result.logits[result.obj_ids.index(obj)] for obj in boxes])
+    assert (other - trained).abs().max() > 0.1

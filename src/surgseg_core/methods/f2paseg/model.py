@@ -39,6 +39,19 @@ Choices the paper leaves open (config keys of the variant):
 modules and weights; only ``predict_masks`` is overridden, with SAM2's body
 and the two additions replaced (a test checks it equals SAM2's when the
 fusion is untrained, which guards against a changed sam2 release).
+
+Decoding a box (or several clicks) at inference: SAM2's video predictor
+settings (``sam2_engine.build.VIDEO_OVERRIDES``) include an inference-only
+"stability fallback" (``dynamic_multimask_via_stability``): when the
+single-mask output (mask token 0) is unstable, the best of the three
+multimask outputs (tokens 1-3) replaces it. Training never does this: a box
+is always decoded by token 0, and only token 0 is supervised. F2PASeg's
+fine-tuning gives boxes only, so tokens 1-3 never learn the anatomy, and
+with a trainable mask decoder (the demo recipe) they drift; the fallback then
+replaced the trained masks by untrained ones on most frames (issue 14: the
+demo F2PASeg drew one mask for every box, Dice 0.06 on its own training
+clip). The variant therefore decodes the way it is trained: fallback off
+(``stability_fallback=False``, the default; True restores SAM2's).
 """
 from __future__ import annotations
 
@@ -61,6 +74,8 @@ DEFAULT_KERNEL_SIZE = 3
 # prompt partitioning (paper sec. 2.2): the memory attention sees the two
 # latest prompted frames; the streaming engine reads this from the model
 DEFAULT_KEEP_RECENT_PROMPT_FRAMES = 2
+# SAM2's inference-only stability fallback for single-mask outputs (see the module doc): off
+DEFAULT_STABILITY_FALLBACK = False
 
 
 class ResidualFusion(nn.Module):
@@ -202,14 +217,21 @@ class FusionMaskDecoder(MaskDecoder):
 
 
 def add_fusion(model, rank: int = DEFAULT_RANK, alpha: float = DEFAULT_ALPHA, kernel_size: int = DEFAULT_KERNEL_SIZE,
-               keep_recent_prompt_frames: int = DEFAULT_KEEP_RECENT_PROMPT_FRAMES) -> None:
+               keep_recent_prompt_frames: int = DEFAULT_KEEP_RECENT_PROMPT_FRAMES,
+               stability_fallback: bool = DEFAULT_STABILITY_FALLBACK) -> None:
     """The "f2paseg" variant: fusion decoder in place of SAM2's; prompt
-    partitioning as the engine default (``keep_recent_prompt_frames``, 0 = off)."""
+    partitioning as the engine default (``keep_recent_prompt_frames``, 0 = off);
+    single-mask outputs decoded as in training (``stability_fallback`` False:
+    see the module doc)."""
     if not isinstance(keep_recent_prompt_frames, int) or keep_recent_prompt_frames < 0:
         raise ConfigError(f"f2paseg: keep_recent_prompt_frames must be an integer >= 0 (0: off), "
                           f"got {keep_recent_prompt_frames!r}")
+    if not isinstance(stability_fallback, bool):
+        raise ConfigError(f"f2paseg: stability_fallback must be true or false, got {stability_fallback!r}")
     model.sam_mask_decoder = FusionMaskDecoder.from_decoder(model.sam_mask_decoder, rank=rank, alpha=alpha,
                                                             kernel_size=kernel_size)
+    if not stability_fallback:
+        model.sam_mask_decoder.dynamic_multimask_via_stability = False
     model.surgseg_keep_recent_prompt_frames = keep_recent_prompt_frames or None
 
 
@@ -220,18 +242,20 @@ VARIANT = register_variant(Variant(
     description="F2PASeg: residual feature fusion with LoRA in the mask decoder (strides 8 and 4), "
                 "prompt partitioning (two latest prompted frames)",
     defaults={"rank": DEFAULT_RANK, "alpha": DEFAULT_ALPHA, "kernel_size": DEFAULT_KERNEL_SIZE,
-              "keep_recent_prompt_frames": DEFAULT_KEEP_RECENT_PROMPT_FRAMES},
+              "keep_recent_prompt_frames": DEFAULT_KEEP_RECENT_PROMPT_FRAMES,
+              "stability_fallback": DEFAULT_STABILITY_FALLBACK},
 ))
 
 
 def build_f2paseg(config: str = "sam2.1_hiera_tiny", checkpoint=None, *, rank: int = DEFAULT_RANK,
                   alpha: float = DEFAULT_ALPHA, kernel_size: int = DEFAULT_KERNEL_SIZE,
-                  keep_recent_prompt_frames: int = DEFAULT_KEEP_RECENT_PROMPT_FRAMES, **kwargs):
+                  keep_recent_prompt_frames: int = DEFAULT_KEEP_RECENT_PROMPT_FRAMES,
+                  stability_fallback: bool = DEFAULT_STABILITY_FALLBACK, **kwargs):
     """``build_model(config, checkpoint, variant="f2paseg", ...)`` with the fusion options."""
     from ...sam2_engine.build import build_model
 
     options = {"rank": rank, "alpha": alpha, "kernel_size": kernel_size,
-               "keep_recent_prompt_frames": keep_recent_prompt_frames}
+               "keep_recent_prompt_frames": keep_recent_prompt_frames, "stability_fallback": stability_fallback}
     return build_model(config, checkpoint, variant=VARIANT_NAME, variant_options=options, **kwargs)
 
 
