@@ -159,7 +159,8 @@ def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    # np.require copies a read-only input (a PIL image's array): torch warns on non-writable arrays
+    t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float()
     shrink = size[0] < image.shape[1] or size[1] < image.shape[0]
     out = F.interpolate(t, size=(size[1], size[0]), mode="bilinear", align_corners=False, antialias=shrink)
     return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
