@@ -349,3 +349,19 @@ def test_tool_annotation_corrections_record_each_video(tmp_path, clip, weights):
     doc = read_provenance(path)
     assert doc["frames"] == [1, 4] and doc["result"] == "tool annotations" and doc["surgseg_version"] == __version__
     _check(doc["videos"]["clip.mp4"], clip, [1, 4], weights=weights)
+
+
+def test_a_sidecar_of_an_earlier_version_of_its_file_is_not_taken_for_the_new_one(tmp_path):
+    """A file and its .provenance.json are two writes: a kill between them leaves
+    the new file beside the earlier file's record. The record carries the file's
+    size and mtime, and a record that no longer fits is refused with a warning."""
+    from surgseg_core.io.points_csv import write_points_csv
+    from surgseg_core.provenance import read_provenance
+
+    path = tmp_path / "points.csv"
+    write_points_csv(np.array([[0, 10.0, 20.0]]), path, provenance={"result": "points", "source_video": "a.mp4"})
+    assert read_provenance(path)["source_video"] == "a.mp4"
+    # the new version written, killed before its sidecar: the old record stays on disk
+    write_points_csv(np.array([[0, 10.0, 20.0], [1, 11.0, 21.0]]), path)
+    with pytest.warns(UserWarning, match="describes an earlier version of points.csv"):
+        assert read_provenance(path) == {}

@@ -278,24 +278,48 @@ def dumps(record: Mapping[str, Any]) -> str:
     return json.dumps(record, indent=1, default=str)
 
 
-def write_sidecar(target: PathLike, record: Mapping[str, Any]) -> Path:
-    """``<target>.provenance.json`` next to ``target``, atomically."""
+def write_sidecar(target: PathLike, record: Mapping[str, Any], *, stamp: bool = True) -> Path:
+    """``<target>.provenance.json`` next to ``target``, atomically, written
+    after ``target``. With ``stamp`` it records ``target``'s size and mtime:
+    the file and its sidecar are two writes, and a kill between them would
+    leave a new file beside the previous file's record; :func:`read_provenance`
+    refuses a record whose stamp no longer fits (off for files that grow, such
+    as a training run's metrics.jsonl)."""
     from .atomic import atomic_write_text
 
+    record = dict(record)
+    if stamp and Path(target).is_file():
+        st = Path(target).stat()
+        record[STAMP_KEY] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     return Path(atomic_write_text(sidecar_path(target), dumps(record) + "\n"))
 
 
-def read_provenance(path: PathLike) -> Dict[str, Any]:
+STAMP_KEY = "for_file"  # the size and mtime of the file a sidecar describes
+
+
+def read_provenance(path: PathLike, *, current: bool = True) -> Dict[str, Any]:
     """The provenance saved with a result: a folder's ``provenance.json``, a
     label TIFF's description, a JSON file's ``"provenance"`` key, or the
-    ``.provenance.json`` sidecar. Empty when there is none."""
+    ``.provenance.json`` sidecar. Empty when there is none. ``current``: a
+    sidecar stamped for another version of the file counts as none (with a
+    warning); False reads it anyway (a writer merging its earlier record)."""
     p = Path(path)
     if p.is_dir():
         f = p / FOLDER_FILE
         return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
     side = sidecar_path(p)
     if side.is_file():
-        return json.loads(side.read_text(encoding="utf-8"))
+        record = json.loads(side.read_text(encoding="utf-8"))
+        stamp = record.get(STAMP_KEY) if isinstance(record, dict) else None
+        if current and isinstance(stamp, dict) and p.is_file():
+            st = p.stat()
+            if (st.st_size, st.st_mtime_ns) != (stamp.get("size"), stamp.get("mtime_ns")):
+                import warnings
+
+                warnings.warn(f"{side} describes an earlier version of {p.name} (the file changed after its "
+                              "record was written): no provenance for the file as it is", UserWarning, stacklevel=2)
+                return {}
+        return record
     suffix = p.suffix.lower()
     if suffix in (".tif", ".tiff"):
         import tifffile

@@ -226,7 +226,7 @@ def _write_run_provenance(metrics_path: Path, method: str, cfg: Mapping[str, Any
     write_sidecar(metrics_path, build_provenance(
         result="training curves", model=checkpoint_identity(method, start, cfg.get("variant")),
         options=plain_config(cfg), data=folder_fingerprint(cfg.get("data_root")),
-        val_data=folder_fingerprint(cfg.get("val_root"))))
+        val_data=folder_fingerprint(cfg.get("val_root"))), stamp=False)  # the log grows: no size stamp
 
 
 def train(

@@ -339,7 +339,7 @@ def _add_video_provenance(path: Path, videos, provenance: Mapping[str, Any]) -> 
     from ...provenance import build_provenance, read_provenance, write_sidecar
 
     try:
-        doc = read_provenance(path) if path.exists() else {}
+        doc = read_provenance(path, current=False) if path.exists() else {}  # merged: the file was just rewritten
     except (OSError, ValueError):
         doc = {}
     per_video = dict(doc.get("videos") or {})
