@@ -2,27 +2,19 @@
 "disk full" (issue 15). The disk is a small tmpfs, mounted when this process
 may (root in a VM or container); skipped with the reason otherwise."""
 import os
-import subprocess
-import uuid
 
 import numpy as np
 import pytest
+
+from _tmpfs import mounted_tmpfs
 
 from surgseg_core.errors import WriteError
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mnt = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True,
-                         text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip() or 'mount failed'})")
-    try:
+    with mounted_tmpfs(tmp_path, "size=400k", "a small tmpfs") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def _noise(n, seed=0):  # incompressible frames: the MP4 grows with every frame

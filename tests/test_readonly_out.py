@@ -4,27 +4,19 @@ permission bits, so the folder is a read-only tmpfs mount (skipped with the
 reason where this process may not mount)."""
 from __future__ import annotations
 
-import subprocess
-import uuid
 
 import numpy as np
 import pytest
+
+from _tmpfs import mounted_tmpfs
 
 from surgseg_core.cli.main import main
 
 
 @pytest.fixture
 def ro_dir(tmp_path):
-    mnt = tmp_path / f"ro-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=100k", "tmpfs", str(mnt)], capture_output=True,
-                         text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({res.stderr.strip() or 'mount failed'})")
-    try:
+    with mounted_tmpfs(tmp_path, "ro,size=100k", "a read-only tmpfs") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def _says_read_only(capsys, folder):

@@ -50,14 +50,19 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
         full = disk_full(exc, target.parent)  # before the temporary file frees its space
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
-        if full:
-            kept = " (the previous file is kept)" if target.exists() else ""
-            raise WriteError(f"cannot write {target}: the disk is full{kept}; free space on "
-                             f"{target.parent} or write elsewhere") from exc
-        error = write_error(exc, target) if isinstance(exc, OSError) else None
+        error = _write_failure(exc, target, full, " (the previous file is kept)" if target.exists() else "")
         if error is not None:
             raise error from exc
         raise
+
+
+def _write_failure(exc: BaseException, target: Path, full: bool, kept: str) -> Optional[WriteError]:
+    """The user's error for a failed write of ``target`` (None: re-raise
+    ``exc``): a full disk says what was kept, else :func:`write_error`."""
+    if full:
+        return WriteError(f"cannot write {target}: the disk is full{kept}; free space on "
+                          f"{target.parent} or write elsewhere")
+    return write_error(exc, target) if isinstance(exc, OSError) else None
 
 
 def _make_temp(target: Path, suffix: Optional[str] = None) -> Path:
@@ -114,11 +119,7 @@ def atomic_write_group(files: Sequence[Tuple[PathLike, Union[str, bytes]]],
                 tmp.unlink()
         if isinstance(exc, WriteError):
             raise
-        failed = targets[max(0, len(temps) - 1)]
-        if full:
-            raise WriteError(f"cannot write {failed}: the disk is full (the previous files are kept); free space on "
-                             f"{failed.parent} or write elsewhere") from exc
-        error = write_error(exc, failed) if isinstance(exc, OSError) else None
+        error = _write_failure(exc, targets[max(0, len(temps) - 1)], full, " (the previous files are kept)")
         if error is not None:
             raise error from exc
         raise
