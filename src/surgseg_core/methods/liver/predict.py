@@ -6,7 +6,6 @@ model, and post-processes at the frame's own resolution.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from ... import __version__
 from ...errors import ConfigError, VideoError
 from ...io.pixels import frame_to_rgb8
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
+from ...provenance import file_sha256
 from .data import IMAGE_SUFFIXES, resize_image, resize_mask
 from .model import input_size
 from .postprocess import LandmarkResult, PostprocessOptions, postprocess
@@ -37,14 +37,6 @@ def options_from_config(config: Mapping[str, Any]) -> PostprocessOptions:
     if "out_thickness" not in kw and "eval_thickness" in config:
         kw["out_thickness"] = float(config["eval_thickness"])
     return PostprocessOptions(**kw)
-
-
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -80,7 +72,7 @@ class LiverPredictor:
         }
         if self.checkpoint:
             prov["checkpoint"] = self.checkpoint
-            prov["checkpoint_sha256"] = sha256_of(self.checkpoint)
+            prov["checkpoint_sha256"] = file_sha256(self.checkpoint)  # cached by size + mtime
         return prov
 
     @torch.no_grad()
