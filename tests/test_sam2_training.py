@@ -287,6 +287,44 @@ def test_dataset_reads_synthetic_clips_and_corrections_exports(tmp_path):
         find_sequences(tmp_path / "data" / "clip3" / "instruments")
 
 
+def test_validation_clips_can_be_longer_than_training_clips(tmp_path):
+    from surgseg_core.methods.sam2.spec import build_datasets
+
+    _write_clips(tmp_path / "train", [3], n_frames=8)
+    _write_clips(tmp_path / "val", [4], n_frames=8)
+    cfg = {"sam2_config": "surgseg_tiny", "train_root": str(tmp_path / "train"), "val_root": str(tmp_path / "val"),
+           "clip_len": 3, "image_size": 64}
+    train_ds, val_ds = build_datasets(cfg)
+    assert train_ds[0]["images"].shape[0] == 3 and val_ds[0]["images"].shape[0] == 3
+    train_ds, val_ds = build_datasets({**cfg, "val_clip_len": 7})
+    assert train_ds[0]["images"].shape[0] == 3  # training clips keep clip_len
+    item = val_ds[0]
+    frames = item["frames"].tolist()  # from the first frame that shows an object: one prompt, 6 tracked
+    assert item["images"].shape[0] == 7 and frames == list(range(frames[0], frames[0] + 7))
+
+
+def test_cpu_budget_stops_after_the_cpu_time_of_its_minutes():
+    import time
+
+    from surgseg_core.methods.demo_weights import _CpuBudget
+    from surgseg_core.progress import CancelToken
+
+    token = CancelToken()
+    budget = _CpuBudget(token, 0.3)
+    cpu0, t0 = time.process_time(), time.time()
+    budget.start()
+    while not token.cancelled and time.time() - t0 < 30:
+        sum(range(10000))  # burn CPU
+    assert token.cancelled and time.process_time() - cpu0 >= 0.3
+    waiting = CancelToken()
+    idle = _CpuBudget(waiting, 5.0)
+    idle.start()
+    time.sleep(0.6)  # sleeping uses no CPU time: the budget does not run out
+    idle.cancel()
+    idle.join(2)
+    assert not waiting.cancelled and not idle.is_alive()
+
+
 def test_boundary_f_and_jaccard():
     from surgseg_core.methods.sam2.evaluate import boundary_f, jaccard
 
@@ -556,7 +594,8 @@ def test_demo_recipe_stages_split_the_budget_and_chain_their_checkpoints(tmp_pat
 
     calls = []
 
-    def fake_train(method, config, run_dir, *, max_minutes=None):
+    def fake_train(method, config, run_dir, *, max_minutes=None, clock="wall"):
+        assert clock == "cpu"
         calls.append((dict(config), Path(run_dir), max_minutes))
         best = Path(run_dir) / "best.pt"
         return {"train_seconds": 60.0 * max_minutes, "train_cpu_seconds": 100.0, "epochs_done": 2, "steps": 10,
@@ -566,7 +605,7 @@ def test_demo_recipe_stages_split_the_budget_and_chain_their_checkpoints(tmp_pat
     monkeypatch.setattr(demo_weights, "train_with_budget", fake_train)
     monkeypatch.setattr(demo, "write_demo_data", lambda root: {"train": root / "train", "val": root / "val"})
     stages = [("frames", {"clip_len": 1}, 0.25), ("video", {"lr": 1e-4}, 0.75)]
-    summary = demo.train_demo(tmp_path, max_minutes=8, stages=stages)
+    summary = demo.train_demo(tmp_path, max_minutes=8, stages=stages, clock="cpu")
     (c1, d1, m1), (c2, d2, m2) = calls
     assert (m1, m2) == (2.0, 6.0) and d2 == tmp_path / "run" and d1 != d2
     assert c1["clip_len"] == 1 and c1["init_weights"] is None and c1["lr"] == demo.DEMO_CONFIG["lr"]
@@ -579,5 +618,5 @@ def test_demo_recipe_stages_split_the_budget_and_chain_their_checkpoints(tmp_pat
     for recipe in demo.RECIPES.values():  # every recipe's stages share the whole budget
         assert not recipe or abs(sum(share for *_, share in recipe) - 1.0) < 1e-9
     calls.clear()
-    demo.train_demo(tmp_path / "one", max_minutes=8, stages=())
+    demo.train_demo(tmp_path / "one", max_minutes=8, stages=(), clock="cpu")
     assert len(calls) == 1 and calls[0][1] == tmp_path / "one" / "run" and calls[0][2] == 8

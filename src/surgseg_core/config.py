@@ -109,7 +109,7 @@ def check_config(config: Optional[Mapping[str, Any]], defaults: Mapping[str, Any
 #: ``input_width=0`` failed later with a traceback or trained nonsense).
 POSITIVE_KEYS = frozenset({
     "epochs", "batch_size", "val_batch_size", "grad_accum", "input_width", "input_height", "image_size",
-    "clip_len", "max_objects", "max_stride", "max_tools", "sigma", "lora_rank", "lora_alpha", "shift_layers",
+    "clip_len", "val_clip_len", "max_objects", "max_stride", "max_tools", "sigma", "lora_rank", "lora_alpha", "shift_layers",
     "shift_heads", "shift_mlp_dim", "fusion_kernel_size", "box_every", "eval_seeds", "points_per_object",
     "grid_points", "encoder_depth", "k", "d_max", "huber_delta", "line_thickness", "eval_thickness",
     "match_tolerance", "dice_smooth",

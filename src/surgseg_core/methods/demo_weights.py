@@ -24,12 +24,35 @@ NOT_CLINICAL = ("**A demonstration model for synthetic data, not a clinical mode
                 "the synthetic endoscopy clips of `surgseg_core.synth`, and has never seen a real image.")
 
 
+class _CpuBudget(threading.Thread):
+    """Cancels ``token`` once this process has used ``seconds`` of CPU time."""
+
+    def __init__(self, token, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.token, self.seconds, self.cpu0 = token, float(seconds), time.process_time()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            if time.process_time() - self.cpu0 >= self.seconds:
+                self.token.cancel()
+                return
+
+    def cancel(self) -> None:
+        self.done.set()
+
+
 def train_with_budget(method: str, config: Mapping[str, Any], run_dir: Path, *,
-                      max_minutes: Optional[float] = None) -> Dict[str, Any]:
+                      max_minutes: Optional[float] = None, clock: str = "wall") -> Dict[str, Any]:
     """What ``surgseg train METHOD`` runs (the method's stages when it has
     them, else ``training.trainer.train``), stopped with a checkpoint after
     ``max_minutes`` when given; returns what a model card reports: wall and
-    CPU seconds, epochs, steps, best checkpoint, machine, load."""
+    CPU seconds, epochs, steps, best checkpoint, machine, load.
+
+    ``clock`` "wall": ``max_minutes`` of wall-clock time; "cpu": the CPU time
+    ``max_minutes`` on torch's thread count of dedicated cores would give
+    (``max_minutes * 60 * threads`` CPU seconds), so that another job on the
+    same cores slows the run down without shrinking its training."""
     import torch
 
     from ..progress import CancelToken
@@ -37,11 +60,17 @@ def train_with_budget(method: str, config: Mapping[str, Any], run_dir: Path, *,
     from ..training.stages import train_stages
     from ..training.trainer import train
 
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
     token = CancelToken()
-    timer = threading.Timer(max_minutes * 60.0, token.cancel) if max_minutes else None
+    timer = None
+    if max_minutes and clock == "wall":
+        timer = threading.Timer(max_minutes * 60.0, token.cancel)
+        timer.daemon = True
+    elif max_minutes:
+        timer = _CpuBudget(token, max_minutes * 60.0 * torch.get_num_threads())
     cpu0, t0 = time.process_time(), time.time()
     if timer is not None:
-        timer.daemon = True
         timer.start()
     spec = get_method(method)
     recipe = spec.stages(dict(config), Path(run_dir)) if spec.stages is not None else None
@@ -57,6 +86,7 @@ def train_with_budget(method: str, config: Mapping[str, Any], run_dir: Path, *,
     return {
         "method": method,
         "max_minutes": max_minutes,
+        "budget_clock": clock,
         "train_seconds": round(time.time() - t0, 1),
         "train_cpu_seconds": round(time.process_time() - cpu0, 1),
         "epochs_done": sum(len(r.history) for r in results),

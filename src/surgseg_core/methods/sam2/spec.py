@@ -19,6 +19,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "train_root": None,
     "val_root": None,
     "clip_len": 8,
+    "val_clip_len": None,        # frames of each validation clip (None: clip_len); longer ones select the
+                                 # checkpoint by how it tracks over as many frames as users propagate
     "max_objects": 3,            # objects per clip (SAM2: up to 3 per video while fine-tuning)
     "max_stride": 1,             # random frame step 1..max_stride while training
     "hard_windows": 0.0,         # share of training clips drawn among those with >= 2 objects on the
@@ -105,6 +107,8 @@ def build_datasets(config: Mapping[str, Any]):
                                 max_stride=int(config.get("max_stride", 1)),
                                 hard_windows=float(config.get("hard_windows") or 0.0), **common)
     val_root = _root(config, "val_root")
+    if config.get("val_clip_len"):
+        common = {**common, "clip_len": int(config["val_clip_len"])}
     val_ds = VideoClipDataset(find_sequences(val_root), train=False, **common) if val_root else None
     return train_ds, val_ds
 
