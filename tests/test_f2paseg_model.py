@@ -83,6 +83,32 @@ def test_fusion_equations_match_hand_computed_values():
     np.testing.assert_allclose(m(f_high, f_mem2).detach().flatten().numpy(), [-3.0, 3.25])
 
 
+def test_inference_path_with_merged_weights_computes_the_same_equations():
+    m = _hand_module()
+    f_high = torch.tensor([1.0, -2.0]).reshape(1, 2, 1, 1)
+    f_mem = torch.tensor([0.5, 1.0]).reshape(1, 2, 1, 1)
+    with torch.no_grad():  # BN folded into H, B A merged into f: the same hand-computed values
+        np.testing.assert_allclose(m(f_high, f_mem).flatten().numpy(), [-2.0, 3.75])
+    torch.manual_seed(0)
+    m = ResidualFusion(16, rank=4, alpha=0.5, kernel_size=3)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    m.h_bn.running_mean.normal_()
+    m.h_bn.running_var.uniform_(0.5, 2.0)
+    m.eval()
+    f_high = torch.randn(1, 16, 8, 8).expand(3, -1, -1, -1)  # one frame shared by three objects (engine layout)
+    f_mem = torch.randn(3, 16, 8, 8)
+    expected = m(f_high.contiguous(), f_mem)  # grad enabled: the paper's five-layer path
+    with torch.no_grad():
+        fast = m(f_high, f_mem)
+    assert expected.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, expected.detach(), rtol=1e-5, atol=1e-5)
+    m.train()
+    with torch.no_grad():  # training mode: batch statistics, never the folded BN
+        torch.testing.assert_close(m(f_high.contiguous(), f_mem), m.f(torch.relu(m.h(f_high) + f_mem))
+                                   + m.alpha * m.lora_b(m.lora_a(torch.relu(m.h(f_high) + f_mem))))
+
+
 def test_decoder_fuse_adds_the_residual_to_sam2s_sum(plain_ckpt):
     model = build_f2paseg("surgseg_tiny", plain_ckpt, device="cpu")
     dec = model.sam_mask_decoder

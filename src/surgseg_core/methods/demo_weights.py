@@ -150,9 +150,10 @@ def bundled_weights(name: str) -> Optional[Path]:
 
 def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: str) -> int:
     """The command line every method's ``demo.py`` shares:
-    ``python -m surgseg_core.methods.M.demo OUT [--max-minutes N] [--export FILE] [--only-score] [--notes MD]``.
+    ``python -m surgseg_core.methods.M.demo OUT [--max-minutes N] [--clock cpu|wall] [--export FILE] [--only-score]
+    [--notes MD]``.
 
-    ``train(out, max_minutes) -> summary``; ``export(out, target) -> target``;
+    ``train(out, max_minutes, clock=...) -> summary``; ``export(out, target) -> target``;
     ``score(out, weights) -> scores``; ``write_card(folder, weights, summary,
     scores, command, notes) -> card text`` (it also writes ``weights.json``);
     the card is written here, as ``MODEL_CARD.md`` beside the weights."""
@@ -162,6 +163,9 @@ def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: 
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="work folder (data, training run, scores)")
     p.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="cpu (default): the budget is the CPU time of --max-minutes on torch's threads (other jobs on "
+                        "the machine slow the run down without shortening its training); wall: wall-clock minutes")
     p.add_argument("--export", type=Path, help=f"write the weights here (e.g. sample_data/.../{export_name}), "
                                                 "score them and write weights.json + MODEL_CARD.md beside them")
     p.add_argument("--only-score", action="store_true", help="skip training; export + score OUT's run")
@@ -171,7 +175,7 @@ def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: 
     out = Path(args.out)
     summary_path = out / "train_summary.json"
     if not args.only_score:
-        summary = train(out, args.max_minutes)
+        summary = train(out, args.max_minutes, clock=args.clock)
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=1, default=str))
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1, default=str), flush=True)
@@ -184,7 +188,8 @@ def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: 
         (out / "heldout_scores.json").write_text(json.dumps(scores, indent=1, default=str))
         module = doc.split("``python -m ")[1].split(" ")[0] if "``python -m " in doc else "the method's demo module"
         minutes = f" --max-minutes {summary['max_minutes']:g}" if summary.get("max_minutes") else ""
-        command = f"python -m {module} OUT{minutes} --export {args.export}"
+        clock = f" --clock {summary.get('budget_clock', 'wall')}" if summary.get("max_minutes") else ""
+        command = f"python -m {module} OUT{minutes}{clock} --export {args.export}"
         notes = "\n" + args.notes.read_text(encoding="utf-8") if args.notes else ""
         from ..atomic import atomic_write_text
 

@@ -78,12 +78,12 @@ def write_demo_data(root: Path) -> Path:
     return root
 
 
-def train_demo(out: Path, max_minutes: Optional[float]) -> Dict[str, Any]:
+def train_demo(out: Path, max_minutes: Optional[float], *, clock: str = "cpu") -> Dict[str, Any]:
     from ..demo_weights import train_with_budget
 
     data = write_demo_data(Path(out) / "data")
     cfg = {**DEMO_CONFIG, "train_root": str(data)}
-    return train_with_budget("f2paseg", cfg, Path(out) / "run", max_minutes=max_minutes)
+    return train_with_budget("f2paseg", cfg, Path(out) / "run", max_minutes=max_minutes, clock=clock)
 
 
 def _best(out: Path) -> Path:

@@ -110,8 +110,35 @@ class ResidualFusion(nn.Module):
         return torch.relu(self.h_bn(self.h_conv(f_high)))
 
     def forward(self, f_high: torch.Tensor, f_mem: torch.Tensor) -> torch.Tensor:
+        if not self.training and not torch.is_grad_enabled():
+            return self._forward_merged(f_high, f_mem)
         f_res = torch.relu(self.h(f_high) + f_mem)  # eq. 1
         return self.f(f_res) + self.alpha * self.lora_b(self.lora_a(f_res))  # eq. 2
+
+    def merged_weights(self):
+        """Inference weights of the same maps: BN folded into H's conv, and the
+        LoRA product alpha * B A (a 1x1 conv) added to the centre tap of f, so
+        that eq. 1-2 cost two convolutions (the fusion was ~5 % of a tracked
+        frame's CPU time with five)."""
+        bn = self.h_bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        h_w = self.h_conv.weight * scale[:, None, None, None]
+        h_b = bn.bias - bn.running_mean * scale
+        f_w = self.f.weight.clone()
+        c = f_w.shape[-1] // 2
+        f_w[:, :, c, c] += self.alpha * (self.lora_b.weight[:, :, 0, 0] @ self.lora_a.weight[:, :, 0, 0])
+        return h_w, h_b, f_w, self.f.bias
+
+    def _forward_merged(self, f_high: torch.Tensor, f_mem: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        h_w, h_b, f_w, f_b = self.merged_weights()
+        pad = self.f.padding
+        if f_high.shape[0] > 1 and f_high.stride(0) == 0:  # one frame's features shared by all objects: H once
+            h = torch.relu(F.conv2d(f_high[:1], h_w, h_b, padding=pad)).expand(f_high.shape[0], -1, -1, -1)
+        else:
+            h = torch.relu(F.conv2d(f_high, h_w, h_b, padding=pad))
+        return F.conv2d(torch.relu(h + f_mem), f_w, f_b, padding=pad)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, rank={self.rank}, alpha={self.alpha}"

@@ -80,14 +80,14 @@ def write_frames(root: Path, seeds: Sequence[int], per_clip: int = FRAMES_PER_CL
     return root
 
 
-def train_demo(out: Path, max_minutes: Optional[float]) -> Dict[str, Any]:
+def train_demo(out: Path, max_minutes: Optional[float], *, clock: str = "cpu") -> Dict[str, Any]:
     from ..demo_weights import train_with_budget
 
     out = Path(out)
     cfg = {**DEMO_CONFIG, "train_root": str(write_frames(out / "data" / "train", TRAIN_SEEDS)),
            "val_root": str(write_frames(out / "data" / "val", VAL_SEEDS)), "feature_cache": str(out / "features")}
     write_frames(out / "data" / "heldout", HELDOUT_SEEDS)
-    return train_with_budget("rpsam2", cfg, out / "run", max_minutes=max_minutes)
+    return train_with_budget("rpsam2", cfg, out / "run", max_minutes=max_minutes, clock=clock)
 
 
 def export_demo(out: Path, target: Path) -> Path:

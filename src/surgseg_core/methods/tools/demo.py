@@ -62,14 +62,14 @@ def write_clips(root: Path, seeds: Sequence[int]) -> Path:
     return root
 
 
-def train_demo(out: Path, max_minutes: Optional[float]) -> Dict[str, Any]:
+def train_demo(out: Path, max_minutes: Optional[float], *, clock: str = "cpu") -> Dict[str, Any]:
     from ..demo_weights import train_with_budget
 
     out = Path(out)
     cfg = {**DEMO_CONFIG, "train_root": str(write_clips(out / "data" / "train", TRAIN_SEEDS)),
            "prior_cache": str(out / "priors")}
     write_clips(out / "data" / "heldout", HELDOUT_SEEDS)
-    return train_with_budget("tools", cfg, out / "run", max_minutes=max_minutes)
+    return train_with_budget("tools", cfg, out / "run", max_minutes=max_minutes, clock=clock)
 
 
 def _refine_checkpoint(out: Path) -> Path:
