@@ -39,8 +39,8 @@ class _FrameCache(NamedTuple):
     v0: torch.Tensor  # (1, heads, HW, d) first block token->image values
     q0: torch.Tensor  # (1, heads, HW, d) first block image->token queries
     pe: torch.Tensor  # (1, HW, C) dense positional encoding
-    s1: Optional[torch.Tensor]  # (1, h*2, w*2, C/4) feat_s1 + dc1 bias, channels-last
-    s0: Optional[torch.Tensor]  # (1, h*4, w*4, C/8) feat_s0 + dc2 bias, channels-last
+    s1: Optional[torch.Tensor]  # (1, h*w*4, C/4) feat_s1 + dc1 bias, blocked channels-last
+    s0: Optional[torch.Tensor]  # (1, h*w*16, C/8) feat_s0 + dc2 bias, blocked channels-last
 
 
 _lock = threading.Lock()
@@ -87,6 +87,61 @@ def _attend(att, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
     return att.out_proj(_unheads(out))
 
 
+def _t2i(att, q_in, kp, keys):
+    """Token-to-image ``Attention`` (few queries, N image keys/values) with
+    the key and value projections folded onto the token side: per head,
+    q_h (kp W_k,h^T + b_k,h)^T = (q_h W_k,h) kp^T + const (softmax drops
+    it), and P (keys W_v,h^T + b_v,h) = (P keys) W_v,h^T + b_v,h (rows of P
+    sum to 1): N x C x heads*T multiply-adds instead of N x C x C/2 when
+    heads * T is below the attention width (SAM2's clicks: 8 * ~9 < 128)."""
+    n = att.num_heads
+    b, t, _ = q_in.shape
+    width = att.q_proj.out_features
+    if n * t >= width:
+        return _attend(att, q_in, kp, keys)
+    d = width // n
+    q = att.q_proj(q_in).view(b, t, n, d).transpose(1, 2)
+    a = torch.matmul(q, att.k_proj.weight.view(n, d, -1)).mul_(d ** -0.5).reshape(b, n * t, -1)
+    p = torch.softmax(torch.matmul(a, kp.transpose(1, 2)), dim=-1)
+    pk = torch.matmul(p, keys).view(b, n, t, -1)
+    o = torch.matmul(pk, att.v_proj.weight.view(n, d, -1).transpose(1, 2)) + att.v_proj.bias.view(n, 1, d)
+    return att.out_proj(o.transpose(1, 2).reshape(b, t, width))
+
+
+def _i2t(att, kp, tok_k, tok_v, q_heads=None, residual=None):
+    """Image-to-token ``Attention`` (N image queries, few token keys) with
+    the query and output projections folded onto the token side:
+    (kp W_q,h^T + b_q,h) k_h^T = kp (W_q,h^T k_h^T) + b_q,h k_h^T and
+    sum_h P_h v_h W_o,h^T = P (v W_o^T per head); ``q_heads``: the image
+    queries already projected (the first block's cache)."""
+    n = att.num_heads
+    b, t, _ = tok_k.shape
+    width = att.q_proj.out_features
+    if n * t >= width:
+        if q_heads is None:
+            out = _attend(att, kp, tok_k, tok_v)
+        else:
+            out = att.out_proj(_unheads(_sdpa(q_heads, _heads(att.k_proj(tok_k), n), _heads(att.v_proj(tok_v), n))))
+        return out if residual is None else residual + out
+    d = width // n
+    k = att.k_proj(tok_k).view(b, t, n, d).transpose(1, 2)  # (B, n, T, d)
+    v = att.v_proj(tok_v).view(b, t, n, d).transpose(1, 2)
+    if q_heads is not None:
+        s = torch.matmul(k, q_heads.transpose(-1, -2)).mul_(d ** -0.5)  # (B, n, T, N)
+    else:
+        g = torch.matmul(k, att.q_proj.weight.view(n, d, -1)).mul_(d ** -0.5)  # (B, n, T, C)
+        s = torch.matmul(g.reshape(b, n * t, -1), kp.transpose(1, 2)).view(b, n, t, -1)
+        s = s + torch.matmul(k, att.q_proj.bias.view(n, d, 1)).mul_(d ** -0.5)
+    p = torch.softmax(s, dim=-2)  # over the tokens of each head
+    # each head's P rows sum to 1: the output bias / heads rides on every head's values
+    m = torch.matmul(v, att.out_proj.weight.view(-1, n, d).permute(1, 2, 0)) + att.out_proj.bias / n
+    p = p.reshape(b, n * t, -1).transpose(1, 2)  # (B, N, n T)
+    m = m.reshape(b, n * t, -1)
+    if residual is None:
+        return torch.matmul(p, m)
+    return torch.baddbmm(residual.expand(b, -1, -1), p, m)  # residual + attention in one pass
+
+
 def _block(layer, queries, keys, query_pe, key_pe):
     """SAM2's ``TwoWayAttentionBlock.forward`` (not the first block) with
     ``_sdpa``; ``keys + key_pe`` computed once (the image side does not
@@ -94,10 +149,9 @@ def _block(layer, queries, keys, query_pe, key_pe):
     q = queries + query_pe
     queries = layer.norm1(queries + _attend(layer.self_attn, q, q, queries))
     kp = keys + key_pe
-    queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, queries + query_pe, kp, keys))
+    queries = layer.norm2(queries + _t2i(layer.cross_attn_token_to_image, queries + query_pe, kp, keys))
     queries = layer.norm3(queries + layer.mlp(queries))
-    q = queries + query_pe
-    keys = layer.norm4(keys + _attend(layer.cross_attn_image_to_token, kp, q, queries))
+    keys = layer.norm4(_i2t(layer.cross_attn_image_to_token, kp, queries + query_pe, queries, residual=keys))
     return queries, keys
 
 
@@ -107,15 +161,27 @@ def _deconv_weight(conv: torch.nn.ConvTranspose2d) -> torch.Tensor:
     return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
 
 
-def _deconv_add(x: torch.Tensor, conv, feat: torch.Tensor) -> torch.Tensor:
-    """ConvTranspose2d(k=2, s=2) of channels-last ``x`` (B, h, w, Cin) plus
-    channels-last ``feat`` (1 or B, 2h, 2w, Cout) holding the bias: one
-    matmul, the pixel rearrangement fused into the add."""
-    b, h, w, _ = x.shape
-    cout = conv.weight.shape[1]
-    y = torch.matmul(x, _deconv_weight(conv)).view(b, h, w, 2, 2, cout).permute(0, 1, 3, 2, 4, 5)
-    out = feat.view(feat.shape[0], h, 2, w, 2, cout) + y
-    return out.reshape(b, 2 * h, 2 * w, cout)
+def _upscale(dec, keys: torch.Tensor, c: "_FrameCache", h: int, w: int, hyper_in: torch.Tensor) -> torch.Tensor:
+    """SAM2's high-res upscaling (dc1 + feat_s1, LayerNorm2d, GELU, dc2 +
+    feat_s0, GELU) and the hypernetwork product, masks (B, M, 4h, 4w).
+    Each ConvTranspose2d(k=2, s=2) is one matmul, channels-last; its output
+    stays in "blocked" pixel order (every input pixel's 2x2 block
+    contiguous: h, w, i1, j1[, i2, j2]), which the per-pixel LayerNorm,
+    GELU and the second transposed convolution do not mind; the skip
+    features are cached in that order and only the M masks are reordered."""
+    dc1, ln1, act1, dc2, act2 = dec.output_upscaling
+    b = keys.shape[0]
+    y = torch.matmul(keys, _deconv_weight(dc1)).view(b, h * w * 4, -1)  # (B, h w i1 j1, C1)
+    y = act1(F.layer_norm(y.add_(c.s1), (y.shape[-1],), ln1.weight, ln1.bias, ln1.eps))
+    y = torch.matmul(y, _deconv_weight(dc2)).view(b, h * w * 16, -1)  # (B, h w i1 j1 i2 j2, C2)
+    y = act2(y.add_(c.s0))
+    return torch.matmul(hyper_in, y.transpose(1, 2))  # (B, M, h w i1 j1 i2 j2)
+
+
+def _unblock(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, M, h w i1 j1 i2 j2) blocked masks -> (B, M, 4h, 4w)."""
+    b, m = masks.shape[:2]
+    return masks.reshape(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, m, 4 * h, 4 * w)
 
 
 def _frame_cache(model, image_embed: torch.Tensor, high_res: Optional[List[torch.Tensor]]) -> _FrameCache:
@@ -133,8 +199,12 @@ def _frame_cache(model, image_embed: torch.Tensor, high_res: Optional[List[torch
     if dec.use_high_res_features:
         dc1, _, _, dc2, _ = dec.output_upscaling
         feat_s0, feat_s1 = high_res
-        s1 = (feat_s1[:1] + dc1.bias.reshape(1, -1, 1, 1)).permute(0, 2, 3, 1).contiguous()
-        s0 = (feat_s0[:1] + dc2.bias.reshape(1, -1, 1, 1)).permute(0, 2, 3, 1).contiguous()
+        h, w = image_embed.shape[-2:]
+        # blocked pixel order (see _upscale): (h, w, i1, j1, C) and (h, w, i1, j1, i2, j2, C)
+        s1 = (feat_s1[:1] + dc1.bias.reshape(1, -1, 1, 1)).view(1, -1, h, 2, w, 2)
+        s1 = s1.permute(0, 2, 4, 3, 5, 1).reshape(1, h * w * 4, -1).contiguous()
+        s0 = (feat_s0[:1] + dc2.bias.reshape(1, -1, 1, 1)).view(1, -1, h, 2, 2, w, 2, 2)
+        s0 = s0.permute(0, 2, 5, 3, 6, 4, 7, 1).reshape(1, h * w * 16, -1).contiguous()
     return _FrameCache(src, k0, v0, q0, pe, s1, s0)
 
 
@@ -179,7 +249,8 @@ def forward_sam_heads(model, key_tensors, make_embed, point_coords, point_labels
     tr = dec.transformer
     c = _cached(model, list(key_tensors), make_embed, high_res)
     n = point_coords.shape[0]
-    sparse = pe_mod._embed_points(point_coords, point_labels, pad=True)
+    # SAM2's prompt encoder module (its dense output is a broadcast view, unused here)
+    sparse, _ = pe_mod(points=(point_coords, point_labels), boxes=None, masks=None)
     if dec.pred_obj_scores:
         out_tok = torch.cat([dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], 0)
         s = 1
@@ -195,33 +266,26 @@ def forward_sam_heads(model, key_tensors, make_embed, point_coords, point_labels
     q = _heads(t2i.q_proj(queries + tokens), t2i.num_heads)
     queries = b0.norm2(queries + t2i.out_proj(_unheads(_sdpa(q, c.k0, c.v0))))
     queries = b0.norm3(queries + b0.mlp(queries))
-    i2t = b0.cross_attn_image_to_token
-    k = _heads(i2t.k_proj(queries + tokens), i2t.num_heads)
-    v = _heads(i2t.v_proj(queries), i2t.num_heads)
-    keys = b0.norm4(c.src + i2t.out_proj(_unheads(_sdpa(c.q0, k, v))))
+    keys = b0.norm4(_i2t(b0.cross_attn_image_to_token, None, queries + tokens, queries, q_heads=c.q0, residual=c.src))
     key_pe = c.pe
     for layer in tr.layers[1:]:
         queries, keys = _block(layer, queries, keys, tokens, key_pe)
-    attn_out = _attend(tr.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
+    attn_out = _t2i(tr.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
     hs = tr.norm_final_attn(queries + attn_out)
 
     iou_token_out = hs[:, s, :]
     mask_tokens_out = hs[:, s + 1 : s + 1 + dec.num_mask_tokens, :]
-    h = w = int(round(keys.shape[1] ** 0.5))
-    src = keys.view(n, h, w, -1)  # channels-last
-    if dec.use_high_res_features:
-        dc1, ln1, act1, dc2, act2 = dec.output_upscaling
-        up = _deconv_add(src, dc1, c.s1)
-        up = act1(F.layer_norm(up, (up.shape[-1],), ln1.weight, ln1.bias, ln1.eps))
-        up = act2(_deconv_add(up, dc2, c.s0))
-        up = up.reshape(n, -1, up.shape[-1])
-        uh, uw = 4 * h, 4 * w
-    else:  # SAM2's own modules (channels-first)
-        up = dec.output_upscaling(src.permute(0, 3, 1, 2))
-        uh, uw = up.shape[-2:]
-        up = up.flatten(2).transpose(1, 2)
+    h, w = model.sam_prompt_encoder.image_embedding_size
     hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], 1)
-    masks = torch.matmul(hyper_in, up.transpose(1, 2)).view(n, -1, uh, uw)
+    if dec.use_high_res_features:
+        # blocked pixel order until the masks are selected (SAM2's selection
+        # reads mask sums and whole masks only): fewer masks to reorder
+        masks = _upscale(dec, keys, c, h, w, hyper_in)
+        unblock = lambda x: _unblock(x, h, w)  # noqa: E731
+    else:  # SAM2's own modules (channels-first)
+        up = dec.output_upscaling(keys.transpose(1, 2).reshape(n, -1, h, w))
+        masks = torch.matmul(hyper_in, up.flatten(2))
+        unblock = lambda x: x.reshape(*x.shape[:2], *up.shape[-2:])  # noqa: E731
     iou_pred = dec.iou_prediction_head(iou_token_out)
     if dec.pred_obj_scores:
         obj_scores = dec.pred_obj_score_head(hs[:, 0, :])
@@ -232,7 +296,8 @@ def forward_sam_heads(model, key_tensors, make_embed, point_coords, point_labels
     if multimask_output:
         masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
     elif dec.dynamic_multimask_via_stability and not dec.training:
-        masks, iou_pred = dec._dynamic_multimask_via_stability(masks, iou_pred)
+        masks, iou_pred = dec._dynamic_multimask_via_stability(masks[..., None], iou_pred)
+        masks = masks[..., 0]
     else:
         masks, iou_pred = masks[:, 0:1], iou_pred[:, 0:1]
     if multimask_output and dec.use_multimask_token_for_obj_ptr:
@@ -243,8 +308,8 @@ def forward_sam_heads(model, key_tensors, make_embed, point_coords, point_labels
     # SAM2Base._forward_sam_heads after the decoder (no high-res masks)
     if model.pred_obj_scores:
         is_obj = obj_scores > 0
-        masks = torch.where(is_obj[:, None, None], masks, NO_OBJ_SCORE)
-    masks = masks.float()
+        masks = torch.where(is_obj.view(n, 1, 1), masks, NO_OBJ_SCORE)
+    masks = unblock(masks.float())
     token = sam_tokens[:, 0]
     if multimask_output:
         best = torch.argmax(iou_pred, dim=-1)
