@@ -142,3 +142,23 @@ def test_click_session_fast_clicks_match_sam2_track_step():
         b = ref_engine.objects[obj].pending[1][0]
         torch.testing.assert_close(a["obj_ptr"], b["obj_ptr"], rtol=0, atol=ATOL)
         torch.testing.assert_close(a["pred_masks"], b["pred_masks"], rtol=0, atol=ATOL)
+
+
+def test_click_session_fast_clicks_under_bf16_precision():
+    """The engine's "bf16" precision (autocast over the heads) runs the fast
+    path too: masks agree with SAM2's own bf16 path and with float32."""
+    from surgseg_core.synth import generate_endoscopy_clip
+
+    clip = generate_endoscopy_clip(4, 2, 96, 128)
+    frames = np.stack([clip.frame(i).image for i in range(2)])
+    model = _model("sam2.1_hiera_tiny", 256, True)
+    prompts = [{"frame": 0, "obj_id": 1, "points": [[40, 50], [70, 45]], "labels": [1, 1], "box": None}]
+    got = {name: ClickSession(precision=prec, fast_clicks=fast).segment_frame(frames, model, 0, prompts).logits
+           for name, prec, fast in [("fp32", "fp32", False), ("bf16_fast", "bf16", True), ("bf16_sam2", "bf16", False)]}
+
+    def iou(a, b):
+        a, b = a > 0, b > 0
+        return float((a & b).sum()) / max(1, int((a | b).sum()))
+
+    assert iou(got["bf16_fast"], got["bf16_sam2"]) > 0.98
+    assert iou(got["bf16_fast"], got["fp32"]) > 0.98

@@ -4,7 +4,10 @@ given features with points / boxes / masks. Both call SAM2's own modules
 (``forward_image``, ``_prepare_memory_conditioned_features``,
 ``_forward_sam_heads``), so masks equal what SAM2 computes on a frame
 without memory; the streaming engine, the click session and training code
-(RP-SAM2's shift block, F2PASeg's decoder) share them.
+(RP-SAM2's shift block, F2PASeg's decoder) share them. Without gradients
+and mask inputs ``decode_masks`` takes ``fast_heads`` (the same modules'
+weights with per-frame cached image work; logits equal up to float
+rounding, ``fast=False`` for SAM2's call itself).
 
     feats = encode_frames(model, images)                  # (B, 3, S, S) preprocessed
     out = decode_masks(model, feats, point_coords=pts, point_labels=lbl, multimask_output=True)
