@@ -270,8 +270,11 @@ def forward_sam_heads(model, key_tensors, make_embed, point_coords, point_labels
     key_pe = c.pe
     for layer in tr.layers[1:]:
         queries, keys = _block(layer, queries, keys, tokens, key_pe)
-    attn_out = _t2i(tr.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
-    hs = tr.norm_final_attn(queries + attn_out)
+    # the final attention only for the output tokens the heads read (the
+    # prompt tokens' outputs are unused; attention rows are independent)
+    used = s + 1 + dec.num_mask_tokens
+    attn_out = _t2i(tr.final_attn_token_to_image, (queries + tokens)[:, :used], keys + key_pe, keys)
+    hs = tr.norm_final_attn(queries[:, :used] + attn_out)
 
     iou_token_out = hs[:, s, :]
     mask_tokens_out = hs[:, s + 1 : s + 1 + dec.num_mask_tokens, :]
