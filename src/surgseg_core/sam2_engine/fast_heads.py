@@ -10,12 +10,15 @@ projections of the first ``TwoWayAttentionBlock`` that read only ``src`` (the
 token-to-image keys / values and the image-to-token queries: the image side
 does not change before that step), and the upscaling's high-resolution
 features in channels-last with the transposed convolutions' biases folded
-in. Per click it runs the rest of SAM2's modules (the second block and the
-final attention are SAM2's own module calls) and the upscaling as two
-matmuls + pixel rearrangement with ``F.layer_norm`` over channels
-(``ConvTranspose2d(k=2, s=2)`` and ``LayerNorm2d`` of SAM2 in other
-arithmetic order): float32 logits match ``_forward_sam_heads`` to ~1e-5
-(tests/test_sam2_fast_heads.py).
+in. Per click the rest is SAM2's arithmetic regrouped: the image-side
+projections of the later attentions are folded onto the ~10 prompt tokens
+(``_t2i`` / ``_i2t``: fewer multiply-adds, same softmax), attention is
+written out (CPU's fused SDPA kernel is slow for these shapes), the final
+attention runs only for the tokens the heads read, and the upscaling's
+``ConvTranspose2d(k=2, s=2)`` are matmuls in channels-last "blocked" pixel
+order with ``LayerNorm2d`` as ``F.layer_norm`` (``_upscale``). Float32
+logits equal ``_forward_sam_heads``'s to ~1e-6
+(tests/test_sam2_fast_heads.py: atol 1e-4, several models and prompts).
 
 Used only for inference (no gradients) without mask inputs; everything
 else (tracking, training, mask prompts) goes through SAM2's own path.
