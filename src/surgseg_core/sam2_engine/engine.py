@@ -158,6 +158,11 @@ class StreamingSAM2:
         labels)`` (RP-SAM2's point refinement plugs in here). Runs for
         ``add_points`` (on all points of that frame and object) and
         ``predict_frame``; changed points are recorded in the provenance.
+      ``fast_clicks``: the first clicks / box on a frame (no earlier mask
+        there) go through ``fast_heads`` (SAM2's heads with per-frame cached
+        image work, logits equal up to float rounding, not bit for bit):
+        for previews (``ClickSession``); off by default, so tracking stays
+        SAM2's arithmetic.
     Points and boxes are in video pixel coordinates (x, y).
 
     Exactly SAM2 (tested against ``SAM2VideoPredictor``) except where bounded
@@ -183,6 +188,7 @@ class StreamingSAM2:
         correct_as_cond: bool = True,
         clear_memory_around_corrections: bool = True,
         prompt_hook: Optional[PromptHook] = None,
+        fast_clicks: bool = False,
     ) -> None:
         self.model = model
         if device is not None:
@@ -212,6 +218,7 @@ class StreamingSAM2:
         self.correct_as_cond = correct_as_cond
         self.clear_memory_around_corrections = clear_memory_around_corrections
         self.prompt_hook = prompt_hook
+        self.fast_clicks = bool(fast_clicks)
         self.cache = EmbeddingCache(embed_cache_mb)
         self._fill_holes = int(getattr(model, "fill_hole_area", 0) or 0) > 0 and _has_hole_filling()
         self._pos_enc: Optional[List[torch.Tensor]] = None  # same for every frame
@@ -574,6 +581,14 @@ class StreamingSAM2:
             if prev_out is not None and prev_out["pred_masks"] is not None:
                 prev_logits = torch.clamp(prev_out["pred_masks"].to(self.device), -32.0, 32.0)
         with self._ctx():
+            if self.fast_clicks and is_init and point_inputs is not None and prev_logits is None:
+                mm = bool(self.model._use_multimask(True, point_inputs))
+                head = decode_masks(self.model, self._features(frame_idx), point_coords=point_inputs["point_coords"],
+                                    point_labels=point_inputs["point_labels"], multimask_output=mm)
+                out = self._compact({"maskmem_features": None, "maskmem_pos_enc": None, "pred_masks": head.best_masks,
+                                     "obj_ptr": head.obj_ptr, "object_score_logits": head.object_score_logits})
+                mem.pending[frame_idx] = (out, is_cond)
+                return self.frame_result(frame_idx)
             (out,) = self._track(
                 frame_idx,
                 [mem],

@@ -4,7 +4,10 @@ given features with points / boxes / masks. Both call SAM2's own modules
 (``forward_image``, ``_prepare_memory_conditioned_features``,
 ``_forward_sam_heads``), so masks equal what SAM2 computes on a frame
 without memory; the streaming engine, the click session and training code
-(RP-SAM2's shift block, F2PASeg's decoder) share them.
+(RP-SAM2's shift block, F2PASeg's decoder) share them. Without gradients
+and mask inputs ``decode_masks`` takes ``fast_heads`` (the same modules'
+weights with per-frame cached image work; logits equal up to float
+rounding, ``fast=False`` for SAM2's call itself).
 
     feats = encode_frames(model, images)                  # (B, 3, S, S) preprocessed
     out = decode_masks(model, feats, point_coords=pts, point_labels=lbl, multimask_output=True)
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from . import fast_heads
 
 
 class FrameFeatures(NamedTuple):
@@ -128,6 +132,7 @@ def decode_masks(
     mask_inputs: Optional[torch.Tensor] = None,
     multimask_output: bool = False,
     image_embed: Optional[torch.Tensor] = None,
+    fast: bool = True,
 ) -> HeadOutput:
     """SAM2's prompt encoder + mask decoder on ``feats`` for N prompts.
 
@@ -138,6 +143,11 @@ def decode_masks(
     prediction; resized by SAM2). ``feats`` holds 1 frame (shared by all
     prompts) or N. ``image_embed``: the frame's no-memory embedding if the
     caller keeps it (else computed, see ``no_memory_embedding``).
+
+    ``fast`` (default): without gradients, mask inputs or per-prompt frames,
+    ``fast_heads.forward_sam_heads`` (per-frame cache of the image-only
+    work, no image-size upsampling; logits equal SAM2's up to float
+    rounding); False: always SAM2's ``_forward_sam_heads``.
     """
     coords, labels = point_coords, point_labels
     if (coords is None) != (labels is None):
@@ -154,6 +164,18 @@ def decode_masks(
         labels = bl if labels is None else torch.cat([bl, labels.to(torch.int32)], 1)
     if coords is not None and (coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]):
         raise ConfigError(f"points must be (N, P, 2) with labels (N, P), got {tuple(coords.shape)} / {tuple(labels.shape)}")
+    if (fast and coords is not None and mask_inputs is None and not torch.is_grad_enabled()
+            and (image_embed is None and feats.batch == 1 or image_embed is not None and image_embed.shape[0] == 1)
+            and fast_heads.supported(model)):
+        high_res = _high_res(model, feats.expand(1)) if feats.batch == 1 else None
+        if high_res is not None or not model.sam_mask_decoder.use_high_res_features:
+            if image_embed is None:
+                keys, make = [feats.image_embed], lambda: no_memory_embedding(model, feats)
+            else:
+                keys, make = [image_embed], lambda: image_embed
+            masks, ious, best, scores, ptr = fast_heads.forward_sam_heads(
+                model, keys + list(high_res or []), make, coords, labels.to(torch.int32), high_res, multimask_output)
+            return HeadOutput(masks=masks, ious=ious, best_masks=best, object_score_logits=scores, obj_ptr=ptr)
     if image_embed is None:
         image_embed = no_memory_embedding(model, feats if feats.batch == n else feats.expand(1))
     if image_embed.shape[0] != n:

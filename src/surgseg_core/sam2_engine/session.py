@@ -23,13 +23,15 @@ class ClickSession:
     both, so a key cannot be reused by another object while it lives.
     ``max_engines``: how many (video, model) pairs stay encoded (each keeps
     up to ``embed_cache_mb`` of features). ``engine_options`` go to
-    ``StreamingSAM2`` (e.g. ``prompt_hook``)."""
+    ``StreamingSAM2`` (e.g. ``prompt_hook``); ``fast_clicks`` is on unless
+    given (``fast_heads``: a preview's masks equal SAM2's up to float
+    rounding)."""
 
     def __init__(self, max_engines: int = 1, **engine_options: Any) -> None:
         if max_engines < 1:
             raise ConfigError(f"max_engines must be >= 1, got {max_engines}")
         self.max_engines = int(max_engines)
-        self.engine_options = dict(engine_options)
+        self.engine_options = {"fast_clicks": True, **engine_options}
         self._engines: "OrderedDict[Tuple[int, int], StreamingSAM2]" = OrderedDict()
         self._lock = threading.Lock()
 
