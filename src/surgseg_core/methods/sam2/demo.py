@@ -255,7 +255,7 @@ from the official SAM 2.1 weights (`surgseg weights download sam2.1_hiera_tiny`,
 - Weights: `{weights.name}` (safetensors, {weights.stat().st_size / 1e6:.1f} MB, sha256 `{meta['sha256']}`),
   registered as `{DEMO_NAME}` (method `sam2`) for the demo, `surgseg track` and the widgets.
 - Training data: synthetic clips, seeds {TRAIN_SEEDS[0]}-{TRAIN_SEEDS[-1]} ({len(TRAIN_SEEDS)} clips x {CLIP['n_frames']}
-  frames, {CLIP['width']}x{CLIP['height']}); validation seed {VAL_SEEDS[0]}; objects = the instruments.
+  frames, {CLIP['width']}x{CLIP['height']}); validation seeds {', '.join(map(str, VAL_SEEDS))}; objects = the instruments.
 - Recipe: `surgseg train sam2` (the shared trainer) with SAM2's multi-step loss (focal 20 : dice 1 : IoU-L1 1 :
   object score 1), {_recipe_text(summary)}, AdamW (lr {summary['config']['lr']:g} unless a stage says otherwise) with
   {summary['config']['warmup_steps']} warm-up steps then cosine to lr/10, stopped by a time budget; best checkpoint by
