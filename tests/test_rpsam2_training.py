@@ -97,10 +97,6 @@ def test_block_learns_on_synthetic_instruments_random_init(tmp_path):
                      weights={"dice": 0.0, "dist": 1.0, "out": 1.0})
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 12/14, open: on the prompt-following demo SAM2 of 2026-12-02 (click position now matters: spread "
-    "~2.4 mDSC points) the block trained here widens the spread slightly (0.214 vs 0.196) instead of narrowing "
-    "it, as the bundled block does on held-out clicks (its model card); kept running so a fix shows as XPASS"))
 def test_block_keeps_dice_and_spread_with_the_bundled_demo_sam2(tmp_path):
     if not (DEMO / "weights.json").is_file():
         pytest.skip(f"bundled demo SAM2 not found at {DEMO}: the Dice-spread check needs a SAM2 that segments "
