@@ -148,6 +148,14 @@ def bundled_weights(name: str) -> Optional[Path]:
     return None
 
 
+def add_clock_argument(parser) -> None:
+    """``--clock cpu|wall`` of every demo command line (see ``train_with_budget``)."""
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="cpu (default): the budget is the CPU time of --max-minutes on torch's threads (other jobs "
+                             "on the machine slow the run down without shortening its training); wall: wall-clock "
+                             "minutes")
+
+
 def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: str) -> int:
     """The command line every method's ``demo.py`` shares:
     ``python -m surgseg_core.methods.M.demo OUT [--max-minutes N] [--clock cpu|wall] [--export FILE] [--only-score]
@@ -163,9 +171,7 @@ def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: 
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="work folder (data, training run, scores)")
     p.add_argument("--max-minutes", type=float, default=None, help="training time budget")
-    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                   help="cpu (default): the budget is the CPU time of --max-minutes on torch's threads (other jobs on "
-                        "the machine slow the run down without shortening its training); wall: wall-clock minutes")
+    add_clock_argument(p)
     p.add_argument("--export", type=Path, help=f"write the weights here (e.g. sample_data/.../{export_name}), "
                                                 "score them and write weights.json + MODEL_CARD.md beside them")
     p.add_argument("--only-score", action="store_true", help="skip training; export + score OUT's run")

@@ -164,17 +164,14 @@ def decode_masks(
         labels = bl if labels is None else torch.cat([bl, labels.to(torch.int32)], 1)
     if coords is not None and (coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]):
         raise ConfigError(f"points must be (N, P, 2) with labels (N, P), got {tuple(coords.shape)} / {tuple(labels.shape)}")
-    if (fast and coords is not None and mask_inputs is None and not torch.is_grad_enabled()
-            and (image_embed is None and feats.batch == 1 or image_embed is not None and image_embed.shape[0] == 1)
-            and fast_heads.supported(model)):
-        high_res = _high_res(model, feats.expand(1)) if feats.batch == 1 else None
+    if (fast and coords is not None and mask_inputs is None and not torch.is_grad_enabled() and feats.batch == 1
+            and (image_embed is None or image_embed.shape[0] == 1) and fast_heads.supported(model)):
+        high_res = _high_res(model, feats)
         if high_res is not None or not model.sam_mask_decoder.use_high_res_features:
-            if image_embed is None:
-                keys, make = [feats.image_embed], lambda: no_memory_embedding(model, feats)
-            else:
-                keys, make = [image_embed], lambda: image_embed
+            embed = feats.image_embed if image_embed is None else image_embed  # the cache's key
+            make = (lambda: no_memory_embedding(model, feats)) if image_embed is None else (lambda: image_embed)
             masks, ious, best, scores, ptr = fast_heads.forward_sam_heads(
-                model, keys + list(high_res or []), make, coords, labels.to(torch.int32), high_res, multimask_output)
+                model, [embed] + list(high_res or []), make, coords, labels.to(torch.int32), high_res, multimask_output)
             return HeadOutput(masks=masks, ious=ious, best_masks=best, object_score_logits=scores, obj_ptr=ptr)
     if image_embed is None:
         image_embed = no_memory_embedding(model, feats if feats.batch == n else feats.expand(1))

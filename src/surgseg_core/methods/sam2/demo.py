@@ -286,6 +286,8 @@ either is non-empty. The target of issue 10 was a mean IoU of at least {target} 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..demo_weights import add_clock_argument
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path)
     p.add_argument("--max-minutes", type=float, default=20.0)
@@ -294,9 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--recipe", choices=sorted(RECIPES), default="staged",
                    help="staged: the bundled weights' recipe (default, LONG_VAL_RECIPE); frames-then-clips and "
                         "single: earlier recipes")
-    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                   help="cpu (default): the budget is the CPU time of --max-minutes on torch's threads, so other jobs "
-                        "on the machine slow the run down without shortening its training; wall: wall-clock minutes")
+    add_clock_argument(p)
     p.add_argument("--notes", type=Path, help="markdown appended to the model card (what was observed)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
