@@ -13,6 +13,9 @@ same frames (synthetic endoscopy 480x640), masks upsampled to the video
 size. Medians over ``--first-reps`` frames / ``--cached-reps`` clicks after
 one warm-up. Goals (issue 12): cached click <= 30 ms on CPU at 1024 px and
 <= 1.3x plain SAM2's decoder-only click.
+Both run with the default precision ("auto": bf16 at >= 512 px on a CPU with
+native bf16, else float32; the table names it); the cached clicks also run in
+float32.
 
 Run:        python benchmarks/click_latency.py
 Short run:  python benchmarks/click_latency.py --first-reps 2 --cached-reps 10
@@ -31,6 +34,7 @@ from _bench_md import cpu_name, load_note, write_section  # benchmarks/ is on sy
 def bench_case(config: str, size: int, frames, first_reps: int, cached_reps: int, device: str) -> dict:
     import torch
 
+    from surgseg_core.device import resolve_inference_precision
     from surgseg_core.methods.rpsam2.model import RPSAM2
     from surgseg_core.sam2_engine import ClickSession, build_model
 
@@ -41,6 +45,8 @@ def bench_case(config: str, size: int, frames, first_reps: int, cached_reps: int
     h, w = frames.shape[1:3]
     n = len(frames)
     plain, refined = ClickSession(embed_cache_mb=4096), rp.click_session(embed_cache_mb=4096)
+    plain32 = ClickSession(embed_cache_mb=4096, precision="fp32")
+    refined32 = rp.click_session(embed_cache_mb=4096, precision="fp32")
 
     def prompt(frame, k):
         x, y = (0.3 + 0.02 * (k % 10)) * w, (0.5 + 0.01 * (k % 7)) * h
@@ -55,6 +61,8 @@ def bench_case(config: str, size: int, frames, first_reps: int, cached_reps: int
         "rp_first": lambda i: refined.segment_frame(frames, sam, i, prompt(i, 0)),
         "plain_cached": lambda k: plain.segment_frame(frames, sam, 0, prompt(0, k)),
         "rp_cached": lambda k: refined.segment_frame(frames, sam, 0, prompt(0, k)),
+        "plain_cached_fp32": lambda k: plain32.segment_frame(frames, sam, 0, prompt(0, k)),
+        "rp_cached_fp32": lambda k: refined32.segment_frame(frames, sam, 0, prompt(0, k)),
     }
     times = {k: [] for k in cases}
     for k in ("plain_first", "rp_first"):  # warm-up on a frame the timed first clicks do not use
@@ -66,17 +74,20 @@ def bench_case(config: str, size: int, frames, first_reps: int, cached_reps: int
             cases[k](i)
             sync()
             times[k].append(time.perf_counter() - t0)
-    for k in ("plain_cached", "rp_cached"):  # frame 0 encoded (and the block's keys) by both
+    cached = ("plain_cached", "rp_cached", "plain_cached_fp32", "rp_cached_fp32")
+    for k in cached:  # frame 0 encoded (and the block's keys) by each session
         cases[k](0)
     for j in range(cached_reps):
-        for k in ("plain_cached", "rp_cached"):
+        for k in cached:
             sync()
             t0 = time.perf_counter()
             cases[k](j + 1)
             sync()
             times[k].append(time.perf_counter() - t0)
     med = {k: 1000 * statistics.median(v) for k, v in times.items()}
-    return {"config": config, "size": size, "block_params": rp.num_parameters()["shift_block"], **med}
+    precision = resolve_inference_precision("auto", torch.device(device), size).name
+    return {"config": config, "size": size, "precision": precision,
+            "block_params": rp.num_parameters()["shift_block"], **med}
 
 
 def table(rows, args, threads: int) -> str:
@@ -92,23 +103,28 @@ def table(rows, args, threads: int) -> str:
         f"benchmarks/click_latency.py --first-reps {args.first_reps} --cached-reps {args.cached_reps}"
         f"{' --device ' + args.device if args.device != 'cpu' else ''}` ({time.strftime('%Y-%m-%d %H:%M')}).",
         "",
-        "| model | px | block params | plain 1st click (ms) | RP-SAM2 1st click (ms) | plain cached click (ms) "
-        "| RP-SAM2 cached click (ms) | cached RP-SAM2 / plain |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | px | default precision | block params | plain 1st click (ms) | RP-SAM2 1st click (ms) "
+        "| plain cached click (ms) | RP-SAM2 cached click (ms) | cached RP-SAM2 / plain "
+        "| fp32: plain cached (ms) | fp32: RP-SAM2 cached (ms) | fp32: RP-SAM2 / plain |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['config']} | {r['size']} | {r['block_params'] / 1e6:.2f} M | {r['plain_first']:.0f} | "
-            f"{r['rp_first']:.0f} | {r['plain_cached']:.1f} | {r['rp_cached']:.1f} | "
-            f"{r['rp_cached'] / r['plain_cached']:.2f}x |"
+            f"| {r['config']} | {r['size']} | {r['precision']} | {r['block_params'] / 1e6:.2f} M | "
+            f"{r['plain_first']:.0f} | {r['rp_first']:.0f} | {r['plain_cached']:.1f} | {r['rp_cached']:.1f} | "
+            f"{r['rp_cached'] / r['plain_cached']:.2f}x | {r['plain_cached_fp32']:.1f} | {r['rp_cached_fp32']:.1f} | "
+            f"{r['rp_cached_fp32'] / r['plain_cached_fp32']:.2f}x |"
         )
     goal = [r for r in rows if r["config"] == "sam2.1_hiera_tiny" and r["size"] == 1024]
     if goal:
         r = goal[0]
         ratio = r["rp_cached"] / r["plain_cached"]
-        lines += ["", f"Goals at 1024 px, sam2.1_hiera_tiny ({'GPU' if args.device != 'cpu' else 'CPU'}): cached "
+        lines += ["", f"Goals at 1024 px, sam2.1_hiera_tiny ({'GPU' if args.device != 'cpu' else 'CPU'}, default "
+                  f"precision {r['precision']}): cached "
                   f"RP-SAM2 click {r['rp_cached']:.1f} ms (<= 30 ms: {'met' if r['rp_cached'] <= 30 else 'NOT met'}); "
-                  f"{ratio:.2f}x plain SAM2's cached click (<= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'})."]
+                  f"{ratio:.2f}x plain SAM2's cached click (<= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'}). "
+                  f"In float32: {r['rp_cached_fp32']:.1f} ms, {r['rp_cached_fp32'] / r['plain_cached_fp32']:.2f}x plain. "
+                  "The block's attention is folded onto the click (one i* per frame, not six layers' keys and values)."]
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ from surgseg_core.errors import ConfigError, DatasetError, WeightsError
 from surgseg_core.methods.rpsam2 import loss as L
 from surgseg_core.methods.rpsam2.block import ShiftBlock, apply_offset, count_parameters, scale_for_fraction
 from surgseg_core.methods.rpsam2.evaluate import dice_score, hd95, summarise
-from surgseg_core.methods.rpsam2.model import RPSAM2, build_rpsam2, save_block, shift_selection
+from surgseg_core.methods.rpsam2.model import build_rpsam2, save_block, shift_selection
 
 TINY = {"sam2_config": "surgseg_tiny", "seed": 0, "feature_cache": "off", "shift_mlp_dim": 256, "grid_points": 12}
 
@@ -64,6 +64,41 @@ def test_untrained_block_returns_zero_offset_and_scale_tokens_start_at_paper_val
     # sigmoid(0.1) of the image side: 537 px at 1024 px
     assert math.isclose(torch.sigmoid(block.scale[0]).item() * 1024, 537.6, abs_tol=0.1)
     assert math.isclose(1 / (1 + math.exp(-scale_for_fraction(0.1))), 0.1)
+
+
+def test_folded_inference_equals_the_training_arithmetic_and_bf16_stays_close():
+    """Inference folds each layer's key/value projections onto the click
+    side (one i* per frame instead of six layers' keys and values): the
+    same offsets as the per-layer path the training uses; under a bf16
+    autocast the folded path runs a bf16 copy of the block, close to
+    float32, and a changed block (an optimizer step) is re-copied."""
+    torch.manual_seed(0)
+    block = ShiftBlock(64, 8, num_layers=3, num_heads=8, mlp_dim=128)
+    with torch.no_grad():
+        block.delta.weight.normal_(0, 0.5)
+        block.delta.bias.normal_(0, 0.1)
+    points, image = torch.randn(2, 3, 64), torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        folded = block.image_keys(image)
+        assert folded.per_layer is None and folded.frames == 2
+        per_layer = block.image_keys(image, folded=False)
+        assert len(per_layer.per_layer) == 3
+        ref = block(points, keys=per_layer)
+        assert ref.abs().max() > 0.05  # the block moves points
+        assert torch.allclose(block(points, keys=folded), ref, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = block.image_keys(image)
+            assert low.image.dtype == torch.bfloat16
+            got = block(points, keys=low)
+        assert got.dtype == torch.float32
+        assert (got - ref).abs().max() < 0.02
+        block.layers[-1].norm2.bias.add_(0.5)  # an in-place update, as an optimizer step
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            moved = block(points, keys=low)
+        assert (moved - block(points, keys=per_layer)).abs().max() < 0.02
+        assert (moved - got).abs().max() > 0.01
+    with torch.enable_grad():  # training keeps the per-layer keys (gradients reach the projections)
+        assert block.image_keys(image).per_layer is not None
 
 
 def test_wrong_embedding_size_is_a_clear_error():

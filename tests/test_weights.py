@@ -469,3 +469,28 @@ def test_weights_changed_after_import_are_refused_on_use(wdir, tiny_ckpt):
         assert len(calls) == 1
     finally:
         store.sha256_file = real
+
+
+def test_exported_safetensors_are_byte_reproducible(tmp_path):
+    """The same weights exported twice (fresh processes: safetensors orders
+    a metadata dict by a per-process hash) give the same bytes, so a
+    re-export keeps the registered SHA-256; the fields read back."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from surgseg_core.weights.state_dict import write_safetensors\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "state = {f'layer{i}.weight': torch.randn(4, 3, generator=g) for i in range(5)}\n"
+        "write_safetensors(state, sys.argv[1], 'surgseg', {'config': 'c', 'method': 'm', 'variant': 'v', 'x': 1})\n"
+    )
+    outs = [tmp_path / f"w{i}.safetensors" for i in range(3)]
+    for out in outs:
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120)
+    blobs = {out.read_bytes() for out in outs}
+    assert len(blobs) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(outs[0]), framework="pt") as f:
+        assert json.loads(f.metadata()["surgseg"]) == {"config": "c", "method": "m", "variant": "v", "x": 1}

@@ -1,12 +1,15 @@
 """Device and precision choice, shared by the SAM2 engine, the trainer and
 every widget: CUDA > MPS > CPU; bf16 autocast on CUDA (when the GPU has
 bf16); for SAM2 inference on a CPU with native bf16 (AVX512-BF16 or AMX),
-bf16 for the image encoder of models at >= 512 px; plain float32 elsewhere; TF32 matmuls on
+bf16 for models at >= 512 px; plain float32 elsewhere; TF32 matmuls on
 Ampere+."""
 from __future__ import annotations
 
 import contextlib
+import copy as _copy
 import functools
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import ContextManager, Optional, Union
 
@@ -137,14 +140,15 @@ def resolve_inference_precision(
     ``resolve_precision``) and a model processing ``image_size`` px.
 
     "auto": bf16 throughout on a CUDA GPU with bf16 (as before); on a CPU
-    with native bf16, bf16 for the image encoder only ("bf16-encoder") when
-    the model works at >= ``CPU_BF16_MIN_IMAGE_SIZE`` px, float32 otherwise.
-    Measured on an AMD EPYC with AVX512-BF16, 2 threads
-    (BENCHMARKS.md, cpu-precision): the image encoder of SAM2.1-tiny ran
-    1.5x (512 px) and 1.8x (1024 px) faster in bf16, a whole propagation
-    step 1.4x and 1.3x (memory attention gains little); bf16 for the heads
-    too added at most 0.08x to that while the encoder alone keeps the prompt
-    encoder and mask decoder (the cached click) in float32."""
+    with native bf16, bf16 throughout when the model works at >=
+    ``CPU_BF16_MIN_IMAGE_SIZE`` px, float32 otherwise. Measured on an AMD
+    EPYC with AVX512-BF16, 2 threads (BENCHMARKS.md, cpu-precision): the
+    image encoder of SAM2.1-tiny ran 1.5x (512 px) and 1.8x (1024 px) faster
+    in bf16; a whole propagation step in bf16 was as fast as or faster than
+    with the encoder alone in bf16 ("bf16-encoder", auto's choice before the
+    click heads got a bf16 path in ``sam2_engine.fast_heads``), and the
+    cached click got faster. Masks: mean IoU >= 0.99 per object against
+    float32 over 64 tracked frames (tests/test_engine_precision.py)."""
     p = _precision_name(precision)
     if p == "auto":
         if device.type == "cuda":
@@ -152,7 +156,7 @@ def resolve_inference_precision(
             return InferencePrecision(dtype, dtype)
         big_enough = image_size is None or int(image_size) >= CPU_BF16_MIN_IMAGE_SIZE
         if device.type == "cpu" and big_enough and cpu_has_fast_bf16():
-            return InferencePrecision(torch.bfloat16, None)
+            return InferencePrecision(torch.bfloat16, torch.bfloat16)
         return InferencePrecision(None, None)
     if p == "bf16-encoder":
         return InferencePrecision(torch.bfloat16, None)
@@ -197,3 +201,37 @@ def describe_device(device: Union[str, torch.device]) -> str:
             pass
         return f"cpu ({name}, {torch.get_num_threads()} threads)"
     return str(device)
+
+
+def low_precision_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype active on ``device_type`` (bf16 / fp16), or None
+    when autocast is off: hand-written inference paths (the fast click
+    heads, RP-SAM2's block) then compute in that dtype with ``cast_copy``
+    weights instead of letting autocast re-cast every weight on every call."""
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        if dtype in (torch.bfloat16, torch.float16):
+            return dtype
+    return None
+
+
+_cast_lock = threading.Lock()
+_cast_copies: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> (key, copy)
+
+
+def cast_copy(module: torch.nn.Module, dtype: Optional[torch.dtype]) -> torch.nn.Module:
+    """An inference copy of ``module`` in ``dtype`` (the module itself for
+    None / float32), kept while the module's parameters are unchanged
+    (their versions: an optimizer step or ``load_state_dict`` makes a new
+    copy). One copy per module: a second dtype replaces the first."""
+    if dtype is None or dtype == torch.float32:
+        return module
+    key = (dtype, tuple((id(p), p._version) for p in module.parameters()))
+    with _cast_lock:
+        hit = _cast_copies.get(module)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+    copy = _copy.deepcopy(module).to(dtype).eval().requires_grad_(False)
+    with _cast_lock:
+        _cast_copies[module] = (key, copy)
+    return copy

@@ -5,6 +5,6 @@ turns a name into dtypes)."""
 INFERENCE_PRECISIONS = ("auto", "bf16", "bf16-encoder", "fp32")
 #: What each choice means (the CLI's --precision help and the widgets' tooltip).
 INFERENCE_PRECISION_HELP = (
-    "auto (default): bf16 on a CUDA GPU; on a CPU with native bf16 (AVX512-BF16/AMX) the image encoder of a "
-    "model at >= 512 px in bf16, the rest float32; fp32 everywhere else. bf16-encoder: only the image encoder in "
+    "auto (default): bf16 on a CUDA GPU; on a CPU with native bf16 (AVX512-BF16/AMX) a model at >= 512 px "
+    "in bf16; fp32 everywhere else. bf16-encoder: only the image encoder in "
     "bf16. fp32 = SAM2's own CPU arithmetic")

@@ -146,8 +146,8 @@ class StreamingSAM2:
         (on by default: without them a correction does not steer later frames).
       ``precision``: "auto" (default), "bf16", "bf16-encoder" or "fp32"
         (``device.resolve_inference_precision``: on a CPU with native bf16,
-        auto runs the image encoder of a model at >= 512 px in bf16 and the
-        rest in float32; on a CUDA GPU bf16 throughout). ``use_autocast`` True / False is the
+        auto runs a model at >= 512 px in bf16; on a CUDA GPU bf16
+        throughout). ``use_autocast`` True / False is the
         older spelling of "bf16" / "fp32". Equal to SAM2VideoPredictor bit
         for bit only in "fp32" (SAM2's CPU path); the provenance says which ran.
       ``embed_cache_mb``: image-feature cache size (frames the user prompts or

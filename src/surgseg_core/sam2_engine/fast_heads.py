@@ -12,7 +12,7 @@ does not change before that step), and the upscaling's high-resolution
 features in channels-last with the transposed convolutions' biases folded
 in. Per click the rest is SAM2's arithmetic regrouped: the image-side
 projections of the later attentions are folded onto the ~10 prompt tokens
-(``_t2i`` / ``_i2t``: fewer multiply-adds, same softmax), attention is
+(``few_query_attention`` / ``_i2t``: fewer multiply-adds, same softmax), attention is
 written out (CPU's fused SDPA kernel is slow for these shapes), the final
 attention runs only for the tokens the heads read, and the upscaling's
 ``ConvTranspose2d(k=2, s=2)`` are matmuls in channels-last "blocked" pixel
@@ -20,11 +20,19 @@ order with ``LayerNorm2d`` as ``F.layer_norm`` (``_upscale``). Float32
 logits equal ``_forward_sam_heads``'s to ~1e-6
 (tests/test_sam2_fast_heads.py: atol 1e-4, several models and prompts).
 
+Under a bf16 (or fp16) autocast, e.g. the engine's "bf16" precision, the
+decoder computes in that dtype from a cast copy of its weights
+(``device.cast_copy``) and a frame cache in that dtype, with autocast off:
+autocast would re-cast every weight and the cached 12 MB of image-side
+tensors on every click. The prompt encoder (a few points) stays float32 so
+the click's position is not rounded, and the outputs are float32.
+
 Used only for inference (no gradients) without mask inputs; everything
 else (tracking, training, mask prompts) goes through SAM2's own path.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections import OrderedDict
@@ -32,6 +40,8 @@ from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+
+from ..device import cast_copy, low_precision_dtype
 
 NO_OBJ_SCORE = -1024.0  # sam2.modeling.sam2_base.NO_OBJ_SCORE
 
@@ -90,7 +100,7 @@ def _attend(att, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
     return att.out_proj(_unheads(out))
 
 
-def _t2i(att, q_in, kp, keys):
+def few_query_attention(att, q_in, kp, keys):
     """Token-to-image ``Attention`` (few queries, N image keys/values) with
     the key and value projections folded onto the token side: per head,
     q_h (kp W_k,h^T + b_k,h)^T = (q_h W_k,h) kp^T + const (softmax drops
@@ -105,7 +115,8 @@ def _t2i(att, q_in, kp, keys):
     d = width // n
     q = att.q_proj(q_in).view(b, t, n, d).transpose(1, 2)
     a = torch.matmul(q, att.k_proj.weight.view(n, d, -1)).mul_(d ** -0.5).reshape(b, n * t, -1)
-    p = torch.softmax(torch.matmul(a, kp.transpose(1, 2)), dim=-1)
+    # image tokens as the left operand: a transposed (N, C) operand is copied in bf16
+    p = torch.softmax(torch.matmul(kp, a.transpose(1, 2)).transpose(1, 2), dim=-1)  # (B, n T, N)
     pk = torch.matmul(p, keys).view(b, n, t, -1)
     o = torch.matmul(pk, att.v_proj.weight.view(n, d, -1).transpose(1, 2)) + att.v_proj.bias.view(n, 1, d)
     return att.out_proj(o.transpose(1, 2).reshape(b, t, width))
@@ -135,7 +146,7 @@ def _i2t(att, kp, tok_k, tok_v, q_heads=None, residual=None):
         g = torch.matmul(k, att.q_proj.weight.view(n, d, -1)).mul_(d ** -0.5)  # (B, n, T, C)
         s = torch.matmul(g.reshape(b, n * t, -1), kp.transpose(1, 2)).view(b, n, t, -1)
         s = s + torch.matmul(k, att.q_proj.bias.view(n, d, 1)).mul_(d ** -0.5)
-    p = torch.softmax(s, dim=-2)  # over the tokens of each head
+    p = torch.softmax(s, dim=-2)  # over the tokens of each head (a softmax over a contiguous dim of ~8 is slower)
     # each head's P rows sum to 1: the output bias / heads rides on every head's values
     m = torch.matmul(v, att.out_proj.weight.view(-1, n, d).permute(1, 2, 0)) + att.out_proj.bias / n
     p = p.reshape(b, n * t, -1).transpose(1, 2)  # (B, N, n T)
@@ -152,7 +163,7 @@ def _block(layer, queries, keys, query_pe, key_pe):
     q = queries + query_pe
     queries = layer.norm1(queries + _attend(layer.self_attn, q, q, queries))
     kp = keys + key_pe
-    queries = layer.norm2(queries + _t2i(layer.cross_attn_token_to_image, queries + query_pe, kp, keys))
+    queries = layer.norm2(queries + few_query_attention(layer.cross_attn_token_to_image, queries + query_pe, kp, keys))
     queries = layer.norm3(queries + layer.mlp(queries))
     keys = layer.norm4(_i2t(layer.cross_attn_image_to_token, kp, queries + query_pe, queries, residual=keys))
     return queries, keys
@@ -178,6 +189,8 @@ def _upscale(dec, keys: torch.Tensor, c: "_FrameCache", h: int, w: int, hyper_in
     y = act1(F.layer_norm(y.add_(c.s1), (y.shape[-1],), ln1.weight, ln1.bias, ln1.eps))
     y = torch.matmul(y, _deconv_weight(dc2)).view(b, h * w * 16, -1)  # (B, h w i1 j1 i2 j2, C2)
     y = act2(y.add_(c.s0))
+    if y.dtype != torch.float32:  # bf16 matmul copies a transposed right operand: 5x slower this way round
+        return torch.matmul(y, hyper_in.transpose(1, 2)).transpose(1, 2)
     return torch.matmul(hyper_in, y.transpose(1, 2))  # (B, M, h w i1 j1 i2 j2)
 
 
@@ -187,12 +200,13 @@ def _unblock(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return masks.reshape(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, m, 4 * h, 4 * w)
 
 
-def _frame_cache(model, image_embed: torch.Tensor, high_res: Optional[List[torch.Tensor]]) -> _FrameCache:
-    pe_mod, dec = model.sam_prompt_encoder, model.sam_mask_decoder
+def _frame_cache(model, dec, image_embed: torch.Tensor, high_res: Optional[List[torch.Tensor]],
+                 dtype: torch.dtype) -> _FrameCache:
+    pe_mod = model.sam_prompt_encoder
     block = dec.transformer.layers[0]
-    src = image_embed[:1] + pe_mod.no_mask_embed.weight.reshape(1, -1, 1, 1)
-    src = src.flatten(2).transpose(1, 2).contiguous()
-    pe = pe_mod.get_dense_pe().flatten(2).transpose(1, 2).contiguous()
+    src = image_embed[:1].float() + pe_mod.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    src = src.flatten(2).transpose(1, 2).to(dtype).contiguous()
+    pe = pe_mod.get_dense_pe().flatten(2).transpose(1, 2).to(dtype).contiguous()
     kpe = src + pe
     t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
     k0 = _heads(t2i.k_proj(kpe), t2i.num_heads)
@@ -201,7 +215,7 @@ def _frame_cache(model, image_embed: torch.Tensor, high_res: Optional[List[torch
     s1 = s0 = None
     if dec.use_high_res_features:
         dc1, _, _, dc2, _ = dec.output_upscaling
-        feat_s0, feat_s1 = high_res
+        feat_s0, feat_s1 = (f.to(dtype) for f in high_res)
         h, w = image_embed.shape[-2:]
         # blocked pixel order (see _upscale): (h, w, i1, j1, C) and (h, w, i1, j1, i2, j2, C)
         s1 = (feat_s1[:1] + dc1.bias.reshape(1, -1, 1, 1)).view(1, -1, h, 2, w, 2)
@@ -211,11 +225,9 @@ def _frame_cache(model, image_embed: torch.Tensor, high_res: Optional[List[torch
     return _FrameCache(src, k0, v0, q0, pe, s1, s0)
 
 
-def _cached(model, key_tensors, make_embed, high_res) -> _FrameCache:
+def _cached(model, dec, key_tensors, make_embed, high_res, dtype: torch.dtype) -> _FrameCache:
     params = list(model.sam_prompt_encoder.parameters()) + list(model.sam_mask_decoder.parameters())
-    dev = key_tensors[0].device.type
-    key = (tuple(id(t) for t in key_tensors), tuple(p._version for p in params), torch.is_autocast_enabled(dev),
-           torch.get_autocast_dtype(dev))
+    key = (tuple(id(t) for t in key_tensors), tuple(p._version for p in params), dtype)
     with _lock:
         per_model = _caches.get(model)
         if per_model is None:
@@ -224,7 +236,7 @@ def _cached(model, key_tensors, make_embed, high_res) -> _FrameCache:
         if hit is not None and all(r() is t for r, t in zip(hit[0], key_tensors)):
             per_model.move_to_end(key)
             return hit[1]
-    entry = _frame_cache(model, make_embed(), high_res)
+    entry = _frame_cache(model, dec, make_embed(), high_res, dtype)
     with _lock:
         per_model[key] = ([weakref.ref(t) for t in key_tensors], entry)
         while len(per_model) > MAX_FRAMES:
@@ -247,13 +259,25 @@ def forward_sam_heads(model, key_tensors, make_embed, point_coords, point_labels
     One frame for all N prompts: ``make_embed()`` gives its (1, C, h, w)
     decoder input (called once per frame), ``high_res`` its (1, ...) finer
     levels; ``key_tensors`` identify the frame (the cache holds weak
-    references and checks they are still the same tensors)."""
-    pe_mod, dec = model.sam_prompt_encoder, model.sam_mask_decoder
+    references and checks they are still the same tensors). Outputs are
+    float32; under a bf16/fp16 autocast the decoder computes in that dtype
+    (module docstring)."""
+    dev = point_coords.device.type
+    dtype = low_precision_dtype(dev)
+    with torch.autocast(dev, enabled=False) if dtype is not None else contextlib.nullcontext():
+        return _forward_sam_heads(model, cast_copy(model.sam_mask_decoder, dtype), dtype or torch.float32,
+                                  key_tensors, make_embed, point_coords, point_labels, high_res, multimask_output)
+
+
+def _forward_sam_heads(model, dec, dtype, key_tensors, make_embed, point_coords, point_labels, high_res,
+                       multimask_output: bool):
+    pe_mod = model.sam_prompt_encoder
     tr = dec.transformer
-    c = _cached(model, list(key_tensors), make_embed, high_res)
+    c = _cached(model, dec, list(key_tensors), make_embed, high_res, dtype)
     n = point_coords.shape[0]
-    # SAM2's prompt encoder module (its dense output is a broadcast view, unused here)
-    sparse, _ = pe_mod(points=(point_coords, point_labels), boxes=None, masks=None)
+    # SAM2's prompt encoder module, float32 (its dense output is a broadcast view, unused here)
+    sparse, _ = pe_mod(points=(point_coords.float(), point_labels), boxes=None, masks=None)
+    sparse = sparse.to(dtype)
     if dec.pred_obj_scores:
         out_tok = torch.cat([dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], 0)
         s = 1
@@ -276,7 +300,7 @@ def forward_sam_heads(model, key_tensors, make_embed, point_coords, point_labels
     # the final attention only for the output tokens the heads read (the
     # prompt tokens' outputs are unused; attention rows are independent)
     used = s + 1 + dec.num_mask_tokens
-    attn_out = _t2i(tr.final_attn_token_to_image, (queries + tokens)[:, :used], keys + key_pe, keys)
+    attn_out = few_query_attention(tr.final_attn_token_to_image, (queries + tokens)[:, :used], keys + key_pe, keys)
     hs = tr.norm_final_attn(queries[:, :used] + attn_out)
 
     iou_token_out = hs[:, s, :]
@@ -292,9 +316,10 @@ def forward_sam_heads(model, key_tensors, make_embed, point_coords, point_labels
         up = dec.output_upscaling(keys.transpose(1, 2).reshape(n, -1, h, w))
         masks = torch.matmul(hyper_in, up.flatten(2))
         unblock = lambda x: x.reshape(*x.shape[:2], *up.shape[-2:])  # noqa: E731
-    iou_pred = dec.iou_prediction_head(iou_token_out)
+    masks = masks.float()
+    iou_pred = dec.iou_prediction_head(iou_token_out).float()
     if dec.pred_obj_scores:
-        obj_scores = dec.pred_obj_score_head(hs[:, 0, :])
+        obj_scores = dec.pred_obj_score_head(hs[:, 0, :]).float()
     else:
         obj_scores = 10.0 * iou_pred.new_ones(iou_pred.shape[0], 1)
 
@@ -310,12 +335,13 @@ def forward_sam_heads(model, key_tensors, make_embed, point_coords, point_labels
         sam_tokens = mask_tokens_out[:, 1:]
     else:
         sam_tokens = mask_tokens_out[:, 0:1]
+    sam_tokens = sam_tokens.float()
 
     # SAM2Base._forward_sam_heads after the decoder (no high-res masks)
     if model.pred_obj_scores:
         is_obj = obj_scores > 0
         masks = torch.where(is_obj.view(n, 1, 1), masks, NO_OBJ_SCORE)
-    masks = unblock(masks.float())
+    masks = unblock(masks)
     token = sam_tokens[:, 0]
     if multimask_output:
         best = torch.argmax(iou_pred, dim=-1)

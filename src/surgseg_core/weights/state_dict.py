@@ -112,19 +112,28 @@ def write_method_safetensors(checkpoint: Mapping[str, Any], target: PathLike) ->
     ``method``, ``config``, ``trainable_only``, ``base_model``) as one
     safetensors file, written atomically; optimizer state and history are
     left out (weights to share, not a run to resume)."""
+    keep = ("method", "config", "trainable_only", "base_model", "variant", "metrics")
+    fields = {k: checkpoint[k] for k in keep if k in checkpoint}
+    return write_safetensors(checkpoint["model"], target, METHOD_CHECKPOINT_KEY, fields)
+
+
+def write_safetensors(state: Mapping[str, torch.Tensor], target: PathLike, key: str,
+                      fields: Mapping[str, Any]) -> Path:
+    """Tensors as safetensors (atomic) with ``fields`` as JSON under one
+    metadata ``key``: safetensors writes a metadata dict in hash order, so
+    several keys would change the file's bytes (and a registered SHA-256)
+    from one export of the same weights to the next."""
     import json
 
     from safetensors.torch import save_file
 
     from ..atomic import atomic_path
 
-    keep = ("method", "config", "trainable_only", "base_model", "variant", "metrics")
-    fields = {k: checkpoint[k] for k in keep if k in checkpoint}
-    state = {k: v.detach().cpu().contiguous() for k, v in checkpoint["model"].items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
-        save_file(state, str(tmp), metadata={METHOD_CHECKPOINT_KEY: json.dumps(fields, default=str)})
+        save_file(tensors, str(tmp), metadata={key: json.dumps(dict(fields), sort_keys=True, default=str)})
     return target
 
 

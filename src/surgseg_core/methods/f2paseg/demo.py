@@ -94,19 +94,12 @@ def _best(out: Path) -> Path:
 def export_demo(out: Path, target: Path) -> Path:
     """The whole fine-tuned SAM2 + fusion model under SAM2's key names
     (safetensors, atomic), loadable by name through the variant registry."""
-    from safetensors.torch import save_file
-
-    from ...atomic import atomic_path
     from ...training.inference import load_trained_model
+    from ...weights.state_dict import write_safetensors
 
     _, model, _, _ = load_trained_model("f2paseg", _best(out), device="cpu")
-    state = {k: v.detach().contiguous() for k, v in model.sam.state_dict().items()}
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        save_file(state, str(tmp), metadata={"surgseg_config": DEMO_ARCH, "surgseg_method": "f2paseg",
-                                             "surgseg_variant": "f2paseg"})
-    return target
+    return write_safetensors(model.sam.state_dict(), target, "surgseg",
+                             {"config": DEMO_ARCH, "method": "f2paseg", "variant": "f2paseg"})
 
 
 def heldout_scores(weights: Path, data_root: Path) -> Dict[str, Any]:

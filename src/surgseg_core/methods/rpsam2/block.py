@@ -34,6 +34,14 @@ Choices the paper leaves open (all are constructor options):
   ``p``, so queries and keys share a coordinate frame from the first step;
   it is then learned (``image_pos_init="random"``: ViT's trunc-normal 0.02).
   ``p_pos`` (1 x C, one vector for every click) starts trunc-normal 0.02.
+* Inference folds each layer's key and value projections onto the click
+  side (``sam2_engine.fast_heads.few_query_attention``: softmax(q W_k,h X^T) X W_v,h^T,
+  the same arithmetic regrouped), so a frame needs only i* once (4 MB at
+  1024 px) instead of six layers' keys and values (48 MB read per click):
+  ``image_keys(..., folded=True)``, what a click session caches. Under a
+  bf16 autocast (the engine's "bf16" precision) the folded path computes
+  in bf16 from a cast copy of the block (``device.cast_copy``), i* stored
+  in bf16, and returns float32 offsets.
 * Size: with C = 256 and a 64 x 64 embedding (any SAM2 at 1024 px) the block
   has 8.94 M parameters (``count_parameters``), i_pos 1.05 M of them; the
   paper reports 12.1 M without saying how the layers are built.
@@ -41,13 +49,15 @@ Choices the paper leaves open (all are constructor options):
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...device import cast_copy, low_precision_dtype
 from ...errors import ConfigError
+from ...sam2_engine.fast_heads import few_query_attention
 
 DEFAULT_LAYERS = 6
 DEFAULT_HEADS = 8
@@ -77,7 +87,12 @@ class CrossAttention(nn.Module):
     def keys_values(self, image: torch.Tensor):
         return self._heads(self.k_proj(image)), self._heads(self.v_proj(image))
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``k``, ``v``: this layer's keys and values (``keys_values``), or
+        ``k`` = the image tokens i* and ``v`` None: the projections folded
+        onto the query side (inference; same result up to rounding)."""
+        if v is None:
+            return few_query_attention(self, q, k, k)
         b, n, c = q.shape
         out = F.scaled_dot_product_attention(self._heads(self.q_proj(q)), k, v)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
@@ -91,9 +106,22 @@ class PointToImageLayer(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, dim))
         self.norm2 = nn.LayerNorm(dim)
 
-    def forward(self, tokens: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, k: torch.Tensor, v: Optional[torch.Tensor]) -> torch.Tensor:
         tokens = self.norm1(tokens + self.attn(tokens, k, v))
         return self.norm2(tokens + self.mlp(tokens))
+
+
+class BlockKeys(NamedTuple):
+    """The click-independent side of the block for a batch of frames:
+    ``image`` = i* (B, h*w, C) and, unless folded, every layer's keys and
+    values of it."""
+
+    image: torch.Tensor
+    per_layer: Optional[List[Tuple[torch.Tensor, torch.Tensor]]]
+
+    @property
+    def frames(self) -> int:
+        return int(self.image.shape[0])
 
 
 class ShiftBlock(nn.Module):
@@ -131,24 +159,40 @@ class ShiftBlock(nn.Module):
         nn.init.zeros_(self.delta.bias)
         self.scale = nn.Parameter(torch.full((2,), float(scale_init)))  # (s_x, s_y)
 
-    def image_keys(self, image_embed: torch.Tensor) -> list:
-        """Every layer's keys and values of i* = i + i_pos: click-independent,
-        so a click session computes them once per frame."""
+    def image_keys(self, image_embed: torch.Tensor, folded: Optional[bool] = None) -> BlockKeys:
+        """i* = i + i_pos and (``folded`` False) every layer's keys and
+        values of it: click-independent, so a click session computes them
+        once per frame. ``folded`` (default: when no gradient is recorded):
+        the layers fold their projections onto the click side instead."""
         b, c, h, w = image_embed.shape
         if c != self.dim or h * w != self.embed_hw ** 2:
             raise ConfigError(
                 f"rpsam2: the shift block was built for {self.dim} x {self.embed_hw}x{self.embed_hw} image embeddings, "
                 f"got {c} x {h}x{w} (another SAM2 size or processing resolution)"
             )
+        if folded is None:
+            folded = not torch.is_grad_enabled()
+        if folded:
+            dtype = low_precision_dtype(image_embed.device.type) or torch.float32
+            image = image_embed.float().flatten(2).transpose(1, 2) + self.image_pos.float()
+            return BlockKeys(image.to(dtype).contiguous(), None)
         image = image_embed.flatten(2).transpose(1, 2) + self.image_pos  # i* (B, hw, C)
-        return [layer.attn.keys_values(image) for layer in self.layers]
+        return BlockKeys(image, [layer.attn.keys_values(image) for layer in self.layers])
 
     def forward(self, point_embed: torch.Tensor, image_embed: Optional[torch.Tensor] = None, *,
-                keys: Optional[list] = None) -> torch.Tensor:
+                keys: Optional[BlockKeys] = None) -> torch.Tensor:
         if keys is None:
             keys = self.image_keys(image_embed)
+        if keys.per_layer is None and keys.image.dtype != torch.float32:  # folded, low precision
+            block = cast_copy(self, keys.image.dtype)
+            with torch.autocast(keys.image.device.type, enabled=False):
+                tokens = point_embed.to(keys.image.dtype) + block.point_pos
+                for layer in block.layers:
+                    tokens = layer(tokens, keys.image, None)
+                return torch.sigmoid(self.scale) * torch.tanh(self.delta(tokens.float()))
         tokens = point_embed + self.point_pos  # p* (B, N, C)
-        for layer, (k, v) in zip(self.layers, keys):
+        per_layer = keys.per_layer or [(keys.image, None)] * len(self.layers)
+        for layer, (k, v) in zip(self.layers, per_layer):
             tokens = layer(tokens, k, v)
         return torch.sigmoid(self.scale) * torch.tanh(self.delta(tokens))  # eq. 2's offset
 

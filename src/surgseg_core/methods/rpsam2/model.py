@@ -32,9 +32,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from ...device import low_precision_dtype
 from ...errors import ConfigError
 from ...sam2_engine.heads import FrameFeatures, HeadOutput, decode_masks, no_memory_embedding
-from .block import ShiftBlock, apply_offset, count_parameters
+from .block import BlockKeys, ShiftBlock, apply_offset, count_parameters
 
 SHIFT_MODES = ("first", "positive", "all", "none")
 
@@ -133,7 +134,7 @@ class RPSAM2(nn.Module):
 
     # -------------------------------------------------------------- refine
     def refine(self, coords: torch.Tensor, labels: torch.Tensor, image_embed: Optional[torch.Tensor],
-               mode: Optional[str] = None, *, keys: Optional[list] = None) -> torch.Tensor:
+               mode: Optional[str] = None, *, keys: Optional[BlockKeys] = None) -> torch.Tensor:
         """P' for the clicks ``coords`` (B, P, 2) (model pixels) with
         ``labels`` (B, P) on one frame (``image_embed`` (1, C, h, w)) or B
         frames (B, C, h, w); or the block's ``keys`` of that frame. Unselected
@@ -144,7 +145,7 @@ class RPSAM2(nn.Module):
         offset = torch.zeros_like(coords)
         if keys is None:
             keys = self.shift.image_keys(image_embed)
-        frames = int(keys[0][0].shape[0])
+        frames = keys.frames
         if frames == 1:  # all clicks of the frame in one row: tokens never interact
             pe = self.point_embedding(coords[select][None], labels[select][None])
             offset = offset.index_put((select,), self.shift(pe, keys=keys)[0].to(coords.dtype))
@@ -177,13 +178,13 @@ class RPSAM2(nn.Module):
                            multimask_output=multimask, image_embed=image_embed)
         return out, coords
 
-    def frame_keys(self, feats: FrameFeatures) -> list:
+    def frame_keys(self, feats: FrameFeatures) -> BlockKeys:
         """The block's keys/values of a frame, cached for the frame's cached
         features (the engine hands the same tensors for a frame while it
         keeps them) and the block's current weights (versions): a later
         click on the frame runs only the click's side of the block."""
         source = feats.backbone_fpn[-1]
-        version = tuple(p._version for p in self.shift.parameters())
+        version = (tuple(p._version for p in self.shift.parameters()), low_precision_dtype(source.device.type))
         hit = self._keys_cache.get(id(source))
         if hit is not None and hit[0]() is source and hit[1] == version and not torch.is_grad_enabled():
             return hit[2]

@@ -111,19 +111,14 @@ def write_demo_data(root: Path, *, progress=None) -> Dict[str, Path]:
 def export_safetensors(checkpoint: Path, target: Path) -> Path:
     """The SAM2 weights of a ``sam2`` training checkpoint, under SAM2's own
     key names, as safetensors (written atomically)."""
-    from safetensors.torch import save_file
-
-    from ...atomic import atomic_path
     from ...training.checkpoint import load_checkpoint
+    from ...weights.state_dict import write_safetensors
 
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("trainable_only"):
         raise ValueError(f"{checkpoint} holds only the trained parameters; export needs a full checkpoint")
-    state = {k[len("sam."):]: v.contiguous() for k, v in ckpt["model"].items() if k.startswith("sam.")}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        save_file(state, str(tmp), metadata={"surgseg_config": DEMO_ARCH, "surgseg_method": "sam2"})
-    return target
+    state = {k[len("sam."):]: v for k, v in ckpt["model"].items() if k.startswith("sam.")}
+    return write_safetensors(state, target, "surgseg", {"config": DEMO_ARCH, "method": "sam2"})
 
 
 def heldout_scores(weights: Optional[Path], heldout_root: Path, *, seed: int = 0) -> Dict[str, Any]:
