@@ -15,7 +15,8 @@ prompts placed, ready to press Track / Run:
 Prompts come from the generator's ground truth, as a user would draw them.
 ``--check`` sets everything up, prints what it did and closes (the test);
 ``--screenshots DIR`` presses every Track / Run in turn and saves a window
-screenshot per widget (the README's pictures in ``docs/``).
+screenshot per widget (the README's pictures in ``docs/``), with a fresh
+autosave folder (no "Restore?" notice from earlier local sessions).
 """
 from __future__ import annotations
 
@@ -200,6 +201,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     check = "--check" in argv
     shots = argv[argv.index("--screenshots") + 1] if "--screenshots" in argv else None
+    if shots:
+        # pictures of a first session: layers autosaved by earlier local sessions on the sample video
+        # would add a "Restore?" notice to every screenshot
+        import os
+        import tempfile
+
+        from surgseg_core.io.autosave import ENV_DIR
+
+        os.environ[ENV_DIR] = tempfile.mkdtemp(prefix="surgseg-screenshots-autosave-")
     viewer = napari.Viewer(title="surgseg demo: press Track / Run in each widget")
     if shots:
         viewer.window._qt_window.resize(1900, 1000)
