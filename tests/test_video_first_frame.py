@@ -38,7 +38,7 @@ def gated_index(monkeypatch, request):
 
     def gated(path, cancel=None):
         builds.append(threading.current_thread().name)
-        assert gate.wait(60), "the gate was never opened"
+        assert gate.wait(10), "the gate was never opened"
         return real(path, cancel)
 
     monkeypatch.setattr(video_pyav, "open_indexed", gated)
@@ -55,7 +55,12 @@ def test_first_frame_is_returned_before_the_index_exists(clip, gated_index):
     gate, builds = gated_index
     with open_video(path) as src:
         # the index cannot exist: its build (not started, or started in the background) waits for the gate
-        np.testing.assert_array_equal(src[0], ref[0])
+        first = src[0]
+        np.testing.assert_array_equal(first, ref[0])
+        first[:] = 0  # the caller's own array (handed over without a copy): the source is not affected
+        np.testing.assert_array_equal(src[0], ref[0])  # converted again from the decoded frame 0...
+        np.testing.assert_array_equal(src[0], ref[0])  # ...and cached
+        assert 0 in src.cache
         assert src._metadata is None and _first_reader(src)._index is None
         assert "indexing" in repr(src)  # repr does not wait
         gate.set()
@@ -158,7 +163,10 @@ def test_a_first_frame_the_index_disowns_is_read_again(clip, monkeypatch, caplog
     frame shown first is dropped and frame 0 read again with the index."""
     from surgseg_core.io import video_pyav
 
+    real = video_pyav.PyAVReader._first_frame
+
     def wrong_first(self):
+        real(self)
         self.first_frame_pts = 10**9  # a timestamp the index does not have
         return np.zeros((96, 160, 3), np.uint8)
 
@@ -168,5 +176,6 @@ def test_a_first_frame_the_index_disowns_is_read_again(clip, monkeypatch, caplog
         with open_video(path) as src:
             assert not src[0].any()
             assert len(src) == 60
+            assert _first_reader(src)._first_decoded is None  # not converted again either
             np.testing.assert_array_equal(src[0], ref[0])
     assert "was not the video's frame 0" in caplog.text

@@ -162,7 +162,7 @@ def open_video(
     meta, make_reader = opener(path, downscale, opts, fps=fps, pattern=pattern)
     src = FrameSource(meta, make_reader, cache_mb=cache_mb, prefetch=prefetch)
     try:
-        src._get(0)  # fail now, with a clear message, rather than in the viewer later
+        src._read_first()  # fail now, with a clear message, rather than in the viewer later
     except BaseException:
         src.close()
         raise

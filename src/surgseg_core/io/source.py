@@ -90,6 +90,8 @@ class FrameSource:
         self._metadata: Optional[VideoMetadata] = None
         self._meta_lock = threading.Lock()
         self._first_read = False  # frame 0 was read (so it exists, whatever the frame count)
+        #: frame 0 as open_video read it, for the first caller that indexes it (see _take_handoff)
+        self._handoff: Optional[np.ndarray] = None
         if isinstance(metadata, PendingMetadata):
             self._pending = metadata
         else:
@@ -120,6 +122,7 @@ class FrameSource:
                         log.warning("%s: the first frame shown was not the video's frame 0; reading it again",
                                     self._path)
                         self._cache.clear()
+                        self._handoff = None
                     self._set_metadata(meta)
                 meta = self._metadata
         return meta
@@ -181,6 +184,9 @@ class FrameSource:
             crop_shape = dummy[rest].shape
             self._check_size(idx.size * int(np.prod(crop_shape)), "this indexing request")
             if scalar:
+                frame = self._take_handoff() if idx == 0 else None
+                if frame is not None:
+                    return frame if not rest else np.array(frame[rest])
                 return np.array(self._get(int(idx))[rest])
             unique = np.unique(idx)
             if unique.size == idx.size and np.all(np.diff(idx.ravel()) > 0):  # common: a plain slice
@@ -253,6 +259,7 @@ class FrameSource:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+            self._handoff = None
         self._cache.clear()
 
     def __enter__(self) -> "FrameSource":
@@ -333,6 +340,33 @@ class FrameSource:
             self._resolve()
         return int(self._src_idx[i])
 
+    def _read_first(self) -> None:
+        """open_video's read of frame 0 (it fails now, with a clear message,
+        rather than in the viewer later). The frame is kept for the first
+        ``src[0]``, which gets it without a copy (the naive readers' one
+        buffer, not two: a 1080p copy costs ~2 ms of the time to first frame),
+        or for the cache, whichever asks first."""
+        frame = self._cache.get(0)
+        if frame is None:
+            with self._lock:
+                self._check_open()
+                frame = self._reader.read(self._source_index(0))
+                if frame.flags.writeable and frame.flags.c_contiguous:
+                    self._handoff = frame
+                else:
+                    self._cache.put(0, frame)
+        self._first_read = True
+        self._after_read(0)
+
+    def _take_handoff(self) -> Optional[np.ndarray]:
+        if self._handoff is None:
+            return None
+        with self._lock:
+            frame, self._handoff = self._handoff, None
+        if frame is not None:
+            self._after_read(0)
+        return frame  # nobody else holds it; the cache gets frame 0 when it is read again
+
     def _get(self, i: int) -> np.ndarray:
         frame = self._cache.get(i)
         if frame is None:
@@ -340,16 +374,22 @@ class FrameSource:
                 self._check_open()
                 frame = self._cache.get(i)  # the prefetcher may have decoded it meanwhile
                 if frame is None:
-                    frame = self._reader.read(self._source_index(i))
+                    if i == 0 and self._handoff is not None:
+                        frame, self._handoff = self._handoff, None
+                    else:
+                        frame = self._reader.read(self._source_index(i))
                     self._cache.put(i, frame)
         if i == 0:
             self._first_read = True
+        self._after_read(i)
+        return frame
+
+    def _after_read(self, i: int) -> None:
         if self._prefetch > 0:
             # read ahead in the direction of play: stepping backwards reads the frames before
             direction = -1 if self._pf_last is not None and i < self._pf_last else 1
             self._pf_last = i
             self._schedule_prefetch(i, direction)
-        return frame
 
     # ----------------------------------------------------------------- prefetch
     def _schedule_prefetch(self, current: int, direction: int = 1) -> None:
