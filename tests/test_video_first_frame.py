@@ -147,7 +147,12 @@ def test_ranges_not_starting_at_frame_zero_index_first(clip):
         assert src._metadata is not None  # the range needed the frame count
         assert [frame_number(f) for f in src] == list(range(7, 30, 4))
     with open_video(path, step=5) as src:  # a stride from frame 0 needs no count for frame 0
+        assert _first_reader(src).first_frame_pts is not None
         assert len(src) == 12 and frame_number(src[3]) == 15
+    with open_video(path, downscale=2) as lazy, open_video(path, downscale=2, stop=60) as indexed:
+        assert _first_reader(lazy).first_frame_pts is not None and indexed._metadata is not None
+        np.testing.assert_array_equal(lazy[0], indexed[0])  # the same area filter
+        assert lazy.shape == indexed.shape == (60, 48, 80, 3)
 
 
 def test_the_index_after_close_is_still_built_on_demand(clip):

@@ -28,6 +28,10 @@ class FrameReader(Protocol):
     def read(self, source_index: int) -> np.ndarray:  # (H, W, 3) uint8, output size
         ...
 
+    # optional: ``returns_fresh_frames = True`` when every array ``read`` returns is
+    # the caller's alone (no buffer the reader reuses or keeps): open_video's first
+    # frame is then handed to the first caller without a copy
+
     def close(self) -> None:
         ...
 
@@ -351,7 +355,8 @@ class FrameSource:
             with self._lock:
                 self._check_open()
                 frame = self._reader.read(self._source_index(0))
-                if frame.flags.writeable and frame.flags.c_contiguous:
+                if getattr(self._reader, "returns_fresh_frames", False) and frame.flags.writeable \
+                        and frame.flags.c_contiguous:
                     self._handoff = frame
                 else:
                     self._cache.put(0, frame)

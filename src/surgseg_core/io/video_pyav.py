@@ -8,6 +8,11 @@ presentation order (sorted PTS), so B-frames, non-zero start times and
 variable frame rates all index correctly. Reading frame ``t`` seeks to the
 last keyframe at or before ``t`` and decodes forward; reading ``t+1`` after
 ``t`` just keeps decoding (no re-seek).
+
+The index is built after the first frame (:class:`IndexBuilder`): frame 0 is
+the first frame the decoder outputs, so ``open_video`` shows it as soon as a
+naive reader would; whatever needs the index (frame count, timestamps, any
+other frame) waits for it.
 """
 from __future__ import annotations
 
@@ -860,6 +865,9 @@ class PyAVReaderPool:
     a seek is needed, so sequential reading uses just one."""
 
     SEEK_COST = 3  # frames: a seek plus decoder restart costs about this much
+    #: every frame read is a new RGB buffer (reformat, or a filter-graph frame this
+    #: reader drops after converting) that only the returned array holds
+    returns_fresh_frames = True
 
     def __init__(self, path: Path, index, out_size: Optional[tuple] = None, size: int = 3,
                  opened: Optional[tuple] = None, first: bool = False) -> None:
