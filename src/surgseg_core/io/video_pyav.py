@@ -295,8 +295,6 @@ class IndexBuilder:
         self._opened: Optional[tuple] = None
         self._error: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
-        #: how many builds ran (tests)
-        self.builds = 0
 
     @property
     def done(self) -> bool:
@@ -314,7 +312,6 @@ class IndexBuilder:
         with self._build_lock:
             if self._done:
                 return
-            self.builds += 1
             try:
                 index, opened = open_indexed(self.path, self._cancel)
             except IndexCancelled:
