@@ -65,6 +65,11 @@ class FrameSource:
     Thread-safe: reads from napari's GUI thread and worker threads are
     serialised on the decoder; cached frames are served without waiting.
     Returned arrays are fresh copies (the cache is never exposed).
+
+    A video opens before its frame index exists (``PendingMetadata``): frame 0
+    is there at once; ``len()``, ``shape``, ``metadata`` and any other frame
+    wait for the index (built by the first thread that needs it) and raise what
+    indexing found.
     """
 
     #: ``np.asarray(src)`` and any single indexing request larger than this

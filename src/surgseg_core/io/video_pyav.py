@@ -631,14 +631,13 @@ class PyAVReader:
     def _swap_container(self) -> None:
         """Replace the first-frame container by a frame-threaded one: the one
         the index build opened (no second probe of the file) or a new one."""
-        index = self.index  # every read after the first needs it; also what the build opened comes with it
+        _ = self.index  # every read after the first needs it (and raises its errors); the build's container with it
         opened = self._builder.take_opened() if self._builder is not None else None
         self._container.close()
         self._container, self._stream = opened if opened is not None else _open_container(self.path)
         self._ctx = self._stream.codec_context
         self._ctx.thread_type = THREAD_TYPE
         self._frames, self._pos, self._skipping = None, None, False
-        del index
 
     def _set_skipping(self, on: bool) -> None:
         if on != self._skipping:
@@ -714,8 +713,8 @@ class PyAVReader:
                 self.seeks += 1
                 return frame
             self._swap_container()
-        elif self._resume and i == 0 and self._first_decoded is not None:
-            return self._convert(self._first_decoded, 0, first=True)
+        elif self._resume and i == 0 and (decoded := self._first_decoded) is not None:
+            return self._convert(decoded, 0, first=True)  # (a local: the index check may drop it meanwhile)
         elif self._resume:
             # Reading on from frame 0: the frame-threaded container decodes from keyframe 0 again (a few ms,
             # once); not counted as a seek, as the decoder that read frame 0 would have gone on without one.
