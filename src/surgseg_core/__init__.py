@@ -3,13 +3,23 @@
 Plain Python, no Qt and no napari: the napari plugin (``napari_surgseg``) and
 the ``surgseg`` CLI are thin layers over this package.
 """
-from importlib.metadata import PackageNotFoundError, version
+from .errors import SurgsegError
 
-try:
-    __version__ = version("napari-surgseg")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0+src"
 
-from .errors import SurgsegError  # noqa: E402
+def __getattr__(name: str):
+    """``__version__`` on first use: importing importlib.metadata and looking
+    the distribution up cost ~25-30 ms of every ``import surgseg_core.io``
+    (the time to a video's first frame in a fresh process)."""
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("napari-surgseg")
+        except PackageNotFoundError:  # running from a source tree
+            value = "0.0.0+src"
+        globals()["__version__"] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["SurgsegError", "__version__"]

@@ -13,12 +13,15 @@ import numpy as np
 from ..errors import VideoError
 from .metadata import VideoMetadata, format_time
 from .pixels import output_size
-from .source import FrameSource
+from .source import FrameSource, PendingMetadata
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
+#: Build a video's frame index on a background thread right after its first
+#: frame is decoded (False: when first needed: len(), metadata, another frame).
+INDEX_IN_BACKGROUND = False
 
 
 def _check_int(path, name, value, minimum, allow_none=False) -> Optional[int]:
@@ -159,10 +162,12 @@ def open_video(
     meta, make_reader = opener(path, downscale, opts, fps=fps, pattern=pattern)
     src = FrameSource(meta, make_reader, cache_mb=cache_mb, prefetch=prefetch)
     try:
-        src._get(0)  # fail now, with a clear message, rather than in the viewer later
+        src._read_first()  # fail now, with a clear message, rather than in the viewer later
     except BaseException:
         src.close()
         raise
+    if isinstance(meta, PendingMetadata) and INDEX_IN_BACKGROUND:
+        meta.start()  # the frame index, after the first frame (the time to first frame)
     return src
 
 
@@ -183,11 +188,26 @@ def _uniform_times(n: int, fps: Optional[float]) -> np.ndarray:
     return np.arange(n) / fps if fps else np.full(n, np.nan)
 
 
+def _from_frame_zero(path, opts) -> bool:
+    """The range starts at source frame 0 and needs no frame count to check:
+    the first frame can be read before the index exists (see _open_av_lazy)."""
+    start = opts["start"]
+    return (isinstance(start, numbers.Integral) and not isinstance(start, (bool, np.bool_)) and start == 0
+            and opts["stop"] is None and opts["start_time"] is None and opts["end_time"] is None
+            and _check_int(path, "step", opts["step"], 1) is not None)
+
+
 def _open_av(path: Path, downscale: float, opts, fps=None, pattern=None):
     from .video_pyav import PyAVReaderPool, open_indexed
 
     if pattern is not None:
         raise VideoError(f"{path}: pattern= only applies to folders of frames")
+    if fps is not None:
+        log.info("%s: fps=%s ignored; videos use their own timestamps", path, fps)
+    if _from_frame_zero(path, opts):
+        lazy = _open_av_lazy(path, downscale, opts)
+        if lazy is not None:
+            return lazy
     index, opened = open_indexed(path)
     try:
         times = index.timestamps()
@@ -199,11 +219,7 @@ def _open_av(path: Path, downscale: float, opts, fps=None, pattern=None):
         raise
     src_size = (index.width, index.height)
     size = output_size(*src_size, downscale)
-    if fps is not None:
-        log.info("%s: fps=%s ignored; videos use their own timestamps", path, fps)
-    meta = _metadata(path, "video", index.codec, size, src_size, index.fps, index.duration, index.n_frames,
-                     sel, downscale, times, vfr=index.variable_frame_rate, time_offset=index.time_offset,
-                     damaged_from=index.damaged_from, damage=damage)
+    meta = _video_metadata(path, index, size, sel, downscale, times, damage)
     out = size if size != src_size else None
     spare = [opened] if opened is not None else []  # open_video's first read takes it
 
@@ -211,6 +227,53 @@ def _open_av(path: Path, downscale: float, opts, fps=None, pattern=None):
         return PyAVReaderPool(path, index, out, opened=spare.pop() if spare else None)
 
     return meta, make_reader
+
+
+def _video_metadata(path, index, size, sel, downscale, times, damage) -> VideoMetadata:
+    return _metadata(path, "video", index.codec, size, (index.width, index.height), index.fps, index.duration,
+                     index.n_frames, sel, downscale, times, vfr=index.variable_frame_rate,
+                     time_offset=index.time_offset, damaged_from=index.damaged_from, damage=damage)
+
+
+def _open_av_lazy(path: Path, downscale: float, opts):
+    """Frame 0 first, the frame index after it.
+
+    Building the index (demuxing the file, or reading and checking MP4 sample
+    tables) before the first frame made our time to first frame 1.5-2.6x that
+    of a reader that just decodes it (BENCHMARKS.md). Here the file is opened
+    once for the first frame; the index is built by a background thread started
+    after it (``INDEX_IN_BACKGROUND``), or by the first thread that needs it:
+    ``len()``, ``metadata``, any other frame wait for it (and raise what it
+    found). Returns None where the frame size is not known before decoding
+    (the indexed open then finds it)."""
+    from .video_pyav import IndexBuilder, PyAVReaderPool, open_first
+
+    container, stream = open_first(path)
+    ctx = stream.codec_context
+    src_size = (int(ctx.width or stream.width or 0), int(ctx.height or stream.height or 0))
+    if not all(src_size):
+        container.close()
+        return None
+    size = output_size(*src_size, downscale)
+    out = size if size != src_size else None
+    builder = IndexBuilder(path)
+
+    def resolve() -> VideoMetadata:
+        index = builder.result()
+        times = index.timestamps()
+        damage = _damage_message(index, times)
+        sel = select_frames(path, index.n_frames, times, **opts, damage=damage)
+        return _video_metadata(path, index, output_size(index.width, index.height, downscale), sel, downscale,
+                               times, damage)
+
+    spare = [(container, stream)]  # open_video's first read takes it
+
+    def make_reader():
+        if spare:
+            return PyAVReaderPool(path, builder, out, opened=spare.pop(), first=True)
+        return PyAVReaderPool(path, builder, out)
+
+    return PendingMetadata(str(path), size[0], size[1], resolve, builder.start, builder.cancel), make_reader
 
 
 def _damage_message(index, times: np.ndarray) -> Optional[str]:

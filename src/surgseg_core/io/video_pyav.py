@@ -8,10 +8,16 @@ presentation order (sorted PTS), so B-frames, non-zero start times and
 variable frame rates all index correctly. Reading frame ``t`` seeks to the
 last keyframe at or before ``t`` and decodes forward; reading ``t+1`` after
 ``t`` just keeps decoding (no re-seek).
+
+The index is built after the first frame (:class:`IndexBuilder`): frame 0 is
+the first frame the decoder outputs, so ``open_video`` shows it as soon as a
+naive reader would; whatever needs the index (frame count, timestamps, any
+other frame) waits for it.
 """
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -182,18 +188,17 @@ def build_index(path: Path) -> VideoIndex:
     return index
 
 
-def open_indexed(path: Path) -> Tuple[VideoIndex, Optional[tuple]]:
+def open_indexed(path: Path, cancel: Optional[threading.Event] = None) -> Tuple[VideoIndex, Optional[tuple]]:
     """:func:`build_index`, and the container it opened as ``(container, stream)``
     for the first reader when the file indexed cleanly (else None, closed).
     Handing it over saves opening the file twice: ~15 ms of the time to first
-    frame (FFmpeg probes the streams on every open)."""
+    frame (FFmpeg probes the streams on every open). ``cancel``: set it to
+    stop demuxing early (raises :class:`IndexCancelled`)."""
     av = _av()
     container, stream = _open_container(path)
     handed_over = False
     try:
-        for other in container.streams:
-            if other is not stream:
-                other.discard = av.stream.Discard.all if hasattr(av.stream, "Discard") else "all"
+        _discard_others(container, stream)
         fast = _index_from_sample_tables(path, container, stream)
         if fast is not None:
             pts, keys = fast
@@ -208,6 +213,8 @@ def open_indexed(path: Path) -> Tuple[VideoIndex, Optional[tuple]]:
                 if packet.size == 0:  # end-of-stream flush packet
                     continue
                 n_packets += 1
+                if cancel is not None and not n_packets % 256 and cancel.is_set():
+                    raise IndexCancelled(str(path))
                 ts = packet.pts if packet.pts is not None else packet.dts
                 if ts is None:
                     raise VideoError(f"{path}: video packets have no timestamps; cannot index frames")
@@ -241,6 +248,107 @@ def open_indexed(path: Path) -> Tuple[VideoIndex, Optional[tuple]]:
     finally:
         if not handed_over:
             container.close()
+
+
+def _discard_others(container, stream) -> None:
+    """Let the demuxer drop every stream but ``stream`` (audio, data)."""
+    av = _av()
+    for other in container.streams:
+        if other is not stream:
+            other.discard = av.stream.Discard.all if hasattr(av.stream, "Discard") else "all"
+
+
+def open_first(path: Path) -> tuple:
+    """``(container, stream)`` for the first frame, before any index exists:
+    the same checks (and errors) as every open, the other streams discarded,
+    the decoder left at FFmpeg's default (slice) threading, which gives the
+    first frame sooner than frame threading (frame threads decode the
+    following frames at the same time; on 2 cores: 6 vs 14 ms for a 1080p
+    MPEG-4 frame)."""
+    container, stream = _open_container(path)
+    _discard_others(container, stream)
+    return container, stream
+
+
+class IndexCancelled(Exception):
+    """Indexing stopped because nobody needs the index any more (source closed)."""
+
+
+class IndexBuilder:
+    """Builds a file's :class:`VideoIndex` once, after the first frame: in the
+    first thread that needs it (:meth:`result`), or on a background thread
+    (:meth:`start`) that :meth:`result` then waits for.
+
+    Errors found while indexing (damaged files) are kept and raised by every
+    :meth:`result` call, in the thread that needs the index (never lost in a
+    background thread); warnings are logged as they are found. The build takes
+    no reader's or source's lock, so threads holding those can wait for it
+    without deadlock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._build_lock = threading.Lock()  # held while building: result() in other threads waits on it
+        self._lock = threading.Lock()  # guards _opened
+        self._cancel = threading.Event()
+        self._done = False
+        self._index: Optional[VideoIndex] = None
+        self._opened: Optional[tuple] = None
+        self._error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def done(self) -> bool:
+        """The index (or its error) is there; :meth:`result` will not wait."""
+        return self._done
+
+    def start(self) -> None:
+        """Build on a background thread (once)."""
+        if self._thread is None and not self._done:
+            self._thread = threading.Thread(target=self._build, name=f"surgseg-index-{Path(self.path).name}",
+                                            daemon=True)
+            self._thread.start()
+
+    def _build(self) -> None:
+        with self._build_lock:
+            if self._done:
+                return
+            try:
+                index, opened = open_indexed(self.path, self._cancel)
+            except IndexCancelled:
+                return  # not done: a later result() builds it again
+            except Exception as exc:  # kept for result(): raised where the index is needed
+                self._error, self._done = exc, True
+                return
+            with self._lock:
+                if opened is not None:
+                    if self._cancel.is_set():
+                        opened[0].close()
+                    else:
+                        self._opened = opened
+            self._index, self._done = index, True
+
+    def result(self) -> VideoIndex:
+        """The index: built here, or waited for where a build runs. Raises what the build raised."""
+        while not self._done:  # (a build cancelled by close() leaves it undone)
+            self._cancel.clear()  # needed after all (e.g. metadata after close)
+            self._build()
+        if self._error is not None:
+            raise self._error
+        return self._index
+
+    def take_opened(self) -> Optional[tuple]:
+        """The container the build opened, positioned anywhere (once; None when taken or not kept)."""
+        with self._lock:
+            opened, self._opened = self._opened, None
+        return opened
+
+    def cancel(self) -> None:
+        """Nobody needs the index now: stop a running build soon, close what it opened."""
+        with self._lock:
+            self._cancel.set()
+            opened, self._opened = self._opened, None
+        if opened is not None:
+            opened[0].close()
 
 
 def _index_from_sample_tables(path: Path, container, stream):
@@ -406,12 +514,34 @@ def _readable_part(path: Path, index: "VideoIndex", problem: str, last_dts: Opti
 POOLED_RGB_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"})
 
 
+def _reformat_threaded(frame):
+    """``frame.reformat("rgb24")`` with swscale's slice threads (the same pixels,
+    tested; PyAV >= 14 has ``threads``): the first frame's conversion, which
+    nothing else runs alongside (1080p: ~2.5 vs ~4-8 ms on 2 cores)."""
+    try:
+        return frame.reformat(format="rgb24", threads=0)
+    except TypeError:
+        return frame.reformat(format="rgb24")
+
+
 class _FrameMissing(Exception):
     pass
 
 
+def _resolve(index) -> VideoIndex:
+    """A :class:`VideoIndex`, or the one an :class:`IndexBuilder` builds (waiting for it)."""
+    return index.result() if isinstance(index, IndexBuilder) else index
+
+
 class PyAVReader:
     """One open container and decoder, positioned after the last frame read.
+
+    ``index``: a :class:`VideoIndex`, or an :class:`IndexBuilder` whose index
+    is waited for when first needed. ``first``: ``opened`` comes from
+    :func:`open_first` (slice-threaded decoder at the start of the file, no
+    index yet): frame 0 is the first frame the decoder outputs, decoded
+    without the index (the time to first frame); any other read first swaps
+    in a frame-threaded container.
 
     Not thread-safe (FrameSource holds a lock around ``read``)."""
 
@@ -423,29 +553,91 @@ class PyAVReader:
     #: further ahead than that (its packet cannot have been sent yet).
     _SKIP_MIN_DISTANCE = 40
 
-    def __init__(self, path: Path, index: VideoIndex, out_size: Optional[tuple] = None,
-                 opened: Optional[tuple] = None) -> None:
+    def __init__(self, path: Path, index, out_size: Optional[tuple] = None,
+                 opened: Optional[tuple] = None, first: bool = False) -> None:
         self.path = path
-        self.index = index
+        self._index: Optional[VideoIndex] = index if isinstance(index, VideoIndex) else None
+        self._builder: Optional[IndexBuilder] = index if isinstance(index, IndexBuilder) else None
         self.out_size = out_size  # (width, height) when downscaling
         # opened: (container, stream) from open_indexed; the first read seeks, so its position does not matter
         self._container, self._stream = opened if opened is not None else _open_container(path)
         self._ctx = self._stream.codec_context
-        self._ctx.thread_type = THREAD_TYPE
+        self._first = first and opened is not None  # see the class doc
+        if not self._first:
+            self._ctx.thread_type = THREAD_TYPE
         self._frames: Optional[Iterator] = None
         self._pos: Optional[int] = None  # presentation index the decoder will output next
         self._bad: Optional[int] = None  # frame whose packet failed to decode
         self._skip_until: Optional[int] = None  # PTS of the packet that ends skipping
         self._skipping = False
+        #: PTS of the frame returned as frame 0 before the index existed (None: read with the index)
+        self.first_frame_pts: Optional[int] = None
+        self._resume = False  # frame 0 came from the first-frame container: swap it on the next read
+        self._first_decoded = None  # that frame 0, decoded (YUV)
         self._rgb_graph = None  # (key, graph): FFmpeg filter graph converting to RGB (see _convert)
         self.seeks = 0
+
+    @property
+    def index(self) -> VideoIndex:
+        if self._index is None:
+            self._index = self._builder.result()
+        return self._index
 
     def close(self) -> None:
         self._frames = None
         self._rgb_graph = None
+        self._first_decoded = None
         if self._container is not None:
             self._container.close()
             self._container = None
+
+    def _first_frame(self) -> Optional[np.ndarray]:
+        """Frame 0 without the index: the first frame the decoder outputs,
+        when it decoded cleanly and its timestamp is what the index will call
+        frame 0: the stream's start time, or (AVI: start time 0, first frame 1)
+        the earliest of the packets read so far; else None (the caller reads
+        it the indexed way, and the errors come from there). Checked against
+        the index once it exists (``PyAVReaderPool.first_frame_matches_index``)."""
+        av = _av()
+        start = self._stream.start_time
+        earliest = None
+        try:
+            for packet in self._container.demux(self._stream):
+                ts = packet.pts if packet.pts is not None else packet.dts
+                # The file starts with the keyframe shown first: decode it alone and drain the decoder, rather
+                # than also decoding the frames B-frame reordering holds back (this container is swapped out
+                # before the next read). 1080p H.264 with B-frames: ~6 instead of ~17 ms.
+                alone = (earliest is None and packet.size and packet.is_keyframe and not packet.is_discard
+                         and start is not None and ts == start)
+                if ts is not None and packet.size and not packet.is_discard:
+                    earliest = ts if earliest is None else min(earliest, ts)
+                frames = packet.decode()
+                if alone:
+                    frames = list(frames) + list(self._ctx.decode(None))
+                    if not frames:
+                        return None
+                for frame in frames:
+                    if frame.is_corrupt or frame.pts is None or frame.pts not in (start, earliest):
+                        return None
+                    # frame.reformat: no filter graph to set up for one frame; same pixels (tested)
+                    rgb = self._convert(frame, 0, first=True)
+                    self.first_frame_pts = int(frame.pts)
+                    self._first_decoded = frame  # frame 0 again (before any other read) converts it again
+                    return rgb
+        except (av.error.FFmpegError, VideoError):
+            return None
+        return None
+
+    def _swap_container(self) -> None:
+        """Replace the first-frame container by a frame-threaded one: the one
+        the index build opened (no second probe of the file) or a new one."""
+        _ = self.index  # every read after the first needs it (and raises its errors); the build's container with it
+        opened = self._builder.take_opened() if self._builder is not None else None
+        self._container.close()
+        self._container, self._stream = opened if opened is not None else _open_container(self.path)
+        self._ctx = self._stream.codec_context
+        self._ctx.thread_type = THREAD_TYPE
+        self._frames, self._pos, self._skipping = None, None, False
 
     def _set_skipping(self, on: bool) -> None:
         if on != self._skipping:
@@ -512,6 +704,30 @@ class PyAVReader:
     def read(self, i: int) -> np.ndarray:
         if self._container is None:
             raise VideoError(f"{self.path}: the source is closed")
+        if self._first:
+            self._first = False
+            frame = self._first_frame() if i == 0 else None
+            if frame is not None:
+                # positioned after frame 0 as far as the pool and the seek count go (see _resume)
+                self._pos, self._resume = 1, True
+                self.seeks += 1
+                return frame
+            self._swap_container()
+        elif self._resume and i == 0 and (decoded := self._first_decoded) is not None:
+            return self._convert(decoded, 0, first=True)  # (a local: the index check may drop it meanwhile)
+        elif self._resume:
+            # Reading on from frame 0: the frame-threaded container decodes from keyframe 0 again (a few ms,
+            # once); not counted as a seek, as the decoder that read frame 0 would have gone on without one.
+            self._resume, self._first_decoded = False, None
+            index = self.index
+            goes_on = 1 <= i and int(index.key_first[index.keyframe_for(i)]) <= 1
+            self._swap_container()
+            seeks = self.seeks
+            try:
+                return self.read(i)
+            finally:
+                if goes_on and self.seeks > seeks:
+                    self.seeks -= 1
         try:
             return self._read(i, allow_skip=self.SKIP_NONREF)
         except _FrameMissing:
@@ -588,7 +804,7 @@ class PyAVReader:
             self._frames, self._pos = None, None
             raise VideoError(f"{self.path}: reading frame {i} failed ({exc})") from exc
 
-    def _convert(self, frame, i: int) -> np.ndarray:
+    def _convert(self, frame, i: int, first: bool = False) -> np.ndarray:
         """RGB (H, W, 3) uint8 of a decoded frame, a view of an FFmpeg frame
         buffer (the array keeps it alive).
 
@@ -602,8 +818,10 @@ class PyAVReader:
         levels at edges) and downscaling (AREA) use ``reformat``."""
         av = _av()
         try:
-            if self.out_size is None and frame.format.name in POOLED_RGB_FORMATS:
+            if self.out_size is None and not first and frame.format.name in POOLED_RGB_FORMATS:
                 out = self._pooled_rgb(frame)
+            elif self.out_size is None and first:
+                out = _reformat_threaded(frame)
             elif self.out_size is None:
                 out = frame.reformat(format="rgb24")
             else:
@@ -643,13 +861,21 @@ class PyAVReaderPool:
     a seek is needed, so sequential reading uses just one."""
 
     SEEK_COST = 3  # frames: a seek plus decoder restart costs about this much
+    #: every frame read is a new RGB buffer (reformat, or a filter-graph frame this
+    #: reader drops after converting) that only the returned array holds
+    returns_fresh_frames = True
 
-    def __init__(self, path: Path, index: VideoIndex, out_size: Optional[tuple] = None, size: int = 3,
-                 opened: Optional[tuple] = None) -> None:
-        self.path, self.index, self.out_size, self.size = path, index, out_size, size
-        self._readers = [PyAVReader(path, index, out_size, opened)]  # fails early for unreadable files
+    def __init__(self, path: Path, index, out_size: Optional[tuple] = None, size: int = 3,
+                 opened: Optional[tuple] = None, first: bool = False) -> None:
+        # index: a VideoIndex or an IndexBuilder (see PyAVReader)
+        self.path, self._index_or_builder, self.out_size, self.size = path, index, out_size, size
+        self._readers = [PyAVReader(path, index, out_size, opened, first)]  # fails early for unreadable files
         self._used = [0]
         self._clock = 0
+
+    @property
+    def index(self) -> VideoIndex:
+        return self._readers[0].index if self._readers else _resolve(self._index_or_builder)
 
     @property
     def seeks(self) -> int:
@@ -657,17 +883,23 @@ class PyAVReaderPool:
 
     def _cost(self, reader: PyAVReader, i: int, key_first: int) -> int:
         pos = reader._pos
-        if reader._frames is not None and pos is not None and key_first <= pos <= i:
+        if (reader._frames is not None or reader._resume) and pos is not None and key_first <= pos <= i:
             return i - pos
         return i - key_first + self.SEEK_COST
 
     def read(self, i: int) -> np.ndarray:
+        first = self._readers[0] if self._readers else None
+        if first is not None and (first._first or (i == 0 and first._first_decoded is not None)):
+            # frame 0 before the index exists, or again from its decoded frame (PyAVReader)
+            self._clock += 1
+            self._used[0] = self._clock
+            return self._readers[0].read(i)
         key_first = int(self.index.key_first[self.index.keyframe_for(i)])
         costs = [self._cost(r, i, key_first) for r in self._readers]
         best = int(np.argmin(costs))
         if costs[best] >= i - key_first + self.SEEK_COST and len(self._readers) < self.size:
             if any(r._pos is not None for r in self._readers):  # keep positioned decoders where they are
-                self._readers.append(PyAVReader(self.path, self.index, self.out_size))
+                self._readers.append(PyAVReader(self.path, self._index_or_builder, self.out_size))
                 self._used.append(0)
                 best = len(self._readers) - 1
         elif costs[best] >= i - key_first + self.SEEK_COST:
@@ -675,6 +907,15 @@ class PyAVReaderPool:
         self._clock += 1
         self._used[best] = self._clock
         return self._readers[best].read(i)
+
+    def first_frame_matches_index(self) -> bool:
+        """False when the frame returned as frame 0 before the index existed
+        is not the index's frame 0 (the caller drops it from its cache)."""
+        pts = self._readers[0].first_frame_pts if self._readers else None
+        if pts is None or pts == int(self.index.pts[0]):
+            return True
+        self._readers[0]._first_decoded = None
+        return False
 
     def close(self) -> None:
         for reader in self._readers:
