@@ -4,7 +4,7 @@ that are absent, the training prompts and prompt partitioning in the clip
 forward, the class-per-object dataset, and a short fine-tuning run on
 synthetic anatomy clips (PAS layout) that lowers the loss and lifts
 held-out Dice above the plain model's, evaluated through the CLI (Table 2
-markdown + JSON). Random-init tiny SAM2 models, CPU."""
+markdown + JSON). Random-init tiny SAM2 models and the bundled demo SAM2, CPU."""
 from __future__ import annotations
 
 import json
@@ -221,7 +221,7 @@ def _finetune_and_evaluate(tmp_path, base: dict):
     return losses, scores, md
 
 
-def _check_table(scores, md):
+def _check_table(scores, md, plain="SAM2 (random-init surgseg_tiny)"):
     from surgseg_core.methods.f2paseg.classes import PAS
 
     for row in ("sam2", "f2paseg"):
@@ -230,7 +230,7 @@ def _check_table(scores, md):
         assert r["frames"] == 16 and r["fps"] > 0 and r["device"].startswith("cpu (")
         assert 0 <= r["mean_dice"] <= 1 and 0 <= r["mean_iou"] <= r["mean_dice"] + 1e-9
     assert "| Model | mIoU | Dice Mean | SF | TS | IP | CR | OCR | OP | FPS |" in md
-    assert "F2PASeg (best.pt)" in md and "SAM2 (random-init surgseg_tiny)" in md
+    assert "F2PASeg (best.pt)" in md and plain in md
 
 
 def test_finetuning_random_init_lowers_loss_and_beats_the_plain_model(tmp_path):
@@ -250,21 +250,32 @@ def test_finetuning_random_init_lowers_loss_and_beats_the_plain_model(tmp_path):
     assert scores["f2paseg"]["mean_dice"] > scores["sam2"]["mean_dice"], md
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "measured 2026-12-02, after the issue-14 fix (F2PASeg decodes boxes without SAM2's stability fallback): "
-    "with the paper's freezing (mask decoder frozen but the fusion module) these 36 steps at lr 1e-4 on the demo "
-    "SAM2 leave held-out Dice at 0.0 for both rows and the loss not falling (mean of the first 5 steps 481, of "
-    "the last 5 583); the 16-minute demo run (decoder trainable) reaches 0.079, 0.35 with a box on every frame. "
-    "The random-init test above still checks that fine-tuning lowers the loss and lifts Dice. Kept running so a "
-    "fix shows as XPASS"))
 def test_finetuning_the_demo_sam2_as_f2paseg(tmp_path):
-    """The bundled demo SAM2 (trained on synthetic clips) fine-tuned the
-    paper's way (decoder frozen but the fusion module)."""
+    """The bundled demo SAM2 (trained on synthetic instrument clips)
+    fine-tuned the paper's way (mask decoder frozen but the fusion module)
+    on synthetic anatomy: the loss falls and held-out Dice rises above the
+    plain demo SAM2's (which segments no anatomy from boxes: Dice 0).
+
+    The paper's freezing and loss; the optimiser as the demo F2PASeg's
+    (``methods/f2paseg/demo.py``: warm-up, no layer decay, gradient clip 1)
+    at twice its lr, for 180 steps (10 epochs of 18 clips); held-out Dice
+    ~0.1 (seeds 0, 1, 2: 0.111, 0.094, 0.097). The first steps' loss (a few
+    hundred) is the frames where the object-score head says "absent": SAM2
+    sets those masks to -1024, so their focal term is 20 * 0.25 * 1024 *
+    (object area) / objects, a constant without gradient (only the
+    object-score BCE moves it); once the scores say "present" the masks
+    learn. The settings of this test until 2026-12-03 (lr 1e-4, image
+    encoder 5e-5, the paper's layer decay 0.9 and clip 0.1, no warm-up):
+    36 steps lower the loss (217 -> 11) but leave held-out Dice at 0.0;
+    180 steps reach 0.059."""
     weights = sorted(DEMO_WEIGHTS.glob("*.safetensors")) if DEMO_WEIGHTS.is_dir() else []
     if not weights:
         pytest.skip(f"no demo SAM2 weights in {DEMO_WEIGHTS} (sample_data/sam2_demo is not committed yet)")
     losses, scores, md = _finetune_and_evaluate(
         tmp_path, {"sam2_config": "surgseg_demo256", "base_weights": str(weights[0]), "image_size": 256,
-                           "lr": 1e-4, "lr_by_module": {"sam.image_encoder": 5e-5}})
-    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+                   "freeze_mask_decoder": True, "epochs": 10, "lr": 2e-4, "lr_by_module": {"sam.image_encoder": 1e-4},
+                   "layer_decay": None, "grad_clip": 1.0, "warmup_steps": 10})
+    assert len(losses) == 180
+    assert np.mean(losses[-5:]) < 0.1 * np.mean(losses[:5]), (losses[:5], losses[-5:])
+    _check_table(scores, md, plain=f"SAM2 ({weights[0]})")
     assert scores["f2paseg"]["mean_dice"] > scores["sam2"]["mean_dice"], md
