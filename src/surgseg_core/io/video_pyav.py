@@ -1,4 +1,4 @@
-"""Video files (mp4, avi, mov, mkv, m4v, webm) through PyAV.
+"""Video files (mp4, avi, mov, mkv, m4v, webm, MPEG-TS .ts/.m2ts, MPEG-PS .mpg) through PyAV.
 
 Frame-accurate random access needs to know where every frame is. We build
 an index by *demuxing* the stream once (reads packets, decodes nothing; a
@@ -7,7 +7,8 @@ header's frame count, which is wrong for some files. Frames are numbered in
 presentation order (sorted PTS), so B-frames, non-zero start times and
 variable frame rates all index correctly. Reading frame ``t`` seeks to the
 last keyframe at or before ``t`` and decodes forward; reading ``t+1`` after
-``t`` just keeps decoding (no re-seek).
+``t`` just keeps decoding (no re-seek). Containers without a seek index
+(MPEG-TS/PS) are seeked by the keyframes' byte offsets (:func:`_seeks_by_byte`).
 
 The index is built after the first frame (:class:`IndexBuilder`): frame 0 is
 the first frame the decoder outputs, so ``open_video`` shows it as soon as a
@@ -59,6 +60,9 @@ class VideoIndex:
     #: of readable frames, all indexed) and why; None for intact files.
     damaged_from: Optional[int] = None
     damage: Optional[str] = None
+    #: Byte offset in the file of each keyframe packet (aligned with ``key_pts``) for containers whose
+    #: timestamp seek is not keyframe-exact (MPEG-TS/PS: see :func:`_seeks_by_byte`); None: seek by timestamp.
+    key_bytes: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         #: keyframe positions whose group of pictures decoded with errors (damaged bytes inside the file:
@@ -206,7 +210,11 @@ def open_indexed(path: Path, cancel: Optional[threading.Event] = None) -> Tuple[
             handed_over = True
             return index, (container, stream)
         pts, keys, last_dts = [], [], None
+        key_bytes: Dict[int, int] = {}  # keyframe pts -> byte offset to seek to (see _seeks_by_byte)
+        exact = "mpegts" in (container.format.name or "")
+        prev_pos = 0  # byte offset of the last packet (file order) before this one
         n_packets, corrupt_tail = 0, 0  # corrupt_tail: trailing packets (decode order) with damaged data
+        untimed = 0  # packets without any timestamp (see _UNTIMED_MAX)
         problem: Optional[str] = None
         try:
             for packet in container.demux(stream):
@@ -217,11 +225,22 @@ def open_indexed(path: Path, cancel: Optional[threading.Event] = None) -> Tuple[
                     raise IndexCancelled(str(path))
                 ts = packet.pts if packet.pts is not None else packet.dts
                 if ts is None:
-                    raise VideoError(f"{path}: video packets have no timestamps; cannot index frames")
+                    # Nowhere to place it in presentation order. A stream-copied cut that starts mid-GOP
+                    # (`ffmpeg -ss T -i in.mp4 -c copy out.mkv`) keeps the open-GOP leading pictures of its
+                    # first keyframe without timestamps; the decoder drops them (they reference frames
+                    # before the cut), so they are not frames. A raw stream has none at all: refused below.
+                    untimed += 1
+                    if untimed > _UNTIMED_MAX or packet.is_keyframe:
+                        raise VideoError(_untimed_message(path, container))
+                    continue
                 # damage in the middle stays indexed (reading that frame names it); a damaged end is cut below
                 corrupt_tail = corrupt_tail + 1 if packet.is_corrupt else 0
+                pos = packet.pos if packet.pos is not None and packet.pos >= 0 else None
                 if packet.is_keyframe:
                     keys.append(ts)
+                    key_bytes.setdefault(ts, pos if exact and pos is not None else prev_pos)
+                if pos is not None:
+                    prev_pos = pos
                 if packet.dts is not None and not packet.is_corrupt:
                     last_dts = packet.dts if last_dts is None else max(last_dts, packet.dts)
                 if packet.is_discard:  # decoded for reference only (edit lists), never shown
@@ -237,10 +256,15 @@ def open_indexed(path: Path, cancel: Optional[threading.Event] = None) -> Tuple[
                                   else f"its last {corrupt_tail} frames are incomplete")
         if problem is None:
             problem = _incomplete(container, stream, n_packets, pts) or _matroska_cut(path, container)
+        if untimed and not pts:
+            raise VideoError(_untimed_message(path, container))
+        if untimed:
+            log.info("%s: %d video packets without timestamps skipped (leading pictures of a file cut mid-GOP; "
+                     "the decoder does not show them)", path, untimed)
         if problem is not None and (not pts or not keys):
             raise VideoError(f"{path}: the file is truncated or corrupt ({problem}): not one complete "
                              "frame could be read")
-        index = _make_index(path, stream, pts, keys)
+        index = _make_index(path, stream, pts, keys, key_bytes if _seeks_by_byte(container) else None)
         if problem is not None:  # a damaged file: the readers start from a fresh open
             return _readable_part(path, index, problem, last_dts), None
         handed_over = True
@@ -389,8 +413,48 @@ def _sorted_unique(values: list) -> np.ndarray:
     return arr
 
 
-def _make_index(path: Path, stream, pts: list, keys: list) -> VideoIndex:
-    """Presentation-ordered index from packet timestamps (shown frames) and keyframe timestamps."""
+#: Packets without timestamps tolerated in a file (open-GOP leading pictures of a mid-GOP cut: at most
+#: one reorder depth); more, and the frames cannot be numbered.
+_UNTIMED_MAX = 16
+
+# libavformat's AVInputFormat flags (PyAV gives them as an int)
+_AVFMT_TS_DISCONT = 0x0200
+_AVFMT_NO_BYTE_SEEK = 0x8000
+
+
+def _untimed_message(path: Path, container) -> str:
+    name = container.format.name or "?"
+    raw = ", a raw elementary stream" if name in ("h264", "hevc", "mpegvideo", "m4v", "h263", "vvc") else ""
+    return (f"{path}: the video packets have no timestamps (container '{name}'{raw}), so its frames cannot be "
+            "numbered or seeked; convert it with its real frame rate, e.g. "
+            f"`ffmpeg -r 25 -i {Path(path).name} -c:v libx264 -crf 18 fixed.mp4` (`-c copy` instead of "
+            "`-c:v libx264 -crf 18` is lossless and faster but keeps the frame order only for streams "
+            "without B-frames: a stream without timestamps has no presentation times to copy)")
+
+
+def _seeks_by_byte(container) -> bool:
+    """Seek to keyframes by their byte offset, not their timestamp.
+
+    MPEG-TS and MPEG-PS (``.ts``, ``.m2ts``, ``.mpg``, ``.vob``: what many
+    surgical recorders write) have no seek index: FFmpeg seeks them by a
+    binary search on decode timestamps that stops at whatever packet has a
+    timestamp near the target, rarely the keyframe (then the decoder drops
+    everything up to the *next* keyframe, and the frames in between are
+    never output). libavformat marks such formats as having discontinuous
+    timestamps. A byte seek to a keyframe packet's offset lands exactly on it
+    in MPEG-TS (the demuxer resynchronises on the 188-byte packet that starts
+    it). In MPEG-PS the offset FFmpeg reports for a video packet can lie
+    after the start of its data (the parser joins frames across 2 KB packs),
+    so the seek goes to the packet before it (the decoder drops that partial
+    frame: it has no reference)."""
+    flags = int(getattr(container.format, "flags", 0) or 0)
+    return bool(flags & _AVFMT_TS_DISCONT) and not flags & _AVFMT_NO_BYTE_SEEK
+
+
+def _make_index(path: Path, stream, pts: list, keys: list, key_bytes: Optional[Dict[int, int]] = None
+                ) -> VideoIndex:
+    """Presentation-ordered index from packet timestamps (shown frames) and keyframe timestamps
+    (``key_bytes``: their packets' byte offsets, for containers seeked by byte)."""
     if not pts:
         raise VideoError(f"{path}: the video stream has zero frames")
     pts_arr = _sorted_unique(pts)  # presentation order
@@ -400,6 +464,16 @@ def _make_index(path: Path, stream, pts: list, keys: list) -> VideoIndex:
     if not keys:
         raise VideoError(f"{path}: the video stream has no keyframe; it cannot be decoded")
     key_arr = _sorted_unique(keys)
+    early = int(np.searchsorted(pts_arr, key_arr[0]))
+    if early:
+        # Shown before the first keyframe: they reference frames before the start of the file (a recording or
+        # stream copy that began mid-GOP, open-GOP leading pictures); decoders drop them.
+        log.info("%s: %d frames before the first keyframe cannot be decoded; the video starts at the keyframe",
+                 path, early)
+        pts_arr = pts_arr[early:]
+    offsets = None
+    if key_bytes is not None and all(int(k) in key_bytes for k in key_arr):
+        offsets = np.array([key_bytes[int(k)] for k in key_arr], dtype=np.int64)
     header = int(stream.frames or 0)
     if header and header != len(pts_arr):
         log.info("%s: header says %d frames, the stream holds %d; using %d", path, header,
@@ -414,6 +488,7 @@ def _make_index(path: Path, stream, pts: list, keys: list) -> VideoIndex:
         height=int(ctx.height or stream.height),
         header_frames=header,
         average_rate=stream.average_rate or stream.guessed_rate,
+        key_bytes=offsets,
     )
 
 
@@ -498,13 +573,15 @@ def _readable_part(path: Path, index: "VideoIndex", problem: str, last_dts: Opti
     good = safe
     while good < n and pts[good] - pts[good - 1] <= _GAP * index.frame_ticks:
         good += 1
-    keys = index.key_pts[index.key_pts <= pts[good - 1]]
+    kept = index.key_pts <= pts[good - 1]
+    keys = index.key_pts[kept]
     if not len(keys):
         raise VideoError(f"{path}: the file is truncated or corrupt ({problem}): not one complete frame "
                          "could be read")
     readable = VideoIndex(pts=pts[:good].copy(), key_pts=keys, time_base=index.time_base, codec=index.codec,
                           width=index.width, height=index.height, header_frames=index.header_frames,
-                          average_rate=index.average_rate, damaged_from=good, damage=problem)
+                          average_rate=index.average_rate, damaged_from=good, damage=problem,
+                          key_bytes=None if index.key_bytes is None else index.key_bytes[kept])
     log.warning("%s: the file is truncated or corrupt (%s); frames 0-%d are readable", path, problem, good - 1)
     return readable
 
@@ -693,7 +770,11 @@ class PyAVReader:
         self._skip_until = None
         self._set_skipping(False)
         try:
-            self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+            if self.index.key_bytes is not None:  # MPEG-TS/PS (see _seeks_by_byte)
+                self._container.seek(int(self.index.key_bytes[key_pos]), stream=self._stream,
+                                     unsupported_byte_offset=True)
+            else:
+                self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
         except av.error.FFmpegError as exc:
             raise VideoError(f"{self.path}: seeking failed ({exc})") from exc
         self.seeks += 1
