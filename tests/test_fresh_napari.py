@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("napari")
@@ -139,3 +140,66 @@ def test_anatomy_propagate_in_a_script(tmp_path):
     class -> Propagate (random tiny F2PASeg) -> class ids on every frame, one
     progress bar that moves."""
     run_session(tmp_path, ["anatomy"])
+
+
+CLOSE_DURING_SAVE = """
+import sys, time
+import numpy as np
+import napari
+from qtpy.QtCore import QTimer
+from napari_surgseg import _autosave
+from surgseg_core.io import autosave as core
+
+real = core.save_layer_snapshot
+def slow_save(*args, **kwargs):  # a big stack on a slow disk
+    print("SAVE START", flush=True)
+    time.sleep(2.0)
+    out = real(*args, **kwargs)
+    print("SAVE DONE", flush=True)
+    return out
+core.save_layer_snapshot = slow_save
+
+viewer = napari.Viewer()
+layer = viewer.add_labels(np.zeros((3, 64, 64), np.uint8), name="corrections")
+folder = _autosave.watch_layer(layer, interval_ms=10)
+layer.data[1, 10:20, 10:20] = 2
+_autosave.request_save(layer)
+# the user closes napari while the save runs...
+
+def correct_and_close():  # ...or right after a last correction, before its save started
+    layer.data[2, 30:40, 30:40] = 3
+    _autosave.request_save(layer)
+    viewer.close()
+
+if sys.argv[1:] == ["last-edit"]:
+    QTimer.singleShot(3000, correct_and_close)
+else:
+    QTimer.singleShot(600, viewer.close)
+napari.run()
+print("SESSION END", folder, flush=True)
+"""
+
+
+@pytest.mark.parametrize("when", ["during-save", "last-edit"])
+def test_closing_napari_keeps_the_last_corrections(tmp_path, when):
+    """The user closes napari while a corrected layer is being autosaved (a
+    slow disk), or right after a last correction whose save has not started:
+    the process exits normally (a save worker outliving Qt aborts it) and
+    the snapshot on disk holds every correction."""
+    from surgseg_core.io import autosave as core
+
+    script = tmp_path / "close_during_save.py"
+    script.write_text(CLOSE_DURING_SAVE)
+    env = _env(tmp_path, SURGSEG_AUTOSAVE_DIR=str(tmp_path / "autosave"))
+    args = ["last-edit"] if when == "last-edit" else []
+    proc = subprocess.run([sys.executable, str(script), *args], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"napari exited with {proc.returncode}:\n{out[-3000:]}"
+    assert "SAVE DONE" in proc.stdout and proc.stdout.index("SAVE DONE") < proc.stdout.index("SESSION END"), out[-3000:]
+    folder = Path(proc.stdout.split("SESSION END", 1)[1].split()[0])
+    entries = [e for e in core.list_snapshots(folder) if e.get("name") == "corrections"]
+    assert entries, f"no snapshot written in {folder}:\n{out[-3000:]}"
+    data = np.asarray(core.load_snapshot(entries[0])[0])
+    assert (data[1] == 2).sum() == 100
+    assert (data[2] == 3).sum() == (100 if when == "last-edit" else 0)

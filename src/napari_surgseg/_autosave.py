@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from napari.layers import Labels, Points, Shapes
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_warning
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, QThreadPool, QTimer, Signal
 
 from surgseg_core.io import autosave as core
 
@@ -38,8 +39,36 @@ COPY_LIMIT_BYTES = 256 * 2**20
 #: times as long as the last one took (big stacks on slow disks).
 BACKOFF = 2.0
 
+#: On quit, a save still running may finish for this long: it holds the user's
+#: latest corrections, and a worker thread that outlives Qt aborts the process.
+QUIT_WAIT_S = 15.0
+
 # layer -> its watcher; weak so a deleted layer takes its watcher with it.
 _WATCHERS: "weakref.WeakKeyDictionary[Any, _LayerAutosave]" = weakref.WeakKeyDictionary()
+_QUIT_HOOKED = []  # the QApplication whose aboutToQuit waits for running saves
+
+
+def _finish_saves_on_quit() -> None:
+    """Closing napari while a layer is being saved, or within the interval
+    after a correction: on quit, wait for running saves (``QUIT_WAIT_S``)
+    and write what is still pending on the spot, so the last corrections are
+    on disk and no save worker outlives Qt (a worker emitting into deleted Qt
+    objects aborted a fresh napari process closed right after a propagation)."""
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None or any(a is app for a in _QUIT_HOOKED):
+        return
+
+    def finish() -> None:
+        watchers = list(_WATCHERS.values())
+        for watcher in watchers:
+            watcher.finish_on_quit()
+        # the runnables emit their (now undelivered) last signals, then end
+        QThreadPool.globalInstance().waitForDone(1000)
+
+    app.aboutToQuit.connect(finish)
+    _QUIT_HOOKED.append(app)
 
 
 def layer_kind(layer) -> str:
@@ -72,6 +101,7 @@ class _LayerAutosave(QObject):
         self._sure_changed = False  # a paint/data event (not just a refresh) since the last save
         self._pending = False  # a change arrived while a save was running
         self._worker = None
+        self._save_done: Optional[threading.Event] = None
         self._warned = False
         self.saves = 0
         self._connections = []
@@ -104,6 +134,25 @@ class _LayerAutosave(QObject):
     def _maybe_changed(self, event=None) -> None:
         self._poke.emit()
 
+    def finish_on_quit(self) -> None:
+        """Wait for a running save, then write pending changes synchronously
+        (the event loop is ending: the timer and the worker's signals will
+        not run again)."""
+        pending = self._timer.isActive() or self._pending
+        self._timer.stop()
+        self._pending = False
+        if self._save_done is not None and not self._save_done.wait(QUIT_WAIT_S):
+            log.warning("autosave still running after %.0f s at quit; its snapshot may be incomplete", QUIT_WAIT_S)
+            return
+        layer = self._layer()
+        if not pending or layer is None:
+            return
+        try:
+            data, kwargs = self._capture(layer)
+            core.save_layer_snapshot(self.folder, layer.name, self.kind, data, **kwargs)
+        except Exception as exc:  # never raise while Qt quits
+            log.warning("autosave of layer %r at quit failed: %s", layer.name, exc)
+
     @property
     def busy(self) -> bool:
         return self._worker is not None or self._timer.isActive()
@@ -124,11 +173,16 @@ class _LayerAutosave(QObject):
         name = layer.name
         self._sure_changed = False
 
+        done = self._save_done = threading.Event()  # quit waits on it (finish_on_quit)
+
         @thread_worker(ignore_errors=True)  # errors become one warning below, not a traceback dialog
         def _save():
-            t0 = time.perf_counter()
-            path = core.save_layer_snapshot(self.folder, name, self.kind, data, **kwargs)
-            return path, time.perf_counter() - t0
+            try:
+                t0 = time.perf_counter()
+                path = core.save_layer_snapshot(self.folder, name, self.kind, data, **kwargs)
+                return path, time.perf_counter() - t0
+            finally:
+                done.set()
 
         worker = _save()
         worker.returned.connect(self._saved)
@@ -220,6 +274,7 @@ def watch_layer(layer, source: Optional[Any] = None, *, interval_ms: Optional[in
         old.disconnect_all()
     watcher = _LayerAutosave(layer, source, interval_ms)
     _WATCHERS[layer] = watcher
+    _finish_saves_on_quit()
     if source:  # the video the layer belongs to: saved files record it (provenance)
         layer.metadata["source_video"] = source
     layer.metadata["autosave_path"] = str(core.snapshot_path(watcher.folder, layer.name, watcher.kind))
