@@ -155,6 +155,22 @@ def _runs(widgets: Dict[str, Any]) -> list:
             ("Liver landmarks", lambda: widgets["Liver landmarks"].run())]
 
 
+def _widget_layers(widget) -> set:
+    """Ids of the layers a widget works with: those its pickers (``*_combo``)
+    hold and those it made for its results (``*_layer`` attributes)."""
+    from napari.layers import Layer
+
+    ids = set()
+    for name, value in vars(widget).items():
+        if name.endswith("_combo"):
+            value = getattr(value, "value", None)
+        elif not name.endswith("_layer"):
+            continue
+        if isinstance(value, Layer):
+            ids.add(id(value))
+    return ids
+
+
 def screenshots(viewer, out_dir, videos: Dict[str, Any], widgets: Dict[str, Any], frame: int = 12):
     """Generator for the Qt loop: press every widget's Track / Run in turn,
     wait for it, then save a window screenshot with that widget in front
@@ -164,6 +180,8 @@ def screenshots(viewer, out_dir, videos: Dict[str, Any], widgets: Dict[str, Any]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     made: Dict[str, set] = {}  # ids of the layers each run made (its results)
+    # the set-up's click previews first: their layers must not count as another run's results
+    yield lambda: not any(x.runs.busy for x in widgets.values() if getattr(x, "runs", None) is not None)
     for title, start in _runs(widgets):
         w = widgets[title]
         liver = "Liver" in title
@@ -178,13 +196,9 @@ def screenshots(viewer, out_dir, videos: Dict[str, Any], widgets: Dict[str, Any]
         yield lambda w=w: not w.runs.busy
         print(f"{title}: {w.status.value}", flush=True)
         made[title] = {id(layer) for layer in viewer.layers if id(layer) not in before}
-        others = set().union(*(ids for t, ids in made.items() if t != title))
-        for layer in viewer.layers:  # the video in view, the prompts placed on it, this run's results
-            if liver:
-                layer.visible = layer is videos["liver"] or id(layer) in made[title]
-            else:
-                layer.visible = layer is videos["clip"] or (id(layer) not in videos["samples"]
-                                                            and id(layer) not in others)
+        own = made[title] | _widget_layers(w)
+        for layer in viewer.layers:  # the video in view, this widget's prompts and results
+            layer.visible = layer is videos["liver" if liver else "clip"] or id(layer) in own
         viewer.dims.set_current_step(0, 0 if liver else frame)
         viewer.reset_view()
         w.native.parent().raise_()  # its tab in front
