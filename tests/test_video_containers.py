@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +112,24 @@ def test_real_lapchole_clip_remuxed_to_mpeg_ts(tmp_path):
         assert len(src) == ref["count"] == 250
         for i in wanted:
             np.testing.assert_array_equal(src[i], ref[i], err_msg=f"frame {i}")
+
+
+def test_napari_reader_opens_recorder_formats_and_the_manifest_lists_every_video_suffix(files):
+    """The plugin's reader takes what recorders write (.ts, .m2ts, .mpg; any
+    case), and the manifest's filename patterns (static YAML) cover the one
+    list of video suffixes, so napari offers the reader for each."""
+    import yaml
+
+    from napari_surgseg._reader import get_reader
+    from surgseg_core.io.open import VIDEO_SUFFIXES
+
+    manifest = yaml.safe_load((Path(__file__).resolve().parents[1] / "src" / "napari_surgseg"
+                               / "napari.yaml").read_text())
+    patterns = set(manifest["contributions"]["readers"][0]["filename_patterns"])
+    for suffix in VIDEO_SUFFIXES:
+        assert {f"*{suffix}", f"*{suffix.upper()}"} <= patterns, suffix
+    for name in ("gop12.ts", "gop12.m2ts", "mpeg2.mpg"):
+        reader = get_reader(str(files[name]))
+        assert reader is not None, name
+        data, kwargs, kind = reader(str(files[name]))[0]
+        assert kind == "image" and len(data) == len(decode_all(files[name])), name

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Callable, List, Optional, Union
 
 import numpy as np
+from surgseg_core.io.open import VIDEO_SUFFIXES  # one list for every place that opens videos
 
 from .widgets.base.layers import announce_video, labels_layer_data, points_layer_data, video_layer_data
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 FRAME_SUFFIXES = {".png", ".jpg", ".jpeg"}
 _DIGITS = re.compile(r"\d")

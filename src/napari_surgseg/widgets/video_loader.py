@@ -25,13 +25,15 @@ from qtpy.QtWidgets import (
 )
 
 from surgseg_core.io import open_video
+from surgseg_core.io.open import VIDEO_SUFFIXES
 
 from .base.layers import announce_video, video_layer_data
 from .._workers import run_in_worker
 from .base.layers import PLAYBACK_PREFETCH
 from .base.status import StatusLabel
 
-_VIDEO_FILTER = "Videos and TIFF stacks (*.mp4 *.avi *.mov *.mkv *.m4v *.webm *.tif *.tiff);;All files (*)"
+_VIDEO_FILTER = ("Videos and TIFF stacks (" + " ".join(f"*{s}" for s in sorted(VIDEO_SUFFIXES)) + " *.tif *.tiff)"
+                 ";;All files (*)")
 
 
 def probe_video(path: str, *, progress=None, cancel=None):

@@ -17,7 +17,11 @@ from .source import FrameSource, PendingMetadata
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
+#: Video files everything opens (the napari reader, file dialogs, dataset folders read this list;
+#: the plugin manifest's filename patterns are checked against it by a test). MPEG-TS / -PS:
+#: what many surgical recorders write (.ts, .m2ts, .mts, .mpg).
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts", ".wmv",
+                  ".flv"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 #: Build a video's frame index on a background thread right after its first
 #: frame is decoded (False: when first needed: len(), metadata, another frame).

@@ -18,15 +18,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ...errors import DatasetError
+from ...io.open import VIDEO_SUFFIXES as _VIDEO_FILES
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".tif", ".tiff")
+VIDEO_SUFFIXES = tuple(sorted(_VIDEO_FILES)) + (".tif", ".tiff")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _STEM_FRAME = re.compile(r"^(?P<video>.*)_f(?P<frame>\d+)$")
 
