@@ -320,11 +320,6 @@ class IndexBuilder:
         self._error: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
 
-    @property
-    def done(self) -> bool:
-        """The index (or its error) is there; :meth:`result` will not wait."""
-        return self._done
-
     def start(self) -> None:
         """Build on a background thread (once)."""
         if self._thread is None and not self._done:

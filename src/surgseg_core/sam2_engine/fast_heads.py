@@ -41,7 +41,7 @@ from typing import List, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from ..device import cast_copy, low_precision_dtype
+from ..device import cast_copy, low_precision_dtype, parameter_state
 
 NO_OBJ_SCORE = -1024.0  # sam2.modeling.sam2_base.NO_OBJ_SCORE
 
@@ -226,8 +226,8 @@ def _frame_cache(model, dec, image_embed: torch.Tensor, high_res: Optional[List[
 
 
 def _cached(model, dec, key_tensors, make_embed, high_res, dtype: torch.dtype) -> _FrameCache:
-    params = list(model.sam_prompt_encoder.parameters()) + list(model.sam_mask_decoder.parameters())
-    key = (tuple(id(t) for t in key_tensors), tuple(p._version for p in params), dtype)
+    key = (tuple(id(t) for t in key_tensors), parameter_state(model.sam_prompt_encoder),
+           parameter_state(model.sam_mask_decoder), dtype)
     with _lock:
         per_model = _caches.get(model)
         if per_model is None:

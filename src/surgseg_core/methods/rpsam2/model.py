@@ -32,7 +32,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from ...device import low_precision_dtype
+from ...device import low_precision_dtype, parameter_state
 from ...errors import ConfigError
 from ...sam2_engine.heads import FrameFeatures, HeadOutput, decode_masks, no_memory_embedding
 from .block import BlockKeys, ShiftBlock, apply_offset, count_parameters
@@ -184,7 +184,7 @@ class RPSAM2(nn.Module):
         keeps them) and the block's current weights (versions): a later
         click on the frame runs only the click's side of the block."""
         source = feats.backbone_fpn[-1]
-        version = (tuple(p._version for p in self.shift.parameters()), low_precision_dtype(source.device.type))
+        version = (parameter_state(self.shift), low_precision_dtype(source.device.type))
         hit = self._keys_cache.get(id(source))
         if hit is not None and hit[0]() is source and hit[1] == version and not torch.is_grad_enabled():
             return hit[2]
