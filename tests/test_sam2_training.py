@@ -588,6 +588,24 @@ def test_single_frame_clips_are_scored_on_their_prompted_frame():
     assert metrics([{"pred_masks_high_res": -logits}], {"masks": target}, {})["iou"] == 0.0
 
 
+def test_validation_mean_iou_skips_frames_where_object_and_prediction_are_empty():
+    """Two propagated frames, two objects. Object 0: IoU 0.5 on frame 1, gone and not predicted on frame 2
+    (empty-empty). Object 1: gone on both, wrongly predicted on frame 2. Hand-computed: "iou" (DAVIS J,
+    empty-empty = 1) = (0.5 + 1 + 1 + 0) / 4; "mean_iou" = mean over objects of their non-empty frames
+    = (0.5 + 0) / 2."""
+    from surgseg_core.methods.sam2.spec import metrics
+
+    target = torch.zeros(3, 2, 4, 4, dtype=torch.uint8)
+    target[:, 0, 0, :2] = 1
+    target[2, 0] = 0
+    pred = [torch.full((2, 1, 4, 4), -5.0) for _ in range(3)]
+    pred[1][0, 0, 0, :] = 5.0  # 2 of object 0's pixels and 2 more: IoU 2 / 4
+    pred[2][1, 0, 3, 3] = 5.0  # object 1 predicted where it is not
+    m = metrics([{"pred_masks_high_res": p} for p in pred], {"masks": target}, {})
+    assert m["iou"] == pytest.approx((0.5 + 1 + 1 + 0) / 4)
+    assert m["mean_iou"] == pytest.approx(0.25)
+
+
 def test_demo_recipe_stages_split_the_budget_and_chain_their_checkpoints(tmp_path, monkeypatch):
     from surgseg_core.methods import demo_weights
     from surgseg_core.methods.sam2 import demo

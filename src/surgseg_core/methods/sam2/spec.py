@@ -130,13 +130,21 @@ def metrics(outputs, batch, config) -> Dict[str, float]:
     resolution: cheap, for checkpoint selection; ``evaluate`` measures J&F at
     the video's resolution with the streaming engine."""
     target = batch["masks"] > 0
-    ious = []
+    ious, seen = [], []
     for t in range(1 if len(outputs) > 1 else 0, len(outputs)):
         pred = outputs[t]["pred_masks_high_res"][:, 0] > 0
         inter = (pred & target[t]).flatten(1).sum(-1).float()
         union = (pred | target[t]).flatten(1).sum(-1).float()
         ious.append(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)))
-    return {"iou": float(torch.cat(ious).mean()) if ious else float("nan")}
+        seen.append(union > 0)
+    if not ious:
+        return {"iou": float("nan"), "mean_iou": float("nan")}
+    iou, seen_ = torch.stack(ious), torch.stack(seen)  # [frames, objects]
+    # the held-out score's mean IoU per object: only frames where object or prediction is non-empty
+    # (a model that drops its object early is not rewarded for the empty frames after it left)
+    n = seen_.sum(0)
+    per_object = (iou * seen_).sum(0)[n > 0] / n[n > 0]
+    return {"iou": float(iou.mean()), "mean_iou": float(per_object.mean()) if len(per_object) else 1.0}
 
 
 def _evaluate(model, data, config, progress=None, cancel=None):
