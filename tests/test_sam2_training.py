@@ -113,7 +113,7 @@ def test_clip_forward_matches_the_streaming_engine():
     masks = torch.zeros(3, 1, 128, 128, dtype=torch.uint8)
     masks[0, 0, 30:91, 20:71] = 1
     with torch.no_grad():
-        outs = clip_forward(sam, images, torch.tensor([0]), {0: box_prompt(masks[0])})
+        outs = clip_forward(sam, images, torch.tensor([0]), {0: box_prompt(masks[0])}, video_frames=3)
     engine = StreamingSAM2(sam, frames)
     engine.add_box(0, 1, box)
     got = {}
@@ -122,6 +122,37 @@ def test_clip_forward_matches_the_streaming_engine():
         ours = outs[t]["pred_masks_high_res"][0, 0]
         agree = ((ours > 0) == (got[t] > 0)).float().mean()
         assert float(agree) > 0.98
+
+
+def test_clip_forward_encodes_pointer_times_as_in_a_tracked_video(monkeypatch):
+    """SAM2 scales object-pointer time offsets by min(num_frames, max_obj_ptrs_in_encoder) - 1. A training
+    clip stands for a video users track (>= 16 frames): the clip forward passes that length, not the clip's
+    (4-frame clips would encode a pointer 3 frames back as 1.0 instead of 3/15); ``video_frames`` overrides
+    it, and a clip longer than the bound keeps its own length."""
+    from surgseg_core.methods.sam2.clip import box_prompt, clip_forward
+
+    sam = _sam(seed=3).eval()
+    seen = []
+    real = type(sam)._track_step
+
+    def spy(self, *args):
+        seen.append(args[8])  # num_frames
+        return real(self, *args)
+
+    monkeypatch.setattr(type(sam), "_track_step", spy)
+    images = torch.randn(1, 3, 3, 128, 128)
+    masks = torch.zeros(3, 1, 128, 128, dtype=torch.uint8)
+    masks[0, 0, 30:91, 20:71] = 1
+    with torch.no_grad():
+        clip_forward(sam, images, torch.tensor([0]), {0: box_prompt(masks[0])})
+        assert seen == [sam.max_obj_ptrs_in_encoder] * 3 and sam.max_obj_ptrs_in_encoder == 16
+        seen.clear()
+        clip_forward(sam, images, torch.tensor([0]), {0: box_prompt(masks[0])}, video_frames=3)
+        assert seen == [3] * 3
+        seen.clear()
+        sam.max_obj_ptrs_in_encoder = 2
+        clip_forward(sam, images, torch.tensor([0]), {0: box_prompt(masks[0])})
+        assert seen == [3] * 3
 
 
 # -------------------------------------------------------------------- loss

@@ -53,6 +53,7 @@ def clip_forward(
     num_correction_points: int = 0,
     keep_recent_prompt_frames: Optional[int] = None,
     features=None,
+    video_frames: Optional[int] = None,
 ) -> List[Dict[str, object]]:
     """Track ``O`` objects over a batch of clips; one output dict per frame.
 
@@ -65,6 +66,10 @@ def clip_forward(
         receive that many clicks sampled from the error region (SAM2's
         ``_iter_correct_pt_sampling``; "uniform" while training).
     features: precomputed ``encode_clip_frames(sam, images.flatten(0, 1))``.
+    video_frames: length of the video the clip stands for, which sets SAM2's
+        time scale of object pointers (``min(video_frames,
+        max_obj_ptrs_in_encoder) - 1``); default: a video of at least
+        ``max_obj_ptrs_in_encoder`` frames, what users track.
 
     Each output holds SAM2's ``multistep_pred_multimasks_high_res``,
     ``multistep_pred_ious`` and ``multistep_object_score_logits`` (lists, one
@@ -84,6 +89,11 @@ def clip_forward(
     stride = 1 if sam.training else sam.memory_temporal_stride_for_eval
     window = memory_window(num_maskmem=sam.num_maskmem, stride=stride, max_obj_ptrs=sam.max_obj_ptrs_in_encoder,
                            num_frames=T)
+    # SAM2 scales an object pointer's time offset by min(num_frames, max_obj_ptrs_in_encoder) - 1: 3 in a
+    # 4-frame clip but 15 when a video is tracked, so a pointer 3 frames back was encoded as 1.0 in training
+    # and 0.2 at inference. The video's length (never below the clip's: no frame is cut) trains the
+    # encoding the tracker will see.
+    ptr_frames = max(T, int(video_frames) if video_frames else int(sam.max_obj_ptrs_in_encoder))
     cond_frames = sorted(int(t) for t in prompts)
     order = cond_frames + [t for t in range(T) if t not in prompts]
     cond: Dict[int, dict] = {}
@@ -103,7 +113,7 @@ def clip_forward(
                               keep_recent_prompt_frames=keep_recent_prompt_frames)
         out, sam_outputs, high_res_features, pix_feat = sam._track_step(
             t, is_cond, cur_feats, cur_pos, sizes, point_inputs, mask_inputs,
-            {"cond_frame_outputs": c, "non_cond_frame_outputs": nc}, T, False, None,
+            {"cond_frame_outputs": c, "non_cond_frame_outputs": nc}, ptr_frames, False, None,
         )
         low_multi, high_multi, ious, low, high, obj_ptr, obj_score = sam_outputs
         steps_multi, steps_ious, steps_score = [high_multi], [ious], [obj_score]
