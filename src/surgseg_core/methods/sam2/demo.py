@@ -88,7 +88,11 @@ LONG_VAL_RECIPE: Tuple[Tuple[str, Dict[str, Any], float], ...] = (
 # instrument on the first propagated frames of most clips (validation IoU 0.87-0.90 rewarded it: frames where
 # object and mask are both empty count 1 there; the trainer now also reports ``val_mean_iou``, the held-out
 # definition). Pointer history at inference (``max_obj_ptrs_in_encoder`` 3-5 instead of 16, as in 4-frame
-# training clips): 0.589-0.591 vs 0.598 for the bundled model.
+# training clips): 0.589-0.591 vs 0.598 for the bundled model. Object-pointer times scaled as in a tracked
+# video (``clip.clip_forward``, since 2026-12-03): clip stage alone 0.623 (vs 0.535 above), 10 more minutes
+# on the bundled model 0.594 (0.589 without), but the whole 20-minute recipe run once with it gave 0.464
+# (J&F 0.578; the bundled run gave 0.598): run-to-run spread is as large as the effect, and the failure is
+# unchanged (after the prompted instrument leaves, the mask moves to the other one). Not bundled.
 # Training stages: (name, config overrides, share of the time budget); empty = one stage, DEMO_CONFIG alone.
 DEMO_STAGES: Tuple[Tuple[str, Dict[str, Any], float], ...] = LONG_VAL_RECIPE
 RECIPES = {"single": (), "frames-then-clips": STAGED_RECIPE, "staged": LONG_VAL_RECIPE}
