@@ -115,10 +115,9 @@ def few_query_attention(att, q_in, kp, keys):
     d = width // n
     q = att.q_proj(q_in).view(b, t, n, d).transpose(1, 2)
     a = torch.matmul(q, att.k_proj.weight.view(n, d, -1)).mul_(d ** -0.5).reshape(b, n * t, -1)
-    # image tokens as the left operand: a transposed (N, C) operand is copied in bf16. The image side
-    # may be in a lower precision than the token side (RP-SAM2's block: bf16 i*, float32 weights)
-    p = torch.softmax(torch.matmul(kp, a.to(kp.dtype).transpose(1, 2)).transpose(1, 2), dim=-1)  # (B, n T, N)
-    pk = torch.matmul(p, keys).view(b, n, t, -1).to(q.dtype)
+    # image tokens as the left operand: a transposed (N, C) operand is copied in bf16
+    p = torch.softmax(torch.matmul(kp, a.transpose(1, 2)).transpose(1, 2), dim=-1)  # (B, n T, N)
+    pk = torch.matmul(p, keys).view(b, n, t, -1)
     o = torch.matmul(pk, att.v_proj.weight.view(n, d, -1).transpose(1, 2)) + att.v_proj.bias.view(n, 1, d)
     return att.out_proj(o.transpose(1, 2).reshape(b, t, width))
 
