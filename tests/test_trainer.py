@@ -140,6 +140,40 @@ def test_stop_mid_epoch_saves_and_resume_matches(tmp_path, reference):
     np.testing.assert_allclose(_losses(tmp_path / "run"), [r["train_loss"] for r in reference.history], rtol=1e-5)
 
 
+def test_stop_mid_epoch_with_validate_on_stop_scores_the_partial_epoch_and_still_resumes_exactly(tmp_path, reference):
+    """A time budget that ends late in a long epoch: the weights trained so far are validated and become
+    best.pt when they beat the earlier epochs (toy: Dice rises every epoch), and the resumed run still
+    reproduces the uninterrupted losses."""
+    token = CancelToken()
+
+    def on_event(ev):
+        if ev["type"] == "step" and ev["step"] == 9:  # in the middle of epoch 2
+            token.cancel()
+
+    cfg = {**RESUME_CFG, "validate_on_stop": True}
+    stopped = train("toy", cfg, run_dir=tmp_path / "run", cancel=token, on_event=on_event)
+    assert stopped.stopped == "cancelled"
+    partial = stopped.history[-1]
+    assert partial["partial_epoch"] and partial["epoch"] == 2 and partial["step"] == 9
+    assert [r["epoch"] for r in stopped.history] == [0, 1, 2]
+    assert partial["val_dice"] > stopped.history[1]["val_dice"]  # a better model than the last full epoch
+    assert stopped.best_metric == pytest.approx(partial["val_dice"])
+    best = load_checkpoint(stopped.best_checkpoint)
+    assert best["step"] == 9 and best["metrics"]["val_dice"] == pytest.approx(partial["val_dice"])
+    last = load_checkpoint(stopped.last_checkpoint)
+    assert last["epoch"] == 2 and last["trainer"]["batch_in_epoch"] > 0
+    assert last["trainer"]["best_metric"] == pytest.approx(partial["val_dice"])  # a resumed run knows the best
+    resumed = train("toy", cfg, run_dir=tmp_path / "run", resume=True)
+    assert resumed.stopped is None
+    np.testing.assert_allclose(_losses(tmp_path / "run"), [r["train_loss"] for r in reference.history], rtol=1e-5)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == list(range(6))
+    # without the option the stop keeps the old behaviour: no partial record, best from a full epoch
+    token2 = CancelToken()
+    plain = train("toy", RESUME_CFG, run_dir=tmp_path / "plain", cancel=token2,
+                  on_event=lambda ev: token2.cancel() if ev["type"] == "step" and ev["step"] == 9 else None)
+    assert [r["epoch"] for r in plain.history] == [0, 1] and load_checkpoint(plain.best_checkpoint)["step"] < 9
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     # 4 training + 2 validation loss calls per epoch: call 14 is epoch 2's second batch.
     with pytest.raises(TrainingError, match=r"loss became nan at epoch 2.*last good checkpoint is kept"):

@@ -73,6 +73,7 @@ def train_with_budget(method: str, config: Mapping[str, Any], run_dir: Path, *,
     if timer is not None:
         timer.start()
     spec = get_method(method)
+    config = {"validate_on_stop": True, **dict(config)}  # the budget's last, partial epoch can hold the best weights
     recipe = spec.stages(dict(config), Path(run_dir)) if spec.stages is not None else None
     try:
         if recipe:

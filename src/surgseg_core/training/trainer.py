@@ -75,6 +75,9 @@ TRAINER_DEFAULTS: Dict[str, Any] = {
     "warmup_epochs": 0,  # linear warm-up (per-epoch cosine)
     "lr_by_module": None,  # {module prefix: lr}
     "checkpoint_trainable_only": False,  # checkpoints hold only the trainable parameters
+    # a stop (cancel, time budget) in the middle of an epoch validates the weights trained so far, so the
+    # best checkpoint can be the latest (a budget that ends late in a long epoch would else discard it)
+    "validate_on_stop": False,
     "ddp_find_unused_parameters": False,
     # read by the methods' datasets / the CLI, by convention
     "data_root": None,
@@ -488,7 +491,7 @@ def _train_loop(
                     checkpoint(last_path, epoch, batch_idx + 1, last_metrics)
                     stopped = "cancelled"
                     break
-        if stopped:
+        if stopped and not (cfg["validate_on_stop"] and val_ds is not None and partial["count"]):
             break
         skip_batches = 0
 
@@ -496,6 +499,9 @@ def _train_loop(
         train_loss = reduce_weighted({"train_loss": partial["loss_sum"]}, partial["count"], dist_info, device)
         record: Dict[str, Any] = {"type": "epoch", "epoch": epoch, "step": global_step, **train_loss,
                                   "lr": optimizer.param_groups[0]["lr"]}
+        if stopped:  # validate_on_stop: the weights of a stop in the middle of this epoch
+            record["partial_epoch"] = True
+            rng_at_stop, metrics_at_stop = capture_rng_state(), last_metrics
         if val_ds is not None:
             record.update(_validate(spec, model, val_ds, cfg, device, autocast, dist_info, collate))
         record["time_s"] = round(time.monotonic() - t0, 3)
@@ -506,7 +512,9 @@ def _train_loop(
                 f"available: {', '.join(k for k in record if k not in ('type', 'epoch', 'step'))}"
             )
         value = float(record[monitor_key])
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if stopped:
+            pass  # a partial epoch: the schedule does not advance (a resumed run finishes the epoch)
+        elif isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(value)
         elif scheduler is not None and not stepwise:
             scheduler.step()
@@ -514,7 +522,7 @@ def _train_loop(
         if improved:
             best_metric = value
             bad_epochs = 0
-        else:
+        elif not stopped:
             bad_epochs += 1
         record["monitor"] = monitor_key
         record["best"] = bool(improved)
@@ -524,6 +532,14 @@ def _train_loop(
         emit(dict(record))
         # best.pt first: if killed between the two writes, last.pt still
         # points one epoch back and the resumed run redoes this epoch.
+        if stopped:  # partial epoch: best.pt and last.pt keep the position to resume from
+            if improved:
+                checkpoint(best_path, epoch, batch_idx + 1, last_metrics)
+                # last.pt again, with the RNG of the stop (a resumed run continues exactly) and the new best
+                restore_rng_state(rng_at_stop)
+                checkpoint(last_path, epoch, batch_idx + 1, metrics_at_stop)
+            barrier(dist_info)
+            break
         if improved:
             checkpoint(best_path, epoch + 1, 0, last_metrics)
         checkpoint(last_path, epoch + 1, 0, last_metrics)
