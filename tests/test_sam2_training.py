@@ -567,6 +567,38 @@ def test_hard_windows_draw_clips_where_the_prompt_must_tell_objects_apart(tmp_pa
         VideoClipDataset(seqs, hard_windows=1.5, **common)
 
 
+def test_enter_windows_draw_clips_that_start_on_an_object_coming_into_view(tmp_path):
+    from PIL import Image
+
+    from surgseg_core.methods.sam2.data import VideoClipDataset, find_sequences
+
+    root = tmp_path / "seq"
+    (root / "frames").mkdir(parents=True)
+    (root / "masks").mkdir()
+    sides = [0, 0, 0, 2, 3, 5, 8, 8, 8, 8, 8, 8]  # object 1 comes in from the left edge on frames 3-6
+    for t, side in enumerate(sides):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[10:18, :side] = 1  # 8 rows: 16, 24, 40, 64 pixels
+        Image.fromarray(mask).save(root / "masks" / f"{t:03d}.png")
+        frame = np.full((32, 32, 3), 60, np.uint8)
+        frame[mask > 0] = 200
+        Image.fromarray(frame).save(root / "frames" / f"{t:03d}.png")
+    seqs = find_sequences(tmp_path)
+    common = dict(image_size=32, clip_len=3, max_objects=3, train=True, max_stride=1, min_area=4)
+    ds = VideoClipDataset(seqs, enter_windows=1.0, **common)
+    # 3 frames, step 1: frame 3 (16 px) -> frame 5 (40), frame 4 (24) -> frame 6 (64): never 4x larger;
+    # step 2: frame 3 (16) -> frame 7 (64): yes, frame 4 (24) -> frame 8 (64): no
+    assert ds.enter_starts(0, 1) == []
+    assert ds.enter_starts(0, 2) == [3]
+    ds2 = VideoClipDataset(seqs, enter_windows=1.0, **{**common, "clip_len": 4})
+    assert ds2.enter_starts(0, 1) == [3]  # frames 3-6: 16 -> 64
+    for i in range(len(ds2)):
+        assert int(ds2[i]["frames"][0]) == 3
+    # hard_windows + enter_windows share one draw and may not exceed 1
+    with pytest.raises(DatasetError, match="enter_windows"):
+        VideoClipDataset(seqs, enter_windows=0.5, hard_windows=0.6, **common)
+
+
 def test_prompt_following_tells_a_model_that_follows_its_boxes_from_one_that_ignores_them(tmp_path, monkeypatch):
     import torch.nn.functional as F
 

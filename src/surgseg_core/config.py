@@ -120,7 +120,7 @@ NON_NEGATIVE_KEYS = frozenset({
     "correction_frames", "min_area", "nms_radius", "keep_recent_prompt_frames", "plain_keep_recent_prompt_frames",
     "mask_alpha", "aux_weight", "video_cache_mb", "seed", "theta", "epsilon", "scale_init",
 })
-UNIT_INTERVAL_KEYS = frozenset({"prob_box", "prob_point", "hard_windows", "layer_decay", "min_lr_ratio",
+UNIT_INTERVAL_KEYS = frozenset({"prob_box", "prob_point", "hard_windows", "enter_windows", "layer_decay", "min_lr_ratio",
                                 "plateau_factor", "ftl_alpha", "ftl_beta"})
 
 

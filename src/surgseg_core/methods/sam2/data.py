@@ -141,13 +141,17 @@ class VideoClipDataset(torch.utils.data.Dataset):
     shows at least two objects or in which an object of the first frame
     leaves while another object is in view (the cases where only the prompt
     and the memory tell the objects apart); where a sequence has none, the
-    usual draw applies.
+    usual draw applies. ``enter_windows`` (0..1, training only, default 0):
+    the share drawn among "entering" windows, whose first frame shows an
+    object at most a quarter of the area it has on the window's last frame
+    (an instrument coming into view, prompted while it is a sliver: a model
+    trained mostly on leaving instruments learns to drop such slivers).
     Item: ``images`` [T, 3, S, S] (SAM2-normalised), ``masks`` [T, O, S, S] uint8.
     """
 
     def __init__(self, sequences: Sequence[Sequence_], *, image_size: int, clip_len: int = 8,
                  max_objects: int = 3, train: bool = True, max_stride: int = 1, seed: int = 0,
-                 min_area: int = 4, hard_windows: float = 0.0) -> None:
+                 min_area: int = 4, hard_windows: float = 0.0, enter_windows: float = 0.0) -> None:
         self.sequences = list(sequences)
         self.size = int(image_size)
         self.clip_len = int(clip_len)
@@ -157,10 +161,14 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.min_area = int(min_area)
         self.hard_windows = float(hard_windows)
+        self.enter_windows = float(enter_windows)
         if not 0.0 <= self.hard_windows <= 1.0:
             raise DatasetError(f"hard_windows must be within 0..1, got {hard_windows}")
+        if not 0.0 <= self.enter_windows <= 1.0 or self.hard_windows + self.enter_windows > 1.0:
+            raise DatasetError(f"enter_windows must be within 0..1 and hard_windows + enter_windows <= 1, "
+                               f"got {enter_windows} and {hard_windows}")
         self.epoch = 0
-        self._present: Dict[int, List[frozenset]] = {}  # sequence -> objects per frame (hard_windows)
+        self._areas: Dict[int, List[Dict[int, int]]] = {}  # sequence -> {object: pixels} per frame (windows)
         self.readers = [_Reader(s) for s in self.sequences]
         self.index = []
         step = max(1, self.clip_len // 2)
@@ -179,12 +187,17 @@ class VideoClipDataset(torch.utils.data.Dataset):
         ids, counts = np.unique(mask, return_counts=True)
         return [int(i) for i, c in zip(ids, counts) if i and c >= self.min_area]
 
+    def _areas_per_frame(self, k: int) -> List[Dict[int, int]]:
+        if k not in self._areas:
+            reader, out = self.readers[k], []
+            for t in range(len(self.sequences[k])):
+                ids, counts = np.unique(_resize_mask(reader.mask(t), self.size), return_counts=True)
+                out.append({int(i): int(c) for i, c in zip(ids, counts) if i and c >= self.min_area})
+            self._areas[k] = out
+        return self._areas[k]
+
     def _objects_per_frame(self, k: int) -> List[frozenset]:
-        if k not in self._present:
-            reader = self.readers[k]
-            self._present[k] = [frozenset(self._objects(_resize_mask(reader.mask(t), self.size)))
-                                for t in range(len(self.sequences[k]))]
-        return self._present[k]
+        return [frozenset(a) for a in self._areas_per_frame(k)]
 
     def hard_starts(self, k: int, stride: int) -> List[int]:
         """Starts of sequence ``k`` (frame step ``stride``) whose first frame
@@ -203,6 +216,20 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 out.append(s)
         return out
 
+    def enter_starts(self, k: int, stride: int) -> List[int]:
+        """Starts of sequence ``k`` (frame step ``stride``) whose first frame
+        shows an object with at most a quarter of its area on the window's
+        last frame (it is coming into view)."""
+        areas = self._areas_per_frame(k)
+        n = len(areas)
+        span = (self.clip_len - 1) * stride + 1
+        out = []
+        for s in range(max(1, n - span + 1)):
+            last = areas[min(s + span - 1, n - 1)]
+            if any(4 * a <= last.get(o, 0) for o, a in areas[s].items()):
+                out.append(s)
+        return out
+
     def __getitem__(self, idx: int) -> Dict[str, Any]:
         from ...sam2_engine.engine import preprocess_frame
 
@@ -215,10 +242,12 @@ class VideoClipDataset(torch.utils.data.Dataset):
             stride, span = 1, min(self.clip_len, n)
         if rng is not None:
             starts = list(rng.permutation(max(1, n - span + 1))[:8]) + [start]
-            if self.hard_windows > 0 and rng.random() < self.hard_windows:
-                hard = self.hard_starts(k, stride)
-                if hard:
-                    starts = [int(rng.choice(hard))] + starts
+            if self.hard_windows > 0 or self.enter_windows > 0:
+                u = rng.random()
+                special = (self.enter_starts(k, stride) if u < self.enter_windows else
+                           self.hard_starts(k, stride) if u < self.enter_windows + self.hard_windows else [])
+                if special:
+                    starts = [int(rng.choice(special))] + starts
         else:  # evaluation: deterministic, the first start at or after this one that shows an object
             starts = [start] + list(range(start + 1, max(1, n - span + 1))) + list(range(0, start))
         first = None

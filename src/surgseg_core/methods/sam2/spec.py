@@ -25,6 +25,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "max_stride": 1,             # random frame step 1..max_stride while training
     "hard_windows": 0.0,         # share of training clips drawn among those with >= 2 objects on the
                                  # first frame or an object leaving while another is in view (0: off)
+    "enter_windows": 0.0,        # share drawn among those whose first frame shows an object coming into
+                                 # view (<= 1/4 of its area at the window's end); hard + enter <= 1
     # prompts (SAM2Train: half point input, of which all boxes; else the mask)
     "prob_box": 0.5,
     "prob_point": 0.0,
@@ -105,7 +107,8 @@ def build_datasets(config: Mapping[str, Any]):
                   max_objects=int(config.get("max_objects", 3)), seed=int(config.get("seed", 0)))
     train_ds = VideoClipDataset(find_sequences(_root(config, "train_root")), train=True,
                                 max_stride=int(config.get("max_stride", 1)),
-                                hard_windows=float(config.get("hard_windows") or 0.0), **common)
+                                hard_windows=float(config.get("hard_windows") or 0.0),
+                                enter_windows=float(config.get("enter_windows") or 0.0), **common)
     val_root = _root(config, "val_root")
     if config.get("val_clip_len"):
         common = {**common, "clip_len": int(config["val_clip_len"])}
