@@ -684,7 +684,7 @@ def test_demo_recipe_stages_split_the_budget_and_chain_their_checkpoints(tmp_pat
                 "config": dict(config)}
 
     monkeypatch.setattr(demo_weights, "train_with_budget", fake_train)
-    monkeypatch.setattr(demo, "write_demo_data", lambda root: {"train": root / "train", "val": root / "val"})
+    monkeypatch.setattr(demo, "write_demo_data", lambda root, **kw: {"train": root / "train", "val": root / "val"})
     stages = [("frames", {"clip_len": 1}, 0.25), ("video", {"lr": 1e-4}, 0.75)]
     summary = demo.train_demo(tmp_path, max_minutes=8, stages=stages, clock="cpu")
     (c1, d1, m1), (c2, d2, m2) = calls
