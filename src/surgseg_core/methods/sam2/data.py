@@ -183,27 +183,25 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _objects(self, mask: np.ndarray) -> List[int]:
+    def _object_areas(self, mask: np.ndarray) -> Dict[int, int]:
         ids, counts = np.unique(mask, return_counts=True)
-        return [int(i) for i, c in zip(ids, counts) if i and c >= self.min_area]
+        return {int(i): int(c) for i, c in zip(ids, counts) if i and c >= self.min_area}
+
+    def _objects(self, mask: np.ndarray) -> List[int]:
+        return list(self._object_areas(mask))
 
     def _areas_per_frame(self, k: int) -> List[Dict[int, int]]:
         if k not in self._areas:
-            reader, out = self.readers[k], []
-            for t in range(len(self.sequences[k])):
-                ids, counts = np.unique(_resize_mask(reader.mask(t), self.size), return_counts=True)
-                out.append({int(i): int(c) for i, c in zip(ids, counts) if i and c >= self.min_area})
-            self._areas[k] = out
+            reader = self.readers[k]
+            self._areas[k] = [self._object_areas(_resize_mask(reader.mask(t), self.size))
+                              for t in range(len(self.sequences[k]))]
         return self._areas[k]
-
-    def _objects_per_frame(self, k: int) -> List[frozenset]:
-        return [frozenset(a) for a in self._areas_per_frame(k)]
 
     def hard_starts(self, k: int, stride: int) -> List[int]:
         """Starts of sequence ``k`` (frame step ``stride``) whose first frame
         shows >= 2 objects, or in whose clip an object of the first frame is
         gone while another object is in view."""
-        present = self._objects_per_frame(k)
+        present = [a.keys() for a in self._areas_per_frame(k)]  # key views: set operations, no copies
         n = len(present)
         span = (self.clip_len - 1) * stride + 1
         out = []
