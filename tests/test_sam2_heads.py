@@ -130,6 +130,37 @@ def test_gradients_reach_encoder_and_decoder_through_the_pair(frames):
     torch.testing.assert_close(a.masks, b.masks.detach())
 
 
+def test_hiera_positional_embedding_is_computed_once_per_size_without_gradients(frames, monkeypatch):
+    model = build_model("surgseg_tiny", device="cpu", seed=4).eval()
+    trunk = model.image_encoder.trunk
+    original = type(trunk)._get_pos_embed
+    calls = []
+
+    def counting(self, hw):
+        calls.append(tuple(hw))
+        return original(self, hw)
+
+    monkeypatch.setattr(type(trunk), "_get_pos_embed", counting)
+    image = _image(model, frames[1])
+    with torch.enable_grad():  # training path: Hiera's own computation every forward
+        ref = encode_frames(model, image)
+        encode_frames(model, image)
+    assert len(calls) == 2
+    with torch.inference_mode():
+        a = encode_frames(model, image)
+        b = encode_frames(model, _image(model, frames[2]))
+    assert len(calls) == 3  # once for both frames
+    assert "_get_pos_embed" not in trunk.__dict__  # nothing left on the module
+    for x, y in zip(a.backbone_fpn, ref.backbone_fpn):
+        assert torch.equal(x, y.detach())  # bit-equal to the uncached path
+    assert not torch.equal(a.backbone_fpn[-1], b.backbone_fpn[-1])
+    with torch.no_grad():
+        trunk.pos_embed.add_(0.5)  # an update (load_state_dict, optimizer step) invalidates it
+        c = encode_frames(model, image)
+    assert len(calls) == 4
+    assert not torch.equal(c.backbone_fpn[-1], a.backbone_fpn[-1])
+
+
 # --------------------------------------------------------- engine features
 def test_frame_features_are_cached(model, frames, encoder_calls):
     engine = StreamingSAM2(model, frames, precision="fp32")  # compared with a float32 encoding below

@@ -18,7 +18,10 @@ inference callers wrap the calls in ``torch.inference_mode()``.
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+import contextlib
+import threading
+import weakref
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -80,8 +83,49 @@ def encode_frames(model, images: torch.Tensor) -> FrameFeatures:
     """(B, 3, S, S) preprocessed images (``preprocess_frame``) -> features."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ConfigError(f"images must be (B, 3, S, S), got {tuple(images.shape)}")
-    out = model.forward_image(images)
+    with _reused_pos_embed(getattr(model.image_encoder, "trunk", None)):
+        out = model.forward_image(images)
     return FrameFeatures(list(out["backbone_fpn"]), list(out["vision_pos_enc"]))
+
+
+# trunk -> (key, tensor): Hiera's positional embedding per input size, see _reused_pos_embed
+_pos_embeds: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_pos_embed_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _reused_pos_embed(trunk) -> Iterator[None]:
+    """Hiera (``sam2.modeling.backbones.hieradet``) interpolates its
+    positional embedding (bicubic) and tiles its window embedding on every
+    forward: the same tensor for every frame of a video (~25 ms a frame at
+    512 px on 2 CPU cores). Without gradients it is computed once per input
+    size and parameter version, by Hiera's own ``_get_pos_embed`` (so the
+    features stay bit-equal); with gradients Hiera's path runs unchanged."""
+    original = getattr(type(trunk), "_get_pos_embed", None) if trunk is not None else None
+    if original is None or torch.is_grad_enabled():
+        yield
+        return
+
+    def cached(hw):
+        if torch.is_grad_enabled():  # another thread training the same model meanwhile
+            return original(trunk, hw)
+        params = (trunk.pos_embed, trunk.pos_embed_window)
+        key = (tuple(hw), torch.is_autocast_enabled(params[0].device.type)) + tuple(
+            (id(p), p._version, p.dtype, p.device) for p in params)
+        with _pos_embed_lock:
+            hit = _pos_embeds.get(trunk)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = original(trunk, hw)
+        with _pos_embed_lock:
+            _pos_embeds[trunk] = (key, value)
+        return value
+
+    trunk._get_pos_embed = cached  # instance attribute: shadows the method for this forward only
+    try:
+        yield
+    finally:
+        trunk.__dict__.pop("_get_pos_embed", None)
 
 
 def flat_features(model, feats: FrameFeatures, batch: Optional[int] = None):
