@@ -1,0 +1,64 @@
+"""Attention for SAM2's bf16 inference on a CPU: two bf16 matrix products
+and a softmax instead of PyTorch's CPU flash-attention kernel.
+
+Measured on this project's AMD EPYC (AVX512-BF16, 2 threads): the flash
+kernel runs SAM2.1-tiny's memory cross-attention at 512 px (1024 queries,
+~7200 memory keys, width 256) in ~50 ms, the same work as two oneDNN bf16
+matmuls plus a softmax in ~28 ms; four such calls a frame. Rounding: the
+scores are rounded to bf16 before the softmax (the flash kernel keeps them
+in float32), so outputs differ from float32 by ~10x the flash kernel's
+difference; the engine's masks are tested against float32 masks
+(tests/test_engine_precision.py). PyTorch offers no CPU matmul from bf16
+inputs to float32 outputs, which would avoid that rounding.
+
+``bf16_attention()`` is a scoped ``TorchFunctionMode``: inside it, calls to
+``F.scaled_dot_product_attention`` made by SAM2's modules with bf16 CPU
+inputs, without gradients, mask, dropout or causality take ``attention``; every other call is passed on
+unchanged. Nothing global is patched.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+#: Bytes of bf16 scores per block of queries (the scores are never held for all queries at once: at 1024 px the
+#: memory attention's would take 230 MB).
+BLOCK_BYTES = 16 << 20
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=None) -> torch.Tensor:
+    """softmax(q k^T * scale) v over the last two dimensions, in blocks of
+    queries; ``scale`` defaults to 1 / sqrt(q.shape[-1]) as in SDPA."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    kt = k.transpose(-2, -1)
+    out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=v.dtype, device=v.device)
+    per_row = max(1, k.shape[-2] * q[..., :1, :1].numel() * q.element_size())
+    rows = max(1, BLOCK_BYTES // per_row)
+    for start in range(0, q.shape[-2], rows):
+        scores = torch.matmul(q[..., start:start + rows, :], kt)
+        out[..., start:start + rows, :] = torch.matmul(torch.softmax(scores.mul_(scale), dim=-1), v)
+    return out
+
+
+def _eligible(args, kwargs) -> bool:
+    if len(args) < 3 or torch.is_grad_enabled():
+        return False
+    q, k, v = args[:3]
+    if not all(isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 and t.device.type == "cpu"
+               for t in (q, k, v)):
+        return False
+    if len(args) > 3 or set(kwargs) - {"dropout_p", "scale"}:  # a mask, causality or GQA: not ours
+        return False
+    return float(kwargs.get("dropout_p", 0.0)) == 0.0 and q.dim() == k.dim() == v.dim()
+
+
+class bf16_attention(TorchFunctionMode):
+    """Context manager: SAM2's large bf16 CPU attention calls take
+    ``attention`` (see the module docstring)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and _eligible(args, kwargs):
+            return attention(*args[:3], scale=kwargs.get("scale"))
+        return func(*args, **kwargs)

@@ -1,0 +1,80 @@
+"""bf16 attention for SAM2 on a CPU (``sam2_engine.cpu_attention``): values
+against float32 attention, which calls the mode takes and which it passes on,
+and that the engine uses it only in bf16 on a CPU."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from surgseg_core.sam2_engine import StreamingSAM2, build_model, cpu_attention
+
+
+def _qkv(shape_q, shape_k, seed=0, dtype=torch.bfloat16):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(*shape_q, generator=g)
+    k = torch.randn(*shape_k, generator=g)
+    v = torch.randn(*shape_k, generator=g)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+@pytest.mark.parametrize("shape_q, shape_k", [((1, 1, 300, 64), (1, 1, 900, 64)),  # memory cross-attention
+                                              ((9, 4, 49, 96), (9, 4, 49, 96))])  # windowed self-attention
+def test_attention_is_softmax_qk_v_in_blocks(shape_q, shape_k, monkeypatch):
+    q, k, v = _qkv(shape_q, shape_k)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    monkeypatch.setattr(cpu_attention, "BLOCK_BYTES", 1000)  # many query blocks, as at 1024 px
+    out = cpu_attention.attention(q, k, v)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    # bf16 rounding of inputs, scores and probabilities: within a few hundredths of float32
+    assert (out.float() - ref).abs().max() < 0.05
+    # hand-computed for one query row of the first batch/head
+    s = (q[0, 0, 5].float() @ k[0, 0].float().T) / np.sqrt(q.shape[-1])
+    row = torch.softmax(s, -1) @ v[0, 0].float()
+    torch.testing.assert_close(out[0, 0, 5].float(), row, atol=0.05, rtol=0.05)
+    scaled = cpu_attention.attention(q, k, v, scale=0.5)
+    torch.testing.assert_close(scaled.float(), F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                                              scale=0.5), atol=0.08, rtol=0.05)
+
+
+def test_mode_takes_only_plain_bf16_inference_calls(monkeypatch):
+    calls = []
+    real = cpu_attention.attention
+    monkeypatch.setattr(cpu_attention, "attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v = _qkv((1, 2, 16, 8), (1, 2, 32, 8))
+    mask = torch.ones(16, 32, dtype=torch.bool)
+    with torch.no_grad(), cpu_attention.bf16_attention():
+        F.scaled_dot_product_attention(q, k, v)
+        F.scaled_dot_product_attention(q, k, v, dropout_p=0.0)
+        assert len(calls) == 2
+        F.scaled_dot_product_attention(q.float(), k.float(), v.float())  # float32: the kernel
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # a mask: the kernel
+        F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        assert len(calls) == 2
+    with torch.enable_grad(), cpu_attention.bf16_attention():  # training: the kernel (and its gradients)
+        qg = q.clone().requires_grad_(True)
+        F.scaled_dot_product_attention(qg, k, v).sum().backward()
+    assert len(calls) == 2 and qg.grad is not None
+    with torch.no_grad():
+        F.scaled_dot_product_attention(q, k, v)  # outside the mode: nothing diverted
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("precision, enabled, diverted", [("bf16", True, True), ("bf16", False, False),
+                                                          ("fp32", True, False)])
+def test_engine_uses_it_in_bf16_on_a_cpu(monkeypatch, precision, enabled, diverted):
+    from surgseg_core.synth import generate_endoscopy_clip
+
+    clip = generate_endoscopy_clip(2, 3, 96, 128)
+    frames = np.stack([clip.frame(i).image for i in range(3)])
+    calls = []
+    real = cpu_attention.attention
+    monkeypatch.setattr(cpu_attention, "attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    model = build_model("surgseg_tiny", device="cpu", seed=0)
+    engine = StreamingSAM2(model, frames, precision=precision, cpu_attention=enabled)
+    engine.add_points(0, 1, [[60, 40]], [1])
+    got = []
+    engine.propagate(lambda r: got.append(r.frame_idx))
+    assert got == [0, 1, 2]
+    assert bool(calls) == diverted
