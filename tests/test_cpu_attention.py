@@ -62,7 +62,7 @@ def test_mode_takes_only_plain_bf16_inference_calls(monkeypatch):
 
 
 @pytest.mark.parametrize("precision, enabled, diverted", [("bf16", True, True), ("bf16", False, False),
-                                                          ("fp32", True, False)])
+                                                          ("fp32", True, False), ("bf16", None, False)])
 def test_engine_uses_it_in_bf16_on_a_cpu(monkeypatch, precision, enabled, diverted):
     from surgseg_core.synth import generate_endoscopy_clip
 
@@ -78,3 +78,5 @@ def test_engine_uses_it_in_bf16_on_a_cpu(monkeypatch, precision, enabled, divert
     engine.propagate(lambda r: got.append(r.frame_idx))
     assert got == [0, 1, 2]
     assert bool(calls) == diverted
+    if enabled is None:  # default: from MIN_IMAGE_SIZE px (this tiny model works at 128)
+        assert model.image_size < cpu_attention.MIN_IMAGE_SIZE and not engine.cpu_attention

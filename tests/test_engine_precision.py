@@ -76,13 +76,16 @@ def _first_boxes(clip, n_frames):
 
 
 @pytest.mark.skipif(not DEMO_SAM2.is_file(), reason="bundled demo SAM2 weights missing")
-@pytest.mark.parametrize("fast", ["bf16", "bf16-encoder"])
-def test_bf16_masks_agree_with_float32_masks_over_64_frames(tmp_path, fast):
+@pytest.mark.parametrize("fast, attention", [("bf16", True), ("bf16", False), ("bf16-encoder", True)])
+def test_bf16_masks_agree_with_float32_masks_over_64_frames(tmp_path, monkeypatch, fast, attention):
     """The issue's correctness goal: with the trained demo SAM2, masks under
     the fast CPU path ("auto" = bf16 on a CPU with native bf16; bf16-encoder
     its choice before) agree with float32 masks (mean IoU >= 0.98 per
-    object, 64 frames). The precision is forced so this runs on any CPU
-    (where the CPU lacks native bf16 it is only slower)."""
+    object, 64 frames), with and without bf16 matmul attention
+    (``cpu_attention``, which the engine uses from 512 px: forced here). The
+    precision is forced so this runs on any CPU (where the CPU lacks native
+    bf16 it is only slower)."""
+    from surgseg_core.sam2_engine import cpu_attention
     from surgseg_core.sam2_engine import build_model
     from surgseg_core.sam2_engine.track import track_video
     from surgseg_core.synth import generate_endoscopy_clip
@@ -93,6 +96,10 @@ def test_bf16_masks_agree_with_float32_masks_over_64_frames(tmp_path, fast):
     prompts = _first_boxes(clip, n)
     assert len(prompts) >= 2, "the clip should show two instruments"
     model = build_model("surgseg_demo256", str(DEMO_SAM2), device="cpu")
+    monkeypatch.setattr(cpu_attention, "MIN_IMAGE_SIZE", 0 if attention else 10**6)
+    calls = []
+    real = cpu_attention.attention
+    monkeypatch.setattr(cpu_attention, "attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     masks = {}
     for precision in ("fp32", fast):
         got = {}
@@ -109,6 +116,7 @@ def test_bf16_masks_agree_with_float32_masks_over_64_frames(tmp_path, fast):
         on_disk = json.loads((tmp_path / precision / "provenance.json").read_text())
         assert on_disk["options"]["precision"] == precision
         masks[precision] = got
+    assert bool(calls) == attention
     for k, (t0, _) in prompts.items():
         ious, area = [], 0
         for t in range(t0, n):
@@ -117,5 +125,5 @@ def test_bf16_masks_agree_with_float32_masks_over_64_frames(tmp_path, fast):
             area += int(a.sum())
             ious.append(1.0 if union == 0 else (a & b).sum() / union)
         assert area > 0, f"object {k}: float32 masks are empty (nothing to compare)"
-        print(f"object {k}: mean IoU {np.mean(ious):.4f} between {fast} and fp32")
+        print(f"object {k}: mean IoU {np.mean(ious):.4f} between {fast} (attention {attention}) and fp32")
         assert np.mean(ious) >= 0.98, f"object {k}: mean IoU {np.mean(ious):.4f} between {fast} and fp32"

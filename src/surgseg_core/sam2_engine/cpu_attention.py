@@ -25,6 +25,10 @@ from torch.overrides import TorchFunctionMode
 #: Bytes of bf16 scores per block of queries (the scores are never held for all queries at once: at 1024 px the
 #: memory attention's would take 230 MB).
 BLOCK_BYTES = 16 << 20
+#: The engine enters the mode for models at this size and above (``StreamingSAM2(cpu_attention=None)``): at 256 px
+#: (the demo-size model, 7 memories of 256 tokens) the mode's per-call dispatch cost more than the small attention
+#: calls saved (52 vs 42 ms a frame in bf16); at 512 px SAM2.1-tiny's frames took 0.84x the time with it.
+MIN_IMAGE_SIZE = 512
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=None) -> torch.Tensor:

@@ -28,7 +28,7 @@ from ..io.pixels import frame_to_rgb8
 from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from ..device import autocast as _autocast
 from ..device import enable_fast_math, resolve_inference_precision
-from .cpu_attention import bf16_attention
+from . import cpu_attention as cpu_attention_module
 from .embedding_cache import EmbeddingCache
 from .heads import FrameFeatures, decode_masks, encode_frames, flat_features, parse_prompt
 from .memory import BACKWARD, FORWARD, UNTRACKED, MemoryPolicy, ObjectMemory
@@ -165,8 +165,9 @@ class StreamingSAM2:
         for previews (``ClickSession``); off by default, so tracking stays
         SAM2's arithmetic.
       ``cpu_attention``: in bf16 on a CPU, SAM2's attention calls as bf16
-        matmuls (``cpu_attention``) instead of PyTorch's flash kernel (on by
-        default; False: the kernel).
+        matmuls (``cpu_attention``) instead of PyTorch's flash kernel. None
+        (default): for models at >= ``cpu_attention.MIN_IMAGE_SIZE`` px,
+        where it pays; True / False: always / never.
     Points and boxes are in video pixel coordinates (x, y).
 
     Exactly SAM2 (tested against ``SAM2VideoPredictor``) except where bounded
@@ -193,7 +194,7 @@ class StreamingSAM2:
         clear_memory_around_corrections: bool = True,
         prompt_hook: Optional[PromptHook] = None,
         fast_clicks: bool = False,
-        cpu_attention: bool = True,
+        cpu_attention: Optional[bool] = None,
     ) -> None:
         self.model = model
         if device is not None:
@@ -224,7 +225,8 @@ class StreamingSAM2:
         self.clear_memory_around_corrections = clear_memory_around_corrections
         self.prompt_hook = prompt_hook
         self.fast_clicks = bool(fast_clicks)
-        self.cpu_attention = bool(cpu_attention)
+        self.cpu_attention = (self.image_size >= cpu_attention_module.MIN_IMAGE_SIZE if cpu_attention is None
+                              else bool(cpu_attention))
         self.cache = EmbeddingCache(embed_cache_mb)
         self._fill_holes = int(getattr(model, "fill_hole_area", 0) or 0) > 0 and _has_hole_filling()
         self._pos_enc: Optional[List[torch.Tensor]] = None  # same for every frame
@@ -395,7 +397,7 @@ class StreamingSAM2:
         """bf16 on a CPU: SAM2's attention calls as bf16 matmuls
         (``cpu_attention``: 1.5-2x the flash kernel's speed)."""
         if self.device.type == "cpu" and dtype == torch.bfloat16 and self.cpu_attention:
-            return bf16_attention()
+            return cpu_attention_module.bf16_attention()
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------- one step
