@@ -387,15 +387,15 @@ class StreamingSAM2:
             if self.max_cond_frames_in_attn is not None:
                 self.model.max_cond_frames_in_attn = self.max_cond_frames_in_attn
             try:
-                with torch.inference_mode(), _autocast(self.device, self.precision.heads or torch.float32), \
-                        self._attention(self.precision.heads):
+                with torch.inference_mode(), _autocast(self.device, self.precision.heads or torch.float32):
                     yield
             finally:
                 self.model.max_cond_frames_in_attn = old
 
     def _attention(self, dtype: Optional[torch.dtype]) -> ContextManager:
         """bf16 on a CPU: SAM2's attention calls as bf16 matmuls
-        (``cpu_attention``: 1.5-2x the flash kernel's speed)."""
+        (``cpu_attention``: 1.5-2x the flash kernel's speed), for the image
+        encoder and propagation steps."""
         if self.device.type == "cpu" and dtype == torch.bfloat16 and self.cpu_attention:
             return cpu_attention_module.bf16_attention()
         return contextlib.nullcontext()
@@ -844,6 +844,11 @@ class StreamingSAM2:
                 self._end_streaming()
 
     def _step(self, frame_idx: int, reverse: bool) -> FrameResult:
+        # propagation only: a click's decoder attention is small and paid the mode's dispatch (~1 ms a click)
+        with self._attention(self.precision.heads):
+            return self._track_step(frame_idx, reverse)
+
+    def _track_step(self, frame_idx: int, reverse: bool) -> FrameResult:
         ids = self.obj_ids
         low: List[Optional[torch.Tensor]] = [None] * len(ids)
         groups: Dict[tuple, List[Tuple[int, ObjectMemory, tuple]]] = {}
