@@ -78,5 +78,6 @@ def test_engine_uses_it_in_bf16_on_a_cpu(monkeypatch, precision, enabled, divert
     engine.propagate(lambda r: got.append(r.frame_idx))
     assert got == [0, 1, 2]
     assert bool(calls) == diverted
+    assert engine.provenance()["options"]["cpu_attention"] == diverted  # the record says which arithmetic ran
     if enabled is None:  # default: from MIN_IMAGE_SIZE px (this tiny model works at 128)
         assert model.image_size < cpu_attention.MIN_IMAGE_SIZE and not engine.cpu_attention

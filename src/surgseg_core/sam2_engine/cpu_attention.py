@@ -13,8 +13,10 @@ inputs to float32 outputs, which would avoid that rounding.
 
 ``bf16_attention()`` is a scoped ``TorchFunctionMode``: inside it, calls to
 ``F.scaled_dot_product_attention`` made by SAM2's modules with bf16 CPU
-inputs, without gradients, mask, dropout or causality take ``attention``; every other call is passed on
-unchanged. Nothing global is patched.
+inputs, without gradients, mask, dropout or causality, take ``attention``;
+every other call is passed on unchanged. Nothing global is patched. Its
+dispatch costs a little on every torch call inside it, so the engine enters
+it only where attention is large (``MIN_IMAGE_SIZE``; not for clicks).
 """
 from __future__ import annotations
 
@@ -58,8 +60,8 @@ def _eligible(args, kwargs) -> bool:
 
 
 class bf16_attention(TorchFunctionMode):
-    """Context manager: SAM2's large bf16 CPU attention calls take
-    ``attention`` (see the module docstring)."""
+    """Context manager: SAM2's bf16 CPU attention calls take ``attention``
+    (see the module docstring)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -916,5 +916,8 @@ class StreamingSAM2:
                 "video_size": [getattr(self, "video_height", None), getattr(self, "video_width", None)],
                 "device": str(self.device),
                 "precision": self.precision.name,
+                # which attention arithmetic ran (bf16 matmuls instead of the flash kernel)
+                "cpu_attention": bool(self.cpu_attention and self.device.type == "cpu"
+                                      and torch.bfloat16 in (self.precision.encoder, self.precision.heads)),
             },
         )

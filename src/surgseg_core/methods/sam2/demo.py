@@ -108,6 +108,15 @@ LONG_VAL_RECIPE: Tuple[Tuple[str, Dict[str, Any], float], ...] = (
 # validation 0.775 (this recipe: 0.899), development clips 8001-8012 0.777 (this recipe: 0.767). Chosen by
 # validation (and because a dropped sliver is easier to see and fix than a mask on the wrong instrument).
 TRAIN_SEEDS_48 = tuple(range(100, 148))
+# Tried on 2026-12-03 (later), not kept: a third stage drawing a fifth of the clips where an instrument comes into
+# view (frames 25 % / clips 2 epochs 50 % / entering 25 %, lr 1e-4, hard_windows 0.7, enter_windows 0.2). As 3 more
+# minutes on the bundled weights it lifted held-out mean IoU 0.618 -> 0.699 and development clips 0.767 -> 0.865
+# (the same 3 minutes without entering windows: 0.667 / 0.772), tracking the 41-pixel sliver of clip 9012; the 7-
+# and 23-pixel slivers (9008, 9003) stayed dropped with more entering windows or a higher rate. The whole 20-minute
+# recipe run once gave 0.556: its clip stage handed on its first-epoch checkpoint (validation 0.9416 vs 0.9405 after
+# the second; those two scored 0.776 vs 0.863 on the development clips): 4 validation clips cannot rank checkpoints.
+# A rerun with 12 validation clips monitoring ``val_mean_iou`` was spoiled by other jobs on the cores (the frames
+# stage made 1615 steps instead of ~2900 in the same CPU time) and stopped.
 STAGED48_RECIPE: Tuple[Tuple[str, Dict[str, Any], float], ...] = (
     ("frames", {**LONG_VAL_RECIPE[0][1], "epochs": 2}, 0.25),
     ("video", {**LONG_VAL_RECIPE[1][1], "epochs": 3}, 0.75),
