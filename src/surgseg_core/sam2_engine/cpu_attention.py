@@ -20,6 +20,8 @@ it only where attention is large (``MIN_IMAGE_SIZE``; not for clicks).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -39,7 +41,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=None) -> 
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     kt = k.transpose(-2, -1)
     out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=v.dtype, device=v.device)
-    per_row = max(1, k.shape[-2] * q[..., :1, :1].numel() * q.element_size())
+    per_row = max(1, math.prod(q.shape[:-2]) * k.shape[-2] * q.element_size())  # score bytes per query row
     rows = max(1, BLOCK_BYTES // per_row)
     for start in range(0, q.shape[-2], rows):
         scores = torch.matmul(q[..., start:start + rows, :], kt)

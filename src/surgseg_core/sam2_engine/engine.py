@@ -392,11 +392,14 @@ class StreamingSAM2:
             finally:
                 self.model.max_cond_frames_in_attn = old
 
+    def _uses_cpu_attention(self, dtype: Optional[torch.dtype]) -> bool:
+        return self.cpu_attention and self.device.type == "cpu" and dtype == torch.bfloat16
+
     def _attention(self, dtype: Optional[torch.dtype]) -> ContextManager:
         """bf16 on a CPU: SAM2's attention calls as bf16 matmuls
         (``cpu_attention``: 1.5-2x the flash kernel's speed), for the image
         encoder and propagation steps."""
-        if self.device.type == "cpu" and dtype == torch.bfloat16 and self.cpu_attention:
+        if self._uses_cpu_attention(dtype):
             return cpu_attention_module.bf16_attention()
         return contextlib.nullcontext()
 
@@ -917,7 +920,6 @@ class StreamingSAM2:
                 "device": str(self.device),
                 "precision": self.precision.name,
                 # which attention arithmetic ran (bf16 matmuls instead of the flash kernel)
-                "cpu_attention": bool(self.cpu_attention and self.device.type == "cpu"
-                                      and torch.bfloat16 in (self.precision.encoder, self.precision.heads)),
+                "cpu_attention": any(self._uses_cpu_attention(d) for d in (self.precision.encoder, self.precision.heads)),
             },
         )

@@ -110,8 +110,8 @@ def _reused_pos_embed(trunk) -> Iterator[None]:
         if torch.is_grad_enabled():  # another thread training the same model meanwhile
             return original(trunk, hw)
         params = (trunk.pos_embed, trunk.pos_embed_window)
-        key = (tuple(hw), torch.is_autocast_enabled(params[0].device.type)) + tuple(
-            (id(p), p._version, p.dtype, p.device) for p in params)
+        # dtype and device too: Module.to() swaps a parameter's data without a new version
+        key = (tuple(hw),) + tuple((id(p), p._version, p.dtype, p.device) for p in params)
         with _pos_embed_lock:
             hit = _pos_embeds.get(trunk)
         if hit is not None and hit[0] == key:
