@@ -62,3 +62,12 @@ def _autosave_in_tmp(tmp_path_factory):
     patch.setenv("SURGSEG_HASH_CACHE", str(tmp_path_factory.mktemp("hashes") / "file_hashes.json"))
     yield
     patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def _autosave_per_test(tmp_path_factory, monkeypatch):
+    # Layers without a video autosave into one "no-source" folder, one file per
+    # layer name: a layer left alive by an earlier test (same name, its save
+    # timer or worker still pending) could overwrite this test's snapshot, which
+    # made a CI run wait 30 s for a snapshot that had been replaced.
+    monkeypatch.setenv("SURGSEG_AUTOSAVE_DIR", str(tmp_path_factory.mktemp("autosave")))
