@@ -701,3 +701,15 @@ def test_demo_recipe_stages_split_the_budget_and_chain_their_checkpoints(tmp_pat
     calls.clear()
     demo.train_demo(tmp_path / "one", max_minutes=8, stages=(), clock="cpu")
     assert len(calls) == 1 and calls[0][1] == tmp_path / "one" / "run" and calls[0][2] == 8
+    # a recipe with its own validation clips writes and records them; none is a training or held-out clip
+    written = {}
+    monkeypatch.setattr(demo, "write_demo_data",
+                        lambda root, **kw: written.update(kw) or {"train": root / "train", "val": root / "val"})
+    calls.clear()
+    summary = demo.train_demo(tmp_path / "enter", max_minutes=8, stages=demo.RECIPES["staged48-enter"], clock="cpu")
+    assert written["val_seeds"] == demo.VAL_SEEDS_8 and summary["val_seeds"] == list(demo.VAL_SEEDS_8)
+    assert written["train_seeds"] == demo.TRAIN_SEEDS_48 and summary["recipe"] == "staged48-enter"
+    assert not set(demo.VAL_SEEDS_8) & (set(demo.TRAIN_SEEDS_48) | set(demo.HELDOUT_SEEDS))
+    assert [c[0].get("monitor") for c in calls] == [None, "val_mean_iou", "val_mean_iou"]
+    assert [m for *_, m in calls] == pytest.approx([2.0, 4.8, 1.2])
+    assert demo._seed_text(demo.VAL_SEEDS_8) == "500-507" and demo._seed_text(demo.VAL_SEEDS) == "500, 501, 502, 503"
