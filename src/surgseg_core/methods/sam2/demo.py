@@ -280,6 +280,8 @@ def _recipe_text(summary: Mapping[str, Any]) -> str:
         if o.get("enter_windows"):
             what += (f", {o['enter_windows']:.0%} drawn where an instrument on the first frame is coming into view "
                      "(`enter_windows`)")
+        if o.get("monitor"):
+            what += f", checkpoints ranked by `{o['monitor']}`"
         parts.append(f"stage `{st['name']}` ({st['share']:.0%} of the budget, {st['steps']} steps): {what}")
     return "in stages, each starting from the previous one's best checkpoint: " + "; ".join(parts)
 
@@ -334,7 +336,7 @@ from the official SAM 2.1 weights (`surgseg weights download sam2.1_hiera_tiny`,
 - Recipe: `surgseg train sam2` (the shared trainer) with SAM2's multi-step loss (focal 20 : dice 1 : IoU-L1 1 :
   object score 1), {_recipe_text(summary)}, AdamW (lr {summary['config']['lr']:g} unless a stage says otherwise) with
   {summary['config']['warmup_steps']} warm-up steps then cosine to lr/10, stopped by a time budget; best checkpoint by
-  validation IoU.
+  validation IoU unless a stage says otherwise.
 - Command (exact): `{command}`
 - Time and hardware: {summary['train_seconds']:.0f} s wall clock of training ({summary['train_cpu_seconds']:.0f} s of CPU
   time), {summary['steps']} optimizer steps (epochs: {summary['epochs_done']}), on {summary['machine']}, {shared}
