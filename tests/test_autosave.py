@@ -199,6 +199,102 @@ def test_painting_autosaves_off_gui_thread_and_coalesces(qtbot, monkeypatch):
     _autosave.unwatch_layer(layer)
 
 
+def test_saves_do_not_wait_for_model_workers_in_qts_thread_pool(qtbot, monkeypatch):
+    """Model workers (a click's frame encoding, a propagation) fill Qt's
+    global thread pool on a 2-core machine: a save queued behind them never
+    ran before napari closed (CI abort). Saves have their own threads."""
+    from napari.layers import Labels
+    from qtpy.QtCore import QRunnable, QThreadPool
+
+    from napari_surgseg import _autosave
+
+    pool = QThreadPool.globalInstance()
+    old_max = pool.maxThreadCount()
+    release = threading.Event()
+
+    class Busy(QRunnable):
+        def run(self):
+            release.wait(20)
+
+    pool.setMaxThreadCount(1)
+    try:
+        pool.start(Busy())  # the only slot is taken until the save is on disk
+        layer = Labels(np.zeros((3, 16, 16), np.uint8), name="masks")
+        folder = _autosave.watch_layer(layer, SOURCE, interval_ms=20)
+        layer.paint((1, 5, 5), 3)
+        _wait_saved(qtbot, layer, timeout=5000)
+        (entry,) = core.list_snapshots(folder)
+        assert np.array_equal(core.load_snapshot(entry)[0], layer.data) and layer.data[1].any()
+        _autosave.unwatch_layer(layer)
+    finally:
+        release.set()
+        pool.waitForDone(5000)
+        pool.setMaxThreadCount(old_max)
+
+
+QUIT_WITH_BUSY_POOL = """
+import threading
+import numpy as np
+import napari
+from qtpy.QtCore import QRunnable, QThreadPool, QTimer
+from qtpy.QtWidgets import QApplication
+from napari_surgseg import _autosave
+
+_autosave.QUIT_WAIT_S = 2.0  # (the user's 15 s would only make this test slow)
+release = threading.Event()
+
+class Busy(QRunnable):  # a model worker that holds the pool's only thread past quit
+    def run(self):
+        release.wait(30)
+
+pool = QThreadPool.globalInstance()
+pool.setMaxThreadCount(1)
+pool.start(Busy())
+viewer = napari.Viewer(show=False)
+layer = viewer.add_labels(np.zeros((4, 32, 32), np.uint8), name="masks")
+_autosave.watch_layer(layer, "/videos/clip.mp4", interval_ms=60000)
+
+def edit_and_quit():
+    layer.paint((2, 10, 10), 4)
+    layer.paint((3, 20, 20), 5)
+    _autosave.watcher_of(layer)._timer.timeout.emit()  # its autosave timer fires in the quit's event-loop turn
+    print("painted", flush=True)
+    threading.Timer(4.0, release.set).start()  # the model worker ends after Qt's quit
+    viewer.close()
+    QApplication.instance().quit()
+
+QTimer.singleShot(300, edit_and_quit)
+napari.run()
+"""
+
+
+@pytest.mark.gui
+def test_quit_right_after_an_edit_with_a_busy_thread_pool_saves_it(tmp_path):
+    """A fresh napari process closed right after a correction while a model
+    worker holds Qt's thread pool: the correction is on disk when the
+    process ends, which it does cleanly (no traceback, exit code 0)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "quit.py"
+    script.write_text(QUIT_WITH_BUSY_POOL)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, core.ENV_DIR: str(tmp_path / "autosave"),
+           "PYTHONPATH": os.pathsep.join([src] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+           "QT_QPA_PLATFORM": os.environ.get("QT_QPA_PLATFORM", "xcb")}
+    res = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and "painted" in out, out[-3000:]
+    for bad in ("Traceback", "has been deleted", "Aborted"):
+        assert bad not in out, out[-3000:]
+    (entry,) = core.list_snapshots(core.autosave_dir("/videos/clip.mp4"))  # the same folder as the child's
+    data = core.load_snapshot(entry)[0]
+    assert data[2, 10, 10] == 4 and data[3, 20, 20] == 5 and not data[[0, 1]].any()
+
+
 def test_big_labels_stream_from_the_live_array(qtbot, monkeypatch):
     from napari.layers import Labels
 

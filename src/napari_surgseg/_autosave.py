@@ -3,7 +3,13 @@ restarts a short single-shot timer; when it fires the layer is snapshotted
 to disk in a worker thread (core: :mod:`surgseg_core.io.autosave`).
 
 At most one save per layer runs at a time; edits during a save are folded
-into one more save after it. Small data is copied on the GUI thread when the
+into one more save after it. Saves run on their own (non-daemon) threads,
+not in Qt's global thread pool: there they queued behind long model
+workers and, when napari closed meanwhile, never ran before quit and then
+emitted into deleted Qt objects (an aborted process on a busy 2-core CI
+machine). A plain thread never waits for a pool slot, touches no Qt object
+after quit, and Python finishes it before the process exits, so the last
+corrections always reach the disk. Small data is copied on the GUI thread when the
 timer fires (cheap, and a consistent snapshot); big label stacks are not
 copied at all (a multi-GB copy would freeze napari and double memory): the
 worker copies and writes them one frame at a time, and any stroke that lands
@@ -21,7 +27,6 @@ from typing import Any, Optional
 
 import numpy as np
 from napari.layers import Labels, Points, Shapes
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QObject, QThreadPool, QTimer, Signal
 
@@ -39,21 +44,23 @@ COPY_LIMIT_BYTES = 256 * 2**20
 #: times as long as the last one took (big stacks on slow disks).
 BACKOFF = 2.0
 
-#: On quit, a save still running may finish for this long: it holds the user's
-#: latest corrections, and a worker thread that outlives Qt aborts the process.
+#: On quit, saves get this long before a log line says napari waits for them
+#: (the process still ends only after they wrote the user's latest corrections).
 QUIT_WAIT_S = 15.0
 
 # layer -> its watcher; weak so a deleted layer takes its watcher with it.
 _WATCHERS: "weakref.WeakKeyDictionary[Any, _LayerAutosave]" = weakref.WeakKeyDictionary()
 _QUIT_HOOKED = []  # the QApplication whose aboutToQuit waits for running saves
+# set when Qt quits: save threads then report to nobody (their watcher's signals may be gone)
+_QUITTING = threading.Event()
 
 
 def _finish_saves_on_quit() -> None:
     """Closing napari while a layer is being saved, or within the interval
-    after a correction: on quit, wait for running saves (``QUIT_WAIT_S``)
-    and write what is still pending on the spot, so the last corrections are
-    on disk and no save worker outlives Qt (a worker emitting into deleted Qt
-    objects aborted a fresh napari process closed right after a propagation)."""
+    after a correction: on quit, pending changes are written after the
+    running save of their layer, and quit waits for all of them, so the
+    last corrections are on disk and no save reports into deleted Qt
+    objects."""
     from qtpy.QtWidgets import QApplication
 
     app = QApplication.instance()
@@ -61,10 +68,16 @@ def _finish_saves_on_quit() -> None:
         return
 
     def finish() -> None:
-        watchers = list(_WATCHERS.values())
-        for watcher in watchers:
-            watcher.finish_on_quit()
-        # the runnables emit their (now undelivered) last signals, then end
+        _QUITTING.set()
+        threads = [t for t in (w.finish_on_quit() for w in list(_WATCHERS.values())) if t is not None]
+        deadline = time.monotonic() + QUIT_WAIT_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        late = [t.name for t in threads if t.is_alive()]
+        if late:
+            log.warning("napari closes once autosave finishes writing (%s still running after %.0f s)",
+                        ", ".join(late), QUIT_WAIT_S)
+        # other workers (models) emit their (now undelivered) last signals, then end
         QThreadPool.globalInstance().waitForDone(1000)
 
     app.aboutToQuit.connect(finish)
@@ -85,6 +98,8 @@ class _LayerAutosave(QObject):
     # emitted by the layer's events (maybe from a worker thread); the queued
     # connection starts the timer on the GUI thread.
     _poke = Signal()
+    # emitted by the save thread with ("ok", (path, seconds)) or ("error", (name, exc))
+    _save_ended = Signal(object)
 
     def __init__(self, layer, source: Optional[str], interval_ms: int) -> None:
         super().__init__()
@@ -98,10 +113,10 @@ class _LayerAutosave(QObject):
         self._timer.setInterval(self.interval_ms)
         self._timer.timeout.connect(self._fire)
         self._poke.connect(self._timer.start)
+        self._save_ended.connect(self._on_save_ended)
         self._sure_changed = False  # a paint/data event (not just a refresh) since the last save
         self._pending = False  # a change arrived while a save was running
-        self._worker = None
-        self._save_done: Optional[threading.Event] = None
+        self._thread: Optional[threading.Thread] = None  # the running save
         self._warned = False
         self.saves = 0
         self._connections = []
@@ -134,35 +149,34 @@ class _LayerAutosave(QObject):
     def _maybe_changed(self, event=None) -> None:
         self._poke.emit()
 
-    def finish_on_quit(self) -> None:
-        """Wait for a running save, then write pending changes synchronously
-        (the event loop is ending: the timer and the worker's signals will
-        not run again)."""
+    def finish_on_quit(self) -> Optional[threading.Thread]:
+        """Quit: the timer and the save's signals will not run again, so
+        pending changes are captured now and written by a thread after the
+        running save; returns the thread to wait for (None: nothing to do)."""
         pending = self._timer.isActive() or self._pending
         self._timer.stop()
         self._pending = False
-        if self._save_done is not None and not self._save_done.wait(QUIT_WAIT_S):
-            log.warning("autosave still running after %.0f s at quit; its snapshot may be incomplete", QUIT_WAIT_S)
-            return
+        running = self._thread
         layer = self._layer()
         if not pending or layer is None:
-            return
+            return running
         try:
             data, kwargs = self._capture(layer)
-            core.save_layer_snapshot(self.folder, layer.name, self.kind, data, **kwargs)
         except Exception as exc:  # never raise while Qt quits
             log.warning("autosave of layer %r at quit failed: %s", layer.name, exc)
+            return running
+        return self._start_save(layer.name, data, kwargs, after=running)
 
     @property
     def busy(self) -> bool:
-        return self._worker is not None or self._timer.isActive()
+        return self._thread is not None or self._timer.isActive()
 
     # -------------------------------------------------------------- save
     def _fire(self) -> None:
         layer = self._layer()
         if layer is None:
             return
-        if self._worker is not None:  # coalesce: one more save after the running one
+        if self._thread is not None:  # coalesce: one more save after the running one
             self._pending = True
             return
         try:
@@ -170,26 +184,43 @@ class _LayerAutosave(QObject):
         except Exception as exc:  # a layer we cannot read must not raise in Qt's event loop
             self._report(layer.name, exc)
             return
-        name = layer.name
         self._sure_changed = False
+        self._thread = self._start_save(layer.name, data, kwargs)
 
-        done = self._save_done = threading.Event()  # quit waits on it (finish_on_quit)
+    def _start_save(self, name: str, data, kwargs: dict, after: Optional[threading.Thread] = None) -> threading.Thread:
+        """Write the snapshot on a new thread (after ``after`` ends); its
+        result comes back through ``_save_ended`` unless Qt is quitting."""
+        folder, kind = self.folder, self.kind
 
-        @thread_worker(ignore_errors=True)  # errors become one warning below, not a traceback dialog
-        def _save():
+        def save() -> None:
+            if after is not None:
+                after.join()
             try:
                 t0 = time.perf_counter()
-                path = core.save_layer_snapshot(self.folder, name, self.kind, data, **kwargs)
-                return path, time.perf_counter() - t0
-            finally:
-                done.set()
+                path = core.save_layer_snapshot(folder, name, kind, data, **kwargs)
+                result = ("ok", (path, time.perf_counter() - t0))
+            except Exception as exc:  # reported as one warning, not a traceback
+                result = ("error", (name, exc))
+            if _QUITTING.is_set():
+                if result[0] == "error":
+                    log.warning("autosave of layer %r at quit failed: %s", *result[1])
+                return
+            try:
+                self._save_ended.emit(result)
+            except RuntimeError:  # the watcher went with its layer
+                pass
 
-        worker = _save()
-        worker.returned.connect(self._saved)
-        worker.errored.connect(lambda exc: self._report(name, exc))
-        worker.finished.connect(self._finished)
-        self._worker = worker
-        worker.start()
+        thread = threading.Thread(target=save, name=f"autosave {name!r}", daemon=False)
+        thread.start()
+        return thread
+
+    def _on_save_ended(self, result) -> None:
+        status, value = result
+        if status == "ok":
+            self._saved(value)
+        else:
+            self._report(*value)
+        self._finished()
 
     def _capture(self, layer):
         """What the worker needs, copied on the GUI thread where cheap."""
@@ -228,7 +259,7 @@ class _LayerAutosave(QObject):
         self._timer.setInterval(max(self.interval_ms, int(BACKOFF * seconds * 1000)))
 
     def _finished(self) -> None:
-        self._worker = None
+        self._thread = None
         if self._pending:
             self._pending = False
             self._timer.start()
