@@ -7,4 +7,4 @@ export QT_QPA_PLATFORM=xcb          # a real X server (Xvfb), not offscreen: nap
 export SAM2_BUILD_CUDA=0
 export MPLBACKEND=Agg
 export PYTHONUNBUFFERED=1
-exec .venv/bin/python -m pytest tests "$@"
+exec .venv/bin/python -m pytest tests --durations=30 "$@"  # the slowest tests: the suite must stay under 20 minutes

@@ -44,7 +44,8 @@ def _distances(model, dataset):
     return nearest(out["orig_points"]), nearest(out["points"]), inside
 
 
-def _train_and_check(tmp_path, sam2_config, base_weights, epochs, weights, closer=True):
+def _train_and_check(tmp_path, sam2_config, base_weights, epochs, weights, closer=True, click_margin=0.0,
+                     inside_at_least=0.9):
     from surgseg_core.methods.rpsam2.spec import build_datasets, build_from_config
     from surgseg_core.training.checkpoint import load_model_weights
     from surgseg_core.training.trainer import train
@@ -55,7 +56,7 @@ def _train_and_check(tmp_path, sam2_config, base_weights, epochs, weights, close
         "val_root": str(root),  # the same frames with fixed clicks: does the block fit them?
         "feature_cache": str(tmp_path / "features"), "epochs": epochs, "batch_size": 4, "lr": 1e-4,
         "loss_weights": weights, "monitor": "val_loss", "monitor_mode": "min",
-        "shift_mlp_dim": 512, "grid_points": 24, "device": "cpu", "seed": 0,
+        "shift_mlp_dim": 512, "grid_points": 24, "device": "cpu", "seed": 0, "click_margin": click_margin,
     }
     untrained = build_from_config(cfg)
     ds, _ = build_datasets(cfg)
@@ -72,7 +73,7 @@ def _train_and_check(tmp_path, sam2_config, base_weights, epochs, weights, close
     # clicks start on them: the demo test checks the Dice spread instead)
     if closer:
         assert after.mean() < 0.85 * before.mean(), (before.mean(), after.mean())
-    assert inside.float().mean() >= 0.9
+    assert inside.float().mean() >= inside_at_least
     return trained, ds
 
 
@@ -97,20 +98,27 @@ def test_block_learns_on_synthetic_instruments_random_init(tmp_path):
                      weights={"dice": 0.0, "dist": 1.0, "out": 1.0})
 
 
-def test_block_keeps_dice_and_spread_with_the_bundled_demo_sam2(tmp_path):
+def test_block_narrows_the_dice_spread_with_the_bundled_demo_sam2(tmp_path):
+    """The bundled demo SAM2 segments these instruments from almost any
+    click inside them, so (as the demo recipe does, ``rpsam2/demo.py``) the
+    clicks fall within 8 px of each instrument, some on the tissue beside
+    it: the block must narrow the spread of Dice across the 10 click seeds
+    against plain SAM2 and not lose Dice."""
     if not (DEMO / "weights.json").is_file():
         pytest.skip(f"bundled demo SAM2 not found at {DEMO}: the Dice-spread check needs a SAM2 that segments "
                     "the synthetic instruments (a random-init SAM2's masks carry no signal)")
+    from surgseg_core.methods.rpsam2.demo import CLICK_MARGIN
+
     meta = json.loads((DEMO / "weights.json").read_text())
     trained, _ = _train_and_check(tmp_path, meta.get("config", "surgseg_demo256"), str(DEMO / meta["file"]),
-                                  epochs=30, weights=None, closer=False)
+                                  epochs=30, weights=None, closer=False, click_margin=CLICK_MARGIN,
+                                  inside_at_least=0.5)
     from surgseg_core.methods.rpsam2.data import read_samples
     from surgseg_core.methods.rpsam2.evaluate import evaluate_frames
 
-    res = evaluate_frames(trained, read_samples(tmp_path / "train"))
-    # The block must narrow (or at least keep) the spread across the 10 click seeds and not lose Dice.
-    assert res["rpsam2"]["all"]["dsc_sd"] <= res["sam2"]["all"]["dsc_sd"] + 1e-6
-    assert res["rpsam2"]["all"]["dsc_mean"] >= res["sam2"]["all"]["dsc_mean"] - 1.0
+    res = evaluate_frames(trained, read_samples(tmp_path / "train"), click_margin=CLICK_MARGIN)
+    assert res["rpsam2"]["all"]["dsc_sd"] < res["sam2"]["all"]["dsc_sd"], res
+    assert res["rpsam2"]["all"]["dsc_mean"] >= res["sam2"]["all"]["dsc_mean"] - 1.0, res
 
 
 def _cli(*args, cwd):
