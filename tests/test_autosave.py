@@ -295,6 +295,42 @@ def test_quit_right_after_an_edit_with_a_busy_thread_pool_saves_it(tmp_path):
     assert data[2, 10, 10] == 4 and data[3, 20, 20] == 5 and not data[[0, 1]].any()
 
 
+def test_scrubbing_through_the_video_does_not_save_but_refresh_and_undo_do(make_napari_viewer, qtbot, monkeypatch):
+    """napari re-slices a Labels layer (set_data event) at every step of the
+    time slider: each pause while scrubbing used to read and hash the whole
+    stack (seconds for a long video). A model writing into the array and
+    refreshing, or an undo, still saves."""
+    from napari_surgseg import _autosave
+
+    calls = []
+    real_save = core.save_layer_snapshot
+    monkeypatch.setattr(core, "save_layer_snapshot", lambda *a, **k: calls.append(1) or real_save(*a, **k))
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.zeros((6, 16, 16), np.uint8), name="masks")
+    folder = _autosave.watch_layer(layer, SOURCE, interval_ms=20)
+    w = _autosave.watcher_of(layer)
+    for t in (1, 2, 3, 4, 5, 2, 0):
+        viewer.dims.set_current_step(0, t)
+        qtbot.wait(30)  # longer than the interval: each pause would fire a save
+    qtbot.wait(100)
+    assert calls == [] and not w.busy
+
+    layer.data[4, 2:5, 2:5] = 3  # a model writes a frame and refreshes the layer
+    layer.refresh()
+    _wait_saved(qtbot, layer)
+    assert len(calls) == 1
+    assert core.load_snapshot(core.list_snapshots(folder)[0])[0][4, 3, 3] == 3
+
+    viewer.dims.set_current_step(0, 1)
+    layer.paint((1, 8, 8), 5)
+    _wait_saved(qtbot, layer, n=2)
+    layer.undo()  # napari's undo writes the old values back and refreshes
+    _wait_saved(qtbot, layer, n=3)
+    saved = core.load_snapshot(core.list_snapshots(folder)[0])[0]
+    assert not saved[1].any() and saved[4, 3, 3] == 3
+    _autosave.unwatch_layer(layer)
+
+
 def test_big_labels_stream_from_the_live_array(qtbot, monkeypatch):
     from napari.layers import Labels
 

@@ -123,9 +123,14 @@ class _LayerAutosave(QObject):
         if self.kind == "labels":
             self._connect(layer.events.paint, self._changed)
             self._connect(layer.events.data, self._changed)
-            # set_data also fires on every re-slice (time slider): only "maybe
-            # changed"; the core skips the write when the digest is unchanged.
-            self._connect(layer.events.set_data, self._maybe_changed)
+            # set_data fires on every re-slice (time slider) as well as on
+            # refresh() after a model or an undo wrote into the array: a new
+            # slice position alone is no change (a save per pause while
+            # scrubbing read and hashed the whole stack, seconds for a long
+            # video); otherwise only "maybe changed": the core skips the write
+            # when the digest is unchanged.
+            self._view = getattr(layer, "_slice_input", None)
+            self._connect(layer.events.set_data, self._refreshed)
         else:
             self._connect(layer.events.data, self._changed)
             if "features" in layer.events.emitters:
@@ -148,6 +153,17 @@ class _LayerAutosave(QObject):
 
     def _maybe_changed(self, event=None) -> None:
         self._poke.emit()
+
+    def _refreshed(self, event=None) -> None:
+        layer = self._layer()
+        view = getattr(layer, "_slice_input", None) if layer is not None else None
+        try:
+            moved = view is not None and self._view is not None and bool(view != self._view)
+        except Exception:  # napari changed its slice description: count every event
+            moved = False
+        self._view = view
+        if not moved:
+            self._maybe_changed()
 
     def finish_on_quit(self) -> Optional[threading.Thread]:
         """Quit: the timer and the save's signals will not run again, so
