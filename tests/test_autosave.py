@@ -127,6 +127,77 @@ def test_unchanged_labels_are_not_rewritten():
     assert path2.stat().st_mtime_ns == before
 
 
+class _CountingStack:
+    """A (T, H, W) stack that counts which frames a save reads."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.reads = data, data.shape, data.dtype, []
+
+    def __getitem__(self, t):
+        if isinstance(t, (int, np.integer)):  # (writers also peek at a row)
+            self.reads.append(int(t))
+        return self.data[t]
+
+
+def test_a_save_after_edits_recompresses_only_the_changed_frames(monkeypatch):
+    """A correction on one frame of a long stack: the save reads (with the
+    frames the caller names) and compresses only the changed frames, the
+    other frames' strips come from the last snapshot; the file and its
+    digest are those of a full save."""
+    from surgseg_core.io import labels_io
+
+    folder = core.autosave_dir(SOURCE)
+    labels = _labels(shape=(12, 24, 20))
+    core.save_layer_snapshot(folder, "masks", "labels", labels)
+    compressed = []
+    real = labels_io.compressed_frame
+    monkeypatch.setattr(labels_io, "compressed_frame", lambda f: compressed.append(f.copy()) or real(f))
+
+    labels[4, 3:9, 2:6] = 7  # a stroke on frame 4, frames named by the caller
+    stack = _CountingStack(labels)
+    path = core.save_layer_snapshot(folder, "masks", "labels", stack, changed_frames=[4], skip_unchanged=False)
+    assert stack.reads == [4] and len(compressed) == 1 and np.array_equal(compressed[0], labels[4])
+    (entry,) = core.list_snapshots(folder)
+    assert np.array_equal(core.load_snapshot(entry)[0], labels)
+
+    labels[9, :2] = 1  # frames unknown (a model wrote, or an undo): every frame read, only frame 9 compressed
+    compressed.clear()
+    stack = _CountingStack(labels)
+    core.save_layer_snapshot(folder, "masks", "labels", stack)
+    assert sorted(set(stack.reads)) == list(range(12)) and len(compressed) == 1
+    assert np.array_equal(core.load_snapshot(core.list_snapshots(folder)[0])[0], labels)
+
+    # the manifest's digest is a full save's: an unchanged stack is recognised and kept
+    before = path.stat().st_mtime_ns
+    compressed.clear()
+    assert core.save_layer_snapshot(folder, "masks", "labels", labels.copy()) == path
+    assert path.stat().st_mtime_ns == before and compressed == []
+    full = core.autosave_dir("/elsewhere/clip.mp4")
+    core.save_layer_snapshot(full, "masks", "labels", labels)
+    assert core.list_snapshots(full)[0]["digest"] == core.list_snapshots(folder)[0]["digest"]
+
+
+def test_frame_digests_that_do_not_match_the_snapshot_mean_a_full_save(monkeypatch):
+    """A save interrupted between the snapshot and its digests (or a lost
+    digests file): the next save cannot trust the copies and writes all."""
+    from surgseg_core.io import labels_io
+
+    folder = core.autosave_dir(SOURCE)
+    labels = _labels(shape=(6, 10, 8))
+    path = core.save_layer_snapshot(folder, "masks", "labels", labels)
+    digests = path.with_name(path.name + ".digests")
+    assert digests.stat().st_size == 6 * 16
+    digests.write_bytes(digests.read_bytes()[::-1])  # not the snapshot's any more
+    compressed = []
+    real = labels_io.compressed_frame
+    monkeypatch.setattr(labels_io, "compressed_frame", lambda f: compressed.append(1) or real(f))
+    labels[2] = 3
+    stack = _CountingStack(labels)
+    core.save_layer_snapshot(folder, "masks", "labels", stack, changed_frames=[2], skip_unchanged=False)
+    assert sorted(set(stack.reads)) == list(range(6)) and compressed == []  # the ordinary full writer
+    assert np.array_equal(core.load_snapshot(core.list_snapshots(folder)[0])[0], labels)
+
+
 def test_bad_inputs_raise_clear_errors(tmp_path):
     folder = core.autosave_dir(SOURCE)
     with pytest.raises(DatasetError, match="unknown layer kind"):
@@ -328,6 +399,36 @@ def test_scrubbing_through_the_video_does_not_save_but_refresh_and_undo_do(make_
     _wait_saved(qtbot, layer, n=3)
     saved = core.load_snapshot(core.list_snapshots(folder)[0])[0]
     assert not saved[1].any() and saved[4, 3, 3] == 3
+    _autosave.unwatch_layer(layer)
+
+
+def test_strokes_name_their_frames_and_model_writes_check_every_frame(make_napari_viewer, qtbot, monkeypatch):
+    from napari_surgseg import _autosave
+
+    calls = []
+    real_save = core.save_layer_snapshot
+    monkeypatch.setattr(core, "save_layer_snapshot",
+                        lambda *a, **k: calls.append(k.get("changed_frames")) or real_save(*a, **k))
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.zeros((8, 16, 16), np.uint8), name="masks")
+    folder = _autosave.watch_layer(layer, SOURCE, interval_ms=20)
+    layer.paint((2, 5, 5), 3)
+    _wait_saved(qtbot, layer)
+    assert calls == [None]  # the first save writes the whole stack
+    viewer.dims.set_current_step(0, 5)
+    layer.paint((5, 8, 8), 4)
+    layer.paint((6, 8, 8), 4)
+    _wait_saved(qtbot, layer, n=2)
+    assert calls[-1] == [5, 6]
+    layer.data[7, :3, :3] = 2  # a model writes frame 7 and refreshes the layer: frames unknown
+    layer.refresh()
+    _wait_saved(qtbot, layer, n=3)
+    assert calls[-1] is None
+    layer.undo()  # the stroke on frame 6 goes: an undo refreshes, frames unknown
+    _wait_saved(qtbot, layer, n=4)
+    assert calls[-1] is None
+    saved = core.load_snapshot(core.list_snapshots(folder)[0])[0]
+    assert np.array_equal(saved, layer.data) and not saved[6].any() and saved[5, 8, 8] == 4
     _autosave.unwatch_layer(layer)
 
 

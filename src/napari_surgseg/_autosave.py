@@ -28,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 from napari.layers import Labels, Points, Shapes
 from napari.utils.notifications import show_warning
-from qtpy.QtCore import QObject, QThreadPool, QTimer, Signal
+from qtpy.QtCore import QObject, Qt, QThreadPool, QTimer, Signal
 
 from surgseg_core.io import autosave as core
 
@@ -100,6 +100,11 @@ class _LayerAutosave(QObject):
     _poke = Signal()
     # emitted by the save thread with ("ok", (path, seconds)) or ("error", (name, exc))
     _save_ended = Signal(object)
+    # a refresh of a Labels layer, with the paint count at that moment: checked
+    # one event-loop turn later (queued) for a paint event that explains it
+    _refresh_seen = Signal(int)
+    # queued after a paint event: its event-loop turn has ended
+    _paint_turn_over = Signal()
 
     def __init__(self, layer, source: Optional[str], interval_ms: int) -> None:
         super().__init__()
@@ -114,14 +119,21 @@ class _LayerAutosave(QObject):
         self._timer.timeout.connect(self._fire)
         self._poke.connect(self._timer.start)
         self._save_ended.connect(self._on_save_ended)
+        self._refresh_seen.connect(self._explain_refresh, Qt.ConnectionType.QueuedConnection)
+        self._paint_turn_over.connect(self._end_paint_turn, Qt.ConnectionType.QueuedConnection)
+        self._paints = 0
+        self._paint_turn = False  # a paint event came in this event-loop turn
         self._sure_changed = False  # a paint/data event (not just a refresh) since the last save
         self._pending = False  # a change arrived while a save was running
         self._thread: Optional[threading.Thread] = None  # the running save
         self._warned = False
         self.saves = 0
         self._connections = []
+        # labels: the frames painted since the last save (None: unknown, the
+        # whole stack is written; so is the first save, with no snapshot of ours yet)
+        self._dirty: Optional[set] = None
         if self.kind == "labels":
-            self._connect(layer.events.paint, self._changed)
+            self._connect(layer.events.paint, self._painted)
             self._connect(layer.events.data, self._changed)
             # set_data fires on every re-slice (time slider) as well as on
             # refresh() after a model or an undo wrote into the array: a new
@@ -149,10 +161,34 @@ class _LayerAutosave(QObject):
     # ------------------------------------------------------------ events
     def _changed(self, event=None) -> None:
         self._sure_changed = True
+        self._dirty = None
         self._poke.emit()
 
     def _maybe_changed(self, event=None) -> None:
+        self._dirty = None
         self._poke.emit()
+
+    def _painted(self, event=None) -> None:
+        """A brush stroke, fill or erase: napari's undo atoms say which frames."""
+        self._paints += 1
+        self._paint_turn = True
+        self._paint_turn_over.emit()
+        frames = _frames_of_atoms(getattr(event, "value", None), self._layer())
+        self._sure_changed = True
+        if frames is None:
+            self._dirty = None
+        elif self._dirty is not None:
+            self._dirty.update(frames)
+        self._poke.emit()
+
+    def _end_paint_turn(self) -> None:
+        self._paint_turn = False
+
+    def _explain_refresh(self, paints_then: int) -> None:
+        """A refresh that no paint event followed (a model or an undo wrote
+        into the array, frames unknown): the next save compares every frame."""
+        if self._paints == paints_then:
+            self._dirty = None
 
     def _refreshed(self, event=None) -> None:
         layer = self._layer()
@@ -162,8 +198,15 @@ class _LayerAutosave(QObject):
         except Exception:  # napari changed its slice description: count every event
             moved = False
         self._view = view
-        if not moved:
-            self._maybe_changed()
+        if moved:
+            return
+        # napari refreshes the layer right after the paint event of the same
+        # edit (same event-loop turn); during a brush stroke (history blocked)
+        # the paint event comes when the stroke ends. Any other refresh wrote
+        # frames we cannot name (a model run, an undo).
+        if not self._paint_turn and not getattr(layer, "_block_history", False):
+            self._refresh_seen.emit(self._paints)
+        self._poke.emit()
 
     def finish_on_quit(self) -> Optional[threading.Thread]:
         """Quit: the timer and the save's signals will not run again, so
@@ -235,6 +278,7 @@ class _LayerAutosave(QObject):
         if status == "ok":
             self._saved(value)
         else:
+            self._dirty = None  # the snapshot on disk may be behind any frame: write them all next time
             self._report(*value)
         self._finished()
 
@@ -254,6 +298,8 @@ class _LayerAutosave(QObject):
                 data = np.array(data, copy=True)
             # a refresh alone is checked against the digest; a paint always writes
             kwargs["skip_unchanged"] = not self._sure_changed
+            kwargs["changed_frames"] = None if self._dirty is None else sorted(self._dirty)
+            self._dirty = set()  # strokes from now on go into the next save
             return data, kwargs
         features = layer.features
         feats = {str(c): features[c].to_numpy(copy=True) for c in features.columns}
@@ -285,6 +331,35 @@ class _LayerAutosave(QObject):
         if not self._warned:
             self._warned = True
             show_warning(f"Autosave of layer {name!r} failed: {exc}. Save it by hand (File > Save Selected Layers).")
+
+
+def _frames_of_atoms(atoms, layer) -> Optional[set]:
+    """The frames (first axis) a Labels paint event's undo atoms touched, or
+    None when that cannot be told (another layout, a 2D layer)."""
+    if layer is None or getattr(layer, "ndim", 0) != 3 or not isinstance(atoms, (list, tuple)):
+        return None
+    frames: set = set()
+    n = int(layer.data.shape[0])
+    for atom in atoms:
+        key = getattr(atom, "slice_key", None)  # napari's masked paint atom: a bounding box
+        if key is not None:
+            first = key[0]
+            if isinstance(first, slice):
+                frames.update(range(*first.indices(n)))
+            elif isinstance(first, (int, np.integer)):
+                frames.add(int(first))
+            else:
+                return None
+            continue
+        try:  # the (indices, old values, new values) atom
+            index = atom[0][0]
+        except (TypeError, IndexError, KeyError):
+            return None
+        if isinstance(index, slice):
+            frames.update(range(*index.indices(n)))
+        else:
+            frames.update(int(t) for t in np.unique(np.asarray(index)).ravel())
+    return frames
 
 
 def default_interval_ms() -> int:

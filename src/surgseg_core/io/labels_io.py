@@ -82,8 +82,6 @@ def write_labels_tiff(
     (:func:`surgseg_core.provenance.build_provenance`) goes into the TIFF
     description (JSON, key ``"provenance"``).
     """
-    import tifffile
-
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         raise DatasetError(f"{path}: label stacks are saved as .tif or .tiff, not '{path.suffix or 'no extension'}'")
@@ -96,18 +94,99 @@ def write_labels_tiff(
             yield np.ascontiguousarray(frame)
             report(progress, t + 1, n, "writing TIFF")
 
+    _write_pages(pages(), path, shape, dtype, provenance)
+    log.info("wrote %d label frame(s) to %s", n, path)
+    return path
+
+
+def _write_pages(pages: Iterator[Any], path: Path, shape: Tuple[int, ...], dtype: np.dtype,
+                 provenance: Optional[Mapping[str, Any]]) -> None:
+    """Write frames (arrays, or zlib-compressed bytes of whole frames:
+    :func:`compressed_frame`) atomically, one zlib strip per frame, so a
+    later write can copy an unchanged frame's strip as it is
+    (:func:`frame_strip`)."""
+    import tifffile
+
     with atomic_path(path) as tmp:
         with tifffile.TiffWriter(tmp) as tif:
             tif.write(
-                pages(),
+                pages,
                 shape=shape,
                 dtype=dtype,
                 compression="zlib",
+                rowsperstrip=shape[-2],
                 photometric="minisblack",
                 metadata={"surgseg": LABELS_TIFF_MARKER, **_provenance_metadata(provenance)},
             )
-    log.info("wrote %d label frame(s) to %s", n, path)
+
+
+def compressed_frame(frame: np.ndarray) -> bytes:
+    """One (H, W) frame as the zlib strip :func:`write_labels_tiff` writes."""
+    import zlib
+
+    return zlib.compress(np.ascontiguousarray(frame).astype(frame.dtype.newbyteorder("<"), copy=False).tobytes(), 6)
+
+
+def write_labels_tiff_frames(frames: Iterator[Union[np.ndarray, bytes]], path: PathLike, shape: Tuple[int, ...],
+                             dtype: Any, *, provenance: Optional[Mapping[str, Any]] = None) -> Path:
+    """:func:`write_labels_tiff` from an iterator of frames, each an (H, W)
+    array or the compressed strip of one (:func:`compressed_frame`, or an
+    unchanged frame's :func:`frame_strip` of an earlier file): an autosave
+    rewrites only the frames that changed."""
+    path = Path(path)
+    shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+    if len(shape) != 3:
+        raise DatasetError(f"{path.name}: frame-wise writing needs a (T, H, W) shape, got {shape}")
+
+    def pages() -> Iterator[bytes]:
+        for frame in frames:
+            yield frame if isinstance(frame, bytes) else compressed_frame(np.asarray(frame).astype(dtype, copy=False))
+
+    _write_pages(pages(), path, shape, dtype, provenance)
+    log.info("wrote %d label frame(s) to %s", shape[0], path)
     return path
+
+
+class FrameStrips:
+    """The compressed strip of each frame of a TIFF that
+    :func:`write_labels_tiff` wrote, for copying unchanged frames into a new
+    file; ``None`` from :meth:`open` when the file is not laid out that way
+    (another writer, another shape or type)."""
+
+    def __init__(self, tif) -> None:
+        self._tif = tif
+        self._pages = tif.series[0].pages
+
+    @classmethod
+    def open(cls, path: PathLike, shape: Tuple[int, ...], dtype: Any) -> Optional["FrameStrips"]:
+        import tifffile
+
+        try:
+            tif = tifffile.TiffFile(path)
+        except Exception:
+            return None
+        try:
+            series = tif.series[0]
+            pages = series.pages
+            ok = (tuple(series.shape) == tuple(shape) and np.dtype(series.dtype) == np.dtype(dtype)
+                  and tif.byteorder == "<" and len(pages) == shape[0]
+                  and series.keyframe.compression == 8 and series.keyframe.predictor == 1  # zlib, no predictor
+                  and all(len(p.dataoffsets) == 1 for p in pages))
+        except Exception:
+            ok = False
+        if not ok:
+            tif.close()
+            return None
+        return cls(tif)
+
+    def __getitem__(self, t: int) -> bytes:
+        page = self._pages[t]
+        fh = self._tif.filehandle
+        fh.seek(page.dataoffsets[0])
+        return fh.read(page.databytecounts[0])
+
+    def close(self) -> None:
+        self._tif.close()
 
 
 def _provenance_metadata(provenance: Optional[Mapping[str, Any]]) -> dict:
