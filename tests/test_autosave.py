@@ -198,6 +198,17 @@ def test_frame_digests_that_do_not_match_the_snapshot_mean_a_full_save(monkeypat
     assert np.array_equal(core.load_snapshot(core.list_snapshots(folder)[0])[0], labels)
 
 
+def test_a_big_restored_stack_is_memory_mapped_not_read_into_ram(monkeypatch, tmp_path):
+    monkeypatch.setattr(core, "RESTORE_MAX_RAM_MB", 0)  # treat this stack as too big for RAM
+    monkeypatch.setenv("SURGSEG_LABEL_STACK_DIR", str(tmp_path / "stacks"))
+    folder = core.autosave_dir(SOURCE)
+    labels = _labels(shape=(5, 12, 10))
+    core.save_layer_snapshot(folder, "masks", "labels", labels)
+    data = core.load_snapshot(core.list_snapshots(folder)[0])[0]
+    assert isinstance(data, np.memmap) and np.array_equal(data, labels)
+    data[0, 0, 0] = 9  # writable: the restored layer is corrected further
+
+
 def test_bad_inputs_raise_clear_errors(tmp_path):
     folder = core.autosave_dir(SOURCE)
     with pytest.raises(DatasetError, match="unknown layer kind"):
