@@ -13,7 +13,10 @@ corrections always reach the disk. Small data is copied on the GUI thread when t
 timer fires (cheap, and a consistent snapshot); big label stacks are not
 copied at all (a multi-GB copy would freeze napari and double memory): the
 worker copies and writes them one frame at a time, and any stroke that lands
-during the save schedules the next save.
+during the save schedules the next save. A save after brush strokes reads and
+compresses only the frames napari's paint events name (the core copies the
+rest from the last snapshot); after a model run or an undo every frame is
+compared with the last snapshot's digests.
 """
 from __future__ import annotations
 
@@ -161,10 +164,6 @@ class _LayerAutosave(QObject):
     # ------------------------------------------------------------ events
     def _changed(self, event=None) -> None:
         self._sure_changed = True
-        self._dirty = None
-        self._poke.emit()
-
-    def _maybe_changed(self, event=None) -> None:
         self._dirty = None
         self._poke.emit()
 
