@@ -148,17 +148,21 @@ from pathlib import Path
 import numpy as np
 from surgseg_core.io import autosave
 folder, flag = Path(sys.argv[1]), Path(sys.argv[2])
-real, count = autosave._HashedFrames.__getitem__, [0]
-def getitem(self, t):
-    count[0] += 1
-    if count[0] == 3:
-        flag.write_text("frame 3")
-        while True:
-            time.sleep(1)
-    return real(self, t)
-autosave._HashedFrames.__getitem__ = getitem
-labels = np.full((5, 32, 40), 7, np.uint8)
-autosave.save_layer_snapshot(folder, "tumour", "labels", labels)
+
+class Stack:  # the layer's data; the 3rd frame read while the TIFF is written never returns
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.count = data, data.shape, data.dtype, 0
+    def __getitem__(self, t):
+        if isinstance(t, int):
+            self.count += 1
+            if self.count == 3:
+                flag.write_text("frame 3")
+                while True:
+                    time.sleep(1)
+        return self.data[t]
+
+labels = Stack(np.full((5, 32, 40), 7, np.uint8))
+autosave.save_layer_snapshot(folder, "tumour", "labels", labels, skip_unchanged=False)
 """
 
 

@@ -110,7 +110,15 @@ class RPSam2ClicksWidget(TrackingWidget):
         steps.connect(self._frame_changed)
         # a closed widget must not hear the time slider (its Qt widgets are gone); the emitter is held here
         # because the viewer may be torn down first (then it has no .dims)
-        self.native.destroyed.connect(lambda *_: steps.disconnect(self._frame_changed))
+        frame_changed = self._frame_changed
+
+        def stop_hearing(*_) -> None:
+            try:
+                steps.disconnect(frame_changed)
+            except (AttributeError, RuntimeError):  # the viewer's emitter was torn down first
+                pass
+
+        self.native.destroyed.connect(stop_hearing)
         self._watch_points()
 
     def _default_weights(self) -> None:
