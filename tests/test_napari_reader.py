@@ -117,6 +117,23 @@ def test_saved_labels_open_again_as_labels(make_napari_viewer, tmp_path):
     np.testing.assert_array_equal(layer.data, lab)
 
 
+def test_a_long_saved_label_stack_opens_memory_mapped(make_napari_viewer, tmp_path, monkeypatch):
+    """A long video's saved masks (GBs) are not read into RAM: the layer is
+    a memory-mapped copy, equal to the file, that the brush paints into."""
+    from surgseg_core.io import label_stack
+
+    monkeypatch.setattr(label_stack, "DEFAULT_MAX_RAM_MB", 0)  # this stack counts as too big for RAM
+    monkeypatch.setenv("SURGSEG_LABEL_STACK_DIR", str(tmp_path / "stacks"))
+    lab = np.random.default_rng(1).integers(0, 4, (6, 20, 30)).astype(np.uint8)
+    write_labels_tiff(lab, tmp_path / "masks.tif")
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "masks.tif"), plugin=PLUGIN)
+    assert isinstance(layer.data, np.memmap) and layer._type_string == "labels"
+    np.testing.assert_array_equal(layer.data, lab)
+    layer.paint((2, 5, 5), 9)
+    assert layer.data[2, 5, 5] == 9 and (read_labels_tiff(tmp_path / "masks.tif") == lab).all()
+
+
 def test_writers_round_trip_through_napari(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     lab = np.zeros((4, 20, 30), np.int32)

@@ -122,9 +122,12 @@ def _read_video(path: PathOrPaths) -> list:
 
 def _read_labels_tiff(path: PathOrPaths) -> list:
     from surgseg_core.io.export import read_labels_tiff
+    from surgseg_core.io.label_stack import DEFAULT_MAX_RAM_MB
 
     p = Path(_single(path))
-    return [_placed(labels_layer_data(read_labels_tiff(p), p.stem, _saved_metadata(p)))]
+    # a long video's masks are memory-mapped, not read into RAM (and stay paintable)
+    data = read_labels_tiff(p, max_ram_mb=DEFAULT_MAX_RAM_MB)
+    return [_placed(labels_layer_data(data, p.stem, _saved_metadata(p)))]
 
 
 def _read_masks_folder(path: PathOrPaths) -> list:

@@ -31,8 +31,8 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import DatasetError
-from .label_stack import DEFAULT_MAX_RAM_MB, new_label_stack
-from .labels_io import FrameStrips, LabelsTiffStack, read_labels_tiff, write_labels_tiff, write_labels_tiff_frames
+from .label_stack import DEFAULT_MAX_RAM_MB
+from .labels_io import FrameStrips, read_labels_tiff, write_labels_tiff, write_labels_tiff_frames
 from .points_csv import read_points_csv, write_points_csv
 
 log = logging.getLogger(__name__)
@@ -446,19 +446,6 @@ def list_snapshots(folder: PathLike) -> list[dict]:
 RESTORE_MAX_RAM_MB = DEFAULT_MAX_RAM_MB
 
 
-def _read_labels_snapshot(path: Path) -> Any:
-    """A labels snapshot as a writable array, frame by frame into a
-    :func:`new_label_stack` (memory-mapped when large: never the whole
-    corrected video in RAM)."""
-    with LabelsTiffStack(path) as stack:
-        if stack.ndim == 2:
-            return read_labels_tiff(path)
-        out = new_label_stack(stack.shape, stack.dtype, name=path.stem, max_ram_mb=RESTORE_MAX_RAM_MB)
-        for t in range(stack.shape[0]):
-            out[t] = stack[t]
-    return out
-
-
 def load_snapshot(entry: Mapping[str, Any]) -> Tuple[Any, dict, str]:
     """``(data, kwargs, kind)`` of one :func:`list_snapshots` entry, ready for
     ``napari.layers.Layer.create(data, kwargs, kind)`` (no napari import here).
@@ -473,7 +460,7 @@ def load_snapshot(entry: Mapping[str, Any]) -> Tuple[Any, dict, str]:
     kwargs.pop("ndim", None)  # shapes take it from their file below; others infer it from the data
     kwargs["metadata"] = {**dict(entry.get("metadata") or {}), "autosave_restored_from": str(path)}
     if kind == "labels":
-        data = _read_labels_snapshot(path)
+        data = read_labels_tiff(path, max_ram_mb=RESTORE_MAX_RAM_MB)
     elif kind == "points":
         table = read_points_csv(path)
         data = table.data

@@ -269,13 +269,23 @@ def is_labels_tiff(path: PathLike) -> bool:
     return LABELS_TIFF_MARKER in desc
 
 
-def read_labels_tiff(path: PathLike) -> np.ndarray:
-    """Read a label TIFF back into memory with the shape and dtype it was
-    saved with (use :class:`LabelsTiffStack` for lazy per-frame access)."""
+def read_labels_tiff(path: PathLike, *, max_ram_mb: Optional[float] = None) -> np.ndarray:
+    """Read a label TIFF back with the shape and dtype it was saved with, as
+    a writable array: into memory, or with ``max_ram_mb`` a stack larger
+    than that frame by frame into a memory-mapped
+    :func:`~surgseg_core.io.label_stack.new_label_stack` (a long video's
+    masks are never all in RAM). :class:`LabelsTiffStack` reads lazily."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: label TIFF not found")
     with LabelsTiffStack(path) as stack:
+        if stack.ndim == 3 and max_ram_mb is not None:
+            from .label_stack import new_label_stack
+
+            data = new_label_stack(stack.shape, stack.dtype, name=path.stem, max_ram_mb=max_ram_mb)
+            for t in range(stack.shape[0]):
+                data[t] = stack[t]
+            return data
         data = np.asarray(stack[:]) if stack.ndim == 3 else stack._pages[0].asarray()
     return data.reshape(stack.shape)
 

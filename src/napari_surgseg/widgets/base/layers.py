@@ -170,9 +170,9 @@ def announce_video(source: Any, viewer: Any = None) -> None:
 
 
 def labels_layer_data(labels: Any, name: str, metadata: Optional[dict] = None) -> tuple:
-    """``(array, kwargs, "labels")``; labels are loaded into memory because
-    napari paints into them."""
-    data = np.asarray(labels)
+    """``(array, kwargs, "labels")``: a writable array napari paints into
+    (a memory-mapped stack stays one: autosave and the reader rely on it)."""
+    data = np.asanyarray(labels)
     axes = VIDEO_AXES if data.ndim == 3 else VIDEO_AXES[1:]
     return (data, {"name": name, "axis_labels": axes, "metadata": dict(metadata or {})}, "labels")
 
