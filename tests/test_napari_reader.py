@@ -132,6 +132,13 @@ def test_a_long_saved_label_stack_opens_memory_mapped(make_napari_viewer, tmp_pa
     np.testing.assert_array_equal(layer.data, lab)
     layer.paint((2, 5, 5), 9)
     assert layer.data[2, 5, 5] == 9 and (read_labels_tiff(tmp_path / "masks.tif") == lab).all()
+    masks = tmp_path / "masks_png"  # the same as a folder of numbered PNG masks
+    masks.mkdir()
+    for i, m in enumerate(lab):
+        Image.fromarray(m).save(masks / f"{i:06d}.png")
+    (layer,) = viewer.open(str(masks), plugin=PLUGIN)
+    assert isinstance(layer.data, np.memmap)
+    np.testing.assert_array_equal(layer.data, lab)
 
 
 def test_writers_round_trip_through_napari(make_napari_viewer, tmp_path):

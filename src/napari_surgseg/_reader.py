@@ -132,9 +132,11 @@ def _read_labels_tiff(path: PathOrPaths) -> list:
 
 def _read_masks_folder(path: PathOrPaths) -> list:
     from surgseg_core.io.export import read_png_masks
+    from surgseg_core.io.label_stack import DEFAULT_MAX_RAM_MB
 
     p = Path(_single(path))
-    return [_placed(labels_layer_data(read_png_masks(p), p.name, _saved_metadata(p)))]
+    data = read_png_masks(p, max_ram_mb=DEFAULT_MAX_RAM_MB)  # memory-mapped when long, as label TIFFs
+    return [_placed(labels_layer_data(data, p.name, _saved_metadata(p)))]
 
 
 def _read_points_csv(path: PathOrPaths) -> list:

@@ -280,12 +280,7 @@ def read_labels_tiff(path: PathLike, *, max_ram_mb: Optional[float] = None) -> n
         raise DatasetError(f"{path}: label TIFF not found")
     with LabelsTiffStack(path) as stack:
         if stack.ndim == 3 and max_ram_mb is not None:
-            from .label_stack import new_label_stack
-
-            data = new_label_stack(stack.shape, stack.dtype, name=path.stem, max_ram_mb=max_ram_mb)
-            for t in range(stack.shape[0]):
-                data[t] = stack[t]
-            return data
+            return _into_label_stack(stack, path.stem, max_ram_mb)
         data = np.asarray(stack[:]) if stack.ndim == 3 else stack._pages[0].asarray()
     return data.reshape(stack.shape)
 
@@ -443,9 +438,23 @@ def write_png_masks(
     return folder
 
 
-def read_png_masks(folder: PathLike) -> np.ndarray:
-    """Read a folder of numbered PNG masks into a (T, H, W) array."""
-    return np.asarray(PngMaskStack(folder)[:])
+def read_png_masks(folder: PathLike, *, max_ram_mb: Optional[float] = None) -> np.ndarray:
+    """Read a folder of numbered PNG masks into a (T, H, W) array (with
+    ``max_ram_mb``: memory-mapped when larger, as :func:`read_labels_tiff`)."""
+    stack = PngMaskStack(folder)
+    if max_ram_mb is None:
+        return np.asarray(stack[:])
+    return _into_label_stack(stack, Path(folder).name, max_ram_mb)
+
+
+def _into_label_stack(stack: Any, name: str, max_ram_mb: float) -> np.ndarray:
+    """Frame by frame into a :func:`~surgseg_core.io.label_stack.new_label_stack`."""
+    from .label_stack import new_label_stack
+
+    data = new_label_stack(stack.shape, stack.dtype, name=name, max_ram_mb=max_ram_mb)
+    for t in range(stack.shape[0]):
+        data[t] = stack[t]
+    return data
 
 
 def open_labels(path: PathLike):
