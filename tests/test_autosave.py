@@ -443,6 +443,35 @@ def test_strokes_name_their_frames_and_model_writes_check_every_frame(make_napar
     _autosave.unwatch_layer(layer)
 
 
+def test_masks_opened_from_a_file_are_autosaved_from_the_first_correction(make_napari_viewer, qtbot, tmp_path,
+                                                                          monkeypatch):
+    """Saved masks opened to be corrected (File > Open of a label TIFF):
+    opening and scrubbing write nothing (the file is on disk), the first
+    stroke and later ones are autosaved with the video the masks belong to
+    (their provenance), which stays their recorded source video."""
+    from surgseg_core.io.export import write_labels_tiff
+
+    from napari_surgseg import _autosave
+
+    monkeypatch.setenv(_autosave.ENV_INTERVAL, "30")
+    lab = _labels(shape=(4, 16, 12))
+    write_labels_tiff(lab, tmp_path / "masks.tif", provenance={"source_video": SOURCE})
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "masks.tif"), plugin="napari-surgseg")
+    w = _autosave.watcher_of(layer)
+    assert w is not None and w.folder == core.autosave_dir(SOURCE)
+    viewer.dims.set_current_step(0, 2)
+    layer.refresh()
+    qtbot.wait(300)  # ten save intervals
+    assert w.saves == 0 and not w.busy and core.list_snapshots(w.folder) == []
+    layer.paint((2, 5, 5), 9)
+    qtbot.waitUntil(lambda: w.saves >= 1 and not w.busy, timeout=8000)
+    (entry,) = core.list_snapshots(w.folder)
+    assert np.array_equal(core.load_snapshot(entry)[0], layer.data) and layer.data[2, 5, 5] == 9
+    assert layer.metadata["source_video"] == SOURCE
+    _autosave.unwatch_layer(layer)
+
+
 def test_big_labels_stream_from_the_live_array(qtbot, monkeypatch):
     from napari.layers import Labels
 

@@ -109,8 +109,11 @@ class _LayerAutosave(QObject):
     # queued after a paint event: its event-loop turn has ended
     _paint_turn_over = Signal()
 
-    def __init__(self, layer, source: Optional[str], interval_ms: int) -> None:
+    def __init__(self, layer, source: Optional[str], interval_ms: int, edits_only: bool = False) -> None:
         super().__init__()
+        # edits_only: a layer opened from a file is on disk already; refreshes
+        # alone (adding it, the time slider) save nothing until the first edit
+        self._armed = not edits_only
         self.kind = layer_kind(layer)
         self.source = source
         self.folder = core.autosave_dir(source)
@@ -163,12 +166,14 @@ class _LayerAutosave(QObject):
 
     # ------------------------------------------------------------ events
     def _changed(self, event=None) -> None:
+        self._armed = True
         self._sure_changed = True
         self._dirty = None
         self._poke.emit()
 
     def _painted(self, event=None) -> None:
         """A brush stroke, fill or erase: napari's undo atoms say which frames."""
+        self._armed = True
         self._paints += 1
         self._paint_turn = True
         self._paint_turn_over.emit()
@@ -197,7 +202,7 @@ class _LayerAutosave(QObject):
         except Exception:  # napari changed its slice description: count every event
             moved = False
         self._view = view
-        if moved:
+        if moved or not self._armed:
             return
         # napari refreshes the layer right after the paint event of the same
         # edit (same event-loop turn); during a brush stroke (history blocked)
@@ -377,12 +382,14 @@ def default_interval_ms() -> int:
     return ms
 
 
-def watch_layer(layer, source: Optional[Any] = None, *, interval_ms: Optional[int] = None) -> Path:
+def watch_layer(layer, source: Optional[Any] = None, *, interval_ms: Optional[int] = None,
+                edits_only: bool = False) -> Path:
     """Autosave ``layer`` (Labels, Points or Shapes) after each edit, into
     ``autosave_dir(source)``; ``source`` defaults to the layer's
-    ``metadata["source_path"]``; ``interval_ms`` to :func:`default_interval_ms`.
-    Idempotent; returns the snapshot folder and sets
-    ``layer.metadata["autosave_path"]`` to the layer's snapshot file."""
+    ``metadata["source_path"]``; ``interval_ms`` to :func:`default_interval_ms`;
+    ``edits_only``: nothing is saved before the first paint or data change
+    (a layer opened from a file). Idempotent; returns the snapshot folder
+    and sets ``layer.metadata["autosave_path"]`` to the layer's snapshot file."""
     if interval_ms is None:
         interval_ms = default_interval_ms()
     if source is None:
@@ -393,7 +400,7 @@ def watch_layer(layer, source: Optional[Any] = None, *, interval_ms: Optional[in
         if old.source == source and old.interval_ms == int(interval_ms):
             return old.folder
         old.disconnect_all()
-    watcher = _LayerAutosave(layer, source, interval_ms)
+    watcher = _LayerAutosave(layer, source, interval_ms, edits_only=edits_only)
     _WATCHERS[layer] = watcher
     _finish_saves_on_quit()
     if source:  # the video the layer belongs to: saved files record it (provenance)
@@ -482,12 +489,28 @@ def _on_inserted(event) -> None:
     layer = event.value
     ref = _VIEWER_OF_LIST.get(event.source)
     viewer = ref() if ref is not None else None
-    if viewer is None or layer in _WATCHERS or not _new_and_empty(layer):
+    if viewer is None or layer in _WATCHERS:
         return
     try:
-        watch_layer(layer, source_for_layer(viewer, layer))
+        if _new_and_empty(layer):
+            watch_layer(layer, source_for_layer(viewer, layer))
+        elif _opened_masks(layer):
+            # corrections to masks opened from a file: autosaved with the video they belong to
+            watch_layer(layer, (layer.metadata or {}).get("source_video"), edits_only=True)
     except Exception as exc:  # never break napari's layer insertion
         log.warning("cannot autosave the new layer %r: %s", getattr(layer, "name", "?"), exc)
+
+
+def _opened_masks(layer) -> bool:
+    """A Labels layer our reader opened from a saved label TIFF or PNG-mask
+    folder (``metadata["source_path"]`` is that file) to be corrected."""
+    if not isinstance(layer, Labels):
+        return False
+    source = (layer.metadata or {}).get("source_path")
+    if not source:
+        return False
+    path = Path(str(source))
+    return path.suffix.lower() in (".tif", ".tiff") or path.is_dir()
 
 
 # the layer list -> (a weak reference to) its viewer (the inserted event comes from the list)

@@ -127,7 +127,20 @@ def _read_labels_tiff(path: PathOrPaths) -> list:
     p = Path(_single(path))
     # a long video's masks are memory-mapped, not read into RAM (and stay paintable)
     data = read_labels_tiff(p, max_ram_mb=DEFAULT_MAX_RAM_MB)
+    _autosave_corrections()
     return [_placed(labels_layer_data(data, p.stem, _saved_metadata(p)))]
+
+
+def _autosave_corrections() -> None:
+    """Masks opened to be corrected are autosaved from their first edit on
+    (``_autosave._opened_masks``): the viewer must watch its new layers."""
+    from napari import current_viewer
+
+    from ._autosave import watch_new_layers
+
+    viewer = current_viewer()
+    if viewer is not None:
+        watch_new_layers(viewer)
 
 
 def _read_masks_folder(path: PathOrPaths) -> list:
@@ -136,6 +149,7 @@ def _read_masks_folder(path: PathOrPaths) -> list:
 
     p = Path(_single(path))
     data = read_png_masks(p, max_ram_mb=DEFAULT_MAX_RAM_MB)  # memory-mapped when long, as label TIFFs
+    _autosave_corrections()
     return [_placed(labels_layer_data(data, p.name, _saved_metadata(p)))]
 
 
