@@ -103,9 +103,6 @@ class _LayerAutosave(QObject):
     _poke = Signal()
     # emitted by the save thread with ("ok", (path, seconds)) or ("error", (name, exc))
     _save_ended = Signal(object)
-    # a refresh of a Labels layer, with the paint count at that moment: checked
-    # one event-loop turn later (queued) for a paint event that explains it
-    _refresh_seen = Signal(int)
     # queued after a paint event: its event-loop turn has ended
     _paint_turn_over = Signal()
 
@@ -125,9 +122,7 @@ class _LayerAutosave(QObject):
         self._timer.timeout.connect(self._fire)
         self._poke.connect(self._timer.start)
         self._save_ended.connect(self._on_save_ended)
-        self._refresh_seen.connect(self._explain_refresh, Qt.ConnectionType.QueuedConnection)
         self._paint_turn_over.connect(self._end_paint_turn, Qt.ConnectionType.QueuedConnection)
-        self._paints = 0
         self._paint_turn = False  # a paint event came in this event-loop turn
         self._sure_changed = False  # a paint/data event (not just a refresh) since the last save
         self._pending = False  # a change arrived while a save was running
@@ -174,7 +169,6 @@ class _LayerAutosave(QObject):
     def _painted(self, event=None) -> None:
         """A brush stroke, fill or erase: napari's undo atoms say which frames."""
         self._armed = True
-        self._paints += 1
         self._paint_turn = True
         self._paint_turn_over.emit()
         frames = _frames_of_atoms(getattr(event, "value", None), self._layer())
@@ -187,12 +181,6 @@ class _LayerAutosave(QObject):
 
     def _end_paint_turn(self) -> None:
         self._paint_turn = False
-
-    def _explain_refresh(self, paints_then: int) -> None:
-        """A refresh that no paint event followed (a model or an undo wrote
-        into the array, frames unknown): the next save compares every frame."""
-        if self._paints == paints_then:
-            self._dirty = None
 
     def _refreshed(self, event=None) -> None:
         layer = self._layer()
@@ -207,9 +195,9 @@ class _LayerAutosave(QObject):
         # napari refreshes the layer right after the paint event of the same
         # edit (same event-loop turn); during a brush stroke (history blocked)
         # the paint event comes when the stroke ends. Any other refresh wrote
-        # frames we cannot name (a model run, an undo).
+        # frames we cannot name (a model run, an undo): the next save compares every frame.
         if not self._paint_turn and not getattr(layer, "_block_history", False):
-            self._refresh_seen.emit(self._paints)
+            self._dirty = None
         self._poke.emit()
 
     def finish_on_quit(self) -> Optional[threading.Thread]:
@@ -343,26 +331,15 @@ def _frames_of_atoms(atoms, layer) -> Optional[set]:
     if layer is None or getattr(layer, "ndim", 0) != 3 or not isinstance(atoms, (list, tuple)):
         return None
     frames: set = set()
-    n = int(layer.data.shape[0])
     for atom in atoms:
-        key = getattr(atom, "slice_key", None)  # napari's masked paint atom: a bounding box
-        if key is not None:
-            first = key[0]
-            if isinstance(first, slice):
-                frames.update(range(*first.indices(n)))
-            elif isinstance(first, (int, np.integer)):
-                frames.add(int(first))
-            else:
-                return None
-            continue
-        try:  # the (indices, old values, new values) atom
-            index = atom[0][0]
-        except (TypeError, IndexError, KeyError):
+        key = getattr(atom, "slice_key", None)  # napari's masked paint atom: a bounding box of slices
+        try:
+            if key is not None:
+                frames.update(range(*key[0].indices(int(layer.data.shape[0]))))
+            else:  # the (indices, old values, new values) atom: index arrays
+                frames.update(int(t) for t in np.unique(np.asarray(atom[0][0])))
+        except (AttributeError, TypeError, IndexError, ValueError):
             return None
-        if isinstance(index, slice):
-            frames.update(range(*index.indices(n)))
-        else:
-            frames.update(int(t) for t in np.unique(np.asarray(index)).ravel())
     return frames
 
 

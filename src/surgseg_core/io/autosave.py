@@ -224,16 +224,16 @@ def _saved_digests(path: Path, previous: Mapping[str, Any], shape: Tuple[int, ..
 
 
 def _write_labels(path: Path, data: Any, shape: Tuple[int, ...], prov: Mapping[str, Any],
-                  previous: Mapping[str, Any], changed_frames: Optional[Sequence[int]]) -> list:
+                  old: Optional[list], changed_frames: Optional[Sequence[int]]) -> list:
     """Write the snapshot; returns the frames' digests. When the last
     snapshot is on disk with its digests, only frames that changed are
     compressed, the others' compressed strips are copied from it (a stroke
     on a 1500-frame 720p stack recompressed 1.4 GB of frames otherwise):
     with ``changed_frames`` (the frames edited since then) only those are
-    even read; without, every frame is read and compared by digest."""
+    even read; without, every frame is read and compared by digest.
+    ``old``: the last snapshot's frame digests (:func:`_saved_digests`)."""
     dtype = np.dtype(data.dtype)
     digests: list = []
-    old = _saved_digests(path, previous, shape, dtype) if len(shape) == 3 else None
     strips = FrameStrips.open(path, shape, dtype) if old is not None else None
     if strips is None:
         write_labels_tiff(_HashedFrames(data, digests), path, provenance=prov)
@@ -333,13 +333,13 @@ def save_layer_snapshot(
             if previous.get("digest") == _stack_digest(shape, np.dtype(data.dtype), now):
                 log.debug("autosave of %r: labels unchanged, %s kept", name, path)
                 return path
-        if now is not None and changed_frames is None and len(shape) == 3:
-            old = _saved_digests(path, previous, shape, np.dtype(data.dtype))
-            if old is not None:  # the frames that differ from the snapshot are known now: read only those again
-                changed_frames = [t for t in range(shape[0]) if now[t] != old[t]]
+        old = _saved_digests(path, previous, shape, np.dtype(data.dtype)) if len(shape) == 3 else None
+        if now is not None and changed_frames is None and old is not None:
+            # the frames that differ from the snapshot are known now: read only those again
+            changed_frames = [t for t in range(shape[0]) if now[t] != old[t]]
         prov = _provenance(kind, source, metadata, provenance, layer_kwargs,
                            range(shape[0]) if len(shape) == 3 else None)
-        digests = _write_labels(path, data, shape, prov, previous, changed_frames)
+        digests = _write_labels(path, data, shape, prov, old, changed_frames)
         digest = _stack_digest(shape, np.dtype(data.dtype), digests)
         if len(shape) == 3:  # after the snapshot: an interrupted save leaves digests that do not match it
             atomic_write_bytes(_digests_path(path), b"".join(digests))

@@ -104,7 +104,7 @@ def _write_pages(pages: Iterator[Any], path: Path, shape: Tuple[int, ...], dtype
     """Write frames (arrays, or zlib-compressed bytes of whole frames:
     :func:`compressed_frame`) atomically, one zlib strip per frame, so a
     later write can copy an unchanged frame's strip as it is
-    (:func:`frame_strip`)."""
+    (:class:`FrameStrips`)."""
     import tifffile
 
     with atomic_path(path) as tmp:
@@ -131,7 +131,7 @@ def write_labels_tiff_frames(frames: Iterator[Union[np.ndarray, bytes]], path: P
                              dtype: Any, *, provenance: Optional[Mapping[str, Any]] = None) -> Path:
     """:func:`write_labels_tiff` from an iterator of frames, each an (H, W)
     array or the compressed strip of one (:func:`compressed_frame`, or an
-    unchanged frame's :func:`frame_strip` of an earlier file): an autosave
+    unchanged frame's strip of an earlier file, :class:`FrameStrips`): an autosave
     rewrites only the frames that changed."""
     path = Path(path)
     shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
@@ -169,7 +169,7 @@ class FrameStrips:
             series = tif.series[0]
             pages = series.pages
             ok = (tuple(series.shape) == tuple(shape) and np.dtype(series.dtype) == np.dtype(dtype)
-                  and tif.byteorder == "<" and len(pages) == shape[0]
+                  and tif.byteorder == "<"
                   and series.keyframe.compression == 8 and series.keyframe.predictor == 1  # zlib, no predictor
                   and all(len(p.dataoffsets) == 1 for p in pages))
         except Exception:
