@@ -37,3 +37,23 @@ def test_every_bundled_model_is_pinned_registered_and_explained():
         module = command.split()[2]  # python -m MODULE OUT ...
         assert module in script and f"--export {weights.relative_to(REPO)}" in command.replace(str(REPO) + "/", "")
     assert total <= 40e6, f"bundled weights take {total / 1e6:.1f} MB (limit 40 MB)"
+
+
+def test_training_in_two_processes_shares_the_threads_and_reports_every_process(tmp_path, monkeypatch):
+    """``train_with_budget(processes=2)``: two DDP processes (gloo) as torchrun
+    would start them; data sharded (16 samples, batch 4: 2 steps an epoch),
+    one set of checkpoints, rank 0's summary with both processes' CPU time."""
+    import torch
+
+    from surgseg_core.methods.demo_weights import train_with_budget
+    from surgseg_core.training.checkpoint import load_checkpoint
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))  # spawned processes import _toy_method
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    config = {"epochs": 2, "n_train": 16, "batch_size": 4, "device": "cpu", "seed": 0}
+    summary = train_with_budget("_toy_method:toy", config, tmp_path / "run", processes=2)
+    assert summary["processes"] == 2 and "2 DDP processes (gloo) x 1 torch thread" in summary["machine"]
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["trainer"]["world_size"] == 2 and ckpt["step"] == 4 and summary["steps"] == 4
+    assert summary["epochs_done"] == 2 and summary["best_checkpoint"]
+    assert summary["train_cpu_seconds"] > 0
