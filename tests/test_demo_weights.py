@@ -57,3 +57,40 @@ def test_training_in_two_processes_shares_the_threads_and_reports_every_process(
     assert ckpt["trainer"]["world_size"] == 2 and ckpt["step"] == 4 and summary["steps"] == 4
     assert summary["epochs_done"] == 2 and summary["best_checkpoint"]
     assert summary["train_cpu_seconds"] > 0
+
+
+def test_demo_command_line_offers_processes_where_the_demo_trains_in_several(tmp_path):
+    """``--processes N`` reaches a demo's ``train`` and the card's exact command;
+    a demo whose training cannot run in several processes refuses the option."""
+    from surgseg_core.methods.demo_weights import demo_main
+
+    got = {}
+
+    def train(out, max_minutes, *, clock="cpu", processes=1):
+        got["processes"] = processes
+        return {"max_minutes": max_minutes, "budget_clock": clock, "processes": processes}
+
+    def export(out, target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"w")
+        return target
+
+    def write_card(folder, weights, summary, scores, command, notes):
+        got["command"] = command
+        return command
+
+    doc = "``python -m surgseg_core.methods.fake.demo OUT``"
+    target = tmp_path / "export" / "fake.safetensors"
+    argv = [str(tmp_path / "out"), "--max-minutes", "2", "--clock", "cpu", "--processes", "2", "--export", str(target)]
+    assert demo_main(argv, doc=doc, train=train, export=export, score=lambda out, w: {}, write_card=write_card,
+                     export_name="fake.safetensors") == 0
+    assert got["processes"] == 2
+    assert got["command"] == f"python -m surgseg_core.methods.fake.demo OUT --max-minutes 2 --clock cpu --processes 2 --export {target}"
+
+    def train_one_process(out, max_minutes, *, clock="cpu"):
+        raise AssertionError("not reached")
+
+    with pytest.raises(SystemExit) as exc:
+        demo_main(argv, doc=doc, train=train_one_process, export=export, score=lambda out, w: {},
+                  write_card=write_card, export_name="fake.safetensors")
+    assert exc.value.code == 2

@@ -675,8 +675,11 @@ def test_demo_recipe_stages_split_the_budget_and_chain_their_checkpoints(tmp_pat
 
     calls = []
 
-    def fake_train(method, config, run_dir, *, max_minutes=None, clock="wall"):
+    processes = []
+
+    def fake_train(method, config, run_dir, *, max_minutes=None, clock="wall", **kw):
         assert clock == "cpu"
+        processes.append(kw.get("processes", 1))
         calls.append((dict(config), Path(run_dir), max_minutes))
         best = Path(run_dir) / "best.pt"
         return {"train_seconds": 60.0 * max_minutes, "train_cpu_seconds": 100.0, "epochs_done": 2, "steps": 10,
@@ -713,3 +716,9 @@ def test_demo_recipe_stages_split_the_budget_and_chain_their_checkpoints(tmp_pat
     assert [c[0].get("monitor") for c in calls] == [None, "val_mean_iou", "val_mean_iou"]
     assert [m for *_, m in calls] == pytest.approx([2.0, 4.8, 1.2])
     assert demo._seed_text(demo.VAL_SEEDS_8) == "500-507" and demo._seed_text(demo.VAL_SEEDS) == "500, 501, 502, 503"
+    # the DDP recipe trains each stage in 2 processes (the others in one)
+    assert set(processes) == {1}
+    calls.clear()
+    summary = demo.train_demo(tmp_path / "ddp", max_minutes=8, stages=demo.RECIPES["staged48-ddp"], clock="cpu")
+    assert processes[-2:] == [2, 2] and summary["recipe"] == "staged48-ddp"
+    assert [c[0]["batch_size"] for c in calls] == [4, 2] and all(c[0]["ddp_find_unused_parameters"] for c in calls)

@@ -169,13 +169,14 @@ def add_clock_argument(parser) -> None:
 def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: str) -> int:
     """The command line every method's ``demo.py`` shares:
     ``python -m surgseg_core.methods.M.demo OUT [--max-minutes N] [--clock cpu|wall] [--export FILE] [--only-score]
-    [--notes MD]``.
+    [--notes MD]`` (and ``--processes N`` where ``train`` takes ``processes``).
 
     ``train(out, max_minutes, clock=...) -> summary``; ``export(out, target) -> target``;
     ``score(out, weights) -> scores``; ``write_card(folder, weights, summary,
     scores, command, notes) -> card text`` (it also writes ``weights.json``);
     the card is written here, as ``MODEL_CARD.md`` beside the weights."""
     import argparse
+    import inspect
     import logging
 
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,12 +187,17 @@ def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: 
                                                 "score them and write weights.json + MODEL_CARD.md beside them")
     p.add_argument("--only-score", action="store_true", help="skip training; export + score OUT's run")
     p.add_argument("--notes", type=Path, help="markdown appended to the model card (what was observed)")
+    takes_processes = "processes" in inspect.signature(train).parameters
+    if takes_processes:
+        p.add_argument("--processes", type=int, default=1,
+                       help="train in N DDP processes with torch's threads shared out (see train_with_budget)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     summary_path = out / "train_summary.json"
     if not args.only_score:
-        summary = train(out, args.max_minutes, clock=args.clock)
+        extra = {"processes": args.processes} if takes_processes and args.processes > 1 else {}
+        summary = train(out, args.max_minutes, clock=args.clock, **extra)
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=1, default=str))
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1, default=str), flush=True)
@@ -205,7 +211,8 @@ def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: 
         module = doc.split("``python -m ")[1].split(" ")[0] if "``python -m " in doc else "the method's demo module"
         minutes = f" --max-minutes {summary['max_minutes']:g}" if summary.get("max_minutes") else ""
         clock = f" --clock {summary.get('budget_clock', 'wall')}" if summary.get("max_minutes") else ""
-        command = f"python -m {module} OUT{minutes}{clock} --export {args.export}"
+        procs = f" --processes {summary['processes']}" if (summary.get("processes") or 1) > 1 else ""
+        command = f"python -m {module} OUT{minutes}{clock}{procs} --export {args.export}"
         notes = "\n" + args.notes.read_text(encoding="utf-8") if args.notes else ""
         from ..atomic import atomic_write_text
 
