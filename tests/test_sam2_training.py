@@ -722,3 +722,31 @@ def test_demo_recipe_stages_split_the_budget_and_chain_their_checkpoints(tmp_pat
     summary = demo.train_demo(tmp_path / "ddp", max_minutes=8, stages=demo.RECIPES["staged48-ddp"], clock="cpu")
     assert processes[-2:] == [2, 2] and summary["recipe"] == "staged48-ddp"
     assert [c[0]["batch_size"] for c in calls] == [4, 2] and all(c[0]["ddp_find_unused_parameters"] for c in calls)
+
+
+def test_small_windows_draw_frames_that_show_a_small_object(tmp_path):
+    from PIL import Image
+
+    from surgseg_core.methods.sam2.data import VideoClipDataset, find_sequences
+
+    root = tmp_path / "seq"
+    (root / "frames").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for t, side in enumerate([0, 0, 0, 2, 3, 5, 8, 8, 8, 8]):  # object 1: 16, 24, 40, 64 pixels on frames 3-6
+        mask = np.zeros((32, 32), np.uint8)
+        mask[10:18, :side] = 1
+        Image.fromarray(mask).save(root / "masks" / f"{t:03d}.png")
+        frame = np.full((32, 32, 3), 60, np.uint8)
+        frame[mask > 0] = 200
+        Image.fromarray(frame).save(root / "frames" / f"{t:03d}.png")
+    seqs = find_sequences(tmp_path)
+    common = dict(image_size=32, clip_len=1, max_objects=3, train=True, max_stride=1, min_area=4)
+    ds = VideoClipDataset(seqs, small_windows=1.0, small_area=30, **common)
+    assert ds.small_starts(0, 1) == [3, 4]
+    assert VideoClipDataset(seqs, small_windows=1.0, small_area=16, **common).small_starts(0, 1) == [3]
+    firsts = {int(ds[i]["frames"][0]) for i in range(len(ds))}
+    assert firsts == {3, 4} and all(ds[i]["masks"].sum() <= 24 for i in range(len(ds)))
+    plain = VideoClipDataset(seqs, **common)  # off: most items show the full-size object
+    assert any(int(plain[i]["masks"].sum()) == 64 for i in range(len(plain)))
+    with pytest.raises(DatasetError, match="small_windows"):
+        VideoClipDataset(seqs, small_windows=0.5, hard_windows=0.6, **common)

@@ -146,12 +146,18 @@ class VideoClipDataset(torch.utils.data.Dataset):
     object at most a quarter of the area it has on the window's last frame
     (an instrument coming into view, prompted while it is a sliver: a model
     trained mostly on leaving instruments learns to drop such slivers).
+    ``small_windows`` (0..1, training only, default 0): the share drawn among
+    windows whose first frame shows an object of at most ``small_area``
+    pixels (at the model's resolution; default 64): the prompted frame's
+    own mask of a sliver (a model that never segmented one returns an empty
+    mask for a box on it, with a high object score, and then tracks nothing).
     Item: ``images`` [T, 3, S, S] (SAM2-normalised), ``masks`` [T, O, S, S] uint8.
     """
 
     def __init__(self, sequences: Sequence[Sequence_], *, image_size: int, clip_len: int = 8,
                  max_objects: int = 3, train: bool = True, max_stride: int = 1, seed: int = 0,
-                 min_area: int = 4, hard_windows: float = 0.0, enter_windows: float = 0.0) -> None:
+                 min_area: int = 4, hard_windows: float = 0.0, enter_windows: float = 0.0,
+                 small_windows: float = 0.0, small_area: int = 64) -> None:
         self.sequences = list(sequences)
         self.size = int(image_size)
         self.clip_len = int(clip_len)
@@ -162,11 +168,13 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.min_area = int(min_area)
         self.hard_windows = float(hard_windows)
         self.enter_windows = float(enter_windows)
-        if not 0.0 <= self.hard_windows <= 1.0:
-            raise DatasetError(f"hard_windows must be within 0..1, got {hard_windows}")
-        if not 0.0 <= self.enter_windows <= 1.0 or self.hard_windows + self.enter_windows > 1.0:
-            raise DatasetError(f"enter_windows must be within 0..1 and hard_windows + enter_windows <= 1, "
-                               f"got {enter_windows} and {hard_windows}")
+        self.small_windows, self.small_area = float(small_windows), int(small_area)
+        shares = {"hard_windows": self.hard_windows, "enter_windows": self.enter_windows,
+                  "small_windows": self.small_windows}
+        bad = [f"{k} {v}" for k, v in shares.items() if not 0.0 <= v <= 1.0]
+        if bad or sum(shares.values()) > 1.0:
+            raise DatasetError(f"hard_windows, enter_windows and small_windows must each be within 0..1 and sum to at "
+                               f"most 1, got {', '.join(f'{k} {v}' for k, v in shares.items())}")
         self.epoch = 0
         self._areas: Dict[int, List[Dict[int, int]]] = {}  # sequence -> {object: pixels} per frame (windows)
         self.readers = [_Reader(s) for s in self.sequences]
@@ -228,6 +236,14 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 out.append(s)
         return out
 
+    def small_starts(self, k: int, stride: int) -> List[int]:
+        """Starts of sequence ``k`` (frame step ``stride``) whose first frame
+        shows an object of at most ``small_area`` pixels."""
+        areas = self._areas_per_frame(k)
+        span = (self.clip_len - 1) * stride + 1
+        return [s for s in range(max(1, len(areas) - span + 1))
+                if any(a <= self.small_area for a in areas[s].values())]
+
     def __getitem__(self, idx: int) -> Dict[str, Any]:
         from ...sam2_engine.engine import preprocess_frame
 
@@ -240,10 +256,11 @@ class VideoClipDataset(torch.utils.data.Dataset):
             stride, span = 1, min(self.clip_len, n)
         if rng is not None:
             starts = list(rng.permutation(max(1, n - span + 1))[:8]) + [start]
-            if self.hard_windows > 0 or self.enter_windows > 0:
+            if self.hard_windows > 0 or self.enter_windows > 0 or self.small_windows > 0:
                 u = rng.random()
-                special = (self.enter_starts(k, stride) if u < self.enter_windows else
-                           self.hard_starts(k, stride) if u < self.enter_windows + self.hard_windows else [])
+                e, h = self.enter_windows, self.enter_windows + self.hard_windows
+                special = (self.enter_starts(k, stride) if u < e else self.hard_starts(k, stride) if u < h else
+                           self.small_starts(k, stride) if u < h + self.small_windows else [])
                 if special:
                     starts = [int(rng.choice(special))] + starts
         else:  # evaluation: deterministic, the first start at or after this one that shows an object

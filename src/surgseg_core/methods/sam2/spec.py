@@ -26,7 +26,9 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "hard_windows": 0.0,         # share of training clips drawn among those with >= 2 objects on the
                                  # first frame or an object leaving while another is in view (0: off)
     "enter_windows": 0.0,        # share drawn among those whose first frame shows an object coming into
-                                 # view (<= 1/4 of its area at the window's end); hard + enter <= 1
+                                 # view (<= 1/4 of its area at the window's end)
+    "small_windows": 0.0,        # share drawn among those whose first frame shows an object of at most
+    "small_area": 64,            # small_area pixels at the model's size; hard + enter + small <= 1
     # prompts (SAM2Train: half point input, of which all boxes; else the mask)
     "prob_box": 0.5,
     "prob_point": 0.0,
@@ -108,7 +110,9 @@ def build_datasets(config: Mapping[str, Any]):
     train_ds = VideoClipDataset(find_sequences(_root(config, "train_root")), train=True,
                                 max_stride=int(config.get("max_stride", 1)),
                                 hard_windows=float(config.get("hard_windows") or 0.0),
-                                enter_windows=float(config.get("enter_windows") or 0.0), **common)
+                                enter_windows=float(config.get("enter_windows") or 0.0),
+                                small_windows=float(config.get("small_windows") or 0.0),
+                                small_area=int(config.get("small_area") or 64), **common)
     val_root = _root(config, "val_root")
     if config.get("val_clip_len"):
         common = {**common, "clip_len": int(config["val_clip_len"])}
