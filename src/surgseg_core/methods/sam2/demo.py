@@ -175,7 +175,12 @@ STAGED48_DDP_ENTER_RECIPE: Tuple[Tuple[str, Dict[str, Any], float], ...] = (
 # so the memory holds an empty mask and every later frame is empty (object score -5); the 41- and 80-pixel slivers
 # (9012, 9007) get their mask on frame 0 and are tracked at IoU ~0.9. The frames stage rarely shows a prompted
 # object that small. ``--recipe staged48-ddp-small``: the DDP recipe with 30 % of the single frames drawn where an
-# object covers at most 64 pixels at 256 px (``small_windows``; hard windows 0.5).
+# object covers at most 64 pixels at 256 px (``small_windows``; hard windows 0.5). Run once: the frames stage gave
+# the same frame-0 masks as without the option (9003: 9 of 23 pixels, 9008: 1 pixel off the sliver; the
+# staged48-ddp frames stage: 9 and 0), the clip stage's loss spiked for 3 epochs (means 18-34, validation 0.31-0.42)
+# and recovered to validation IoU 0.926; held-out mean IoU 0.533 (J&F 0.777): the three slivers and 9007 lost. Not
+# bundled. Also measured: the staged48-ddp model had a frame-0 mask on 9003 (6 pixels) and 9012 (43 of 41, object
+# score 4.4) and still lost both on the next frames: the frame-0 mask is needed but not enough.
 STAGED48_DDP_SMALL_RECIPE: Tuple[Tuple[str, Dict[str, Any], float], ...] = (
     ("frames", {**STAGED48_DDP_RECIPE[0][1], "hard_windows": 0.5, "small_windows": 0.3}, 0.25),
     STAGED48_DDP_RECIPE[1],
