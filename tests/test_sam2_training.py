@@ -567,22 +567,26 @@ def test_hard_windows_draw_clips_where_the_prompt_must_tell_objects_apart(tmp_pa
         VideoClipDataset(seqs, hard_windows=1.5, **common)
 
 
-def test_enter_windows_draw_clips_that_start_on_an_object_coming_into_view(tmp_path):
+def _edge_sequence(root: Path, sides) -> None:
+    """A 32x32 sequence whose object 1 comes in from the left edge: 8 rows
+    by ``sides[t]`` columns on frame t (2, 3, 5, 8 columns: 16, 24, 40, 64 pixels)."""
     from PIL import Image
 
-    from surgseg_core.methods.sam2.data import VideoClipDataset, find_sequences
-
-    root = tmp_path / "seq"
     (root / "frames").mkdir(parents=True)
     (root / "masks").mkdir()
-    sides = [0, 0, 0, 2, 3, 5, 8, 8, 8, 8, 8, 8]  # object 1 comes in from the left edge on frames 3-6
     for t, side in enumerate(sides):
         mask = np.zeros((32, 32), np.uint8)
-        mask[10:18, :side] = 1  # 8 rows: 16, 24, 40, 64 pixels
+        mask[10:18, :side] = 1
         Image.fromarray(mask).save(root / "masks" / f"{t:03d}.png")
         frame = np.full((32, 32, 3), 60, np.uint8)
         frame[mask > 0] = 200
         Image.fromarray(frame).save(root / "frames" / f"{t:03d}.png")
+
+
+def test_enter_windows_draw_clips_that_start_on_an_object_coming_into_view(tmp_path):
+    from surgseg_core.methods.sam2.data import VideoClipDataset, find_sequences
+
+    _edge_sequence(tmp_path / "seq", [0, 0, 0, 2, 3, 5, 8, 8, 8, 8, 8, 8])  # comes in on frames 3-6
     seqs = find_sequences(tmp_path)
     common = dict(image_size=32, clip_len=3, max_objects=3, train=True, max_stride=1, min_area=4)
     ds = VideoClipDataset(seqs, enter_windows=1.0, **common)
@@ -725,20 +729,9 @@ def test_demo_recipe_stages_split_the_budget_and_chain_their_checkpoints(tmp_pat
 
 
 def test_small_windows_draw_frames_that_show_a_small_object(tmp_path):
-    from PIL import Image
-
     from surgseg_core.methods.sam2.data import VideoClipDataset, find_sequences
 
-    root = tmp_path / "seq"
-    (root / "frames").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for t, side in enumerate([0, 0, 0, 2, 3, 5, 8, 8, 8, 8]):  # object 1: 16, 24, 40, 64 pixels on frames 3-6
-        mask = np.zeros((32, 32), np.uint8)
-        mask[10:18, :side] = 1
-        Image.fromarray(mask).save(root / "masks" / f"{t:03d}.png")
-        frame = np.full((32, 32, 3), 60, np.uint8)
-        frame[mask > 0] = 200
-        Image.fromarray(frame).save(root / "frames" / f"{t:03d}.png")
+    _edge_sequence(tmp_path / "seq", [0, 0, 0, 2, 3, 5, 8, 8, 8, 8])  # object 1: 16, 24, 40, 64 pixels on frames 3-6
     seqs = find_sequences(tmp_path)
     common = dict(image_size=32, clip_len=1, max_objects=3, train=True, max_stride=1, min_area=4)
     ds = VideoClipDataset(seqs, small_windows=1.0, small_area=30, **common)

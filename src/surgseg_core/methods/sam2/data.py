@@ -171,8 +171,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.small_windows, self.small_area = float(small_windows), int(small_area)
         shares = {"hard_windows": self.hard_windows, "enter_windows": self.enter_windows,
                   "small_windows": self.small_windows}
-        bad = [f"{k} {v}" for k, v in shares.items() if not 0.0 <= v <= 1.0]
-        if bad or sum(shares.values()) > 1.0 + 1e-9:  # 0.7 + 0.2 + 0.1 may sum to 1.0000000000000002
+        out_of_range = any(not 0.0 <= v <= 1.0 for v in shares.values())
+        if out_of_range or sum(shares.values()) > 1.0 + 1e-9:  # 0.7 + 0.2 + 0.1 may sum to 1.0000000000000002
             raise DatasetError(f"hard_windows, enter_windows and small_windows must each be within 0..1 and sum to at "
                                f"most 1, got {', '.join(f'{k} {v}' for k, v in shares.items())}")
         self.epoch = 0
