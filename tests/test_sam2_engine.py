@@ -314,7 +314,7 @@ def test_errors_name_the_problem(model, frames):
         engine.add_points(0, 1, [[1, 1], [2, 2]], [1])
     with pytest.raises(ConfigError, match="1 \\(object\\) or 0"):
         engine.add_points(0, 1, [[1, 1]], [5])
-    with pytest.raises(ConfigError, match="x1 > x0"):
+    with pytest.raises(ConfigError, match="x1 >= x0"):
         engine.add_box(0, 1, [50, 50, 10, 10])
     with pytest.raises(ConfigError, match="does not match the video"):
         engine.add_mask(0, 1, np.ones((10, 10), bool))

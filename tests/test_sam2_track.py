@@ -116,7 +116,7 @@ def test_prompt_errors_name_the_problem(frames):
         track_video(frames, [])
     with pytest.raises(ConfigError, match="outside the video"):
         track_video(frames, [{"frame": T, "obj_id": 1, "points": [[1, 1]], "labels": [1]}])
-    with pytest.raises(ConfigError, match="x1 > x0"):
+    with pytest.raises(ConfigError, match="x1 >= x0"):
         normalize_prompts([{"frame": 0, "obj_id": 1, "box": [50, 5, 10, 40]}])
     with pytest.raises(ConfigError, match="neither points nor a box"):
         normalize_prompts([{"frame": 0, "obj_id": 1}])

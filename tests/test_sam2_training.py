@@ -743,3 +743,36 @@ def test_small_windows_draw_frames_that_show_a_small_object(tmp_path):
     assert any(int(plain[i]["masks"].sum()) == 64 for i in range(len(plain)))
     with pytest.raises(DatasetError, match="small_windows"):
         VideoClipDataset(seqs, small_windows=0.5, hard_windows=0.6, **common)
+
+
+def test_evaluation_scores_an_object_one_pixel_wide_on_the_prompted_frame(tmp_path):
+    """An instrument coming into view can show a single column of pixels on the
+    first frame: its box from the mask (inclusive pixel coordinates, as SAM2's
+    training boxes) is a line. The evaluation tracks it instead of refusing
+    the clip; an inverted box is still refused."""
+    from PIL import Image
+
+    from surgseg_core.datasets import mask_box
+    from surgseg_core.methods.sam2.data import find_sequences
+    from surgseg_core.methods.sam2.evaluate import evaluate_sam
+    from surgseg_core.sam2_engine.heads import parse_prompt
+
+    root = tmp_path / "seq"
+    (root / "frames").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for t in range(4):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[10:16, 31 - t:32] = 1  # one column on frame 0, growing in from the right edge
+        mask[2:8, 2:8] = 2
+        Image.fromarray(mask).save(root / "masks" / f"{t:03d}.png")
+        frame = np.full((32, 32, 3), 60, np.uint8)
+        frame[mask > 0] = 200
+        Image.fromarray(frame).save(root / "frames" / f"{t:03d}.png")
+    first = np.asarray(Image.open(root / "masks" / "000.png"))
+    assert mask_box(first, 1) == (31.0, 10.0, 31.0, 15.0)
+    assert mask_box(first, 3) is None
+    result = evaluate_sam(_sam(), find_sequences(tmp_path))
+    assert result["objects"] == 2 and sorted(result["per_object"]) == ["seq:1", "seq:2"]
+    assert all(v["frames"] == 3 for v in result["per_object"].values())
+    with pytest.raises(ConfigError, match="x1 >= x0"):
+        parse_prompt(box=[31, 10, 30, 15])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datasets.boxes import mask_box
 from .common import _iou, score_record
 
 MARGIN = 0.1  # IoU below the model card's held-out score that still counts as working
@@ -54,8 +55,7 @@ def step_sam2(out: Path, summary: dict, scores: dict, *, n_frames: int, device: 
         first = np.asarray(truth[0])
         ids = [int(i) for i in np.unique(first) if i]
         for obj in ids:
-            ys, xs = np.nonzero(first == obj)
-            engine.add_box(0, obj, [xs.min(), ys.min(), xs.max(), ys.max()])
+            engine.add_box(0, obj, mask_box(first, obj))
         writer = PngLabelWriter(out / "sam2_masks", overwrite=True)  # the demo's own folder, rerun at will
         t0 = time.perf_counter()
         engine.propagate(writer, direction="forward", progress=progress, cancel=cancel)

@@ -251,8 +251,10 @@ def parse_prompt(
         raise ConfigError("point coordinates contain NaN or infinity")
     if box is not None:
         b = np.asarray(box, np.float32).reshape(-1)
-        if b.size != 4 or not np.all(np.isfinite(b)) or not (b[2] > b[0] and b[3] > b[1]):
-            raise ConfigError(f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {b.tolist()}")
+        # x1 == x0 is allowed: the tight box of a one-pixel-wide object in inclusive pixel coordinates
+        # (``datasets.mask_box``, and SAM2's training boxes) is a line
+        if b.size != 4 or not np.all(np.isfinite(b)) or not (b[2] >= b[0] and b[3] >= b[1]):
+            raise ConfigError(f"box must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0, got {b.tolist()}")
         pts = np.concatenate([b.reshape(2, 2), pts], 0)
         lbl = np.concatenate([np.array([2, 3], np.int32), lbl], 0)
     return pts, lbl

@@ -67,8 +67,8 @@ def normalize_prompts(prompts: Sequence[Mapping[str, Any]], num_frames: Optional
         box = p.get("box")
         if box is not None:
             box = [float(v) for v in np.asarray(box, float).reshape(-1)]
-            if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
-                raise ConfigError(f"{where}: box must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0, got {box}")
+            if len(box) != 4 or not (box[2] >= box[0] and box[3] >= box[1]):  # a line: see heads.parse_prompt
+                raise ConfigError(f"{where}: box must be [x0, y0, x1, y1] with x1 >= x0 and y1 >= y0, got {box}")
         if not len(pts) and box is None:
             raise ConfigError(f"{where}: has neither points nor a box")
         if not np.all(np.isfinite(pts)):

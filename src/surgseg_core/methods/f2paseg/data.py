@@ -31,6 +31,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
+from ...datasets.boxes import mask_box
 from ...errors import DatasetError, VideoError
 from .classes import CHOLECSEG8K, IGNORE, PAS, ClassSet, get_class_set
 
@@ -363,14 +364,6 @@ def find_cholecseg8k_clips(root: PathLike, **kwargs) -> List[AnnotatedClip]:
 
 
 # ---------------------------------------------------------- box prompts
-def mask_box(mask: np.ndarray, class_id: int) -> Optional[Tuple[float, float, float, float]]:
-    """(x0, y0, x1, y1) of the class's pixels (inclusive pixel coordinates), None if absent."""
-    ys, xs = np.nonzero(np.asarray(mask) == class_id)
-    if xs.size == 0:
-        return None
-    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
-
-
 def box_prompts(clip: AnnotatedClip, *, every: int = 10, start: int = 0, class_ids: Optional[Sequence[int]] = None,
                 jitter: float = 0.0, rng: Optional[np.random.Generator] = None,
                 ) -> Dict[int, Dict[int, Tuple[float, float, float, float]]]:

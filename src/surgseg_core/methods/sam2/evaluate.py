@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ...datasets.boxes import mask_box
 from ...progress import CancelToken, ProgressCallback, check_cancel, report
 
 
@@ -86,8 +87,7 @@ def track_sequence(sam, seq, *, max_frames: Optional[int] = None) -> Dict[int, D
     try:
         engine = StreamingSAM2(sam, frames)
         for obj in ids:
-            ys, xs = np.nonzero(first == obj)
-            engine.add_box(0, obj, [xs.min(), ys.min(), xs.max(), ys.max()])
+            engine.add_box(0, obj, mask_box(first, obj))
 
         def sink(result):
             t = result.frame_idx
