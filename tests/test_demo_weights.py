@@ -94,3 +94,40 @@ def test_demo_command_line_offers_processes_where_the_demo_trains_in_several(tmp
         demo_main(argv, doc=doc, train=train_one_process, export=export, score=lambda out, w: {},
                   write_card=write_card, export_name="fake.safetensors")
     assert exc.value.code == 2
+
+
+def test_rescoring_the_demo_sam2_replaces_its_scores_and_keeps_its_weights_and_record(tmp_path):
+    """A held-out set changed after training (issue 10: 12 -> 60 clips) is
+    scored on the bundled weights without retraining: weights.json gets the
+    new metrics and seeds (same file, hash and creation time), the card's
+    held-out section the new table, every other section of the card stays."""
+    import shutil
+
+    from surgseg_core.methods.sam2 import demo
+    from surgseg_core.synth import write_synthetic_clip
+
+    src = REPO / "sample_data" / "sam2_demo"
+    if not (src / "weights.json").is_file():
+        pytest.skip("no bundled demo SAM2 in sample_data/")
+    folder = tmp_path / "sam2_demo"
+    shutil.copytree(src, folder)
+    before = json.loads((folder / "weights.json").read_text())
+    card_before = (folder / "MODEL_CARD.md").read_text()
+    heldout = tmp_path / "heldout"
+    for seed in (9001, 9002):
+        write_synthetic_clip(heldout / f"clip_{seed}", seed=seed, n_frames=8, height=120, width=160)
+    scores = demo.rescore_bundle(folder, heldout, seeds=(9001, 9002))
+
+    after = json.loads((folder / "weights.json").read_text())
+    assert {k: after[k] for k in ("file", "sha256", "created", "name")} == {
+        k: before[k] for k in ("file", "sha256", "created", "name")}
+    assert after["metrics"]["heldout_seeds"] == [9001, 9002]
+    assert after["metrics"]["heldout_objects"] == scores["trained"]["objects"] > 0
+    assert after["metrics"]["heldout_mean_iou"] == round(scores["trained"]["mean_iou"], 4)
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "(9001, 9002, 2 clips)" in card
+    assert f"| this model | {scores['trained']['objects']} |" in card
+    head, _, rest = card_before.partition("## Held-out scores\n")
+    assert card.startswith(head)
+    kept = rest[rest.index("\n## "):]  # the sections after the held-out one
+    assert card.endswith(kept)

@@ -135,15 +135,16 @@ def export_checkpoint(checkpoint: Path, target: Path) -> Path:
 
 def write_weights_json(folder: Path, *, name: str, weights: Path, method: str, metrics: Mapping[str, Any],
                        config: Optional[str] = None, base: Optional[str] = None,
-                       variant: Optional[str] = None) -> Dict[str, Any]:
+                       variant: Optional[str] = None, created: Optional[str] = None) -> Dict[str, Any]:
     """``weights.json`` beside ``weights`` (atomic): the registry entry of a
-    bundled model, with its pinned SHA-256."""
+    bundled model, with its pinned SHA-256; ``created``: keep this time
+    (re-scored weights), else now."""
     from ..atomic import atomic_write_text
     from ..weights.hashing import sha256_file
 
     meta = {"name": name, "file": weights.name, "sha256": sha256_file(weights), "method": method,
             "config": config, "base": base, "variant": variant, "size_bytes": weights.stat().st_size,
-            "metrics": dict(metrics), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "metrics": dict(metrics), "created": created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_text(Path(folder) / "weights.json", json.dumps(meta, indent=1, default=str) + "\n")
     return meta
 
