@@ -70,8 +70,9 @@ def test_folded_inference_equals_the_training_arithmetic_and_bf16_stays_close():
     """Inference folds each layer's key/value projections onto the click
     side (one i* per frame instead of six layers' keys and values): the
     same offsets as the per-layer path the training uses; under a bf16
-    autocast the folded path runs a bf16 copy of the block, close to
-    float32, and a changed block (an optimizer step) is re-copied."""
+    autocast the folded path runs i* and the MLP in bf16 (the MLP packed
+    once), close to float32, and a changed block (an optimizer step, here on
+    a bf16-packed MLP weight and a float32 norm) is packed again."""
     torch.manual_seed(0)
     block = ShiftBlock(64, 8, num_layers=3, num_heads=8, mlp_dim=128)
     with torch.no_grad():
@@ -92,7 +93,8 @@ def test_folded_inference_equals_the_training_arithmetic_and_bf16_stays_close():
             got = block(points, keys=low)
         assert got.dtype == torch.float32
         assert (got - ref).abs().max() < 0.02
-        block.layers[-1].norm2.bias.add_(0.5)  # an in-place update, as an optimizer step
+        block.layers[-1].norm2.bias.add_(0.5)  # in-place updates, as an optimizer step
+        block.layers[0].mlp[2].weight.mul_(-1.0)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             moved = block(points, keys=low)
         assert (moved - block(points, keys=per_layer)).abs().max() < 0.02

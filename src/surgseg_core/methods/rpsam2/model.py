@@ -142,18 +142,22 @@ class RPSAM2(nn.Module):
         select = shift_selection(labels, mode or self.shift_points)
         if not bool(select.any()):
             return coords
-        offset = torch.zeros_like(coords)
         if keys is None:
             keys = self.shift.image_keys(image_embed)
+        return self._refine_selected(coords, labels, select, keys)
+
+    def _refine_selected(self, coords: torch.Tensor, labels: torch.Tensor, select: torch.Tensor, keys: BlockKeys,
+                         state: Optional[tuple] = None) -> torch.Tensor:
+        offset = torch.zeros_like(coords)
         frames = keys.frames
         if frames == 1:  # all clicks of the frame in one row: tokens never interact
             pe = self.point_embedding(coords[select][None], labels[select][None])
-            offset = offset.index_put((select,), self.shift(pe, keys=keys)[0].to(coords.dtype))
+            offset = offset.index_put((select,), self.shift(pe, keys=keys, state=state)[0].to(coords.dtype))
         else:
             if frames != coords.shape[0]:
                 raise ConfigError(f"rpsam2: {coords.shape[0]} prompts for {frames} frame embeddings")
             pe = self.point_embedding(coords, labels)
-            offset = torch.where(select[..., None], self.shift(pe, keys=keys).to(coords.dtype), offset)
+            offset = torch.where(select[..., None], self.shift(pe, keys=keys, state=state).to(coords.dtype), offset)
         return apply_offset(coords, offset, self.image_size)
 
     def segment(
@@ -178,13 +182,14 @@ class RPSAM2(nn.Module):
                            multimask_output=multimask, image_embed=image_embed)
         return out, coords
 
-    def frame_keys(self, feats: FrameFeatures) -> BlockKeys:
+    def frame_keys(self, feats: FrameFeatures, state: Optional[tuple] = None) -> BlockKeys:
         """The block's keys/values of a frame, cached for the frame's cached
         features (the engine hands the same tensors for a frame while it
-        keeps them) and the block's current weights (versions): a later
-        click on the frame runs only the click's side of the block."""
+        keeps them) and the block's current weights (versions; ``state``:
+        ``parameter_state(self.shift)`` when the caller just took it): a
+        later click on the frame runs only the click's side of the block."""
         source = feats.backbone_fpn[-1]
-        version = (parameter_state(self.shift), low_precision_dtype(source.device.type))
+        version = (parameter_state(self.shift) if state is None else state, low_precision_dtype(source.device.type))
         hit = self._keys_cache.get(id(source))
         if hit is not None and hit[0]() is source and hit[1] == version and not torch.is_grad_enabled():
             return hit[2]
@@ -198,9 +203,11 @@ class RPSAM2(nn.Module):
     def prompt_hook(self, frame_idx: int, coords: torch.Tensor, labels: torch.Tensor,
                     feats: FrameFeatures) -> Tuple[torch.Tensor, torch.Tensor]:
         """The engine's ``PromptHook``: refined points, same labels."""
-        if not bool(shift_selection(labels, self.shift_points).any()):
+        select = shift_selection(labels, self.shift_points)
+        if not bool(select.any()):
             return coords, labels
-        return self.refine(coords, labels, None, keys=self.frame_keys(feats)), labels
+        state = parameter_state(self.shift)  # once per click: the keys' and the packed block's version
+        return self._refine_selected(coords, labels, select, self.frame_keys(feats, state), state), labels
 
     def click_session(self, **options: Any):
         """A ``ClickSession`` whose clicks are refined: call
