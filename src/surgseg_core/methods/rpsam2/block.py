@@ -44,8 +44,8 @@ Choices the paper leaves open (all are constructor options):
   MLP (12 of its 16 MB of click-side weights) in bf16, the click's own
   small projections, norms and residual stream in float32 (bf16 gains
   nothing on 256-wide vectors: those calls cost dispatch, not bytes), on
-  CPU the MLP through oneDNN with weights packed once (a plain bf16 linear
-  re-lays its weight out on every call). Measured on this 2-core EPYC at
+  CPU the MLP through oneDNN with weights packed once (a 256 x 2048 bf16
+  GEMV, warm: 37 us instead of 60 us with ``F.linear``). Measured on this 2-core EPYC at
   1024 px: the block 3.7-4.5 ms instead of 4.9-5.8 ms (bf16 cast copy of the
   whole block), closer to float32 (max offset error 0.0035 vs 0.0052 of the
   image side).
