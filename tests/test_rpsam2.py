@@ -497,3 +497,34 @@ def test_saved_block_loads_on_its_base_and_is_refused_on_another(tmp_path, frame
         load_rpsam2(path, {"seed": 1}, device="cpu")  # another random-init base
     with pytest.raises(WeightsError, match="surgseg_demo256"):
         load_rpsam2(path, {"sam2_config": "surgseg_demo256"}, device="cpu")
+
+
+def test_packed_mlp_falls_back_to_f_linear_where_onednn_cannot_pack(monkeypatch):
+    """The bf16 click path packs the MLP for oneDNN on CPU; a torch build
+    without that op (or one that fails the check against ``F.linear``) gets
+    ``F.linear`` with the same results instead of an error."""
+    from surgseg_core.methods.rpsam2 import block as block_module
+
+    torch.manual_seed(1)
+    weight, bias = torch.randn(32, 16).bfloat16(), torch.randn(32).bfloat16()
+    x = torch.randn(2, 3, 16).bfloat16()
+    want = torch.relu(torch.nn.functional.linear(x, weight, bias)).float()
+    calls = []
+    onednn = torch.ops.mkldnn._linear_pointwise
+
+    def counted(*args):
+        calls.append(1)
+        return onednn(*args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", counted, raising=False)
+    packed = block_module._mlp_linear(weight, bias, True)
+    calls.clear()
+    assert torch.allclose(packed(x).float(), want, atol=0.05) and calls  # this CPU build packs
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no oneDNN packing in this build")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", unavailable, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", unavailable, raising=False)
+    plain = block_module._mlp_linear(weight, bias, True)
+    assert torch.equal(plain(x), torch.relu(torch.nn.functional.linear(x, weight, bias)))
