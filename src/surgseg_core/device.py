@@ -11,7 +11,7 @@ import functools
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import ContextManager, Optional, Union
+from typing import Any, Callable, ContextManager, Optional, Union
 
 import torch
 
@@ -215,8 +215,8 @@ def low_precision_dtype(device_type: str) -> Optional[torch.dtype]:
     return None
 
 
-_cast_lock = threading.Lock()
-_cast_copies: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> (key, copy)
+_derived_lock = threading.Lock()
+_derived: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> {kind: (key, value)}
 
 
 def parameter_state(module: torch.nn.Module) -> tuple:
@@ -235,12 +235,22 @@ def cast_copy(module: torch.nn.Module, dtype: Optional[torch.dtype]) -> torch.nn
     copy). One copy per module: a second dtype replaces the first."""
     if dtype is None or dtype == torch.float32:
         return module
-    key = (dtype, parameter_state(module))
-    with _cast_lock:
-        hit = _cast_copies.get(module)
-        if hit is not None and hit[0] == key:
+    return derived_from_weights(module, "cast_copy", dtype,
+                                lambda: _copy.deepcopy(module).to(dtype).eval().requires_grad_(False))
+
+
+def derived_from_weights(module: torch.nn.Module, kind: str, key: Any, build: Callable[[], Any],
+                         state: Optional[tuple] = None) -> Any:
+    """``build()``'s inference form of ``module``'s weights (a cast copy, packed
+    layers), kept while ``key`` is the same and the parameters are unchanged
+    (``parameter_state``; ``state``: that, when the caller has just taken
+    it). One value per (module, kind): a new key replaces the old value."""
+    full_key = (key, parameter_state(module) if state is None else state)
+    with _derived_lock:
+        hit = _derived.get(module, {}).get(kind)
+        if hit is not None and hit[0] == full_key:
             return hit[1]
-    copy = _copy.deepcopy(module).to(dtype).eval().requires_grad_(False)
-    with _cast_lock:
-        _cast_copies[module] = (key, copy)
-    return copy
+    value = build()
+    with _derived_lock:
+        _derived.setdefault(module, {})[kind] = (full_key, value)
+    return value

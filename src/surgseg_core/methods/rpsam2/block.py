@@ -56,15 +56,13 @@ Choices the paper leaves open (all are constructor options):
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...device import low_precision_dtype, parameter_state
+from ...device import derived_from_weights, low_precision_dtype
 from ...errors import ConfigError
 from ...sam2_engine.fast_heads import few_query_attention
 
@@ -203,10 +201,6 @@ class ShiftBlock(nn.Module):
         return torch.sigmoid(self.scale) * torch.tanh(self.delta(tokens))  # eq. 2's offset
 
 
-_packs: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # block -> (key, packed layers)
-_packs_lock = threading.Lock()
-
-
 def _mlp_linear(weight: torch.Tensor, bias: torch.Tensor, relu: bool):
     """``x -> [relu](x W^T + b)`` in ``weight``'s dtype: on CPU through
     oneDNN with the weight packed once (checked against ``F.linear``), else
@@ -236,14 +230,14 @@ def _packed_layers(block: "ShiftBlock", dtype: torch.dtype, device: torch.device
                    state: Optional[tuple] = None) -> List[Dict[str, Any]]:
     """Per layer: float32 click-side weights (the key / value projections
     laid out per head, the softmax scale folded into W_k) and the MLP in
-    ``dtype``; kept while the block's parameters are unchanged (an optimizer
-    step or ``load_state_dict`` packs them again; ``state``: their current
-    ``parameter_state`` when the caller has it)."""
-    key = (dtype, device, parameter_state(block) if state is None else state)
-    with _packs_lock:
-        hit = _packs.get(block)
-        if hit is not None and hit[0] == key:
-            return hit[1]
+    ``dtype``; kept while the block's parameters are unchanged
+    (``device.derived_from_weights``: an optimizer step or
+    ``load_state_dict`` packs them again)."""
+    return derived_from_weights(block, "rpsam2_packed_layers", (dtype, device),
+                                lambda: _pack_layers(block, dtype), state)
+
+
+def _pack_layers(block: "ShiftBlock", dtype: torch.dtype) -> List[Dict[str, Any]]:
     layers = []
     with torch.no_grad():
         for layer in block.layers:
@@ -263,8 +257,6 @@ def _packed_layers(block: "ShiftBlock", dtype: torch.dtype, device: torch.device
                 "mlp2": _mlp_linear(w2.weight.detach().to(dtype).contiguous(), w2.bias.detach().to(dtype), False),
                 "heads": n,
             })
-    with _packs_lock:
-        _packs[block] = (key, layers)
     return layers
 
 

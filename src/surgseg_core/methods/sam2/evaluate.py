@@ -209,10 +209,9 @@ def prompt_following(sam, sequences, *, max_frames: Optional[int] = None, min_ar
                         h, w = gt.shape
                         feats = encode_frames(sam, preprocess_frame(np.asarray(frames[t]), size)[None])
                         boxes = []
-                        for i in ids:
-                            ys, xs = np.nonzero(gt == i)
-                            boxes.append([xs.min() * size / w, ys.min() * size / h,
-                                          (xs.max() + 1) * size / w, (ys.max() + 1) * size / h])
+                        for i in ids:  # the pixels' extent (inclusive max + 1) in model coordinates
+                            x0, y0, x1, y1 = mask_box(gt, i)
+                            boxes.append([x0 * size / w, y0 * size / h, (x1 + 1) * size / w, (y1 + 1) * size / h])
                         out = decode_masks(sam, feats, boxes=torch.tensor(boxes, dtype=torch.float32))
                         masks = F.interpolate(out.best_masks.float(), size=(h, w), mode="bilinear",
                                               align_corners=False)[:, 0] > 0
