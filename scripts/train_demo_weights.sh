@@ -11,7 +11,7 @@ WORK=${1:-runs/demo_weights}
 mkdir -p "$WORK"
 
 # SAM2 from scratch on synthetic instrument clips (20-minute budget: single frames, then clips)
-$PY -m surgseg_core.methods.sam2.demo "$WORK/sam2" --max-minutes 20 --recipe staged48 \
+$PY -m surgseg_core.methods.sam2.demo "$WORK/sam2" --max-minutes 20 --recipe staged48-enter15 \
     --export sample_data/sam2_demo/surgseg-demo-sam2.safetensors
 # F2PASeg: the demo SAM2 fine-tuned on synthetic anatomy clips
 $PY -m surgseg_core.methods.f2paseg.demo "$WORK/f2paseg" --max-minutes 16 \

@@ -99,7 +99,7 @@ LONG_VAL_RECIPE: Tuple[Tuple[str, Dict[str, Any], float], ...] = (
 # on the model bundled then 0.594 (0.589 without), but the whole 20-minute recipe run once with it gave 0.464
 # (J&F 0.578; the run bundled then gave 0.598): run-to-run spread is as large as the effect, and the failure is
 # unchanged (after the prompted instrument leaves, the mask moves to the other one). Not bundled.
-# Since 2026-12-03 (``--recipe staged48``, the bundled weights): the same stages on 48 training clips instead of
+# Since 2026-12-03 (``--recipe staged48``, bundled until 2026-12-04): the same stages on 48 training clips instead of
 # 12. The model scored 0.79 mean IoU on the first 25 frames of its own 12 training clips but 0.60 on held-out
 # clips: it did not generalise. With 4x the clips (same budget, so about 2 epochs per stage instead of 6-10; the
 # epochs are set so that each cosine ends near its share of the budget) the held-out J&F rose from 0.73 to 0.83
@@ -197,16 +197,16 @@ STAGED48_DDP_SMALL_RECIPE: Tuple[Tuple[str, Dict[str, Any], float], ...] = (
 # still ends inside the stage; validation IoU 0.943), then the entering stage of staged48-enter for 15 % (1 epoch of
 # cosine, stopped by the budget at 563 steps). Run once (1150 s wall, 2251 CPU-s, 5795 steps): held-out mean IoU
 # **0.774** (J&F 0.906) on the 60 clips, 0.680 on the first 12 (bundled: 0.660), 0.798 on the other 48 (bundled 0.755);
-# still lost: the slivers of 9003, 9008, 9059, 9060 and the moves of 9016 / 9020. Not bundled yet: the dependants
-# (RP-SAM2 refuses another base, F2PASeg, tools) must be retrained on it first. Unlike staged48-enter (0.552 on the
-# first 12 clips), its clip stage keeps staged48's 4 validation clips and ``val_iou``.
+# still lost: the slivers of 9003, 9008, 9059, 9060 and the moves of 9016 / 9020. The bundled weights since
+# 2026-12-04 (night), with RP-SAM2, F2PASeg and the tool landmarks retrained on them. Unlike staged48-enter (0.552 on
+# the first 12 clips), its clip stage keeps staged48's 4 validation clips and ``val_iou``.
 STAGED48_ENTER15_RECIPE: Tuple[Tuple[str, Dict[str, Any], float], ...] = (
     STAGED48_RECIPE[0],
     ("video", dict(STAGED48_RECIPE[1][1]), 0.60),
     ("entering", {**STAGED48_ENTER_RECIPE[2][1], "epochs": 1}, 0.15),
 )
 # Training stages: (name, config overrides, share of the time budget); empty = one stage, DEMO_CONFIG alone.
-DEMO_STAGES: Tuple[Tuple[str, Dict[str, Any], float], ...] = STAGED48_RECIPE
+DEMO_STAGES: Tuple[Tuple[str, Dict[str, Any], float], ...] = STAGED48_ENTER15_RECIPE
 RECIPES = {"single": (), "frames-then-clips": STAGED_RECIPE, "staged": LONG_VAL_RECIPE, "staged48": STAGED48_RECIPE,
            "staged48-enter": STAGED48_ENTER_RECIPE, "staged48-ddp": STAGED48_DDP_RECIPE,
            "staged48-ddp-enter": STAGED48_DDP_ENTER_RECIPE, "staged48-ddp-small": STAGED48_DDP_SMALL_RECIPE,
@@ -488,13 +488,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--max-minutes", type=float, default=20.0)
     p.add_argument("--export", type=Path, help="write the best weights here (.safetensors) and score them")
     p.add_argument("--only-score", action="store_true", help="skip training; export + score OUT/run's best.pt")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="staged48",
-                   help="staged48: the bundled weights' recipe (default, STAGED48_RECIPE on 48 clips); "
-                        "staged48-ddp (the same stages in 2 DDP processes of 1 thread: ~2x the clips in the same "
-                        "CPU time), staged48-enter15 (+ a 15 %% stage of instruments coming into view: held-out 0.774 "
-                        "on 60 clips, 2026-12-04, not bundled yet), staged48-enter (48 clips, tried 2026-12-03), "
-                        "staged, frames-then-clips and "
-                        "single (12 clips): other recipes")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="staged48-enter15",
+                   help="staged48-enter15: the bundled weights' recipe (default; 48 clips: frames 25 %%, clips "
+                        "60 %%, instruments coming into view 15 %%; held-out 0.774 on 60 clips); staged48 (the "
+                        "model bundled until 2026-12-04: frames then clips), staged48-ddp (those stages in 2 DDP "
+                        "processes of 1 thread: ~2x the clips in the same CPU time), staged48-enter (tried "
+                        "2026-12-03), staged, frames-then-clips and single (12 clips): other recipes")
     add_clock_argument(p)
     p.add_argument("--notes", type=Path, help="markdown appended to the model card (what was observed)")
     p.add_argument("--rescore", type=Path, metavar="FOLDER",

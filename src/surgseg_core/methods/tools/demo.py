@@ -42,8 +42,10 @@ DEMO_CONFIG: Dict[str, Any] = {
     "prior_sam2_weights": PRIOR_NAME,
     "refine_variants": ["prior_aux"],
     # 16 epochs per stage (2026-12-03) left the refined anchors at F1 0.30 on the second demo SAM2's prior;
-    # 24 (about 6 of the 15 minutes): tip 0.90, anchor 0.82 refined, 0.85 / 0.91 coarse
-    "epochs": 24,
+    # 24 (about 6 of the 15 minutes): tip 0.90, anchor 0.82 refined, 0.85 / 0.91 coarse. On the staged48-enter15
+    # demo SAM2 (2026-12-04) 24 left the refined anchors at 0.55; 32 (655 of the 900 CPU-s): refined 0.89 / 0.93,
+    # coarse 0.90 / 0.95; 40 (807 CPU-s, too near the budget for a slower CPU): refined 0.89 / 0.95
+    "epochs": 32,
     "batch_size": 8,
     "lr": 3e-3,
     "device": "cpu",
