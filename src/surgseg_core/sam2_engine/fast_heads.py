@@ -62,9 +62,16 @@ MAX_FRAMES = 2  # frames kept per model (~10 MB each at 1024 px)
 
 
 def supported(model) -> bool:
+    """SAM2's own mask decoder only: a variant that overrides its
+    ``predict_masks`` or ``forward`` (F2PASeg's fusion) computes something
+    this module does not, so it takes SAM2's path."""
+    from sam2.modeling.sam.mask_decoder import MaskDecoder
+
     dec = model.sam_mask_decoder
     return (
-        len(dec.transformer.layers) >= 1
+        type(dec).predict_masks is MaskDecoder.predict_masks
+        and type(dec).forward is MaskDecoder.forward
+        and len(dec.transformer.layers) >= 1
         and dec.transformer.layers[0].skip_first_layer_pe
         and (not dec.use_high_res_features or len(dec.output_upscaling) == 5)
     )
