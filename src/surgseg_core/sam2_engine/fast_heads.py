@@ -33,6 +33,7 @@ else (tracking, training, mask prompts) goes through SAM2's own path.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import weakref
 from collections import OrderedDict
@@ -61,16 +62,21 @@ _caches: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> O
 MAX_FRAMES = 2  # frames kept per model (~10 MB each at 1024 px)
 
 
-def supported(model) -> bool:
-    """SAM2's own mask decoder only: a variant that overrides its
-    ``predict_masks`` or ``forward`` (F2PASeg's fusion) computes something
-    this module does not, so it takes SAM2's path."""
+@functools.lru_cache(maxsize=None)
+def _sam2s_own_decoder(cls: type) -> bool:
+    """``cls`` computes what SAM2's ``MaskDecoder`` does: a variant that
+    overrides its ``predict_masks`` or ``forward`` (F2PASeg's fusion) computes
+    something this module does not, so it takes SAM2's path. Per class,
+    once: ``supported`` runs on every click."""
     from sam2.modeling.sam.mask_decoder import MaskDecoder
 
+    return cls.predict_masks is MaskDecoder.predict_masks and cls.forward is MaskDecoder.forward
+
+
+def supported(model) -> bool:
     dec = model.sam_mask_decoder
     return (
-        type(dec).predict_masks is MaskDecoder.predict_masks
-        and type(dec).forward is MaskDecoder.forward
+        _sam2s_own_decoder(type(dec))
         and len(dec.transformer.layers) >= 1
         and dec.transformer.layers[0].skip_first_layer_pe
         and (not dec.use_high_res_features or len(dec.output_upscaling) == 5)
