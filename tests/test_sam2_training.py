@@ -776,3 +776,32 @@ def test_evaluation_scores_an_object_one_pixel_wide_on_the_prompted_frame(tmp_pa
     assert all(v["frames"] == 3 for v in result["per_object"].values())
     with pytest.raises(ConfigError, match="x1 >= x0"):
         parse_prompt(box=[31, 10, 30, 15])
+
+
+def test_flip_and_affine_move_frames_and_masks_together_for_the_whole_clip(tmp_path):
+    from surgseg_core.methods.sam2.data import VideoClipDataset, find_sequences
+
+    _edge_sequence(tmp_path / "seq", [8] * 6)  # object 1: rows 10-17, columns 0-7 on every frame
+    seqs = find_sequences(tmp_path)
+    common = dict(image_size=32, clip_len=3, max_objects=3, train=True, max_stride=1, min_area=4)
+    plain = VideoClipDataset(seqs, **common)[0]
+    assert plain["masks"][:, 0, 10:18, :8].all()
+
+    flipped = VideoClipDataset(seqs, hflip=1.0, **common)[0]
+    assert torch.equal(flipped["masks"], plain["masks"].flip(-1))  # the object now at the right edge
+    assert torch.equal(flipped["images"], plain["images"].flip(-1))
+
+    turned = VideoClipDataset(seqs, affine_degrees=90.0, affine_shear=20.0, **common)
+    moved = [turned[i] for i in range(len(turned))]
+    assert any(not torch.equal(m["masks"], plain["masks"]) for m in moved)
+    for item in moved:
+        masks, images = item["masks"][:, 0].bool(), item["images"]
+        assert masks[0].any()  # a draw that would take the object off the prompted frame is not applied
+        assert all(torch.equal(masks[t], masks[0]) for t in range(1, 3))  # one draw for the whole clip
+        # the frame's object pixels (200 grey: ~1.5 normalised; background ~-0.95, the fill 0) went where its mask went
+        bright = images.mean(1) > 0.75
+        assert bright[masks].float().mean() > 0.8 and bright[~masks].float().mean() < 0.05
+    with pytest.raises(DatasetError, match="hflip"):
+        VideoClipDataset(seqs, hflip=1.5, **common)
+    with pytest.raises(DatasetError, match="affine"):
+        VideoClipDataset(seqs, affine_degrees=-1, **common)

@@ -34,6 +34,9 @@ RARE_EVERY = 3  # IP and OCR only in every 3rd training clip (rare, as in the pa
 # (2026-12-04: with IP and OCR in every training clip, held-out IP Dice 0.013 and OCR 0 as with 3, Dice mean 0.300 vs
 # 0.411: their rarity is not why the demo model misses them); 48 training clips (seeds 300-347, 2 epochs in the same budget) gave
 # 0.301, IP and OCR 0
+# (2026-12-05: SAM2.1's geometric augmentation, hflip 0.5 / rotation 25 / shear 20, gave held-out Dice 0.291, IP 0.002,
+# OCR 0, in the same budget; the bundled model's IP predictions land outside their boxes on its own training clips too
+# (0 % inside on seeds 300 / 303 / 306): the synthetic IP is mostly a dark sliver at the field of view's edge)
 
 DEMO_CONFIG: Dict[str, Any] = {
     "sam2_config": DEMO_ARCH,

@@ -51,6 +51,9 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "max_stride": 1,
     "box_every": 10,                     # paper: a box per visible class every 10 frames
     "box_jitter": 0.1,                   # training only (SAM's box noise: fraction of the box side, <= 20 px)
+    "hflip": 0.0,                        # clip-consistent flip probability (SAM2.1's fine-tuning recipe: 0.5)
+    "affine_degrees": 0.0,               # clip-consistent rotation within +-this (SAM2.1's recipe: 25)
+    "affine_shear": 0.0,                 # clip-consistent shear within +-this (SAM2.1's recipe: 20)
     "augment_instruments": False,        # instrument overlay on rare-class clips (paper sec. 2.3)
     "instrument_root": None,             # donors: clips with instrument masks (generic layout or CholecSeg8k)
     "instrument_format": "generic",      # generic: any non-zero mask value is instrument | cholecseg8k

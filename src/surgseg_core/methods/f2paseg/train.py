@@ -33,6 +33,7 @@ from ...errors import ConfigError, DatasetError
 from ...training.method import MethodSpec, register_method
 from ..sam2.data import VideoClipDataset, collate_clips
 from ..sam2.model import SAM2ClipModel, freeze_modules
+from ..sam2.spec import geometric_augmentation
 from .classes import IGNORE, ClassSet, get_class_set
 from .data import AnnotatedClip, find_cholecseg8k_clips, read_generic, read_pas
 from .spec import DEFAULT_CONFIG, build_from_config, check_keys, class_set_of
@@ -184,7 +185,7 @@ def build_datasets(config: Mapping[str, Any]):
     common = dict(image_size=_size(config), clip_len=int(config["clip_len"]), max_objects=int(config["max_objects"]),
                   seed=int(config.get("seed") or 0))
     train_ds = AnnotatedClipDataset(train_clips, cs, train=True, max_stride=int(config.get("max_stride") or 1),
-                                    **common)
+                                    **geometric_augmentation(config), **common)
     val_ds = AnnotatedClipDataset(val_clips, cs, train=False, **common) if val_clips else None
     return train_ds, val_ds
 

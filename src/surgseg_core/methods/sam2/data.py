@@ -151,13 +151,28 @@ class VideoClipDataset(torch.utils.data.Dataset):
     pixels (at the model's resolution; default 64): the prompted frame's
     own mask of a sliver (a model that never segmented one returns an empty
     mask for a box on it, with a high object score, and then tracks nothing).
+    ``hflip`` (probability), ``affine_degrees`` and ``affine_shear`` (training
+    only, default 0: off): SAM2.1's geometric augmentation (its fine-tuning
+    recipe: flip 0.5, rotation within +-25 degrees, shear within +-20), the
+    same draw for every frame of a clip, applied with torchvision's ``hflip``
+    / ``affine`` to the resized frames (filled with SAM2's normalisation mean,
+    as SAM2 fills with the image mean) and masks (nearest). The parameters come
+    from the item's seeded generator (SAM2's transforms draw from the global
+    ``random`` state, which a resumed run cannot replay); as in SAM2, a draw
+    that removes an object from the prompted first frame is not applied.
     Item: ``images`` [T, 3, S, S] (SAM2-normalised), ``masks`` [T, O, S, S] uint8.
     """
 
     def __init__(self, sequences: Sequence[Sequence_], *, image_size: int, clip_len: int = 8,
                  max_objects: int = 3, train: bool = True, max_stride: int = 1, seed: int = 0,
                  min_area: int = 4, hard_windows: float = 0.0, enter_windows: float = 0.0,
-                 small_windows: float = 0.0, small_area: int = 64) -> None:
+                 small_windows: float = 0.0, small_area: int = 64, hflip: float = 0.0,
+                 affine_degrees: float = 0.0, affine_shear: float = 0.0) -> None:
+        if not 0.0 <= float(hflip) <= 1.0:
+            raise DatasetError(f"hflip is a probability within 0..1, got {hflip}")
+        if float(affine_degrees) < 0 or float(affine_shear) < 0:
+            raise DatasetError(f"affine_degrees and affine_shear must be >= 0, got {affine_degrees} and {affine_shear}")
+        self.hflip, self.affine_degrees, self.affine_shear = float(hflip), float(affine_degrees), float(affine_shear)
         self.sequences = list(sequences)
         self.size = int(image_size)
         self.clip_len = int(clip_len)
@@ -282,8 +297,32 @@ class VideoClipDataset(torch.utils.data.Dataset):
         images = torch.stack([preprocess_frame(reader.frame(t), self.size) for t in frames])
         masks = np.stack([_resize_mask(reader.mask(t), self.size) for t in frames])
         obj = torch.from_numpy(np.stack([masks == i for i in ids], axis=1).astype(np.uint8))
+        if rng is not None and (self.hflip > 0 or self.affine_degrees > 0 or self.affine_shear > 0):
+            images, obj = self._geometric(images, obj, rng)
         return {"images": images, "masks": obj, "object_ids": torch.tensor(ids), "sequence": k,
                 "frames": torch.tensor(frames)}
+
+
+    def _geometric(self, images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator):
+        """The clip's flip and affine draw (see the class docstring); the
+        draws are made whether or not they apply, so switching one
+        augmentation off does not change the others' draws."""
+        import torchvision.transforms.functional as TF
+        from torchvision.transforms import InterpolationMode
+
+        flip = rng.random() < self.hflip
+        angle = float(rng.uniform(-self.affine_degrees, self.affine_degrees))
+        shear = float(rng.uniform(-self.affine_shear, self.affine_shear))
+        if flip:
+            images, masks = TF.hflip(images), TF.hflip(masks)
+        if self.affine_degrees > 0 or self.affine_shear > 0:
+            moved = TF.affine(masks, angle=angle, translate=[0, 0], scale=1.0, shear=[shear, 0.0],
+                              interpolation=InterpolationMode.NEAREST, fill=0.0)
+            if bool((moved[0].flatten(1).amax(1) > 0).all()):  # every object still on the prompted frame
+                images = TF.affine(images, angle=angle, translate=[0, 0], scale=1.0, shear=[shear, 0.0],
+                                   interpolation=InterpolationMode.BILINEAR, fill=0.0)  # 0 = the mean, normalised
+                masks = moved
+        return images, masks
 
 
 def collate_clips(items: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -29,6 +29,9 @@ DEFAULT_CONFIG: Dict[str, Any] = {
                                  # view (<= 1/4 of its area at the window's end)
     "small_windows": 0.0,        # share drawn among those whose first frame shows an object of at most
     "small_area": 64,            # small_area pixels at the model's size; hard + enter + small <= 1
+    "hflip": 0.0,                # clip-consistent flip probability (SAM2.1's fine-tuning recipe: 0.5)
+    "affine_degrees": 0.0,       # clip-consistent rotation within +-this (SAM2.1's recipe: 25)
+    "affine_shear": 0.0,         # clip-consistent shear within +-this (SAM2.1's recipe: 20)
     # prompts (SAM2Train: half point input, of which all boxes; else the mask)
     "prob_box": 0.5,
     "prob_point": 0.0,
@@ -112,12 +115,18 @@ def build_datasets(config: Mapping[str, Any]):
                                 hard_windows=float(config.get("hard_windows") or 0.0),
                                 enter_windows=float(config.get("enter_windows") or 0.0),
                                 small_windows=float(config.get("small_windows") or 0.0),
-                                small_area=int(config.get("small_area") or 64), **common)
+                                small_area=int(config.get("small_area") or 64), **geometric_augmentation(config),
+                                **common)
     val_root = _root(config, "val_root")
     if config.get("val_clip_len"):
         common = {**common, "clip_len": int(config["val_clip_len"])}
     val_ds = VideoClipDataset(find_sequences(val_root), train=False, **common) if val_root else None
     return train_ds, val_ds
+
+
+def geometric_augmentation(config: Mapping[str, Any]) -> Dict[str, float]:
+    """The training dataset's flip / affine keys of a config (0: off)."""
+    return {k: float(config.get(k) or 0.0) for k in ("hflip", "affine_degrees", "affine_shear")}
 
 
 def forward(model, batch):
