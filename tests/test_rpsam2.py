@@ -528,3 +528,32 @@ def test_packed_mlp_falls_back_to_f_linear_where_onednn_cannot_pack(monkeypatch)
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", unavailable, raising=False)
     plain = block_module._mlp_linear(weight, bias, True)
     assert torch.equal(plain(x), torch.relu(torch.nn.functional.linear(x, weight, bias)))
+
+
+def test_one_frame_bf16_click_packs_i_star_once_and_gives_the_matmul_paths_offsets(monkeypatch):
+    """One frame in bf16 on a CPU: the click's two products with i* per layer
+    run as oneDNN linears on i* packed once per frame (``BlockKeys.packed``);
+    the offsets equal those of the ``torch.matmul`` path, several frames keep
+    that path, and a torch without the oneDNN ops gets it too."""
+    from surgseg_core.methods.rpsam2 import block as block_module
+    from surgseg_core.methods.rpsam2.block import BlockKeys
+
+    torch.manual_seed(2)
+    block = ShiftBlock(64, 8, num_layers=2, num_heads=8, mlp_dim=128)
+    with torch.no_grad():
+        block.delta.weight.normal_(0, 0.5)
+    points, image = torch.randn(1, 2, 64), torch.randn(1, 64, 8, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        keys = block.image_keys(image)
+        assert keys.packed is not None
+        assert block.image_keys(torch.randn(2, 64, 8, 8)).packed is None  # several frames: matmuls
+        got = block(points, keys=keys)
+        unpacked = block(points, keys=BlockKeys(keys.image, None, None))
+        assert got.abs().max() > 0.05 and torch.allclose(got, unpacked, atol=2e-3)
+
+        def unavailable(*args, **kwargs):
+            raise RuntimeError("no oneDNN packing in this build")
+
+        monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", unavailable, raising=False)
+        assert block_module._packed_image(keys.image[0]) is None
+        assert block.image_keys(image).packed is None
