@@ -302,7 +302,6 @@ class VideoClipDataset(torch.utils.data.Dataset):
         return {"images": images, "masks": obj, "object_ids": torch.tensor(ids), "sequence": k,
                 "frames": torch.tensor(frames)}
 
-
     def _geometric(self, images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator):
         """The clip's flip and affine draw (see the class docstring); the
         draws are made whether or not they apply, so switching one
