@@ -250,7 +250,8 @@ def _packed_image(image: torch.Tensor) -> Optional[Tuple[Any, Any]]:
         def values_of(w):
             return torch.ops.mkldnn._linear_pointwise(w, values, None, "none", [], "")
         probe = torch.linspace(-1, 1, 2 * image.shape[1]).view(2, -1).to(image.dtype)
-        weights = torch.softmax(torch.linspace(-3, 3, 2 * image.shape[0]).view(2, -1), -1).to(image.dtype)
+        weights = torch.zeros(2, image.shape[0], dtype=image.dtype)  # picks i*'s first and last rows
+        weights[0, 0] = weights[1, -1] = 1
         if (torch.allclose(scores_of(probe).float(), torch.matmul(probe, image.t()).float(), rtol=2e-2, atol=2e-2)
                 and torch.allclose(values_of(weights).float(), torch.matmul(weights, image).float(), rtol=2e-2,
                                    atol=2e-2)):
