@@ -208,26 +208,37 @@ class ShiftBlock(nn.Module):
         return torch.sigmoid(self.scale) * torch.tanh(self.delta(tokens))  # eq. 2's offset
 
 
+def _onednn_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], relu: bool, rows: int = 1):
+    """``x -> [relu](x W^T + b)`` (x 2-D or more) through oneDNN with the
+    weight packed once for about ``rows`` input rows, checked against
+    ``F.linear`` on a probe; None off the CPU or where this torch cannot."""
+    if weight.device.type != "cpu":
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        attr = "relu" if relu else "none"
+
+        def run(x):
+            return torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, attr, [],
+                                                      "").view(*x.shape[:-1], -1)
+        probe = torch.linspace(-1, 1, 3 * weight.shape[1]).view(3, -1).to(weight.dtype)
+        want = F.linear(probe, weight, bias)
+        if relu:
+            want = F.relu(want)
+        if torch.allclose(run(probe).float(), want.float(), rtol=2e-2, atol=2e-2):
+            return run
+    except (RuntimeError, AttributeError):
+        pass
+    return None
+
+
 def _mlp_linear(weight: torch.Tensor, bias: torch.Tensor, relu: bool):
     """``x -> [relu](x W^T + b)`` in ``weight``'s dtype: on CPU through
-    oneDNN with the weight packed once (checked against ``F.linear``), else
-    (other devices, a torch without the op) ``F.linear``."""
-    if weight.device.type == "cpu":
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
-            attr = "relu" if relu else "none"
-
-            def run(x):
-                return torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, attr, [],
-                                                          "").view(*x.shape[:-1], -1)
-            probe = torch.linspace(-1, 1, 3 * weight.shape[1]).view(3, -1).to(weight.dtype)
-            want = F.linear(probe, weight, bias)
-            if relu:
-                want = F.relu(want)
-            if torch.allclose(run(probe).float(), want.float(), rtol=2e-2, atol=2e-2):
-                return run
-        except (RuntimeError, AttributeError):
-            pass
+    oneDNN with the weight packed once (:func:`_onednn_linear`), else (other
+    devices, a torch without the op) ``F.linear``."""
+    run = _onednn_linear(weight, bias, relu)
+    if run is not None:
+        return run
     if relu:
         return lambda x: F.relu(F.linear(x, weight, bias))
     return lambda x: F.linear(x, weight, bias)
@@ -236,29 +247,11 @@ def _mlp_linear(weight: torch.Tensor, bias: torch.Tensor, relu: bool):
 def _packed_image(image: torch.Tensor) -> Optional[Tuple[Any, Any]]:
     """One frame's i* (h*w, C), low precision, on a CPU: ``(scores, values)``
     with ``scores(a)`` = a i*^T (a (N, C) -> (N, h*w)) and ``values(w)`` = w i*
-    ((N, h*w) -> (N, C)), oneDNN linears on i* and i*^T packed once, checked
-    against ``torch.matmul`` on a probe; None where that is not available."""
-    if image.device.type != "cpu":
-        return None
-    try:
-        keys = torch.ops.mkldnn._reorder_linear_weight(image, 8)
-        values = torch.ops.mkldnn._reorder_linear_weight(image.t().contiguous(), 8)
-
-        def scores_of(a):
-            return torch.ops.mkldnn._linear_pointwise(a, keys, None, "none", [], "")
-
-        def values_of(w):
-            return torch.ops.mkldnn._linear_pointwise(w, values, None, "none", [], "")
-        probe = torch.linspace(-1, 1, 2 * image.shape[1]).view(2, -1).to(image.dtype)
-        weights = torch.zeros(2, image.shape[0], dtype=image.dtype)  # picks i*'s first and last rows
-        weights[0, 0] = weights[1, -1] = 1
-        if (torch.allclose(scores_of(probe).float(), torch.matmul(probe, image.t()).float(), rtol=2e-2, atol=2e-2)
-                and torch.allclose(values_of(weights).float(), torch.matmul(weights, image).float(), rtol=2e-2,
-                                   atol=2e-2)):
-            return scores_of, values_of
-    except (RuntimeError, AttributeError):
-        pass
-    return None
+    ((N, h*w) -> (N, C)), oneDNN linears on i* and i*^T packed once
+    (:func:`_onednn_linear`); None where that is not available."""
+    scores = _onednn_linear(image, None, False, rows=8)
+    values = _onednn_linear(image.t().contiguous(), None, False, rows=8) if scores is not None else None
+    return (scores, values) if values is not None else None
 
 
 def _packed_layers(block: "ShiftBlock", dtype: torch.dtype, device: torch.device,
