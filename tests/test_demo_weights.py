@@ -131,3 +131,46 @@ def test_rescoring_the_demo_sam2_replaces_its_scores_and_keeps_its_weights_and_r
     assert card.startswith(head)
     kept = rest[rest.index("\n## "):]  # the sections after the held-out one
     assert card.endswith(kept)
+
+
+def test_rescore_option_replaces_the_heldout_section_and_metrics_and_keeps_the_record(tmp_path):
+    """``--rescore FOLDER`` (a demo whose held-out data changed after its
+    weights were trained, e.g. a new generator version): no training, the
+    weights scored as they are; the card's held-out section becomes the new one
+    with the notes at its end, the sections before and after it stay, and
+    weights.json gets the new metrics with the same file, hash and creation
+    time (other metrics kept)."""
+    from surgseg_core.methods.demo_weights import demo_main, write_weights_json
+
+    folder = tmp_path / "fake_demo"
+    folder.mkdir()
+    weights = folder / "fake.safetensors"
+    weights.write_bytes(b"weights")
+    write_weights_json(folder, name="fake-demo", weights=weights, method="sam2", created="2026-01-01T00:00:00Z",
+                       metrics={"heldout_score": 0.5, "kept": 1})
+    head = "# fake-demo\n\n- Command (exact): `python -m x OUT`\n"
+    tail = "\n## What it does\n\nTrained once.\n"
+    (folder / "MODEL_CARD.md").write_text(head + "\n## Held-out scores (old)\n\nscore 0.5\n" + tail)
+    notes = tmp_path / "notes.md"
+    notes.write_text("Re-scored on generator version 3.\n")
+    seen = {}
+
+    def rescore(out, w):
+        seen["args"] = (Path(out), Path(w))
+        return {"heldout_score": 0.7}, "## Held-out scores (new)\n\nscore 0.7\n"
+
+    def never(*a, **k):
+        raise AssertionError("no training, export or card writing when rescoring")
+
+    argv = [str(tmp_path / "out"), "--rescore", str(folder), "--notes", str(notes)]
+    assert demo_main(argv, doc="", train=never, export=never, score=never, write_card=never,
+                     export_name="fake.safetensors", rescore=rescore) == 0
+    assert seen["args"] == (tmp_path / "out", weights)
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert card == head + "\n## Held-out scores (new)\n\nscore 0.7\n\nRe-scored on generator version 3.\n" + tail
+    meta = json.loads((folder / "weights.json").read_text())
+    assert meta["metrics"] == {"heldout_score": 0.7, "kept": 1} and meta["created"] == "2026-01-01T00:00:00Z"
+    # A demo without a rescore function does not offer the option.
+    with pytest.raises(SystemExit):
+        demo_main(argv, doc="", train=never, export=never, score=never, write_card=never,
+                  export_name="fake.safetensors")

@@ -101,7 +101,12 @@ def test_anatomy_classes_rare_and_occluded(clip_frames):
     seen = np.array([[c in np.unique(f.anatomy) for c in range(7)] for f in frames])
     counts = seen.sum(axis=0)
     assert counts[1] == N_CLIP  # the sella floor is the centre of the view
-    assert 0 < counts[5] <= N_CLIP // 3  # OCR is rare
+    assert counts[3] > N_CLIP // 2  # the ICA prominences flank the sella in the usual view
+    assert 0 < counts[5]
+    # The optic-carotid recess is small: a few percent of the sella floor's area.
+    area = {c: np.median([np.count_nonzero(f.anatomy_unoccluded == c) for f in frames
+                          if (f.anatomy_unoccluded == c).any()]) for c in (1, 5)}
+    assert area[5] < 0.2 * area[1], area
     occluded = 0
     for f in frames:
         under = f.anatomy_unoccluded[f.instruments > 0]
@@ -110,6 +115,27 @@ def test_anatomy_classes_rare_and_occluded(clip_frames):
         keep = f.instruments == 0
         np.testing.assert_array_equal(f.anatomy[keep], f.anatomy_unoccluded[keep])
     assert occluded > N_CLIP // 2
+
+
+def test_the_camera_shows_one_side_of_the_lateral_anatomy_at_a_time():
+    """F2PASeg prompts one box per class: where both ICA prominences (or
+    optic prominences, optic-carotid recesses) were in view at once, the box
+    spanned the sella between them (generator version 2; held-out Dice fell
+    to 0.14 with a layout like that). Per clip the camera looks towards one
+    side: a lateral class shows on both sides of the view in few frames."""
+    both, seen = {3: 0, 5: 0, 6: 0}, {3: 0, 5: 0, 6: 0}
+    for seed in range(4):
+        clip = generate_endoscopy_clip(seed=seed, n_frames=24, height=120, width=160)
+        for i in range(0, 24, 3):
+            labels = clip.frame(i).anatomy_unoccluded
+            for c in both:
+                xs = np.nonzero(labels == c)[1]
+                if xs.size:
+                    seen[c] += 1
+                    both[c] += int(xs.min() < 0.4 * 160 and xs.max() > 0.6 * 160)
+    for c in both:
+        assert seen[c] >= 24, (c, seen)  # in view in most of the 32 frames
+        assert both[c] <= 0.25 * seen[c], (c, both, seen)
 
 
 def test_anatomy_classes_look_different(clip_frames):

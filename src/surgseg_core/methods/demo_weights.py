@@ -149,6 +149,29 @@ def write_weights_json(folder: Path, *, name: str, weights: Path, method: str, m
     return meta
 
 
+def replace_heldout(folder: Path, section: str, metrics: Mapping[str, Any]) -> None:
+    """Re-scored bundled weights (the held-out set or the synthetic generator
+    changed after they were trained): the card's "## Held-out scores ..."
+    section becomes ``section`` and ``metrics`` replace those of the same name
+    in ``weights.json``; the weights, their hash, ``created`` and every other
+    section of the card (the training record) stay as they are."""
+    from ..atomic import atomic_write_text
+
+    folder = Path(folder)
+    meta = json.loads((folder / "weights.json").read_text())
+    card_path = folder / "MODEL_CARD.md"
+    card = card_path.read_text(encoding="utf-8")
+    start = card.find("\n## Held-out scores") + 1
+    if start <= 0:
+        raise ValueError(f"{card_path} has no '## Held-out scores' section to replace")
+    end = card.find("\n## ", start + 1)
+    card = card[:start] + section.rstrip("\n") + "\n" + ("" if end < 0 else card[end:])
+    write_weights_json(folder, name=meta["name"], weights=folder / meta["file"], method=meta["method"],
+                       config=meta.get("config"), base=meta.get("base"), variant=meta.get("variant"),
+                       created=meta.get("created"), metrics={**meta.get("metrics", {}), **dict(metrics)})
+    atomic_write_text(card_path, card)
+
+
 def bundled_weights(name: str) -> Optional[Path]:
     """The file of bundled weights ``name`` when present (None otherwise)."""
     from ..weights.bundled import bundled_entries
@@ -167,15 +190,19 @@ def add_clock_argument(parser) -> None:
                              "minutes")
 
 
-def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: str) -> int:
+def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: str, rescore=None) -> int:
     """The command line every method's ``demo.py`` shares:
     ``python -m surgseg_core.methods.M.demo OUT [--max-minutes N] [--clock cpu|wall] [--export FILE] [--only-score]
-    [--notes MD]`` (and ``--processes N`` where ``train`` takes ``processes``).
+    [--notes MD]`` (and ``--processes N`` where ``train`` takes ``processes``, ``--rescore FOLDER`` where
+    ``rescore`` is given).
 
     ``train(out, max_minutes, clock=...) -> summary``; ``export(out, target) -> target``;
     ``score(out, weights) -> scores``; ``write_card(folder, weights, summary,
     scores, command, notes) -> card text`` (it also writes ``weights.json``);
-    the card is written here, as ``MODEL_CARD.md`` beside the weights."""
+    the card is written here, as ``MODEL_CARD.md`` beside the weights.
+    ``rescore(out, weights) -> (metrics, held-out section)``: writes the
+    held-out data under ``out`` and scores ``weights`` on it, for
+    ``replace_heldout`` (the notes go at the end of the new section)."""
     import argparse
     import inspect
     import logging
@@ -192,9 +219,22 @@ def demo_main(argv, *, doc: str, train, export, score, write_card, export_name: 
     if takes_processes:
         p.add_argument("--processes", type=int, default=1,
                        help="train in N DDP processes with torch's threads shared out (see train_with_budget)")
+    if rescore is not None:
+        p.add_argument("--rescore", type=Path, metavar="FOLDER",
+                       help="no training: score the bundled weights in FOLDER (e.g. sample_data/..._demo) on the "
+                            "held-out data (written under OUT/data) and replace its weights.json metrics and its "
+                            "card's held-out section")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
+    if getattr(args, "rescore", None):
+        folder = Path(args.rescore)
+        meta = json.loads((folder / "weights.json").read_text())
+        metrics, section = rescore(out, folder / meta["file"])
+        notes = "\n" + args.notes.read_text(encoding="utf-8") if args.notes else ""
+        replace_heldout(folder, section.rstrip("\n") + "\n" + notes, metrics)
+        print(json.dumps(metrics, indent=1, default=str), flush=True)
+        return 0
     summary_path = out / "train_summary.json"
     if not args.only_score:
         extra = {"processes": args.processes} if takes_processes and args.processes > 1 else {}

@@ -26,7 +26,7 @@ from .fov import FOV
 from .noise import fractal_noise, smooth_noise, smooth_path
 from .raster import draw_polylines, tapered_capsule
 
-GENERATOR_VERSION = "2"  # 2: liver ligament runs from the ridge to the edge; curve points always in masks
+GENERATOR_VERSION = "3"  # 2: liver ligament runs from the ridge to the edge; curve points always in masks; 3: larger ICA prominences and optic-carotid recesses nearer the centre, camera looking towards one side
 
 ANATOMY_CLASSES: Tuple[str, ...] = ("background", "SF", "TS", "IP", "CR", "OCR", "OP")
 ANATOMY_LONG_NAMES: Tuple[str, ...] = (
@@ -44,19 +44,22 @@ TOOL_TYPES = {"clip": "clip applier", "grasp": "grasper", "dissect": "dissector"
 # coordinates (class, centre u, v, half axes u, v, rotation), painted in this
 # order: sella floor in the centre, tuberculum above it, clival recess below,
 # ICA prominences either side, optic prominences above those, and the small
-# optic-carotid recesses lateral to them - rare, far from the centre, visible
-# only while the camera pans towards one side.
+# optic-carotid recesses between the two. (Before version 3 the prominences and
+# recesses sat at the rim of the view: a sliver under one 16-px token of a
+# 256-px SAM2, which the demo F2PASeg never learned; the rare classes are rare
+# by clip, ``absent_classes``, as in the paper's data.)
 _LAYOUT = (
     (1, 0.50, 0.52, 0.13, 0.11, 0.0),
     (2, 0.50, 0.37, 0.13, 0.035, 0.05),
     (4, 0.50, 0.69, 0.09, 0.05, 0.0),
-    (3, 0.22, 0.53, 0.035, 0.10, 0.15),
-    (3, 0.78, 0.53, 0.035, 0.10, -0.15),
+    (3, 0.32, 0.54, 0.045, 0.11, 0.15),
+    (3, 0.68, 0.54, 0.045, 0.11, -0.15),
     (6, 0.29, 0.31, 0.05, 0.035, -0.4),
     (6, 0.71, 0.31, 0.05, 0.035, 0.4),
-    (5, 0.13, 0.40, 0.022, 0.03, 0.0),
-    (5, 0.87, 0.40, 0.022, 0.03, 0.0),
+    (5, 0.255, 0.41, 0.035, 0.045, 0.0),
+    (5, 0.745, 0.41, 0.035, 0.045, 0.0),
 )
+_SIDE_OFFSET = 0.12  # the camera looks this far (canvas widths) towards one side
 _ENTRY_SECTORS = ((0.2, 0.45), (0.55, 0.8), (-0.05, 0.15), (0.85, 1.05))
 
 # Base colours (RGB, 0-255) of the tissue and of each anatomy class; chosen so
@@ -217,14 +220,18 @@ class EndoscopyClip:
         knots = max(3, n // 16 + 2)
         ch, cw = self._canvas_shape
         self._zoom = 1.15 + 0.12 * smooth_path(rng, n, knots)  # canvas px per frame px
-        # Pan around the centre; one excursion towards a lateral recess.
+        # Pan around a point off the centre towards one side (version 3), with
+        # one excursion further towards that side's recess. Looking towards one
+        # side shows one ICA prominence, optic prominence and optic-carotid
+        # recess at a time: a box per class then frames one region, not both
+        # sides of the sella.
         pan_x = 0.05 * cw * smooth_path(rng, n, knots)
         pan_y = 0.05 * ch * smooth_path(rng, n, knots)
         side = 1.0 if rng.uniform() < 0.5 else -1.0
         centre_t = rng.uniform(0.3, 0.7) * (n - 1)
         width_t = max(2.0, 0.08 * n)
         t = np.arange(n)
-        pan_x += side * 0.19 * cw * np.exp(-0.5 * ((t - centre_t) / width_t) ** 2)
+        pan_x += side * cw * (_SIDE_OFFSET + 0.10 * np.exp(-0.5 * ((t - centre_t) / width_t) ** 2))
         self._pan = np.stack([cw / 2 + pan_x, ch / 2 + pan_y], axis=1)
         self._rot = 0.12 * smooth_path(rng, n, knots)
 

@@ -39,6 +39,9 @@ RARE_EVERY = 3  # IP and OCR only in every 3rd training clip (rare, as in the pa
 # (0 % inside on seeds 300 / 303 / 306): the synthetic IP is mostly a dark sliver at the field of view's edge)
 # (2026-12-05: the mask decoder frozen but the fusion module, as in the paper: held-out Dice 0.214, IP 0.002, OCR 0)
 # (2026-12-05: SAM2's 7 correction clicks on the first frame and one later frame in training: 0.342, IP 0.001, OCR 0)
+# (2026-12-05, generator version 3: larger IP / OCR nearer the centre, the camera looking towards one side: 0.452, OCR
+# 0.45, OP 0.50, IP 0.04 (bundled); IP is found on its prompted frame (training clips: Dice 0.48) and lost on the next;
+# a bluish IP without vessels: 0.437, IP 0.05, TS lost; both sides in view at once: 0.140 (boxes spanned the sella))
 
 DEMO_CONFIG: Dict[str, Any] = {
     "sam2_config": DEMO_ARCH,

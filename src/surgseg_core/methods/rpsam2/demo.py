@@ -19,7 +19,7 @@ kinds of click: inside (the paper's protocol) and near.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 DEMO_NAME = "surgseg-demo-rpsam2"
 BASE_NAME = "surgseg-demo-sam2"
@@ -127,12 +127,8 @@ def write_card(folder: Path, weights: Path, summary: Mapping[str, Any], scores: 
                command: str, notes: str = "") -> str:
     from ..demo_weights import NOT_CLINICAL, hardware_line, write_weights_json
 
-    near, inside = scores["near"], scores["inside"]
-    metrics = {f"heldout_{kind}_{m}_{k}": round(float(scores[kind][m]["all"][k]), 3)
-               for kind in ("inside", "near") for m in ("sam2", "rpsam2") for k in ("dsc_mean", "dsc_sd")}
-    metrics.update(heldout_frames=scores["frames"], heldout_seeds=list(HELDOUT_SEEDS), click_margin=CLICK_MARGIN)
     meta = write_weights_json(folder, name=DEMO_NAME, weights=weights, method="rpsam2", config=DEMO_ARCH,
-                              base=BASE_NAME, metrics=metrics)
+                              base=BASE_NAME, metrics=_card_metrics(scores))
     cfg = summary["config"]
     card = f"""# {DEMO_NAME}: a demonstration RP-SAM2 shift block for synthetic instruments
 
@@ -155,7 +151,21 @@ def write_card(folder: Path, weights: Path, summary: Mapping[str, Any], scores: 
 - Command (exact): `{command}`
 - Time and hardware: {hardware_line(summary)}
 
-## Held-out scores (Table 1 protocol, all objects)
+{_heldout_section(scores)}{notes}"""
+    return card
+
+
+def _card_metrics(scores: Mapping[str, Any]) -> Dict[str, Any]:
+    metrics: Dict[str, Any] = {f"heldout_{kind}_{m}_{k}": round(float(scores[kind][m]["all"][k]), 3)
+                               for kind in ("inside", "near") for m in ("sam2", "rpsam2") for k in ("dsc_mean", "dsc_sd")}
+    metrics.update(heldout_frames=scores["frames"], heldout_seeds=list(HELDOUT_SEEDS), click_margin=CLICK_MARGIN)
+    return metrics
+
+
+def _heldout_section(scores: Mapping[str, Any]) -> str:
+    """The card's "## Held-out scores" section."""
+    near, inside = scores["near"], scores["inside"]
+    return f"""## Held-out scores (Table 1 protocol, all objects)
 
 {scores['frames']} frames of synthetic clips never used in training (seeds {', '.join(map(str, HELDOUT_SEEDS))}); per
 object 10 single clicks from 10 seeds; mDSC (%) and mHD95 (px), mean +- sd across the 10 seeds
@@ -171,15 +181,25 @@ Per class (near clicks):
 ```text
 {near['markdown']}
 ```
-{notes}"""
-    return card
+"""
+
+
+def rescore_demo(out: Path, weights: Path) -> Tuple[Dict[str, Any], str]:
+    """``demo_main``'s ``--rescore``: the held-out frames under ``out``, then the card's metrics and section."""
+    import time
+
+    heldout = write_frames(Path(out) / "data" / "heldout", HELDOUT_SEEDS)
+    t0 = time.time()
+    scores = heldout_scores(weights, heldout)
+    scores["score_seconds"] = round(time.time() - t0, 1)
+    return _card_metrics(scores), _heldout_section(scores)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..demo_weights import demo_main
 
     return demo_main(argv, doc=__doc__, train=train_demo, export=export_demo, score=score_demo,
-                     write_card=write_card, export_name=f"{DEMO_NAME}.safetensors")
+                     write_card=write_card, export_name=f"{DEMO_NAME}.safetensors", rescore=rescore_demo)
 
 
 if __name__ == "__main__":

@@ -453,30 +453,19 @@ from the official SAM 2.1 weights (`surgseg weights download sam2.1_hiera_tiny`,
     return folder / "MODEL_CARD.md"
 
 
-def rescore_bundle(folder: Path, heldout_root: Path, *, seeds: Sequence[int] = HELDOUT_SEEDS) -> Dict[str, Any]:
+def rescore_bundle(folder: Path, heldout_root: Path, *, seeds: Sequence[int] = HELDOUT_SEEDS,
+                   notes: str = "") -> Dict[str, Any]:
     """Score the bundled weights in ``folder`` on the held-out clips in
     ``heldout_root`` (seeds ``seeds``) and replace the metrics of its
-    ``weights.json`` and the held-out section of its card; the weights, their
-    hash and the card's training record stay as they are. For a held-out set
-    changed after the weights were trained."""
-    from ...atomic import atomic_write_text
-    from ..demo_weights import write_weights_json
+    ``weights.json`` and the held-out section of its card (``notes`` at its
+    end); the weights, their hash and the card's training record stay as they
+    are. For a held-out set changed after the weights were trained."""
+    from ..demo_weights import replace_heldout
 
     folder = Path(folder)
     meta = json.loads((folder / "weights.json").read_text())
-    weights = folder / meta["file"]
-    scores = score_weights(weights, heldout_root)
-    card_path = folder / "MODEL_CARD.md"
-    card = card_path.read_text(encoding="utf-8")
-    start = card.find("## Held-out scores\n")
-    if start < 0:
-        raise ValueError(f"{card_path} has no '## Held-out scores' section to replace")
-    end = card.find("\n## ", start + 1)
-    card = card[:start] + _heldout_section(scores, seeds) + ("" if end < 0 else card[end:])
-    write_weights_json(folder, name=meta["name"], weights=weights, method=meta["method"], config=meta.get("config"),
-                       base=meta.get("base"), variant=meta.get("variant"), created=meta.get("created"),
-                       metrics={**meta.get("metrics", {}), **_card_metrics(scores, seeds)})
-    atomic_write_text(card_path, card)
+    scores = score_weights(folder / meta["file"], heldout_root)
+    replace_heldout(folder, _heldout_section(scores, seeds) + notes, _card_metrics(scores, seeds))
     return scores
 
 
@@ -503,7 +492,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.rescore:
         roots = write_demo_data(args.out / "data", train_seeds=(), val_seeds=())
-        scores = rescore_bundle(args.rescore, roots["heldout"])
+        notes = "\n" + args.notes.read_text(encoding="utf-8") if args.notes else ""
+        scores = rescore_bundle(args.rescore, roots["heldout"], notes=notes)
         print(json.dumps({k: {m: v[m] for m in ("objects", "J&F", "mean_iou")} if isinstance(v, dict) and "J" in v
                           else v for k, v in scores.items()}, indent=1, default=str), flush=True)
         return 0

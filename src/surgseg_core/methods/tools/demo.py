@@ -18,7 +18,7 @@ downloaded offline), 80 x 64 input, frames t-1..t+1.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 DEMO_NAME = "surgseg-demo-tools"
 PRIOR_NAME = "surgseg-demo-sam2"
@@ -98,10 +98,7 @@ def write_card(folder: Path, weights: Path, summary: Mapping[str, Any], scores: 
                command: str, notes: str = "") -> str:
     from ..demo_weights import NOT_CLINICAL, hardware_line, write_weights_json
 
-    keep = {k: round(float(v), 4) for k, v in scores.items() if "/overall/" in k}
-    metrics = {**{f"heldout_{k.replace(' ', '_')}": v for k, v in keep.items()},
-               "heldout_frames": int(scores["frames"]), "heldout_seeds": list(HELDOUT_SEEDS)}
-    meta = write_weights_json(folder, name=DEMO_NAME, weights=weights, method="tools", metrics=metrics)
+    meta = write_weights_json(folder, name=DEMO_NAME, weights=weights, method="tools", metrics=_card_metrics(scores))
     cfg = summary["config"]
     card = f"""# {DEMO_NAME}: demonstration tool tip / anchor landmark networks for synthetic clips
 
@@ -124,7 +121,19 @@ the annotation format is in the README) with the official SAM 2.1 weights as the
 - Command (exact): `{command}`
 - Time and hardware: {hardware_line(summary)}
 
-## Held-out scores
+{_heldout_section(scores)}{notes}"""
+    return card
+
+
+def _card_metrics(scores: Mapping[str, Any]) -> Dict[str, Any]:
+    keep = {k: round(float(v), 4) for k, v in scores.items() if "/overall/" in k}
+    return {**{f"heldout_{k.replace(' ', '_')}": v for k, v in keep.items()},
+            "heldout_frames": int(scores["frames"]), "heldout_seeds": list(HELDOUT_SEEDS)}
+
+
+def _heldout_section(scores: Mapping[str, Any]) -> str:
+    """The card's "## Held-out scores" section."""
+    return f"""## Held-out scores
 
 {int(scores['frames'])} frames of synthetic clips never used in training (seeds {', '.join(map(str, HELDOUT_SEEDS))});
 one-to-one (Hungarian) matching of predicted and true landmarks of the same type within 15 px
@@ -133,15 +142,25 @@ one-to-one (Hungarian) matching of predicted and true landmarks of the same type
 ```text
 {scores['table']}
 ```
-{notes}"""
-    return card
+"""
+
+
+def rescore_demo(out: Path, weights: Path) -> Tuple[Dict[str, Any], str]:
+    """``demo_main``'s ``--rescore``: the held-out clips under ``out``, then the card's metrics and section."""
+    import time
+
+    write_clips(Path(out) / "data" / "heldout", HELDOUT_SEEDS)
+    t0 = time.time()
+    scores = score_demo(out, weights)
+    scores["score_seconds"] = round(time.time() - t0, 1)
+    return _card_metrics(scores), _heldout_section(scores)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..demo_weights import demo_main
 
     return demo_main(argv, doc=__doc__, train=train_demo, export=export_demo, score=score_demo,
-                     write_card=write_card, export_name=f"{DEMO_NAME}.safetensors")
+                     write_card=write_card, export_name=f"{DEMO_NAME}.safetensors", rescore=rescore_demo)
 
 
 if __name__ == "__main__":
