@@ -161,6 +161,39 @@ def test_hiera_positional_embedding_is_computed_once_per_size_without_gradients(
     assert not torch.equal(c.backbone_fpn[-1], a.backbone_fpn[-1])
 
 
+def test_neck_position_encoding_is_made_once_per_size_and_dtype_without_gradients(frames, monkeypatch):
+    model = build_model("surgseg_tiny", device="cpu", seed=4).eval()
+    pe = model.image_encoder.neck.position_encoding
+    original = type(pe).forward
+    calls = []
+
+    def counting(self, x):
+        calls.append((tuple(x.shape), x.dtype))
+        return original(self, x)
+
+    monkeypatch.setattr(type(pe), "forward", counting)
+    images = torch.cat([_image(model, frames[1]), _image(model, frames[2])])
+    with torch.enable_grad():  # training path: SAM2's own call per level and forward
+        ref = encode_frames(model, images)
+    levels = len(calls)
+    assert levels >= 3
+    with torch.inference_mode():
+        a = encode_frames(model, images)
+        b = encode_frames(model, images[:1])
+    assert len(calls) == 2 * levels  # once per level for both calls and batch sizes
+    assert "forward" not in pe.__dict__  # nothing left on the module
+    for x, y in zip(a.vision_pos_enc, ref.vision_pos_enc):
+        assert torch.equal(x, y.detach())  # the values SAM2 gives
+    for x, y in zip(a.vision_pos_enc, b.vision_pos_enc):
+        assert x.shape[0] == 2 and y.shape[0] == 1 and x.data_ptr() == y.data_ptr()  # one shared table
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        c = encode_frames(model, images[:1])
+    assert len(calls) > 2 * levels  # a new dtype is a new entry
+    for feat, pos, exact in zip(c.backbone_fpn, c.vision_pos_enc, a.vision_pos_enc):
+        assert pos.dtype == feat.dtype  # what the neck's own cast gives
+        assert torch.equal(pos, exact[:1].to(pos.dtype))
+
+
 # --------------------------------------------------------- engine features
 def test_frame_features_are_cached(model, frames, encoder_calls):
     engine = StreamingSAM2(model, frames, precision="fp32")  # compared with a float32 encoding below

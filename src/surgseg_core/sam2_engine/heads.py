@@ -83,7 +83,8 @@ def encode_frames(model, images: torch.Tensor) -> FrameFeatures:
     """(B, 3, S, S) preprocessed images (``preprocess_frame``) -> features."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ConfigError(f"images must be (B, 3, S, S), got {tuple(images.shape)}")
-    with _reused_pos_embed(getattr(model.image_encoder, "trunk", None)):
+    with _reused_pos_embed(getattr(model.image_encoder, "trunk", None)), \
+            _reused_neck_pos(getattr(model.image_encoder, "neck", None)):
         out = model.forward_image(images)
     return FrameFeatures(list(out["backbone_fpn"]), list(out["vision_pos_enc"]))
 
@@ -126,6 +127,49 @@ def _reused_pos_embed(trunk) -> Iterator[None]:
         yield
     finally:
         trunk.__dict__.pop("_get_pos_embed", None)
+
+
+# PositionEmbeddingSine module -> {(h, w, dtype, device): (1, C, h, w) tensor}, see _reused_neck_pos
+_neck_pos: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_NECK_POS_SIZES = 8  # entries kept per module (feature sizes x dtypes): a few MB each
+
+
+@contextlib.contextmanager
+def _reused_neck_pos(neck) -> Iterator[None]:
+    """SAM2's FPN neck asks its sine position encoding for every level on
+    every frame; the encoding keeps a float32 table per size but hands out a
+    fresh copy (``repeat``), which the neck then casts to the features' dtype:
+    ~12 ms a frame at 512 px (the 128 x 128 level alone is 16 MB). Without
+    gradients each (size, dtype) is made once, by the module itself, already
+    in the features' dtype (the values the neck's cast gives), and shared:
+    expanded views for batches, never written to (SAM2 and the engine only
+    read them; an in-place write on an expanded view raises)."""
+    pe = getattr(neck, "position_encoding", None)
+    if pe is None or torch.is_grad_enabled() or type(pe).__name__ != "PositionEmbeddingSine":
+        yield
+        return
+    original = type(pe).forward
+
+    def cached(x):
+        if torch.is_grad_enabled():
+            return original(pe, x)
+        key = (x.shape[-2], x.shape[-1], x.dtype, x.device)
+        with _pos_embed_lock:
+            table = _neck_pos.setdefault(pe, {})
+            hit = table.get(key)
+        if hit is None:
+            hit = original(pe, x[:1]).to(x.dtype)
+            with _pos_embed_lock:
+                if len(table) >= _NECK_POS_SIZES:
+                    table.clear()
+                table[key] = hit
+        return hit.expand(x.shape[0], -1, -1, -1)
+
+    pe.forward = cached  # instance attribute: shadows the method for this forward only
+    try:
+        yield
+    finally:
+        pe.__dict__.pop("forward", None)
 
 
 def flat_features(model, feats: FrameFeatures, batch: Optional[int] = None):
