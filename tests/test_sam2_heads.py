@@ -194,6 +194,28 @@ def test_neck_position_encoding_is_made_once_per_size_and_dtype_without_gradient
         assert torch.equal(pos, exact[:1].to(pos.dtype))
 
 
+def test_bf16_cpu_encoding_runs_channels_last_with_the_same_features(frames, monkeypatch):
+    import surgseg_core.sam2_engine.heads as heads
+
+    model = build_model("surgseg_tiny", device="cpu", seed=4).eval()
+    image = _image(model, frames[1])
+    seen = []
+    conv = model.image_encoder.trunk.patch_embed.proj
+    conv.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        fp32 = encode_frames(model, image)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = encode_frames(model, image)
+            monkeypatch.setattr(heads, "_channels_last", lambda images: False)
+            plain = encode_frames(model, image)
+    assert seen == [False, True, False]  # float32 keeps SAM2's layout (bit-equality with SAM2 is tested elsewhere)
+    for a, b, ref in zip(fast.backbone_fpn, plain.backbone_fpn, fp32.backbone_fpn):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        # the layout changes bf16 rounding only: far below bf16's own distance from float32
+        assert (a.float() - b.float()).abs().max() <= 0.1 * ref.abs().max()
+        assert torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0) > 0.999
+
+
 # --------------------------------------------------------- engine features
 def test_frame_features_are_cached(model, frames, encoder_calls):
     engine = StreamingSAM2(model, frames, precision="fp32")  # compared with a float32 encoding below

@@ -83,10 +83,25 @@ def encode_frames(model, images: torch.Tensor) -> FrameFeatures:
     """(B, 3, S, S) preprocessed images (``preprocess_frame``) -> features."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ConfigError(f"images must be (B, 3, S, S), got {tuple(images.shape)}")
+    if _channels_last(images):
+        images = images.contiguous(memory_format=torch.channels_last)
     with _reused_pos_embed(getattr(model.image_encoder, "trunk", None)), \
             _reused_neck_pos(getattr(model.image_encoder, "neck", None)):
         out = model.forward_image(images)
     return FrameFeatures(list(out["backbone_fpn"]), list(out["vision_pos_enc"]))
+
+
+def _channels_last(images: torch.Tensor) -> bool:
+    """The fast CPU path's layout (bf16 autocast, no gradients): Hiera's patch
+    embedding permutes its convolution's (B, C, H, W) output to (B, H, W, C)
+    and adds a positional embedding permuted the same way, so its first
+    stage's layer norms, residual adds and window copies all run on a
+    channel-strided view (a layer norm over the 128 x 128 x 96 map at 512 px:
+    4.3 ms, 0.7 ms contiguous). A channels-last image makes the convolution's
+    output, and with a contiguous positional embedding the whole stream,
+    contiguous: SAM2.1-tiny's encoder at 512 px in bf16 ~0.86x the time.
+    Float32 keeps SAM2's layout: its results stay bit-equal to SAM2's."""
+    return images.device.type == "cpu" and not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
 
 
 # trunk -> (key, tensor): Hiera's positional embedding per input size, see _reused_pos_embed
@@ -112,12 +127,15 @@ def _reused_pos_embed(trunk) -> Iterator[None]:
             return original(trunk, hw)
         params = (trunk.pos_embed, trunk.pos_embed_window)
         # dtype and device too: Module.to() swaps a parameter's data without a new version
-        key = (tuple(hw),) + tuple((id(p), p._version, p.dtype, p.device) for p in params)
+        contiguous = torch.is_autocast_enabled("cpu") and trunk.pos_embed.device.type == "cpu"  # see _channels_last
+        key = (tuple(hw), contiguous) + tuple((id(p), p._version, p.dtype, p.device) for p in params)
         with _pos_embed_lock:
             hit = _pos_embeds.get(trunk)
         if hit is not None and hit[0] == key:
             return hit[1]
         value = original(trunk, hw)
+        if contiguous:
+            value = value.contiguous()
         with _pos_embed_lock:
             _pos_embeds[trunk] = (key, value)
         return value
