@@ -19,10 +19,14 @@ def _qkv(shape_q, shape_k, seed=0, dtype=torch.bfloat16):
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
-@pytest.mark.parametrize("shape_q, shape_k", [((1, 1, 300, 64), (1, 1, 900, 64)),  # memory cross-attention
-                                              ((9, 4, 49, 96), (9, 4, 49, 96))])  # windowed self-attention
-def test_attention_is_softmax_qk_v_in_blocks(shape_q, shape_k, monkeypatch):
+@pytest.mark.parametrize("shape_q, shape_k, strided", [((1, 1, 300, 64), (1, 1, 900, 64), False),  # memory cross-attention
+                                                       ((9, 4, 49, 96), (9, 4, 49, 96), False),  # windowed self-attention
+                                                       ((1, 4, 256, 96), (1, 4, 256, 96), True)])  # Hiera's global
+def test_attention_is_softmax_qk_v_in_blocks(shape_q, shape_k, strided, monkeypatch):
     q, k, v = _qkv(shape_q, shape_k)
+    if strided:  # as Hiera hands them over: (B, tokens, heads, d) transposed to (B, heads, tokens, d)
+        q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+        assert not q.is_contiguous()
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     monkeypatch.setattr(cpu_attention, "BLOCK_BYTES", 1000)  # many query blocks, as at 1024 px
     out = cpu_attention.attention(q, k, v)
