@@ -65,6 +65,49 @@ def test_mode_takes_only_plain_bf16_inference_calls(monkeypatch):
     assert len(calls) == 2
 
 
+def test_mode_runs_autocast_linears_with_packed_weights():
+    from surgseg_core.sam2_engine.onednn_linear import PackedLinears
+
+    lin = torch.nn.Linear(24, 40)
+    x = torch.randn(3, 5, 24)
+    linears = PackedLinears()
+    packed = []
+    real = PackedLinears.__call__
+
+    def counting(self, *args):
+        out = real(self, *args)
+        packed.append(out is not None)
+        return out
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = lin(x)  # autocast's bf16 linear
+        with cpu_attention.bf16_attention(linears=linears):
+            PackedLinears.__call__ = counting
+            try:
+                got = lin(x)
+                again = F.linear(x.bfloat16(), weight=lin.weight)  # keywords, no bias, bf16 input
+            finally:
+                PackedLinears.__call__ = real
+    if not packed or not packed[0]:
+        pytest.skip("this torch has no oneDNN packed linear (the mode then leaves F.linear to autocast)")
+    assert len(packed) == 2 and len(linears) == 1  # one weight, packed once
+    assert got.dtype == want.dtype == torch.bfloat16 and got.shape == want.shape
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(again.float(), F.linear(x, lin.weight).float(), atol=3e-2, rtol=3e-2)
+    with torch.no_grad():
+        lin.weight.mul_(-1)  # an update in place (optimizer step, load_state_dict): packed again
+        with torch.autocast("cpu", dtype=torch.bfloat16), cpu_attention.bf16_attention(linears=linears):
+            flipped = lin(x)
+        torch.testing.assert_close(flipped.float(), F.linear(x, lin.weight, lin.bias).float(), atol=3e-2, rtol=3e-2)
+        with cpu_attention.bf16_attention(linears=linears):  # no autocast: float32 arithmetic, untouched
+            assert lin(x).dtype == torch.float32
+    with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16), \
+            cpu_attention.bf16_attention(linears=linears):  # training: autocast's own linear and its gradients
+        xg = x.clone().requires_grad_(True)
+        lin(xg).float().sum().backward()
+    assert xg.grad is not None
+
+
 @pytest.mark.parametrize("precision, enabled, diverted", [("bf16", True, True), ("bf16", False, False),
                                                           ("fp32", True, False), ("bf16", None, False)])
 def test_engine_uses_it_in_bf16_on_a_cpu(monkeypatch, precision, enabled, diverted):
@@ -75,13 +118,20 @@ def test_engine_uses_it_in_bf16_on_a_cpu(monkeypatch, precision, enabled, divert
     calls = []
     real = cpu_attention.attention
     monkeypatch.setattr(cpu_attention, "attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    from surgseg_core.sam2_engine.onednn_linear import PackedLinears
+
+    linear_calls = []
+    real_linear = PackedLinears.__call__
+    monkeypatch.setattr(PackedLinears, "__call__", lambda self, *a: linear_calls.append(1) or real_linear(self, *a))
     model = build_model("surgseg_tiny", device="cpu", seed=0)
     engine = StreamingSAM2(model, frames, precision=precision, cpu_attention=enabled)
     engine.add_points(0, 1, [[60, 40]], [1])
+    assert not linear_calls  # a prompt's encoding: autocast's own linears
     got = []
     engine.propagate(lambda r: got.append(r.frame_idx))
     assert got == [0, 1, 2]
     assert bool(calls) == diverted
+    assert bool(linear_calls) == diverted and engine._linears is None  # packed for one propagation only
     assert engine.provenance()["options"]["cpu_attention"] == diverted  # the record says which arithmetic ran
     if enabled is None:  # default: from MIN_IMAGE_SIZE px (this tiny model works at 128)
         assert model.image_size < cpu_attention.MIN_IMAGE_SIZE and not engine.cpu_attention

@@ -14,9 +14,13 @@ inputs to float32 outputs, which would avoid that rounding.
 ``bf16_attention()`` is a scoped ``TorchFunctionMode``: inside it, calls to
 ``F.scaled_dot_product_attention`` made by SAM2's modules with bf16 CPU
 inputs, without gradients, mask, dropout or causality, take ``attention``;
-every other call is passed on unchanged. Nothing global is patched. Its
-dispatch costs a little on every torch call inside it, so the engine enters
-it only where attention is large (``MIN_IMAGE_SIZE``; not for clicks).
+with ``linears`` (a ``onednn_linear.PackedLinears``, kept by the engine for a
+propagation) so do ``F.linear`` calls under CPU bf16 autocast without
+gradients (same inputs and result dtype as autocast's linear, the weight
+packed once); every other call is passed on unchanged. Nothing global is
+patched. Its dispatch costs a little on every torch call inside it, so the
+engine enters it only where attention is large (``MIN_IMAGE_SIZE``; not for
+clicks).
 """
 from __future__ import annotations
 
@@ -66,12 +70,43 @@ def _eligible(args, kwargs) -> bool:
     return float(kwargs.get("dropout_p", 0.0)) == 0.0 and q.dim() == k.dim() == v.dim()
 
 
+def _linear_args(args, kwargs):
+    """(x, weight, bias) of an ``F.linear`` call that autocast would run in
+    bf16 on the CPU without gradients, else None."""
+    if torch.is_grad_enabled() or not torch.is_autocast_enabled("cpu") \
+            or torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return None
+    names = ("input", "weight", "bias")
+    if len(args) > 3 or set(kwargs) - set(names[len(args):]):
+        return None
+    call = dict(zip(names, args), **kwargs)
+    x, weight, bias = call.get("input"), call.get("weight"), call.get("bias")
+    floats = (torch.float32, torch.bfloat16)
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)) or x.device.type != "cpu" \
+            or x.dtype not in floats or weight.dtype not in floats or weight.dim() != 2 or x.dim() < 1 \
+            or x.numel() == 0 or x.shape[-1] != weight.shape[1] or weight.device.type != "cpu":
+        return None
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.dim() != 1 or bias.dtype not in floats):
+        return None
+    return x, weight, bias
+
+
 class bf16_attention(TorchFunctionMode):
-    """Context manager: SAM2's bf16 CPU attention calls take ``attention``
+    """Context manager: SAM2's bf16 CPU attention calls take ``attention``,
+    and with ``linears`` its autocast linear calls a packed oneDNN linear
     (see the module docstring)."""
+
+    def __init__(self, linears=None) -> None:
+        super().__init__()
+        self.linears = linears
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention and _eligible(args, kwargs):
             return attention(*args[:3], scale=kwargs.get("scale"))
+        if func is F.linear and self.linears is not None:
+            call = _linear_args(args, kwargs)
+            out = self.linears(*call) if call is not None else None
+            if out is not None:
+                return out
         return func(*args, **kwargs)

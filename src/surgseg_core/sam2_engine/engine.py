@@ -32,6 +32,7 @@ from . import cpu_attention as cpu_attention_module
 from .embedding_cache import EmbeddingCache
 from .heads import FrameFeatures, decode_masks, encode_frames, flat_features, parse_prompt
 from .memory import BACKWARD, FORWARD, UNTRACKED, MemoryPolicy, ObjectMemory
+from .onednn_linear import PackedLinears
 from .outputs import FrameResult
 from .provenance import build_provenance
 
@@ -238,6 +239,8 @@ class StreamingSAM2:
         self.fast_clicks = bool(fast_clicks)
         self.cpu_attention = (self.image_size >= cpu_attention_module.MIN_IMAGE_SIZE if cpu_attention is None
                               else bool(cpu_attention))
+        # inside propagate() on the bf16 CPU path: linear weights packed once for the whole propagation
+        self._linears: Optional[PackedLinears] = None
         self.cache = EmbeddingCache(embed_cache_mb)
         self._fill_holes = int(getattr(model, "fill_hole_area", 0) or 0) > 0 and _has_hole_filling()
         self._pos_enc: Optional[List[torch.Tensor]] = None  # same for every frame
@@ -409,9 +412,10 @@ class StreamingSAM2:
     def _attention(self, dtype: Optional[torch.dtype]) -> ContextManager:
         """bf16 on a CPU: SAM2's attention calls as bf16 matmuls
         (``cpu_attention``: 1.5-2x the flash kernel's speed), for the image
-        encoder and propagation steps."""
+        encoder and propagation steps; during a propagation also its linear
+        layers with weights packed once (``onednn_linear``)."""
         if self._uses_cpu_attention(dtype):
-            return cpu_attention_module.bf16_attention()
+            return cpu_attention_module.bf16_attention(linears=self._linears)
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------- one step
@@ -794,6 +798,7 @@ class StreamingSAM2:
             reads = self._frames_to_read(order)
             self._streaming = True
             self._prefetch = _Prefetcher(self._load_frame)
+            self._linears = PackedLinears() if self.cpu_attention and self.device.type == "cpu" else None
             try:
                 for done, (frame_idx, reverse) in enumerate(order, 1):
                     check_cancel(cancel)
@@ -808,6 +813,7 @@ class StreamingSAM2:
             finally:
                 self._prefetch.close()
                 self._prefetch = None
+                self._linears = None
                 self._end_streaming()
         return total
 

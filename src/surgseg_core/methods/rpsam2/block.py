@@ -68,6 +68,7 @@ from torch import nn
 from ...device import derived_from_weights, low_precision_dtype
 from ...errors import ConfigError
 from ...sam2_engine.fast_heads import few_query_attention
+from ...sam2_engine.onednn_linear import onednn_linear
 
 DEFAULT_LAYERS = 6
 DEFAULT_HEADS = 8
@@ -208,35 +209,11 @@ class ShiftBlock(nn.Module):
         return torch.sigmoid(self.scale) * torch.tanh(self.delta(tokens))  # eq. 2's offset
 
 
-def _onednn_linear(weight: torch.Tensor, bias: Optional[torch.Tensor], relu: bool, rows: int = 1):
-    """``x -> [relu](x W^T + b)`` (x 2-D or more) through oneDNN with the
-    weight packed once for about ``rows`` input rows, checked against
-    ``F.linear`` on a probe; None off the CPU or where this torch cannot."""
-    if weight.device.type != "cpu":
-        return None
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-        attr = "relu" if relu else "none"
-
-        def run(x):
-            return torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, attr, [],
-                                                      "").view(*x.shape[:-1], -1)
-        probe = torch.linspace(-1, 1, 3 * weight.shape[1]).view(3, -1).to(weight.dtype)
-        want = F.linear(probe, weight, bias)
-        if relu:
-            want = F.relu(want)
-        if torch.allclose(run(probe).float(), want.float(), rtol=2e-2, atol=2e-2):
-            return run
-    except (RuntimeError, AttributeError):
-        pass
-    return None
-
-
 def _mlp_linear(weight: torch.Tensor, bias: torch.Tensor, relu: bool):
     """``x -> [relu](x W^T + b)`` in ``weight``'s dtype: on CPU through
-    oneDNN with the weight packed once (:func:`_onednn_linear`), else (other
+    oneDNN with the weight packed once (:func:`onednn_linear`), else (other
     devices, a torch without the op) ``F.linear``."""
-    run = _onednn_linear(weight, bias, relu)
+    run = onednn_linear(weight, bias, relu)
     if run is not None:
         return run
     if relu:
@@ -248,9 +225,9 @@ def _packed_image(image: torch.Tensor) -> Optional[Tuple[Any, Any]]:
     """One frame's i* (h*w, C), low precision, on a CPU: ``(scores, values)``
     with ``scores(a)`` = a i*^T (a (N, C) -> (N, h*w)) and ``values(w)`` = w i*
     ((N, h*w) -> (N, C)), oneDNN linears on i* and i*^T packed once
-    (:func:`_onednn_linear`); None where that is not available."""
-    scores = _onednn_linear(image, None, False, rows=8)
-    values = _onednn_linear(image.t().contiguous(), None, False, rows=8) if scores is not None else None
+    (:func:`onednn_linear`); None where that is not available."""
+    scores = onednn_linear(image, None, False, rows=8)
+    values = onednn_linear(image.t().contiguous(), None, False, rows=8) if scores is not None else None
     return (scores, values) if values is not None else None
 
 
