@@ -99,7 +99,9 @@ def _channels_last(images: torch.Tensor) -> bool:
     channel-strided view (a layer norm over the 128 x 128 x 96 map at 512 px:
     4.3 ms, 0.7 ms contiguous). A channels-last image makes the convolution's
     output, and with a contiguous positional embedding the whole stream,
-    contiguous: SAM2.1-tiny's encoder at 512 px in bf16 ~0.86x the time.
+    contiguous (SAM2.1-tiny's encoder at 512 px in bf16: 0.91-0.97x the time
+    in interleaved runs; the embedding in bf16 too, see _reused_pos_embed,
+    0.87-1.0x more).
     Float32 keeps SAM2's layout: its results stay bit-equal to SAM2's."""
     return images.device.type == "cpu" and not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
 
@@ -127,15 +129,19 @@ def _reused_pos_embed(trunk) -> Iterator[None]:
             return original(trunk, hw)
         params = (trunk.pos_embed, trunk.pos_embed_window)
         # dtype and device too: Module.to() swaps a parameter's data without a new version
-        contiguous = torch.is_autocast_enabled("cpu") and trunk.pos_embed.device.type == "cpu"  # see _channels_last
-        key = (tuple(hw), contiguous) + tuple((id(p), p._version, p.dtype, p.device) for p in params)
+        # the fast CPU path (see _channels_last): contiguous, and in autocast's dtype, so that Hiera's first
+        # stage adds, normalises and copies a bf16 stream like its later stages (it was float32 there only
+        # because this float32 embedding is added to the patch embedding's bf16 output)
+        fast = (torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                and trunk.pos_embed.device.type == "cpu" else None)
+        key = (tuple(hw), fast) + tuple((id(p), p._version, p.dtype, p.device) for p in params)
         with _pos_embed_lock:
             hit = _pos_embeds.get(trunk)
         if hit is not None and hit[0] == key:
             return hit[1]
         value = original(trunk, hw)
-        if contiguous:
-            value = value.contiguous()
+        if fast is not None:
+            value = value.to(fast).contiguous()
         with _pos_embed_lock:
             _pos_embeds[trunk] = (key, value)
         return value
