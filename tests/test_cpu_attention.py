@@ -81,16 +81,18 @@ def test_mode_runs_autocast_linears_with_packed_weights():
 
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         want = lin(x)  # autocast's bf16 linear
-        with cpu_attention.bf16_attention(linears=linears):
+        # nested, as the engine nests the image encoder's mode in the tracking step's: one packed copy
+        with cpu_attention.bf16_attention(linears=linears), cpu_attention.bf16_attention(linears=linears):
             PackedLinears.__call__ = counting
             try:
                 got = lin(x)
                 again = F.linear(x.bfloat16(), weight=lin.weight)  # keywords, no bias, bf16 input
             finally:
                 PackedLinears.__call__ = real
-    if not packed or not packed[0]:
+    if not any(packed):
         pytest.skip("this torch has no oneDNN packed linear (the mode then leaves F.linear to autocast)")
-    assert len(packed) == 2 and len(linears) == 1  # one weight, packed once
+    # two calls through the packed linear, one weight packed once (its probe ran as a plain F.linear)
+    assert packed.count(True) == 2 and len(linears) == 1
     assert got.dtype == want.dtype == torch.bfloat16 and got.shape == want.shape
     torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(again.float(), F.linear(x, lin.weight).float(), atol=3e-2, rtol=3e-2)

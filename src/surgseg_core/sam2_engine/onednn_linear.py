@@ -57,9 +57,14 @@ class PackedLinears:
     def __init__(self, dtype: torch.dtype = torch.bfloat16) -> None:
         self.dtype = dtype
         self._packed: Dict[int, Tuple[tuple, torch.Tensor, Optional[Linear]]] = {}
+        self._packing = False
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor,
                  bias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        if self._packing:
+            # the probe's own F.linear, seen by an enclosing bf16_attention mode (the engine nests one for the
+            # image encoder inside the one of the tracking step): plain F.linear, not another packed copy
+            return None
         key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape),
                None if bias is None else (bias.data_ptr(), bias._version, bias.dtype))
         hit = self._packed.get(id(weight))
@@ -67,8 +72,13 @@ class PackedLinears:
             low = weight.detach().to(self.dtype)
             low_bias = None if bias is None else bias.detach().to(self.dtype)
             rows = max(1, x.numel() // max(1, x.shape[-1]))
+            self._packing = True
+            try:
+                run = onednn_linear(low, low_bias, rows=rows)
+            finally:
+                self._packing = False
             # the weight itself is kept in the entry so that its id() cannot be reused by another tensor
-            hit = (key, weight, onednn_linear(low, low_bias, rows=rows))
+            hit = (key, weight, run)
             self._packed[id(weight)] = hit
         run = hit[2]
         return None if run is None else run(x.to(self.dtype))
