@@ -103,7 +103,26 @@ def _channels_last(images: torch.Tensor) -> bool:
     in interleaved runs; the embedding in bf16 too, see _reused_pos_embed,
     0.87-1.0x more).
     Float32 keeps SAM2's layout: its results stay bit-equal to SAM2's."""
-    return images.device.type == "cpu" and not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+    return _fast_cpu_dtype(images.device) is not None
+
+
+def _fast_cpu_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """Autocast's dtype on the fast CPU path (a CPU tensor, CPU autocast on,
+    no gradients), else None."""
+    if device.type != "cpu" or torch.is_grad_enabled() or not torch.is_autocast_enabled("cpu"):
+        return None
+    return torch.get_autocast_dtype("cpu")
+
+
+@contextlib.contextmanager
+def _shadowed(module, name: str, function) -> Iterator[None]:
+    """``module.<name>`` is ``function`` inside the block: an instance
+    attribute shadowing the class's method, removed on exit."""
+    setattr(module, name, function)
+    try:
+        yield
+    finally:
+        module.__dict__.pop(name, None)
 
 
 # trunk -> (key, tensor): Hiera's positional embedding per input size, see _reused_pos_embed
@@ -132,8 +151,7 @@ def _reused_pos_embed(trunk) -> Iterator[None]:
         # the fast CPU path (see _channels_last): contiguous, and in autocast's dtype, so that Hiera's first
         # stage adds, normalises and copies a bf16 stream like its later stages (it was float32 there only
         # because this float32 embedding is added to the patch embedding's bf16 output)
-        fast = (torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
-                and trunk.pos_embed.device.type == "cpu" else None)
+        fast = _fast_cpu_dtype(trunk.pos_embed.device)
         key = (tuple(hw), fast) + tuple((id(p), p._version, p.dtype, p.device) for p in params)
         with _pos_embed_lock:
             hit = _pos_embeds.get(trunk)
@@ -146,11 +164,8 @@ def _reused_pos_embed(trunk) -> Iterator[None]:
             _pos_embeds[trunk] = (key, value)
         return value
 
-    trunk._get_pos_embed = cached  # instance attribute: shadows the method for this forward only
-    try:
+    with _shadowed(trunk, "_get_pos_embed", cached):  # for this forward only
         yield
-    finally:
-        trunk.__dict__.pop("_get_pos_embed", None)
 
 
 # PositionEmbeddingSine module -> {(h, w, dtype, device): (1, C, h, w) tensor}, see _reused_neck_pos
@@ -189,11 +204,8 @@ def _reused_neck_pos(neck) -> Iterator[None]:
                 table[key] = hit
         return hit.expand(x.shape[0], -1, -1, -1)
 
-    pe.forward = cached  # instance attribute: shadows the method for this forward only
-    try:
+    with _shadowed(pe, "forward", cached):  # for this forward only
         yield
-    finally:
-        pe.__dict__.pop("forward", None)
 
 
 def flat_features(model, feats: FrameFeatures, batch: Optional[int] = None):
