@@ -125,6 +125,10 @@ def test_engine_uses_it_in_bf16_on_a_cpu(monkeypatch, precision, enabled, divert
     linear_calls = []
     real_linear = PackedLinears.__call__
     monkeypatch.setattr(PackedLinears, "__call__", lambda self, *a: linear_calls.append(1) or real_linear(self, *a))
+    value_calls = []
+    real_values = cpu_attention.rope_attention_values_after
+    monkeypatch.setattr(cpu_attention, "rope_attention_values_after",
+                        lambda *a, **kw: value_calls.append(1) or real_values(*a, **kw))
     model = build_model("surgseg_tiny", device="cpu", seed=0)
     engine = StreamingSAM2(model, frames, precision=precision, cpu_attention=enabled)
     engine.add_points(0, 1, [[60, 40]], [1])
@@ -133,7 +137,85 @@ def test_engine_uses_it_in_bf16_on_a_cpu(monkeypatch, precision, enabled, divert
     engine.propagate(lambda r: got.append(r.frame_idx))
     assert got == [0, 1, 2]
     assert bool(calls) == diverted
+    assert bool(value_calls) == diverted  # the memory attention's values projected after the attention
+    assert "forward" not in model.memory_attention.layers[0].cross_attn_image.__dict__
     assert bool(linear_calls) == diverted and engine._linears is None  # packed for one propagation only
     assert engine.provenance()["options"]["cpu_attention"] == diverted  # the record says which arithmetic ran
     if enabled is None:  # default: from MIN_IMAGE_SIZE px (this tiny model works at 128)
         assert model.image_size < cpu_attention.MIN_IMAGE_SIZE and not engine.cpu_attention
+
+
+def _cross_attention(seed=0):
+    """The memory attention's cross-attention of a random-init SAM2 (one head, 64-wide memories, 128-wide values)."""
+    model = build_model("surgseg_tiny", device="cpu", seed=seed)
+    layer = model.memory_attention.layers[0].cross_attn_image
+    assert layer.num_heads == 1 and layer.v_proj.in_features < layer.v_proj.out_features
+    return model, layer.eval()
+
+
+def _memory_inputs(layer, tokens=16, memories=3, pointers=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, tokens, layer.q_proj.in_features, generator=g)
+    m = torch.randn(2, memories * tokens + pointers, layer.k_proj.in_features, generator=g)
+    return q, m
+
+
+def test_values_after_attention_equals_sams_forward_in_float32():
+    """softmax(S) (M W^T + b) = (softmax(S) M) W^T + b: SAM2's own forward
+    (values projected first) and the reordered one agree in float32, RoPE on
+    the memory keys repeated per memory and skipped on the object pointers."""
+    from sam2.modeling.sam.transformer import RoPEAttention
+
+    _, layer = _cross_attention()
+    q, m = _memory_inputs(layer)
+    with torch.no_grad():
+        want = RoPEAttention.forward(layer, q, m.clone(), m.clone(), num_k_exclude_rope=8)
+        got = cpu_attention.rope_attention_values_after(layer, q, m.clone(), m.clone(), num_k_exclude_rope=8)
+        # hand-computed without RoPE (a layer whose rotation is the identity): P (M W^T + b) vs (P M) W^T + b
+        p = torch.softmax(torch.randn(5, 7), -1)
+        mm, w, b = torch.randn(7, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+        torch.testing.assert_close(p.double() @ (mm @ w.T + b), (p.double() @ mm) @ w.T + b)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    layer.train()
+    with pytest.raises(ValueError, match="eval"):  # dropout: probabilities no longer sum to 1
+        cpu_attention.rope_attention_values_after(layer, q, m.clone(), m.clone())
+
+
+def test_values_after_attention_runs_only_on_the_bf16_inference_path():
+
+    model, layer = _cross_attention()
+    model.eval()
+    q, m = _memory_inputs(layer)
+    self_attn = model.memory_attention.layers[0].self_attn  # values as wide as they come in: not reordered
+    calls = []
+    real = cpu_attention.rope_attention_values_after
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    cpu_attention.rope_attention_values_after = counting
+    try:
+        with torch.no_grad():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                want = layer(q, m.clone(), m.clone(), num_k_exclude_rope=8)
+            plain = layer(q, m.clone(), m.clone(), num_k_exclude_rope=8)
+            with cpu_attention.values_after_attention(model.memory_attention):
+                assert "forward" in layer.__dict__ and "forward" not in self_attn.__dict__
+                same = layer(q, m.clone(), m.clone(), num_k_exclude_rope=8)  # float32: SAM2's forward, bit for bit
+                assert not calls
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    got = layer(q, m.clone(), m.clone(), num_k_exclude_rope=8)
+                assert len(calls) == 1
+        with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16), \
+                cpu_attention.values_after_attention(model.memory_attention):  # training: SAM2's forward
+            layer(q.requires_grad_(True), m.clone(), m.clone(), num_k_exclude_rope=8).float().sum().backward()
+    finally:
+        cpu_attention.rope_attention_values_after = real
+    assert len(calls) == 1 and q.grad is not None
+    assert "forward" not in layer.__dict__  # nothing left on the module
+    assert torch.equal(same, plain)
+    assert got.dtype == want.dtype == torch.bfloat16
+    # bf16 rounding in a different order: within bf16's noise of autocast's own forward
+    assert (got.float() - want.float()).abs().max() < 0.05 * want.float().abs().max()

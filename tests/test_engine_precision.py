@@ -100,6 +100,10 @@ def test_bf16_masks_agree_with_float32_masks_over_64_frames(tmp_path, monkeypatc
     calls = []
     real = cpu_attention.attention
     monkeypatch.setattr(cpu_attention, "attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    value_calls = []
+    real_values = cpu_attention.rope_attention_values_after
+    monkeypatch.setattr(cpu_attention, "rope_attention_values_after",
+                        lambda *a, **kw: value_calls.append(1) or real_values(*a, **kw))
     masks = {}
     for precision in ("fp32", fast):
         got = {}
@@ -117,6 +121,8 @@ def test_bf16_masks_agree_with_float32_masks_over_64_frames(tmp_path, monkeypatc
         assert on_disk["options"]["precision"] == precision
         masks[precision] = got
     assert bool(calls) == attention
+    # with bf16 heads the memory attention's values are projected after the attention (cpu_attention)
+    assert bool(value_calls) == (attention and fast == "bf16")
     for k, (t0, _) in prompts.items():
         ious, area = [], 0
         for t in range(t0, n):

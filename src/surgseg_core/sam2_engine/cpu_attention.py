@@ -24,15 +24,23 @@ clicks).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-#: Bytes of bf16 scores per block of queries (the scores are never held for all queries at once: at 1024 px the
-#: memory attention's would take 230 MB).
-BLOCK_BYTES = 16 << 20
+#: Queries per block: the scores are never held for all queries at once (at 1024 px the memory attention's would
+#: take 230 MB), and a block's scores are reread by the softmax and the second product while still in cache.
+#: Measured on this CPU (medians of 15 calls, SAM2.1-tiny's shapes): memory cross-attention at 512 px 17.5 ms with
+#: 256 rows vs 20-26 ms with all 1024 at once and 36 ms with 32; at 1024 px 243-262 ms with 256-512 rows vs 360-373 ms
+#: with 32 or >= 1024 (fewer rows stream the 14 MB of keys from memory more often).
+BLOCK_ROWS = 256
+#: At most this many bytes of bf16 scores per block (many heads or objects: fewer rows).
+BLOCK_BYTES = 32 << 20
 #: The engine enters the mode for models at this size and above (``StreamingSAM2(cpu_attention=None)``): at 256 px
 #: (the demo-size model, 7 memories of 256 tokens) the mode's per-call dispatch cost more than the small attention
 #: calls saved (52 vs 42 ms a frame in bf16); at 512 px SAM2.1-tiny's frames took 0.84x the time with it.
@@ -45,7 +53,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=None) -> 
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=v.dtype, device=v.device)
     per_row = max(1, math.prod(q.shape[:-2]) * k.shape[-2] * q.element_size())  # score bytes per query row
-    rows = max(1, BLOCK_BYTES // per_row)
+    rows = max(1, min(BLOCK_ROWS, BLOCK_BYTES // per_row))
     # Laid out once, not per block: bmm copies a transposed or strided operand on every call (at 1024 px a
     # memory cross-attention's k^T, 14 MB, was copied for each of ~14 blocks). The scale goes on the queries
     # (n x d) instead of the scores (n x keys): one pass less over the largest tensor.
@@ -110,3 +118,68 @@ class bf16_attention(TorchFunctionMode):
             if out is not None:
                 return out
         return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def values_after_attention(module: torch.nn.Module) -> Iterator[None]:
+    """Inside the block, SAM2's one-head ``RoPEAttention`` layers in
+    ``module`` whose values come in narrower than they go out (the memory
+    attention's cross-attention: 64-channel memories, 256-channel values)
+    apply their value projection after the attention instead of before:
+    softmax(S) (M W^T + b) = (softmax(S) M) W^T + b, because each row of
+    softmax(S) sums to 1. Exact in real arithmetic; the product over the
+    ~7200 memory keys (29000 at 1024 px) runs at width 64 instead of 256 and
+    the memory's value projection (7200 rows) becomes one over the queries
+    (1024 rows). Measured on this CPU in bf16 (SAM2.1-tiny, medians of 15
+    calls): that attention call at 512 px 17 vs 25 ms, at 1024 px 276 vs
+    420 ms; whole frames 0.88-0.91x (in-process A/B). Only in bf16 autocast
+    on a CPU without gradients (the fast path, whose masks are tested
+    against float32 masks): any other call runs SAM2's forward unchanged, so
+    float32 stays bit-equal to SAM2."""
+    from sam2.modeling.sam.transformer import RoPEAttention
+
+    from .heads import _shadowed
+
+    layers = [m for m in module.modules() if type(m) is RoPEAttention and m.num_heads == 1
+              and m.v_proj.in_features < m.v_proj.out_features]
+    with contextlib.ExitStack() as stack:
+        for layer in layers:
+            stack.enter_context(_shadowed(layer, "forward", functools.partial(_values_after_forward, layer)))
+        yield
+
+
+def _values_after_forward(layer, q, k, v, num_k_exclude_rope: int = 0):
+    from sam2.modeling.sam.transformer import RoPEAttention
+
+    if torch.is_grad_enabled() or layer.training or v.device.type != "cpu" \
+            or not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return RoPEAttention.forward(layer, q, k, v, num_k_exclude_rope)
+    # autocast's v_proj would take the memories in bf16; here they meet the bf16 probabilities first
+    return rope_attention_values_after(layer, q, k, v.to(torch.bfloat16), num_k_exclude_rope)
+
+
+def rope_attention_values_after(layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                num_k_exclude_rope: int = 0) -> torch.Tensor:
+    """SAM2's ``RoPEAttention.forward`` (sam2/modeling/sam/transformer.py)
+    for a one-head layer, with ``v_proj`` applied after the attention (see
+    ``values_after_attention``); in any dtype."""
+    from sam2.modeling.position_encoding import apply_rotary_enc
+
+    if layer.num_heads != 1:
+        raise ValueError("values after attention needs a one-head layer")
+    if layer.training and layer.dropout_p > 0:  # dropped probabilities no longer sum to 1: the bias would be wrong
+        raise ValueError("values after attention needs the layer in eval mode (dropout)")
+    q = layer._separate_heads(layer.q_proj(q), 1)
+    k = layer._separate_heads(layer.k_proj(k), 1)
+    v = v.unsqueeze(1)  # (B, 1 head, keys, memory width)
+    w = h = math.sqrt(q.shape[-2])
+    layer.freqs_cis = layer.freqs_cis.to(q.device)
+    if layer.freqs_cis.shape[0] != q.shape[-2]:
+        layer.freqs_cis = layer.compute_cis(end_x=w, end_y=h).to(q.device)
+    if q.shape[-2] != k.shape[-2]:
+        assert layer.rope_k_repeat
+    num_k_rope = k.size(-2) - num_k_exclude_rope
+    q, k[:, :, :num_k_rope] = apply_rotary_enc(q, k[:, :, :num_k_rope], freqs_cis=layer.freqs_cis,
+                                               repeat_freqs_k=layer.rope_k_repeat)
+    out = F.scaled_dot_product_attention(q, k, v.to(q.dtype))
+    return layer.out_proj(layer.v_proj(layer._recombine_heads(out)))

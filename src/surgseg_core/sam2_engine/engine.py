@@ -409,14 +409,21 @@ class StreamingSAM2:
     def _uses_cpu_attention(self, dtype: Optional[torch.dtype]) -> bool:
         return self.cpu_attention and self.device.type == "cpu" and dtype == torch.bfloat16
 
-    def _attention(self, dtype: Optional[torch.dtype]) -> ContextManager:
+    @contextlib.contextmanager
+    def _attention(self, dtype: Optional[torch.dtype], memory: bool = False) -> Iterator[None]:
         """bf16 on a CPU: SAM2's attention calls as bf16 matmuls
         (``cpu_attention``: 1.5-2x the flash kernel's speed), for the image
         encoder and propagation steps; during a propagation also its linear
-        layers with weights packed once (``onednn_linear``)."""
-        if self._uses_cpu_attention(dtype):
-            return cpu_attention_module.bf16_attention(linears=self._linears)
-        return contextlib.nullcontext()
+        layers with weights packed once (``onednn_linear``). ``memory``: the
+        memory attention's value projections after the attention
+        (``cpu_attention.values_after_attention``)."""
+        if not self._uses_cpu_attention(dtype):
+            yield
+            return
+        with cpu_attention_module.bf16_attention(linears=self._linears), \
+                (cpu_attention_module.values_after_attention(self.model.memory_attention) if memory
+                 else contextlib.nullcontext()):
+            yield
 
     # ------------------------------------------------------------- one step
     def _compact(self, out: dict) -> dict:
@@ -865,7 +872,7 @@ class StreamingSAM2:
 
     def _step(self, frame_idx: int, reverse: bool) -> FrameResult:
         # propagation only: a click's decoder attention is small and paid the mode's dispatch (~1 ms a click)
-        with self._attention(self.precision.heads):
+        with self._attention(self.precision.heads, memory=True):
             return self._track_step(frame_idx, reverse)
 
     def _track_step(self, frame_idx: int, reverse: bool) -> FrameResult:
