@@ -33,14 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-#: Queries per block: the scores are never held for all queries at once (at 1024 px the memory attention's would
-#: take 230 MB), and a block's scores are reread by the softmax and the second product while still in cache.
-#: Measured on this CPU (medians of 15 calls, SAM2.1-tiny's shapes): memory cross-attention at 512 px 17.5 ms with
-#: 256 rows vs 20-26 ms with all 1024 at once and 36 ms with 32; at 1024 px 243-262 ms with 256-512 rows vs 360-373 ms
-#: with 32 or >= 1024 (fewer rows stream the 14 MB of keys from memory more often).
-BLOCK_ROWS = 256
-#: At most this many bytes of bf16 scores per block (many heads or objects: fewer rows).
-BLOCK_BYTES = 32 << 20
+#: Bytes of bf16 scores per block of queries (the scores are never held for all queries at once: at 1024 px the
+#: memory attention's would take 230 MB). Blocks of 256 queries (3.5 MB at 512 px) were as fast on whole frames.
+BLOCK_BYTES = 16 << 20
 #: The engine enters the mode for models at this size and above (``StreamingSAM2(cpu_attention=None)``): at 256 px
 #: (the demo-size model, 7 memories of 256 tokens) the mode's per-call dispatch cost more than the small attention
 #: calls saved (52 vs 42 ms a frame in bf16); at 512 px SAM2.1-tiny's frames took 0.84x the time with it.
@@ -53,7 +48,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=None) -> 
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=v.dtype, device=v.device)
     per_row = max(1, math.prod(q.shape[:-2]) * k.shape[-2] * q.element_size())  # score bytes per query row
-    rows = max(1, min(BLOCK_ROWS, BLOCK_BYTES // per_row))
+    rows = max(1, BLOCK_BYTES // per_row)
     # Laid out once, not per block: bmm copies a transposed or strided operand on every call (at 1024 px a
     # memory cross-attention's k^T, 14 MB, was copied for each of ~14 blocks). The scale goes on the queries
     # (n x d) instead of the scores (n x keys): one pass less over the largest tensor.
