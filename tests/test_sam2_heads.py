@@ -4,6 +4,8 @@ the click session that keeps an engine across clicks. Random-init tiny
 SAM2 architecture, synthetic frames."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -212,6 +214,58 @@ def test_bf16_cpu_encoding_runs_channels_last_with_the_same_features(frames, mon
     for a, b, ref in zip(fast.backbone_fpn, plain.backbone_fpn, fp32.backbone_fpn):
         assert a.dtype == b.dtype and a.shape == b.shape
         # the layout changes bf16 rounding only: far below bf16's own distance from float32
+        assert (a.float() - b.float()).abs().max() <= 0.1 * ref.abs().max()
+        assert torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0) > 0.999
+
+
+@pytest.mark.parametrize("block_args, shape", [
+    (dict(dim=32, dim_out=32, num_heads=2, window_size=7), (2, 10, 10, 32)),  # 10 x 10 in 7 x 7 windows
+    (dict(dim=16, dim_out=32, num_heads=2, q_stride=(2, 2), window_size=8), (1, 12, 12, 16)),  # stage change
+    (dict(dim=16, dim_out=16, num_heads=1, window_size=4), (1, 8, 8, 16)),  # no padding at all
+])
+def test_hiera_window_block_without_padding_equals_sams_block(block_args, shape):
+    """A padded token is zeros after SAM2's padding, so its qkv is the bias;
+    the output projection is per token: projecting only the real tokens
+    gives SAM2's block output (float32, hand-made Hiera blocks)."""
+    from sam2.modeling.backbones.hieradet import MultiScaleBlock
+
+    from surgseg_core.sam2_engine.heads import window_block_without_padding
+
+    torch.manual_seed(0)
+    block = MultiScaleBlock(**block_args).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.2)  # biases too: a zero bias would hide a wrong fill of the padded tokens
+        x = torch.randn(*shape)
+        want = MultiScaleBlock.forward(block, x)
+        got = window_block_without_padding(block, x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_hiera_skips_padded_windows_only_on_the_fast_path(frames, monkeypatch):
+    import surgseg_core.sam2_engine.heads as heads
+
+    # at 160 px the tiny model's last windowed block sees a 10 x 10 map in 8 x 8 windows: padded to 16 x 16
+    model = build_model("surgseg_tiny", device="cpu", seed=4, image_size=160).eval()
+    image = torch.as_tensor(preprocess_frame(frames[1], 160))[None]
+    calls = []
+    real = heads.window_block_without_padding
+    monkeypatch.setattr(heads, "window_block_without_padding", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        fp32 = encode_frames(model, image)
+        assert not calls  # float32: SAM2's own blocks (bit-equality with SAM2 is tested elsewhere)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = encode_frames(model, image)
+            assert len(calls) == 1
+            monkeypatch.setattr(heads, "_unpadded_windows", lambda trunk: contextlib.nullcontext())
+            plain = encode_frames(model, image)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # gradients: SAM2's blocks
+        encode_frames(model, image)
+    assert len(calls) == 1
+    assert not any("forward" in b.__dict__ for b in model.image_encoder.trunk.blocks)  # nothing left behind
+    for a, b, ref in zip(fast.backbone_fpn, plain.backbone_fpn, fp32.backbone_fpn):
+        assert a.dtype == b.dtype and a.shape == b.shape
         assert (a.float() - b.float()).abs().max() <= 0.1 * ref.abs().max()
         assert torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0) > 0.999
 

@@ -19,12 +19,14 @@ inference callers wrap the calls in ``torch.inference_mode()``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import weakref
 from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import fast_heads
@@ -85,8 +87,9 @@ def encode_frames(model, images: torch.Tensor) -> FrameFeatures:
         raise ConfigError(f"images must be (B, 3, S, S), got {tuple(images.shape)}")
     if _channels_last(images):
         images = images.contiguous(memory_format=torch.channels_last)
-    with _reused_pos_embed(getattr(model.image_encoder, "trunk", None)), \
-            _reused_neck_pos(getattr(model.image_encoder, "neck", None)):
+    trunk = getattr(model.image_encoder, "trunk", None)
+    with _reused_pos_embed(trunk), _reused_neck_pos(getattr(model.image_encoder, "neck", None)), \
+            _unpadded_windows(trunk):
         out = model.forward_image(images)
     return FrameFeatures(list(out["backbone_fpn"]), list(out["vision_pos_enc"]))
 
@@ -166,6 +169,83 @@ def _reused_pos_embed(trunk) -> Iterator[None]:
 
     with _shadowed(trunk, "_get_pos_embed", cached):  # for this forward only
         yield
+
+
+@contextlib.contextmanager
+def _unpadded_windows(trunk) -> Iterator[None]:
+    """On the fast CPU path (see _fast_cpu_dtype), Hiera's windowed blocks
+    whose map does not divide into windows (SAM2.1-tiny at 512 px: stage 3's
+    32 x 32 map in 14 x 14 windows, padded to 42 x 42; stage 4's 16 x 16 in
+    7 x 7, padded to 21 x 21) run their qkv and output projections on the
+    real tokens only: SAM2 pads the normalised map with zeros and projects
+    every padded token, whose qkv is just the bias (~70 % more rows there);
+    the padded tokens still take part in the attention as SAM2 has them.
+    Elsewhere (float32, gradients) Hiera's own forward runs."""
+    from sam2.modeling.backbones.hieradet import MultiScaleBlock
+
+    blocks = [b for b in (trunk.modules() if trunk is not None else ()) if type(b) is MultiScaleBlock
+              and b.window_size > 0]
+    if not blocks or torch.is_grad_enabled():
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        for block in blocks:
+            stack.enter_context(_shadowed(block, "forward", functools.partial(_window_block_forward, block)))
+        yield
+
+
+def _window_block_forward(block, x: torch.Tensor) -> torch.Tensor:
+    from sam2.modeling.backbones.hieradet import MultiScaleBlock
+
+    size = block.window_size
+    padded = (x.shape[1] % size) or (x.shape[2] % size)
+    if not padded or block.training or torch.is_grad_enabled() or _fast_cpu_dtype(x.device) is None:
+        return MultiScaleBlock.forward(block, x)
+    return window_block_without_padding(block, x)
+
+
+def window_block_without_padding(block, x: torch.Tensor) -> torch.Tensor:
+    """SAM2's ``MultiScaleBlock.forward`` (sam2/modeling/backbones/hieradet.py)
+    for a windowed block, with the padded tokens' qkv filled in as the bias
+    instead of projected, and the output projection (per token) applied
+    after the padding is dropped; in any dtype (see _unpadded_windows)."""
+    from sam2.modeling.backbones.hieradet import do_pool
+    from sam2.modeling.backbones.utils import window_partition, window_unpartition
+
+    attn = block.attn
+    shortcut = x
+    x = block.norm1(x)
+    if block.dim != block.dim_out:
+        shortcut = do_pool(block.proj(x), block.pool)
+    size = block.window_size
+    B, H, W, _ = x.shape
+    Hp, Wp = H + (size - H % size) % size, W + (size - W % size) % size
+    qkv = attn.qkv(x)  # (B, H, W, 3 C) of the real tokens
+    full = qkv.new_empty(B, Hp, Wp, qkv.shape[-1])
+    # a zero-padded token's projection: the bias (autocast's linear rounds it to its dtype the same way)
+    bias = attn.qkv.bias.to(qkv.dtype) if attn.qkv.bias is not None else qkv.new_zeros(qkv.shape[-1])
+    full[:, H:] = bias
+    full[:, :H, W:] = bias
+    full[:, :H, :W] = qkv
+    windows, pad_hw = window_partition(full, size)
+    n = windows.shape[0]
+    # MultiScaleAttention.forward from here, without its projection
+    qkv = windows.reshape(n, size * size, 3, attn.num_heads, -1)
+    q, k, v = torch.unbind(qkv, 2)
+    h = w = size
+    if attn.q_pool:
+        q = do_pool(q.reshape(n, size, size, -1), attn.q_pool)
+        h, w = q.shape[1:3]
+        q = q.reshape(n, h * w, attn.num_heads, -1)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    out = out.transpose(1, 2).reshape(n, h, w, -1)
+    if block.q_stride:  # shapes changed by the query pooling, as in SAM2
+        size = block.window_size // block.q_stride[0]
+        H, W = shortcut.shape[1:3]
+        pad_hw = (H + (size - H % size) % size, W + (size - W % size) % size)
+    out = window_unpartition(out, size, pad_hw, (H, W))
+    x = shortcut + block.drop_path(attn.proj(out))
+    return x + block.drop_path(block.mlp(block.norm2(x)))
 
 
 # PositionEmbeddingSine module -> {(h, w, dtype, device): (1, C, h, w) tensor}, see _reused_neck_pos
