@@ -11,7 +11,9 @@ on a CPU: SAM2's own CPU path), our engine forced to float32
 (``precision="fp32"``, bit-equal to SAM2) and our engine with its defaults
 as a user runs it (``precision="auto"``: on a CPU with native bf16 the
 image encoder in bf16). Each case runs in its own subprocess so its peak
-RSS (``ru_maxrss``) is clean. Seconds per frame = median wall time between
+RSS (``ru_maxrss``) is clean, ``--rounds`` times (default 2, the order
+reversed every other round; medians: this VM's speed drifts by 5-10 %
+between minutes). Seconds per frame = median wall time between
 two emitted frames after the first 4 (steady state), torch's default
 threads unless ``--threads``; CPU seconds are shown beside. Goals: our peak
 RSS at the longest clip <= 1.1x our peak at the shortest; ours (default)
@@ -143,6 +145,26 @@ def _run_case(kind: str, n: int, args, folder: Path) -> dict:
     return result
 
 
+def _run_rounds(n: int, args, folder: Path) -> tuple:
+    """(ours default, ours fp32, SAM2) for one clip length: each case
+    ``args.rounds`` times, the order reversed every other round (a drift of
+    this shared VM's speed then hits all cases alike); per case the median
+    of the rounds' seconds per frame, the largest peak RSS."""
+    kinds = ["engine", "engine-fp32", "sam2"]
+    runs: dict = {k: [] for k in kinds}
+    for r in range(args.rounds):
+        for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+            runs[kind].append(_run_case(kind, n, args, folder))
+    merged = []
+    for kind in kinds:
+        out = dict(runs[kind][0])
+        for key in ("s_per_frame", "cpu_s_per_frame", "total_s"):
+            out[key] = statistics.median(x[key] for x in runs[kind])
+        out["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs[kind])
+        merged.append(out)
+    return tuple(merged)
+
+
 def _machine() -> str:
     import torch
 
@@ -182,7 +204,8 @@ def _table(args, rows, load) -> str:
     goal = 1.0 if args.gpu else 0.5
     lines += [
         "",
-        f"Steady state = median over frames after the first {WARMUP}. "
+        f"Steady state = median over frames after the first {WARMUP}; each case run {args.rounds} time(s), "
+        "alternating order, median of the runs (largest peak RSS). "
         f"Memory goal (ours at {rows[-1][0]} frames <= 1.1x ours at {rows[0][0]}): {mem_ratio:.2f}x -> "
         f"{'met' if mem_ratio <= 1.1 else 'NOT met'}. Speed, median over rows: ours float32 {r32:.2f}x SAM2 "
         f"({'met' if r32 <= 1.0 else 'NOT met'}: <= 1.0x); ours default ({fast}) {rfast:.2f}x SAM2 "
@@ -203,6 +226,8 @@ def main(argv=None) -> int:
     p.add_argument("--objects", type=int, default=1, choices=[1, 2])
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's own, as a user runs it)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="runs of each case per clip length, alternating order; medians (default 2)")
     p.add_argument("--gpu", action="store_true", help="CUDA bf16 run of tiny and small at 1024 px")
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--section-suffix", default="", help="write to bench:propagation<suffix>")
@@ -232,8 +257,7 @@ def main(argv=None) -> int:
             args.config = config
             print(f"{config} @ {args.image_size}px", flush=True)
             load_start = os.getloadavg()[0]
-            rows = [(n, _run_case("engine", n, args, folder), _run_case("engine-fp32", n, args, folder),
-                     _run_case("sam2", n, args, folder)) for n in args.frames]
+            rows = [(n, *_run_rounds(n, args, folder)) for n in args.frames]
             bodies.append(_table(args, rows, load_note(load_start, os.getloadavg()[0])))
     body = "\n\n".join(bodies)
     print(body)

@@ -270,6 +270,39 @@ def test_hiera_skips_padded_windows_only_on_the_fast_path(frames, monkeypatch):
         assert torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0) > 0.999
 
 
+def test_high_res_projections_fold_into_one_pointwise_convolution_on_the_fast_path(frames, monkeypatch):
+    """The neck's 1 x 1 projection of Hiera's two high-resolution levels and
+    the decoder's conv_s0 / conv_s1 after it are one linear map: folded into
+    one convolution on the fast path (equal in float32 when called
+    directly), SAM2's two convolutions elsewhere."""
+    import surgseg_core.sam2_engine.heads as heads
+
+    first, second = torch.nn.Conv2d(24, 256, 1), torch.nn.Conv2d(256, 32, 1)
+    x = torch.randn(2, 24, 9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(heads.folded_pointwise(first, second, x), second(first(x)), atol=1e-5, rtol=1e-5)
+
+    model = build_model("surgseg_tiny", device="cpu", seed=4).eval()
+    image = _image(model, frames[1])
+    calls = []
+    real = heads.folded_pointwise
+    monkeypatch.setattr(heads, "folded_pointwise", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        fp32 = encode_frames(model, image)
+        assert not calls  # float32: SAM2's convolutions (bit-equality with SAM2 is tested elsewhere)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = encode_frames(model, image)
+            assert len(calls) == 2  # levels 0 and 1
+            monkeypatch.setattr(heads, "_folded_high_res_projections", lambda m, d: contextlib.nullcontext())
+            plain = encode_frames(model, image)
+    neck = model.image_encoder.neck
+    assert not any("forward" in m.__dict__ for m in list(neck.modules()) + list(model.sam_mask_decoder.modules()))
+    for a, b, ref in zip(fast.backbone_fpn, plain.backbone_fpn, fp32.backbone_fpn):
+        assert a.dtype == b.dtype and a.shape == b.shape == ref.shape  # 32 and 64 channels, as SAM2 hands them on
+        assert (a.float() - b.float()).abs().max() <= 0.1 * ref.abs().max()
+        assert torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0) > 0.999
+
+
 # --------------------------------------------------------- engine features
 def test_frame_features_are_cached(model, frames, encoder_calls):
     engine = StreamingSAM2(model, frames, precision="fp32")  # compared with a float32 encoding below

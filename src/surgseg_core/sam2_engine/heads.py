@@ -89,7 +89,7 @@ def encode_frames(model, images: torch.Tensor) -> FrameFeatures:
         images = images.contiguous(memory_format=torch.channels_last)
     trunk = getattr(model.image_encoder, "trunk", None)
     with _reused_pos_embed(trunk), _reused_neck_pos(getattr(model.image_encoder, "neck", None)), \
-            _unpadded_windows(trunk):
+            _unpadded_windows(trunk), _folded_high_res_projections(model, images.device):
         out = model.forward_image(images)
     return FrameFeatures(list(out["backbone_fpn"]), list(out["vision_pos_enc"]))
 
@@ -246,6 +246,56 @@ def window_block_without_padding(block, x: torch.Tensor) -> torch.Tensor:
     out = window_unpartition(out, size, pad_hw, (H, W))
     x = shortcut + block.drop_path(attn.proj(out))
     return x + block.drop_path(block.mlp(block.norm2(x)))
+
+
+@contextlib.contextmanager
+def _folded_high_res_projections(model, device: torch.device) -> Iterator[None]:
+    """On the fast CPU path (see _fast_cpu_dtype): SAM2's FPN neck projects
+    Hiera's two high-resolution levels to 256 channels (1 x 1 convolutions)
+    only for ``forward_image`` to project them straight down to 32 and 64
+    channels for the mask decoder (``conv_s0`` / ``conv_s1``, 1 x 1): one
+    1 x 1 convolution each instead, weights W_s W_n and bias W_s b_n + b_s
+    (the same map; at 512 px ~0.7 GMAC a frame less, mostly at 128 x 128).
+    Only where those levels get no top-down features (SAM2.1: top-down on
+    levels 2 and 3); elsewhere SAM2's path runs."""
+    neck = getattr(model.image_encoder, "neck", None)
+    decoder = getattr(model, "sam_mask_decoder", None)
+    pairs = []
+    if _fast_cpu_dtype(device) is not None and getattr(model, "use_high_res_features_in_sam", False) \
+            and type(neck).__name__ == "FpnNeck" and not {0, 1} & set(neck.fpn_top_down_levels):
+        last = len(neck.convs) - 1
+        pairs = [(getattr(neck.convs[last - level], "conv", None), getattr(decoder, name, None))
+                 for level, name in ((0, "conv_s0"), (1, "conv_s1"))]
+    if not pairs or not all(_is_pointwise(a) and _is_pointwise(b) for pair in pairs for a, b in [pair]):
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        for lateral, down in pairs:
+            stack.enter_context(_shadowed(lateral, "forward", functools.partial(folded_pointwise, lateral, down)))
+            stack.enter_context(_shadowed(down, "forward", _unchanged))
+        yield
+
+
+def _is_pointwise(conv) -> bool:
+    return type(conv) is torch.nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1) \
+        and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
+
+
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def folded_pointwise(first, second, x: torch.Tensor) -> torch.Tensor:
+    """``second(first(x))`` for two 1 x 1 convolutions as one convolution
+    (the composed weights in float32, then the convolution under whatever
+    autocast is on)."""
+    with torch.autocast(x.device.type, enabled=False):
+        w2 = second.weight[:, :, 0, 0].float()
+        weight = (w2 @ first.weight[:, :, 0, 0].float())[:, :, None, None]
+        bias = second.bias.float() if second.bias is not None else torch.zeros(w2.shape[0], device=x.device)
+        if first.bias is not None:
+            bias = bias + w2 @ first.bias.float()
+    return F.conv2d(x, weight, bias)
 
 
 # PositionEmbeddingSine module -> {(h, w, dtype, device): (1, C, h, w) tensor}, see _reused_neck_pos
