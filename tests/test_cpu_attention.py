@@ -183,7 +183,6 @@ def test_values_after_attention_equals_sams_forward_in_float32():
 
 
 def test_values_after_attention_runs_only_on_the_bf16_inference_path():
-
     model, layer = _cross_attention()
     model.eval()
     q, m = _memory_inputs(layer)

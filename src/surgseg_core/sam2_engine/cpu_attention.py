@@ -21,6 +21,11 @@ packed once); every other call is passed on unchanged. Nothing global is
 patched. Its dispatch costs a little on every torch call inside it, so the
 engine enters it only where attention is large (``MIN_IMAGE_SIZE``; not for
 clicks).
+
+``values_after_attention(memory_attention)`` (scoped too, during
+propagation steps): the memory cross-attention applies its value
+projection after the attention, an exact reordering that makes its second
+product 4x narrower.
 """
 from __future__ import annotations
 
