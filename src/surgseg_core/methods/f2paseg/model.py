@@ -135,10 +135,12 @@ class ResidualFusion(nn.Module):
         h_w, h_b, f_w, f_b = self.merged_weights()
         pad = self.f.padding
         if f_high.shape[0] > 1 and f_high.stride(0) == 0:  # one frame's features shared by all objects: H once
-            h = torch.relu(F.conv2d(f_high[:1], h_w, h_b, padding=pad)).expand(f_high.shape[0], -1, -1, -1)
+            h = torch.relu(F.conv2d(f_high[:1], h_w, h_b, padding=pad))  # broadcast over the objects below
         else:
             h = torch.relu(F.conv2d(f_high, h_w, h_b, padding=pad))
-        return F.conv2d(torch.relu(h + f_mem), f_w, f_b, padding=pad)
+        # f_mem first: the sum takes its (per-object, channels-last) layout, which f's convolution wants; with
+        # an expanded h first it came out in another layout (512 px, 6 objects, stride 4: 19 vs 11 ms a call)
+        return F.conv2d(torch.relu(f_mem + h), f_w, f_b, padding=pad)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, rank={self.rank}, alpha={self.alpha}"
