@@ -258,7 +258,7 @@ def test_hiera_skips_padded_windows_only_on_the_fast_path(frames, monkeypatch):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fast = encode_frames(model, image)
             assert len(calls) == 1
-            monkeypatch.setattr(heads, "_unpadded_windows", lambda trunk: contextlib.nullcontext())
+            monkeypatch.setattr(heads, "_unpadded_windows", lambda trunk, device: contextlib.nullcontext())
             plain = encode_frames(model, image)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # gradients: SAM2's blocks
         encode_frames(model, image)

@@ -89,7 +89,7 @@ def encode_frames(model, images: torch.Tensor) -> FrameFeatures:
         images = images.contiguous(memory_format=torch.channels_last)
     trunk = getattr(model.image_encoder, "trunk", None)
     with _reused_pos_embed(trunk), _reused_neck_pos(getattr(model.image_encoder, "neck", None)), \
-            _unpadded_windows(trunk), _folded_high_res_projections(model, images.device):
+            _unpadded_windows(trunk, images.device), _folded_high_res_projections(model, images.device):
         out = model.forward_image(images)
     return FrameFeatures(list(out["backbone_fpn"]), list(out["vision_pos_enc"]))
 
@@ -172,7 +172,7 @@ def _reused_pos_embed(trunk) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _unpadded_windows(trunk) -> Iterator[None]:
+def _unpadded_windows(trunk, device: torch.device) -> Iterator[None]:
     """On the fast CPU path (see _fast_cpu_dtype), Hiera's windowed blocks
     whose map does not divide into windows (SAM2.1-tiny at 512 px: stage 3's
     32 x 32 map in 14 x 14 windows, padded to 42 x 42; stage 4's 16 x 16 in
@@ -185,7 +185,7 @@ def _unpadded_windows(trunk) -> Iterator[None]:
 
     blocks = [b for b in (trunk.modules() if trunk is not None else ()) if type(b) is MultiScaleBlock
               and b.window_size > 0]
-    if not blocks or torch.is_grad_enabled():
+    if not blocks or _fast_cpu_dtype(device) is None:
         yield
         return
     with contextlib.ExitStack() as stack:
@@ -266,7 +266,7 @@ def _folded_high_res_projections(model, device: torch.device) -> Iterator[None]:
         last = len(neck.convs) - 1
         pairs = [(getattr(neck.convs[last - level], "conv", None), getattr(decoder, name, None))
                  for level, name in ((0, "conv_s0"), (1, "conv_s1"))]
-    if not pairs or not all(_is_pointwise(a) and _is_pointwise(b) for pair in pairs for a, b in [pair]):
+    if not pairs or not all(_is_pointwise(a) and _is_pointwise(b) for a, b in pairs):
         yield
         return
     with contextlib.ExitStack() as stack:
