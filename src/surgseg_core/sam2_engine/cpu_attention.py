@@ -140,8 +140,9 @@ def values_after_attention(module: torch.nn.Module) -> Iterator[None]:
 
     from .heads import _shadowed
 
+    # a plain linear value projection only (an adapter wrapped around it may not be affine)
     layers = [m for m in module.modules() if type(m) is RoPEAttention and m.num_heads == 1
-              and m.v_proj.in_features < m.v_proj.out_features]
+              and type(m.v_proj) is torch.nn.Linear and m.v_proj.in_features < m.v_proj.out_features]
     with contextlib.ExitStack() as stack:
         for layer in layers:
             stack.enter_context(_shadowed(layer, "forward", functools.partial(_values_after_forward, layer)))
