@@ -152,8 +152,9 @@ def values_after_attention(module: torch.nn.Module) -> Iterator[None]:
 def _values_after_forward(layer, q, k, v, num_k_exclude_rope: int = 0):
     from sam2.modeling.sam.transformer import RoPEAttention
 
-    if torch.is_grad_enabled() or layer.training or v.device.type != "cpu" \
-            or not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16:
+    from .heads import _fast_cpu_dtype
+
+    if layer.training or _fast_cpu_dtype(v.device) != torch.bfloat16:
         return RoPEAttention.forward(layer, q, k, v, num_k_exclude_rope)
     # autocast's v_proj would take the memories in bf16; here they meet the bf16 probabilities first
     return rope_attention_values_after(layer, q, k, v.to(torch.bfloat16), num_k_exclude_rope)
