@@ -20,15 +20,17 @@ DEMO_SAM2 = Path(__file__).resolve().parents[1] / "sample_data" / "sam2_demo" / 
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("fast, expected", [(True, "bf16"), (False, "fp32")])
+@pytest.mark.parametrize("fast, expected", [(True, "bf16"), (False, "fp32-fast")])
 def test_auto_on_cpu_uses_bf16_only_where_the_cpu_has_bf16(monkeypatch, fast, expected):
     monkeypatch.setattr(device_mod, "cpu_has_fast_bf16", lambda: fast)
     got = resolve_inference_precision("auto", CPU)
     assert got.name == expected
     assert resolve_inference_precision(None, CPU) == got
     assert resolve_inference_precision("auto", CPU, image_size=1024) == got
-    # small models: bf16 did not pay (benchmarks/cpu_precision.py), float32 whatever the CPU
-    assert resolve_inference_precision("auto", CPU, image_size=256).name == "fp32"
+    # small models: bf16 did not pay (benchmarks/cpu_precision.py), float32 whatever the CPU, with the exact
+    # reorderings (fp32-fast); plain fp32 is only ever chosen by name
+    assert resolve_inference_precision("auto", CPU, image_size=256).name == "fp32-fast"
+    assert resolve_inference_precision("auto", CPU, image_size=256) == InferencePrecision(None, None, reordered=True)
     # training keeps float32 on every CPU (its own resolver)
     assert resolve_precision("auto", CPU) is None
 
@@ -40,6 +42,9 @@ def test_forced_precisions_and_the_old_boolean_spelling(monkeypatch):
     assert resolve_inference_precision("bf16", CPU) == InferencePrecision(torch.bfloat16, torch.bfloat16)
     assert resolve_inference_precision(True, CPU).name == "bf16"
     assert resolve_inference_precision("BF16-encoder", CPU) == InferencePrecision(torch.bfloat16, None)
+    assert resolve_inference_precision("fp32-fast", CPU) == InferencePrecision(None, None, reordered=True)
+    # the reorderings are CPU code: elsewhere fp32-fast is plain float32
+    assert resolve_inference_precision("fp32-fast", torch.device("meta")).name == "fp32"
     with pytest.raises(ConfigError, match="bf16-encoder"):
         resolve_inference_precision("half", CPU)
 
@@ -76,7 +81,8 @@ def _first_boxes(clip, n_frames):
 
 
 @pytest.mark.skipif(not DEMO_SAM2.is_file(), reason="bundled demo SAM2 weights missing")
-@pytest.mark.parametrize("fast, attention", [("bf16", True), ("bf16", False), ("bf16-encoder", True)])
+@pytest.mark.parametrize("fast, attention", [("bf16", True), ("bf16", False), ("bf16-encoder", True),
+                                             ("fp32-fast", False)])
 def test_bf16_masks_agree_with_float32_masks_over_64_frames(tmp_path, monkeypatch, fast, attention):
     """The issue's correctness goal: with the trained demo SAM2, masks under
     the fast CPU path ("auto" = bf16 on a CPU with native bf16; bf16-encoder
@@ -100,12 +106,19 @@ def test_bf16_masks_agree_with_float32_masks_over_64_frames(tmp_path, monkeypatc
     calls = []
     real = cpu_attention.attention
     monkeypatch.setattr(cpu_attention, "attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    from surgseg_core.sam2_engine import heads
+
+    folds = []  # (precision being tracked, calls): the folded projections run on every fast path, never in fp32
+    real_fold = heads.folded_pointwise
+    monkeypatch.setattr(heads, "folded_pointwise", lambda *a, **kw: folds.append(current[0]) or real_fold(*a, **kw))
+    current = [None]
     value_calls = []
     real_values = cpu_attention.rope_attention_values_after
     monkeypatch.setattr(cpu_attention, "rope_attention_values_after",
                         lambda *a, **kw: value_calls.append(1) or real_values(*a, **kw))
     masks = {}
     for precision in ("fp32", fast):
+        current[0] = precision
         got = {}
 
         def sink(r, got=got):
@@ -121,6 +134,7 @@ def test_bf16_masks_agree_with_float32_masks_over_64_frames(tmp_path, monkeypatc
         assert on_disk["options"]["precision"] == precision
         masks[precision] = got
     assert bool(calls) == attention
+    assert set(folds) == {fast}, "the folded projections run on the fast path only"
     # with bf16 heads the memory attention's values are projected after the attention (cpu_attention)
     assert bool(value_calls) == (attention and fast == "bf16")
     for k, (t0, _) in prompts.items():

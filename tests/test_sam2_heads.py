@@ -303,6 +303,39 @@ def test_high_res_projections_fold_into_one_pointwise_convolution_on_the_fast_pa
         assert torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0) > 0.999
 
 
+def test_reordered_float32_takes_the_exact_reorderings_and_stays_close_to_sam2(frames, monkeypatch):
+    """The engine's "fp32-fast": inside ``reordered_float32`` a float32
+    encoding without gradients folds the high-resolution projections and
+    skips Hiera's padded windows (features equal SAM2's up to float
+    rounding, the same layout and dtype); outside it, and with gradients,
+    SAM2's own modules run (bit-equal)."""
+    import surgseg_core.sam2_engine.heads as heads
+
+    model = build_model("surgseg_tiny", device="cpu", seed=4, image_size=160).eval()  # padded windows at 160 px
+    image = torch.as_tensor(preprocess_frame(frames[1], 160))[None]
+    folds, windows = [], []
+    real_fold, real_windows = heads.folded_pointwise, heads.window_block_without_padding
+    monkeypatch.setattr(heads, "folded_pointwise", lambda *a: folds.append(1) or real_fold(*a))
+    monkeypatch.setattr(heads, "window_block_without_padding", lambda *a: windows.append(1) or real_windows(*a))
+    with torch.no_grad():
+        plain = encode_frames(model, image)
+        again = encode_frames(model, image)
+        assert not folds and not windows
+        with heads.reordered_float32():
+            fast = encode_frames(model, image)
+            assert len(folds) == 2 and len(windows) == 1
+            with heads.reordered_float32(False):  # nested off: plain again
+                off = encode_frames(model, image)
+        assert len(folds) == 2 and len(windows) == 1
+    with heads.reordered_float32():  # gradients: SAM2's modules
+        encode_frames(model, image)
+    assert len(folds) == 2 and len(windows) == 1
+    for a, b, c, d in zip(fast.backbone_fpn, plain.backbone_fpn, again.backbone_fpn, off.backbone_fpn):
+        assert torch.equal(b, c) and torch.equal(b, d)
+        assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape and a.stride() == b.stride()
+        torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=1e-4)
+
+
 # --------------------------------------------------------- engine features
 def test_frame_features_are_cached(model, frames, encoder_calls):
     engine = StreamingSAM2(model, frames, precision="fp32")  # compared with a float32 encoding below

@@ -89,7 +89,8 @@ def resolve_precision(precision: Optional[Union[str, bool]], device: torch.devic
         return torch.bfloat16
     if p in ("fp32", "float32", "32"):
         return None
-    raise ConfigError(f"precision must be auto, bf16, bf16-encoder (SAM2 inference only) or fp32, got {precision!r}")
+    raise ConfigError(f"precision must be auto, bf16, bf16-encoder, fp32-fast (SAM2 inference only) or fp32, "
+                      f"got {precision!r}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -115,11 +116,14 @@ class InferencePrecision:
 
     encoder: Optional[torch.dtype]
     heads: Optional[torch.dtype]
+    #: float32 with SAM2's arithmetic reordered where that is exact in real arithmetic
+    #: (``sam2_engine.heads.reordered_float32``): equal to SAM2's up to float rounding, not bit-equal
+    reordered: bool = False
 
     @property
     def name(self) -> str:
         if self.encoder is None and self.heads is None:
-            return "fp32"
+            return "fp32-fast" if self.reordered else "fp32"
         if self.heads is None:
             return "bf16-encoder"
         return "bf16"
@@ -141,7 +145,10 @@ def resolve_inference_precision(
 
     "auto": bf16 throughout on a CUDA GPU with bf16 (as before); on a CPU
     with native bf16, bf16 throughout when the model works at >=
-    ``CPU_BF16_MIN_IMAGE_SIZE`` px, float32 otherwise. Measured on an AMD
+    ``CPU_BF16_MIN_IMAGE_SIZE`` px, else "fp32-fast" (float32 with SAM2's
+    arithmetic reordered where exact in real arithmetic: the demo-size model
+    0.89x the time of plain float32; masks tested against float32's);
+    "fp32": SAM2's own float32 arithmetic (bit-equal to SAM2VideoPredictor). Measured on an AMD
     EPYC with AVX512-BF16, 2 threads (BENCHMARKS.md, cpu-precision): the
     image encoder of SAM2.1-tiny ran 1.5x (512 px) and 1.8x (1024 px) faster
     in bf16; a whole propagation step in bf16 was as fast as or faster than
@@ -157,7 +164,9 @@ def resolve_inference_precision(
         big_enough = image_size is None or int(image_size) >= CPU_BF16_MIN_IMAGE_SIZE
         if device.type == "cpu" and big_enough and cpu_has_fast_bf16():
             return InferencePrecision(torch.bfloat16, torch.bfloat16)
-        return InferencePrecision(None, None)
+        return InferencePrecision(None, None, reordered=device.type == "cpu")
+    if p == "fp32-fast":
+        return InferencePrecision(None, None, reordered=device.type == "cpu")  # the reorderings are CPU-only
     if p == "bf16-encoder":
         return InferencePrecision(torch.bfloat16, None)
     dtype = resolve_precision(p, device)  # bf16 / fp32, or the error listing the choices

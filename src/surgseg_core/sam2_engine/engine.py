@@ -30,7 +30,7 @@ from ..device import autocast as _autocast
 from ..device import enable_fast_math, resolve_inference_precision
 from . import cpu_attention as cpu_attention_module
 from .embedding_cache import EmbeddingCache
-from .heads import FrameFeatures, decode_masks, encode_frames, flat_features, parse_prompt
+from .heads import FrameFeatures, decode_masks, encode_frames, flat_features, parse_prompt, reordered_float32
 from .memory import BACKWARD, FORWARD, UNTRACKED, MemoryPolicy, ObjectMemory
 from .onednn_linear import PackedLinears
 from .outputs import FrameResult
@@ -157,9 +157,11 @@ class StreamingSAM2:
       ``correct_as_cond`` / ``clear_memory_around_corrections``: SAM2's
         ``add_all_frames_to_correct_as_cond`` / ``clear_non_cond_mem_around_input``
         (on by default: without them a correction does not steer later frames).
-      ``precision``: "auto" (default), "bf16", "bf16-encoder" or "fp32"
-        (``device.resolve_inference_precision``: on a CPU with native bf16,
-        auto runs a model at >= 512 px in bf16; on a CUDA GPU bf16
+      ``precision``: "auto" (default), "bf16", "bf16-encoder", "fp32-fast"
+        or "fp32" (``device.resolve_inference_precision``: on a CPU with
+        native bf16, auto runs a model at >= 512 px in bf16, other CPU runs
+        in "fp32-fast", float32 with exact reorderings, see
+        ``heads.reordered_float32``; on a CUDA GPU bf16
         throughout). ``use_autocast`` True / False is the
         older spelling of "bf16" / "fp32". Equal to SAM2VideoPredictor bit
         for bit only in "fp32" (SAM2's CPU path); the provenance says which ran.
@@ -334,7 +336,7 @@ class StreamingSAM2:
             feats = self._current[1]
         if feats is None:
             with _autocast(self.device, self.precision.encoder or torch.float32), \
-                    self._attention(self.precision.encoder):
+                    reordered_float32(self.precision.reordered), self._attention(self.precision.encoder):
                 encoded = encode_frames(self.model, self._read_frame(frame_idx))
             feats = encoded.backbone_fpn
             if self.precision.heads is None and self.precision.encoder is not None:
@@ -401,7 +403,8 @@ class StreamingSAM2:
             if self.max_cond_frames_in_attn is not None:
                 self.model.max_cond_frames_in_attn = self.max_cond_frames_in_attn
             try:
-                with _grad_off(self.precision), _autocast(self.device, self.precision.heads or torch.float32):
+                with _grad_off(self.precision), _autocast(self.device, self.precision.heads or torch.float32), \
+                        reordered_float32(self.precision.reordered):
                     yield
             finally:
                 self.model.max_cond_frames_in_attn = old
@@ -416,9 +419,16 @@ class StreamingSAM2:
         encoder and propagation steps; during a propagation also its linear
         layers with weights packed once (``onednn_linear``). ``memory``: the
         memory attention's value projections after the attention
-        (``cpu_attention.values_after_attention``)."""
+        (``cpu_attention.values_after_attention``), also in "fp32-fast" where
+        the cpu attention would run (from 512 px: SAM2.1-tiny 0.94x plain
+        float32 a frame with it, 0.985x without; the demo-size model at 256 px
+        1.02x slower with it)."""
         if not self._uses_cpu_attention(dtype):
-            yield
+            reordered = memory and dtype is None and self.precision.reordered and self.device.type == "cpu" \
+                and self.cpu_attention
+            with (cpu_attention_module.values_after_attention(self.model.memory_attention) if reordered
+                  else contextlib.nullcontext()):
+                yield
             return
         with cpu_attention_module.bf16_attention(linears=self._linears), \
                 (cpu_attention_module.values_after_attention(self.model.memory_attention) if memory

@@ -105,16 +105,40 @@ def _channels_last(images: torch.Tensor) -> bool:
     contiguous (SAM2.1-tiny's encoder at 512 px in bf16: 0.91-0.97x the time
     in interleaved runs; the embedding in bf16 too, see _reused_pos_embed,
     0.87-1.0x more).
-    Float32 keeps SAM2's layout: its results stay bit-equal to SAM2's."""
-    return _fast_cpu_dtype(images.device) is not None
+    Float32 keeps SAM2's layout (also with ``reordered_float32``: no gain
+    measured there, 22.4 vs 22.8 ms a frame for the demo-size model)."""
+    return _fast_cpu_dtype(images.device) not in (None, torch.float32)
+
+
+_reordering = threading.local()
+
+
+@contextlib.contextmanager
+def reordered_float32(enabled: bool = True) -> Iterator[None]:
+    """Inside the block (this thread), float32 CPU inference without
+    gradients takes the fast path's exact reorderings too (the engine's
+    "fp32-fast" precision): Hiera's unpadded windows and the folded
+    high-resolution projections (see _unpadded_windows,
+    _folded_high_res_projections), each the same map in real arithmetic, so
+    results equal SAM2's up to float rounding but are not bit-equal. Outside
+    it float32 runs SAM2's arithmetic unchanged."""
+    previous = getattr(_reordering, "on", False)
+    _reordering.on = bool(enabled)
+    try:
+        yield
+    finally:
+        _reordering.on = previous
 
 
 def _fast_cpu_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """Autocast's dtype on the fast CPU path (a CPU tensor, CPU autocast on,
-    no gradients), else None."""
-    if device.type != "cpu" or torch.is_grad_enabled() or not torch.is_autocast_enabled("cpu"):
+    """The fast CPU path's dtype (a CPU tensor, no gradients): autocast's
+    dtype with CPU autocast on, float32 inside ``reordered_float32``, else
+    None (SAM2's own arithmetic)."""
+    if device.type != "cpu" or torch.is_grad_enabled():
         return None
-    return torch.get_autocast_dtype("cpu")
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return torch.float32 if getattr(_reordering, "on", False) else None
 
 
 @contextlib.contextmanager
@@ -155,6 +179,7 @@ def _reused_pos_embed(trunk) -> Iterator[None]:
         # stage adds, normalises and copies a bf16 stream like its later stages (it was float32 there only
         # because this float32 embedding is added to the patch embedding's bf16 output)
         fast = _fast_cpu_dtype(trunk.pos_embed.device)
+        fast = None if fast == torch.float32 else fast  # float32 keeps SAM2's layout (see _channels_last)
         key = (tuple(hw), fast) + tuple((id(p), p._version, p.dtype, p.device) for p in params)
         with _pos_embed_lock:
             hit = _pos_embeds.get(trunk)
@@ -180,7 +205,7 @@ def _unpadded_windows(trunk, device: torch.device) -> Iterator[None]:
     real tokens only: SAM2 pads the normalised map with zeros and projects
     every padded token, whose qkv is just the bias (~70 % more rows there);
     the padded tokens still take part in the attention as SAM2 has them.
-    Elsewhere (float32, gradients) Hiera's own forward runs."""
+    Elsewhere (plain float32, gradients) Hiera's own forward runs."""
     from sam2.modeling.backbones.hieradet import MultiScaleBlock
 
     blocks = [b for b in (trunk.modules() if trunk is not None else ()) if type(b) is MultiScaleBlock
