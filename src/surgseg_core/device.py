@@ -146,8 +146,10 @@ def resolve_inference_precision(
     "auto": bf16 throughout on a CUDA GPU with bf16 (as before); on a CPU
     with native bf16, bf16 throughout when the model works at >=
     ``CPU_BF16_MIN_IMAGE_SIZE`` px, else "fp32-fast" (float32 with SAM2's
-    arithmetic reordered where exact in real arithmetic: the demo-size model
-    0.89x the time of plain float32; masks tested against float32's);
+    arithmetic reordered where exact in real arithmetic, see
+    ``sam2_engine.heads.reordered_float32``: the demo-size model at 256 px
+    0.89-0.93x the time of plain float32 a frame, SAM2.1-tiny at 512 px
+    0.94-0.95x; masks tested against float32's);
     "fp32": SAM2's own float32 arithmetic (bit-equal to SAM2VideoPredictor). Measured on an AMD
     EPYC with AVX512-BF16, 2 threads (BENCHMARKS.md, cpu-precision): the
     image encoder of SAM2.1-tiny ran 1.5x (512 px) and 1.8x (1024 px) faster

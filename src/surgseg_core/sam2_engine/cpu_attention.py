@@ -132,10 +132,10 @@ def values_after_attention(module: torch.nn.Module) -> Iterator[None]:
     the memory's value projection (7200 rows) becomes one over the queries
     (1024 rows). Measured on this CPU in bf16 (SAM2.1-tiny, medians of 15
     calls): that attention call at 512 px 17 vs 25 ms, at 1024 px 276 vs
-    420 ms; whole frames 0.88-0.91x (in-process A/B). Only on the fast path
-    (bf16 autocast or ``heads.reordered_float32`` on a CPU without gradients,
-    whose masks are tested against float32 masks): any other call runs
-    SAM2's forward unchanged, so plain float32 stays bit-equal to SAM2."""
+    420 ms; whole frames 0.88-0.91x (in-process A/B). Only in bf16 autocast
+    on a CPU without gradients (the fast path, whose masks are tested
+    against float32 masks): any other call runs SAM2's forward unchanged, so
+    float32 stays bit-equal to SAM2."""
     from sam2.modeling.sam.transformer import RoPEAttention
 
     from .heads import _shadowed
@@ -154,11 +154,10 @@ def _values_after_forward(layer, q, k, v, num_k_exclude_rope: int = 0):
 
     from .heads import _fast_cpu_dtype
 
-    dtype = _fast_cpu_dtype(v.device)
-    if layer.training or dtype not in (torch.bfloat16, torch.float32):
+    if layer.training or _fast_cpu_dtype(v.device) != torch.bfloat16:
         return RoPEAttention.forward(layer, q, k, v, num_k_exclude_rope)
-    # bf16: autocast's v_proj would take the memories in bf16; here they meet the bf16 probabilities first
-    return rope_attention_values_after(layer, q, k, v.to(dtype), num_k_exclude_rope)
+    # autocast's v_proj would take the memories in bf16; here they meet the bf16 probabilities first
+    return rope_attention_values_after(layer, q, k, v.to(torch.bfloat16), num_k_exclude_rope)
 
 
 def rope_attention_values_after(layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

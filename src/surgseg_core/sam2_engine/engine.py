@@ -419,16 +419,12 @@ class StreamingSAM2:
         encoder and propagation steps; during a propagation also its linear
         layers with weights packed once (``onednn_linear``). ``memory``: the
         memory attention's value projections after the attention
-        (``cpu_attention.values_after_attention``), also in "fp32-fast" where
-        the cpu attention would run (from 512 px: SAM2.1-tiny 0.94x plain
-        float32 a frame with it, 0.985x without; the demo-size model at 256 px
-        1.02x slower with it)."""
+        (``cpu_attention.values_after_attention``). Float32 ("fp32-fast"
+        too) runs SAM2's attention: there PyTorch's flash kernel beat both
+        (SAM2.1-tiny's memory cross-attention at 512 px: 47.8 ms, values after
+        the attention 55.3 ms in blocks, 64.2 ms through the flash kernel)."""
         if not self._uses_cpu_attention(dtype):
-            reordered = memory and dtype is None and self.precision.reordered and self.device.type == "cpu" \
-                and self.cpu_attention
-            with (cpu_attention_module.values_after_attention(self.model.memory_attention) if reordered
-                  else contextlib.nullcontext()):
-                yield
+            yield
             return
         with cpu_attention_module.bf16_attention(linears=self._linears), \
                 (cpu_attention_module.values_after_attention(self.model.memory_attention) if memory
