@@ -51,6 +51,32 @@ def _torch_threads():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _training_device_override():
+    """SURGSEG_TEST_TRAIN_DEVICE (e.g. cuda) and SURGSEG_TEST_TRAIN_PRECISION
+    (e.g. bf16): every ``trainer.train`` run of the tests on that device and
+    precision instead of their configs' CPU float32 (benchmarks/gpu_checks.sh
+    runs the training tests this way on a lent GPU). Unset: the tests as written."""
+    device = os.environ.get("SURGSEG_TEST_TRAIN_DEVICE")
+    precision = os.environ.get("SURGSEG_TEST_TRAIN_PRECISION")
+    if device or precision:
+        from surgseg_core.training import trainer
+
+        real = trainer.resolve_config
+
+        def forced(*args, **kwargs):
+            cfg = dict(real(*args, **kwargs))
+            cfg.update({k: v for k, v in (("device", device), ("precision", precision)) if v})
+            return cfg
+
+        patch = pytest.MonkeyPatch()  # session-wide: module fixtures' reference runs too
+        patch.setattr(trainer, "resolve_config", forced)
+        yield
+        patch.undo()
+    else:
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _autosave_in_tmp(tmp_path_factory):
     # Widgets autosave the layers users edit: keep every test's snapshots out
     # of the real user data folder.

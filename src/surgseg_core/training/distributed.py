@@ -25,6 +25,8 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     initialized_here: bool = False
+    #: this rank's GPU (CUDA): its local rank, or that modulo the GPUs when more processes than GPUs run
+    gpu_index: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -45,11 +47,24 @@ def env_world() -> DistInfo:
 
 
 def init_distributed(device_type: str) -> DistInfo:
+    """Join torchrun's process group (nothing when run alone): NCCL on CUDA
+    with a GPU per process; with more processes on a node than GPUs (e.g.
+    ``--nproc_per_node 2`` on a one-GPU workstation) the ranks share the GPUs
+    round-robin over gloo, since NCCL refuses two ranks on one GPU."""
     info = env_world()
     if info.world_size > 1 and dist.is_available() and not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        backend = "gloo"
         if device_type == "cuda":
-            torch.cuda.set_device(info.local_rank)
+            gpus = max(1, torch.cuda.device_count())
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+            info.gpu_index = info.local_rank % gpus
+            if local_world > gpus:
+                if info.local_rank == 0:
+                    log.warning("%d processes share %d GPU(s) on this node: gloo instead of NCCL (NCCL needs one "
+                                "GPU per process), slower; start one process per GPU for speed", local_world, gpus)
+            else:
+                backend = "nccl"
+            torch.cuda.set_device(info.gpu_index)
         dist.init_process_group(backend=backend)
         info.initialized_here = True
     return info

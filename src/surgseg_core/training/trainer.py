@@ -271,7 +271,7 @@ def train(
     device = resolve_device(cfg["device"], local_rank=0)
     dist_info = init_distributed(device.type)
     if device.type == "cuda" and dist_info.enabled:
-        device = torch.device("cuda", dist_info.local_rank)
+        device = torch.device("cuda", dist_info.gpu_index)
     amp_dtype = resolve_dtype(cfg["precision"], device)
     main = dist_info.is_main
     logger = RunLogger(run_dir, enabled=main)
