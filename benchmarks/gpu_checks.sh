@@ -3,11 +3,13 @@
 # time a session, 10 a command, so two parts). Prepare here first:
 #     bash scripts/device_wheels.sh          (sam2, hydra, smp, pooch ... as wheels in .whl/, ~1 MB)
 # then, through the device tool (each part ends well inside its timeout):
-#     bash benchmarks/gpu_checks.sh propagation     carry [".whl"], timeout_s 570  (~7 min)
-#     bash benchmarks/gpu_checks.sh training        carry [".whl"], timeout_s 420  (~5 min)
+#     bash benchmarks/gpu_checks.sh propagation     carry [".whl"], timeout_s 590  (at most 9.5 min)
+#     bash benchmarks/gpu_checks.sh training        carry [".whl"], timeout_s 560  (at most 8.5 min)
+# (durations on the GPU unmeasured: each check has its own timeout, so a slow one costs its share only)
 # Parts:
-#   propagation  benchmarks/propagation.py --gpu: SAM2.1 tiny and small at 1024 px, bf16, our engine vs
-#                SAM2VideoPredictor, FPS and peak GPU memory at 128 / 512 / 2048 frames (small: 128 / 512)
+#   propagation  benchmarks/propagation.py --gpu: SAM2.1 tiny (also with its image encoder compiled) and small
+#                at 1024 px, bf16, our engine vs SAM2VideoPredictor, FPS and peak GPU memory at 128 / 512 /
+#                2048 frames (small: 128 / 512)
 #   training     every method's training tests on the GPU in bf16 (tests/conftest.py's
 #                SURGSEG_TEST_TRAIN_DEVICE / _PRECISION), DDP with 2 processes on one GPU, a real
 #                out-of-memory error and the message the trainer gives for it
@@ -48,9 +50,13 @@ check() {  # check NAME SECONDS COMMAND...: run it, log to $OUT/NAME.log, one li
 }
 
 if [ "$PART" = propagation ] || [ "$PART" = all ]; then
-    # one round (device time is short); 480x640 frames so decoding is real work
-    check propagation 500 "$PY" benchmarks/propagation.py --gpu --frames 128 512 2048 --rounds 1 \
-        --height 480 --width 640
+    # one round (device time is short); 480x640 frames so decoding is real work. SAM2.1-tiny also with its image
+    # encoder compiled (max-autotune: the first process compiles for minutes, later ones reuse inductor's cache);
+    # small without, at two lengths. Their tables: bench:propagation-gpu and bench:propagation-gpu-small.
+    check propagation_tiny 420 "$PY" benchmarks/propagation.py --gpu --gpu-configs sam2.1_hiera_tiny --compile \
+        --frames 128 512 2048 --rounds 1 --height 480 --width 640
+    check propagation_small 150 "$PY" benchmarks/propagation.py --gpu --gpu-configs sam2.1_hiera_small \
+        --frames 128 512 --rounds 1 --height 480 --width 640 --section-suffix=-small
     cp BENCHMARKS.md "$OUT/BENCHMARKS.md"
 fi
 

@@ -354,3 +354,30 @@ def test_preprocess_frame_equals_sam2s_frame_loader(tmp_path):
     ours = preprocess_frame(frame, 64)
     assert ours.dtype == torch.float32 and ours.shape == (3, 64, 64) and (h, w) == (90, 120)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+
+
+def test_compiled_image_encoder_gives_the_same_masks_and_compiles_once(model, frames):
+    """``compile_image_encoder`` (SAM2's vos_optimized way, for GPUs): the
+    image encoder goes through torch.compile, whole graph, traced once for
+    the video (no recompilation frame after frame), and the masks are those
+    of the uncompiled engine. The graph runs on torch.compile's eager
+    backend here (the mechanism, not inductor's minutes of code generation);
+    the provenance records it."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    plain = StreamingSAM2(model, frames, precision="fp32")
+    compiled = StreamingSAM2(model, frames, precision="fp32",
+                             compile_image_encoder={"backend": counting_backend, "fullgraph": True, "dynamic": False})
+    for engine in (plain, compiled):
+        engine.add_points(0, 1, [[60, 40]], [1])
+    _assert_same(_ours_propagate(plain), _ours_propagate(compiled))
+    assert len(graphs) == 1, f"traced {len(graphs)} times for one video"
+    assert compiled.provenance()["options"]["compiled_image_encoder"] is True
+    assert plain.provenance()["options"]["compiled_image_encoder"] is False
+    assert "forward" not in model.image_encoder.__dict__  # the model itself is left as it was
+    with pytest.raises(ConfigError, match="compile_image_encoder"):
+        StreamingSAM2(model, frames, compile_image_encoder="yes")

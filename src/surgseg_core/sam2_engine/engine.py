@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -106,6 +106,21 @@ def _has_hole_filling() -> bool:
         return False
 
 
+def _compile_kwargs(option: Union[None, bool, Mapping[str, Any]], device: torch.device) -> Optional[Dict[str, Any]]:
+    """``torch.compile`` arguments for ``compile_image_encoder``: None / False
+    = off; True = as SAM2's ``vos_optimized`` predictor compiles its image
+    encoder (whole graph, static shapes; "max-autotune" on a GPU, the default
+    mode on a CPU, where compiling gave no gain: BENCHMARKS.md); a mapping =
+    those arguments (e.g. another backend)."""
+    if option is None or option is False:
+        return None
+    if option is True:
+        return {"fullgraph": True, "dynamic": False, **({"mode": "max-autotune"} if device.type == "cuda" else {})}
+    if not isinstance(option, Mapping):
+        raise ConfigError(f"compile_image_encoder must be True, False or torch.compile arguments, got {option!r}")
+    return dict(option)
+
+
 class _Prefetcher:
     """Reads and preprocesses frames on one background thread, ahead of the
     model (SAM2 preloads the whole video in ``init_state``; we read one frame
@@ -182,6 +197,10 @@ class StreamingSAM2:
         matmuls (``cpu_attention``) instead of PyTorch's flash kernel. None
         (default): for models at >= ``cpu_attention.MIN_IMAGE_SIZE`` px,
         where it pays; True / False: always / never.
+      ``compile_image_encoder``: True runs the image encoder through
+        ``torch.compile`` as SAM2's ``vos_optimized`` predictor does (for
+        GPUs: minutes to compile once per process and shape, then faster
+        frames); a mapping gives torch.compile's arguments. Off by default.
     Points and boxes are in video pixel coordinates (x, y).
 
     Exactly SAM2 (tested against ``SAM2VideoPredictor``) except where bounded
@@ -209,6 +228,7 @@ class StreamingSAM2:
         prompt_hook: Optional[PromptHook] = None,
         fast_clicks: bool = False,
         cpu_attention: Optional[bool] = None,
+        compile_image_encoder: Union[None, bool, Mapping[str, Any]] = None,
     ) -> None:
         self.model = model
         if device is not None:
@@ -241,6 +261,8 @@ class StreamingSAM2:
         self.fast_clicks = bool(fast_clicks)
         self.cpu_attention = (self.image_size >= cpu_attention_module.MIN_IMAGE_SIZE if cpu_attention is None
                               else bool(cpu_attention))
+        self._compile_kwargs = _compile_kwargs(compile_image_encoder, self.device)
+        self._compiled_encoder: Optional[Callable] = None  # made at the first encode (torch.compile is lazy anyway)
         # inside propagate() on the bf16 CPU path: linear weights packed once for the whole propagation
         self._linears: Optional[PackedLinears] = None
         self.cache = EmbeddingCache(embed_cache_mb)
@@ -337,7 +359,8 @@ class StreamingSAM2:
         if feats is None:
             with _autocast(self.device, self.precision.encoder or torch.float32), \
                     reordered_float32(self.precision.reordered), self._attention(self.precision.encoder):
-                encoded = encode_frames(self.model, self._read_frame(frame_idx))
+                encoded = encode_frames(self.model, self._read_frame(frame_idx),
+                                        image_encoder_forward=self._image_encoder_forward())
             feats = encoded.backbone_fpn
             if self.precision.heads is None and self.precision.encoder is not None:
                 # bf16 encoder, float32 heads: the heads' float32 weights need float32 inputs
@@ -352,6 +375,14 @@ class StreamingSAM2:
             else:
                 self.cache.put(frame_idx, feats)
         return feats
+
+    def _image_encoder_forward(self) -> Optional[Callable]:
+        """The compiled image encoder (``compile_image_encoder``), else None."""
+        if self._compile_kwargs is not None and self._compiled_encoder is None:
+            encoder = self.model.image_encoder
+            # the class's forward bound to this encoder, not an attribute someone set on the instance
+            self._compiled_encoder = torch.compile(type(encoder).forward.__get__(encoder), **self._compile_kwargs)
+        return self._compiled_encoder
 
     def _features(self, frame_idx: int) -> FrameFeatures:
         feats = self._backbone(frame_idx)
@@ -951,5 +982,6 @@ class StreamingSAM2:
                 "precision": self.precision.name,
                 # which attention arithmetic ran (bf16 matmuls instead of the flash kernel)
                 "cpu_attention": any(self._uses_cpu_attention(d) for d in (self.precision.encoder, self.precision.heads)),
+                "compiled_image_encoder": self._compile_kwargs is not None,
             },
         )

@@ -81,10 +81,19 @@ class HeadOutput(NamedTuple):
     obj_ptr: torch.Tensor
 
 
-def encode_frames(model, images: torch.Tensor) -> FrameFeatures:
-    """(B, 3, S, S) preprocessed images (``preprocess_frame``) -> features."""
+def encode_frames(model, images: torch.Tensor, *, image_encoder_forward=None) -> FrameFeatures:
+    """(B, 3, S, S) preprocessed images (``preprocess_frame``) -> features.
+    ``image_encoder_forward``: a replacement for the image encoder's forward
+    in this call (the engine's ``torch.compile``-d one); it runs without the
+    per-call shortcuts below, whose per-call functions would fail its guards."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ConfigError(f"images must be (B, 3, S, S), got {tuple(images.shape)}")
+    if image_encoder_forward is not None:
+        # a copy made here, in the caller's grad mode: frames read ahead on another thread arrive as normal
+        # tensors, others as inference tensors, and the compiled graph's guards tell the two apart (a recompile)
+        with _shadowed(model.image_encoder, "forward", image_encoder_forward):
+            out = model.forward_image(images.clone())
+        return FrameFeatures(list(out["backbone_fpn"]), list(out["vision_pos_enc"]))
     if _channels_last(images):
         images = images.contiguous(memory_format=torch.channels_last)
     trunk = getattr(model.image_encoder, "trunk", None)
