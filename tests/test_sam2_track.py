@@ -171,6 +171,28 @@ def test_cli_track_box_and_points_end_to_end(video_tif, tmp_path, biased_build, 
     assert (out / "notes.txt").read_text() == "mine"  # the user's own files are not the writer's to delete
 
 
+def test_cli_compile_flag_compiles_the_image_encoder(video_tif, tmp_path, biased_build, capsys, monkeypatch):
+    """``surgseg track --compile``: the engine's compile_image_encoder, recorded
+    in the provenance (torch.compile on its eager backend here: the flag's
+    path, not minutes of code generation)."""
+    import torch
+
+    from surgseg_core.cli.main import main
+
+    real, calls = torch.compile, []
+
+    def eager_compile(fn, **kwargs):
+        calls.append(kwargs)
+        return real(fn, **{**kwargs, "backend": "eager", "mode": None})
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    out = tmp_path / "masks"
+    assert main(["track", str(video_tif), "--box", "1", "10", "8", "50", "40", "--out", str(out), "--range", "1", "3",
+                 "--compile"]) == 0
+    assert calls and calls[0]["fullgraph"] is True
+    assert json.loads((out / "provenance.json").read_text())["options"]["compiled_image_encoder"] is True
+
+
 @pytest.mark.parametrize(
     "case, message",
     [

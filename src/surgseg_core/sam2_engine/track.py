@@ -291,6 +291,7 @@ def track_video(
     prompt_hook: Optional[Callable] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    compile_image_encoder: bool = False,
 ) -> Dict[str, Any]:
     """Segment and track the prompted objects through ``frames`` with SAM2.
 
@@ -303,7 +304,8 @@ def track_video(
     the result says so. ``frame_range``: inclusive (first, last).
     ``direction``: forward, backward or both from the earliest prompt.
     ``prompt_hook``: the engine's (e.g. RP-SAM2's click refinement).
-    ``precision``: the engine's ("auto", "bf16", "bf16-encoder", "fp32").
+    ``precision``: the engine's ("auto", "bf16", "bf16-encoder", "fp32-fast",
+    "fp32"); ``compile_image_encoder``: the engine's (torch.compile, GPUs).
     Each frame's masks go to ``sink`` and, with ``out_dir``, to
     ``out_dir/000123.png`` label maps (``per_object``: ``obj_<id>/``) plus
     ``provenance.json``. Cancelling raises ``Cancelled`` after writing the
@@ -338,7 +340,8 @@ def track_video(
         if random_weights:
             log.warning(RANDOM_WEIGHTS_WARNING)
 
-        engine = StreamingSAM2(net, source, prompt_hook=prompt_hook, precision=precision)
+        engine = StreamingSAM2(net, source, prompt_hook=prompt_hook, precision=precision,
+                               compile_image_encoder=compile_image_encoder)
         for p in norm:
             check_cancel(cancel)
             engine.add_points(
