@@ -34,16 +34,22 @@ def available_devices() -> list:
     return names
 
 
+def rank_gpu(local_rank: int) -> int:
+    """The GPU of the process with ``local_rank`` on its node: round-robin
+    over the node's GPUs, so more processes than GPUs share them."""
+    return local_rank % max(1, torch.cuda.device_count())
+
+
 def resolve_device(prefer: DeviceLike = None, local_rank: int = 0) -> torch.device:
     """``prefer`` ("cpu", "cuda", "cuda:1", "mps", a torch.device) or, when
     None / "auto", the best available; plain "cuda" means this rank's GPU
-    (``local_rank`` modulo the GPUs: more processes than GPUs share them)."""
+    (``rank_gpu``: more processes than GPUs share them)."""
     if isinstance(prefer, torch.device):
         prefer = str(prefer)
     name = str(prefer or "auto").strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+            return torch.device("cuda", rank_gpu(local_rank))
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -54,7 +60,7 @@ def resolve_device(prefer: DeviceLike = None, local_rank: int = 0) -> torch.devi
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {prefer!r} requested but no CUDA GPU is available on this machine (use cpu)")
-        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count())) if device.index is None else device
+        return torch.device("cuda", rank_gpu(local_rank)) if device.index is None else device
     if device.type == "mps":
         if not _mps_available():
             raise ConfigError(f"device {prefer!r} requested but Apple MPS is not available on this machine (use cpu)")

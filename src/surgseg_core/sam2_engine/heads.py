@@ -217,9 +217,10 @@ def _unpadded_windows(trunk, device: torch.device) -> Iterator[None]:
     Elsewhere (plain float32, gradients) Hiera's own forward runs."""
     from sam2.modeling.backbones.hieradet import MultiScaleBlock
 
-    blocks = [b for b in (trunk.modules() if trunk is not None else ()) if type(b) is MultiScaleBlock
-              and b.window_size > 0]
-    if not blocks or _fast_cpu_dtype(device) is None:
+    # the fast-path check first: SAM2's own path (float32, gradients) need not walk the trunk every frame
+    blocks = [] if trunk is None or _fast_cpu_dtype(device) is None else \
+        [b for b in trunk.modules() if type(b) is MultiScaleBlock and b.window_size > 0]
+    if not blocks:
         yield
         return
     with contextlib.ExitStack() as stack:

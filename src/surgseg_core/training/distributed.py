@@ -16,6 +16,8 @@ from typing import Dict, Mapping
 import torch
 import torch.distributed as dist
 
+from ..device import rank_gpu
+
 log = logging.getLogger(__name__)
 
 
@@ -57,7 +59,7 @@ def init_distributed(device_type: str) -> DistInfo:
         if device_type == "cuda":
             gpus = max(1, torch.cuda.device_count())
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
-            info.gpu_index = info.local_rank % gpus
+            info.gpu_index = rank_gpu(info.local_rank)
             if local_world > gpus:
                 if info.local_rank == 0:
                     log.warning("%d processes share %d GPU(s) on this node: gloo instead of NCCL (NCCL needs one "
